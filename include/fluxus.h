@@ -1,0 +1,737 @@
+/*
+ * fluxus.h — the public C interface of fluxus, an embeddable pipeline engine.
+ *
+ * The contract:
+ *  - Only what is declared in this file is public. Everything else in the library is internal
+ *    and may change at any time.
+ *  - The same FLUXUS_VERSION_MAJOR means the same ABI: a program built against 0.x runs against
+ *    any later 0.y library. New options arrive as new functions, never as changed signatures.
+ *  - Threading, by default: every function may be called from any thread, and objects may be
+ *    used from several threads at once unless the function's "Thread safety:" line says
+ *    otherwise. Callbacks are called without any fluxus lock held.
+ *  - Ownership: an `out` object belongs to the caller and is released with its matching
+ *    `fluxus_*_free`. Strings passed in are copied. Strings returned are borrowed; their
+ *    lifetime is stated. Every registration that stores a `user` pointer also takes a
+ *    `user_free` (may be NULL), called exactly once when fluxus drops that pointer.
+ *  - Errors: functions return FLUXUS_OK (0) or a negative FLUXUS_E* code, never throw, never
+ *    abort on bad input. fluxus_last_error_message() describes the last failure on the calling
+ *    thread. Misuse (NULL or freed handles, calls in the wrong state, invalid options) returns a
+ *    code; using a handle after it was freed is detected on a best-effort basis and stays
+ *    forbidden.
+ *  - The library writes nothing to stdout or stderr; diagnostics go to the log callback.
+ *
+ * An item is one 64-bit word: an integer, or a pointer cast to uint64_t. fluxus never looks
+ * inside it; a pipeline may be given an item destructor that is called exactly once for every
+ * item that does not reach the sink.
+ */
+#ifndef FLUXUS_H
+#define FLUXUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#if defined(FLUXUS_BUILDING)
+#define FLUXUS_API __declspec(dllexport)
+#else
+#define FLUXUS_API __declspec(dllimport)
+#endif
+#elif defined(__GNUC__)
+#define FLUXUS_API __attribute__((visibility("default")))
+#else
+#define FLUXUS_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Library: version, errors, diagnostics
+ * ------------------------------------------------------------------------------------------- */
+
+#define FLUXUS_VERSION_MAJOR 0
+#define FLUXUS_VERSION_MINOR 1
+#define FLUXUS_VERSION_PATCH 0
+#define FLUXUS_VERSION_NUMBER \
+    (FLUXUS_VERSION_MAJOR * 10000 + FLUXUS_VERSION_MINOR * 100 + FLUXUS_VERSION_PATCH)
+#define FLUXUS_VERSION_STRING "0.1.0"
+
+/* Status codes. Values are pinned and never reused. */
+#define FLUXUS_OK 0
+#define FLUXUS_EINVAL (-1)      /* NULL or freed handle, NULL out-pointer, bad argument */
+#define FLUXUS_ESTATE (-2)      /* call not allowed in the object's current state */
+#define FLUXUS_ENOMEM (-3)      /* out of memory */
+#define FLUXUS_ERANGE (-4)      /* option value out of its documented range */
+#define FLUXUS_EFULL (-5)       /* queue full (try-push, or the FAIL overflow policy) */
+#define FLUXUS_ETIMEDOUT (-6)   /* a wait or deadline expired */
+#define FLUXUS_ECANCELED (-7)   /* the pipeline was cancelled */
+#define FLUXUS_ECLOSED (-8)     /* input already closed (push after close-input) */
+#define FLUXUS_EINCALLBACK (-9) /* function may not be called from inside a fluxus callback */
+#define FLUXUS_ECALLBACK (-10)  /* a callback failed (see the failure's own status) */
+#define FLUXUS_EEXCEPTION (-11) /* a C++ exception escaped a callback and was caught */
+#define FLUXUS_EFAILED (-12)    /* the pipeline stopped on a fail-fast error */
+#define FLUXUS_EDROPPED (-13)   /* item dropped by an overflow policy */
+#define FLUXUS_ENOTFOUND (-14)  /* no such stage */
+#define FLUXUS_ESOURCE (-15)    /* the source callback reported an error */
+
+/**
+ * Version of the library actually loaded, as "MAJOR.MINOR.PATCH".
+ * @return a static string; never NULL.
+ * Thread safety: any thread.
+ */
+FLUXUS_API const char *fluxus_version(void);
+
+/**
+ * Version of the library actually loaded, as FLUXUS_VERSION_NUMBER computes it. Bindings compare
+ * it with the header they were built against.
+ * Thread safety: any thread.
+ */
+FLUXUS_API int32_t fluxus_version_number(void);
+
+/**
+ * Human-readable description of a status code.
+ * @return a static string; never NULL (unknown codes give "unknown error").
+ * Thread safety: any thread.
+ */
+FLUXUS_API const char *fluxus_strerror(int32_t status);
+
+/**
+ * Symbolic name of a status code ("FLUXUS_EINVAL"), for bindings that map codes to exception
+ * classes.
+ * @return a static string; never NULL ("FLUXUS_UNKNOWN" for unknown codes).
+ * Thread safety: any thread.
+ */
+FLUXUS_API const char *fluxus_err_name(int32_t status);
+
+/**
+ * Details of the last failed fluxus call on the calling thread: which object, stage, option and
+ * value were at fault.
+ * @return a thread-local string, valid until the next fluxus call on this thread; never NULL
+ *         ("" when nothing failed yet).
+ * Thread safety: any thread; each thread sees its own message.
+ */
+FLUXUS_API const char *fluxus_last_error_message(void);
+
+/* Log levels for fluxus_log_fn. */
+#define FLUXUS_LOG_ERROR 1
+#define FLUXUS_LOG_WARN 2
+#define FLUXUS_LOG_INFO 3
+#define FLUXUS_LOG_DEBUG 4
+
+/**
+ * Diagnostics callback. `pipeline` and `stage` are names or "" when not applicable; all strings
+ * are borrowed for the duration of the call. Called from any fluxus or host thread; must not call
+ * back into the runtime that logs.
+ */
+typedef void (*fluxus_log_fn)(void *user, int32_t level, const char *pipeline, const char *stage,
+                              const char *message);
+
+/** Destructor for a `user` pointer handed to fluxus. */
+typedef void (*fluxus_user_free_fn)(void *user);
+
+/* ---------------------------------------------------------------------------------------------
+ * Runtime: the loop thread and worker threads shared by pipelines
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct fluxus_runtime fluxus_runtime;
+
+/**
+ * Create a runtime. It owns no threads until it starts (explicitly, or when its first pipeline
+ * starts).
+ * @param[out] out  Receives the runtime; the caller owns it and releases it with
+ *                  fluxus_runtime_free(). Set to NULL on failure.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (out is NULL), FLUXUS_ENOMEM.
+ * Thread safety: any thread.
+ */
+FLUXUS_API int32_t fluxus_runtime_new(fluxus_runtime **out);
+
+/**
+ * Set the number of worker threads that run stage callbacks (default: number of online CPUs).
+ * 0 selects host-driven mode: fluxus starts no thread at all, and the host runs the work by
+ * calling fluxus_runtime_run_once() / fluxus_runtime_run_for() (for example once per frame), or
+ * by letting its own threads call fluxus_runtime_run_for() as worker entry points.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle), FLUXUS_ERANGE (n > 1024),
+ *         FLUXUS_ESTATE (runtime already started).
+ * Thread safety: any thread, before the runtime starts.
+ */
+FLUXUS_API int32_t fluxus_runtime_set_workers(fluxus_runtime *rt, uint32_t n);
+
+/**
+ * Read the configured number of worker threads.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle or out is NULL).
+ * Thread safety: any thread.
+ */
+FLUXUS_API int32_t fluxus_runtime_get_workers(fluxus_runtime *rt, uint32_t *out);
+
+/**
+ * Set how long an idle worker spins looking for work before it sleeps (default 50 µs). A
+ * runtime with no traffic costs no CPU beyond this window.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (> 100000 µs), FLUXUS_ESTATE (started).
+ * Thread safety: any thread, before the runtime starts.
+ */
+FLUXUS_API int32_t fluxus_runtime_set_spin_us(fluxus_runtime *rt, uint32_t spin_us);
+
+/**
+ * Install the log callback (replacing any previous one, whose user_free is then called).
+ * `fn` NULL removes it. Messages below `max_level` are filtered out (FLUXUS_LOG_WARN default).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (bad level).
+ * Thread safety: any thread, any time except from inside the log callback.
+ */
+FLUXUS_API int32_t fluxus_runtime_set_log(fluxus_runtime *rt, int32_t max_level, fluxus_log_fn fn,
+                                          void *user, fluxus_user_free_fn user_free);
+
+/**
+ * Start the loop thread and the workers. Starting a pipeline starts its runtime if needed, so
+ * calling this is optional.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (already started or freed),
+ *         FLUXUS_ENOMEM (threads could not be created).
+ * Thread safety: any thread.
+ */
+FLUXUS_API int32_t fluxus_runtime_start(fluxus_runtime *rt);
+
+/**
+ * Host-driven mode: run the work that is ready now (stage batches, due timers, wake-ups) on the
+ * calling thread, then return without waiting.
+ * @param[out] ran  If not NULL, receives the number of tasks that ran (0 means idle).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (runtime has its own workers),
+ *         FLUXUS_EINCALLBACK.
+ * Thread safety: any thread; several host threads may call it at once.
+ */
+FLUXUS_API int32_t fluxus_runtime_run_once(fluxus_runtime *rt, uint32_t *ran);
+
+/**
+ * Host-driven mode: run work on the calling thread for up to `timeout_ms`, sleeping when there
+ * is nothing to do. Returns early when no pipeline on the runtime is running. Host threads that
+ * call this in a loop act as the runtime's worker threads.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (runtime has its own workers),
+ *         FLUXUS_EINCALLBACK.
+ * Thread safety: any thread; several host threads may call it at once.
+ */
+FLUXUS_API int32_t fluxus_runtime_run_for(fluxus_runtime *rt, uint32_t timeout_ms);
+
+/**
+ * Free a runtime: cancel and finish every pipeline still running on it, stop and join its
+ * threads, and release it. Pipelines created on it stay valid handles (their calls then return
+ * FLUXUS_ESTATE) and must still be freed. NULL is accepted and ignored.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a live runtime), FLUXUS_EINCALLBACK (called from a
+ *         callback of this runtime; nothing was freed).
+ * Thread safety: any thread except the runtime's own; the handle is invalid afterwards.
+ */
+FLUXUS_API int32_t fluxus_runtime_free(fluxus_runtime *rt);
+
+/* ---------------------------------------------------------------------------------------------
+ * Pipeline: construction
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct fluxus_pipeline fluxus_pipeline;
+
+/**
+ * Create an empty pipeline on a runtime.
+ * @param[out] out  Receives the pipeline; released with fluxus_pipeline_free().
+ * @param rt        The runtime; it stays alive while the pipeline exists.
+ * @param name      Name for stats and logs, or NULL ("pipeline"). Copied.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (runtime freed), FLUXUS_ENOMEM.
+ * Thread safety: any thread.
+ */
+FLUXUS_API int32_t fluxus_pipeline_new(fluxus_pipeline **out, fluxus_runtime *rt,
+                                       const char *name);
+
+/** Item destructor: releases an item that will not reach the sink. */
+typedef void (*fluxus_item_free_fn)(void *user, uint64_t item);
+
+/**
+ * Set the item destructor, called exactly once for every admitted item that does not reach the
+ * sink (filtered, deduplicated away, failed, dead-lettered after its callback, dropped,
+ * cancelled). Runs on whichever thread ended the item.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (after start).
+ * Thread safety: any thread, before start.
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_item_free(fluxus_pipeline *p, fluxus_item_free_fn fn,
+                                                 void *user, fluxus_user_free_fn user_free);
+
+/** A failed item's details, valid only during the dead-letter callback. */
+typedef struct fluxus_failure fluxus_failure;
+
+/** Name of the stage where the item failed (borrowed, valid during the callback). */
+FLUXUS_API const char *fluxus_failure_stage_name(const fluxus_failure *f);
+/** Index of that stage (0-based, in order of addition). UINT32_MAX for the source. */
+FLUXUS_API uint32_t fluxus_failure_stage_index(const fluxus_failure *f);
+/** The failure status: the callback's nonzero return, or a FLUXUS_E* code. */
+FLUXUS_API int32_t fluxus_failure_status(const fluxus_failure *f);
+/** A message describing the failure (borrowed, valid during the callback; never NULL). */
+FLUXUS_API const char *fluxus_failure_message(const fluxus_failure *f);
+/** How many times the item was attempted at that stage (1 until retries exist). */
+FLUXUS_API uint32_t fluxus_failure_attempts(const fluxus_failure *f);
+
+/**
+ * Dead-letter callback: receives every item whose stage uses FLUXUS_ERROR_DEAD_LETTER and fails.
+ * It borrows the item; the item destructor runs after it returns. Called on a worker thread.
+ */
+typedef void (*fluxus_dead_letter_fn)(void *user, uint64_t item, const fluxus_failure *failure);
+
+/**
+ * Set the dead-letter callback (required if any stage uses FLUXUS_ERROR_DEAD_LETTER).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (after start).
+ * Thread safety: any thread, before start.
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_dead_letter(fluxus_pipeline *p, fluxus_dead_letter_fn fn,
+                                                   void *user, fluxus_user_free_fn user_free);
+
+/**
+ * Let the engine fuse consecutive single-worker stages into one task with no queue between them
+ * (default 1). 0 puts every stage on its own task with a real queue in front of it.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (not 0/1), FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_fusion(fluxus_pipeline *p, int32_t enabled);
+
+/**
+ * Maximum number of items moved per batch between stages (default 256, range 1..65536).
+ * Bigger batches cost fewer synchronisations; smaller ones cut latency.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE, FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_batch_size(fluxus_pipeline *p, uint32_t n);
+
+/* ----- Sources ----- */
+
+/* Return values of a pull source. Any other value is the source's error. */
+#define FLUXUS_PULL_ITEM 0  /* an item (or `count` items) was produced */
+#define FLUXUS_PULL_END 1   /* the source is exhausted (batch form: `count` items still valid) */
+#define FLUXUS_PULL_LATER 2 /* nothing now: ask again after the poll interval */
+
+/**
+ * Pull source: called on a worker thread when there is room downstream. Store an item in *item
+ * and return FLUXUS_PULL_ITEM (ownership of the item passes to fluxus), or return
+ * FLUXUS_PULL_END / FLUXUS_PULL_LATER / an error. Never called concurrently with itself.
+ */
+typedef int32_t (*fluxus_pull_fn)(void *user, uint64_t *item);
+
+/**
+ * Batch pull source: fill up to `capacity` items and set *count. FLUXUS_PULL_ITEM with
+ * *count == 0 is treated as FLUXUS_PULL_LATER.
+ */
+typedef int32_t (*fluxus_pull_batch_fn)(void *user, uint64_t *items, uint32_t capacity,
+                                        uint32_t *count);
+
+/**
+ * Make the pipeline's source a pull source. A source error stops the pipeline with
+ * FLUXUS_ESOURCE (the rest is cancelled).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (NULL fn), FLUXUS_ESTATE (source already set, or started).
+ * Thread safety: any thread, before start.
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_pull_source(fluxus_pipeline *p, const char *name,
+                                                   fluxus_pull_fn fn, void *user,
+                                                   fluxus_user_free_fn user_free);
+/** Batch form of fluxus_pipeline_set_pull_source(). */
+FLUXUS_API int32_t fluxus_pipeline_set_pull_source_batch(fluxus_pipeline *p, const char *name,
+                                                         fluxus_pull_batch_fn fn, void *user,
+                                                         fluxus_user_free_fn user_free);
+
+/**
+ * How long to wait before calling a pull source again after FLUXUS_PULL_LATER
+ * (default 1000 µs, range 1..60000000).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE, FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_poll_interval_us(fluxus_pipeline *p, uint32_t us);
+
+/**
+ * Make the pipeline's source a push source fed by fluxus_pipeline_push() and friends from any
+ * host thread.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (source already set, or started).
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_push_source(fluxus_pipeline *p, const char *name);
+
+/**
+ * Push one item, waiting up to `timeout_ms` for room (0 = do not wait; UINT32_MAX = forever).
+ * On FLUXUS_OK the pipeline owns the item; on any error the caller still owns it.
+ * The first stage's overflow policy applies: with a drop or fail policy a full queue admits the
+ * item and then ends it as the policy says (FLUXUS_OK is returned).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (not started, or not a push source),
+ *         FLUXUS_ETIMEDOUT (still full after timeout_ms), FLUXUS_ECLOSED (input closed),
+ *         FLUXUS_ECANCELED (pipeline cancelled or finished), FLUXUS_EINCALLBACK (a blocking
+ *         push from inside one of this runtime's callbacks could deadlock; use try-push).
+ * Thread safety: any thread, several at once.
+ */
+FLUXUS_API int32_t fluxus_pipeline_push(fluxus_pipeline *p, uint64_t item, uint32_t timeout_ms);
+
+/**
+ * Push one item without waiting.
+ * @return as fluxus_pipeline_push(), but FLUXUS_EFULL instead of waiting when there is no room
+ *         (the caller still owns the item). Allowed from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_pipeline_try_push(fluxus_pipeline *p, uint64_t item);
+
+/**
+ * Push up to `count` items in order, waiting up to `timeout_ms` in total.
+ * @param[out] pushed  Receives how many items (a prefix of `items`) the pipeline now owns.
+ * @return as fluxus_pipeline_push(); FLUXUS_OK only if all were pushed.
+ */
+FLUXUS_API int32_t fluxus_pipeline_push_many(fluxus_pipeline *p, const uint64_t *items,
+                                             uint32_t count, uint32_t timeout_ms,
+                                             uint32_t *pushed);
+
+/**
+ * Close the input of a push source: items already pushed are processed, and the pipeline
+ * finishes when they are done. Closing twice is allowed.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (not a push source, or not started).
+ */
+FLUXUS_API int32_t fluxus_pipeline_close_input(fluxus_pipeline *p);
+
+/**
+ * Pause the source: a pull source is not called, pushes wait (try-push says FLUXUS_EFULL).
+ * Items already admitted keep flowing. Pausing a paused source is allowed.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (no source).
+ */
+FLUXUS_API int32_t fluxus_pipeline_pause(fluxus_pipeline *p);
+
+/** Resume a paused source. @return as fluxus_pipeline_pause(). */
+FLUXUS_API int32_t fluxus_pipeline_resume(fluxus_pipeline *p);
+
+/* ----- Stages ----- */
+
+/**
+ * Map: transform one item. On 0 the callback owns `in` and *out is the item that goes on (it may
+ * equal `in`); on nonzero the item fails with that status and fluxus still owns it.
+ */
+typedef int32_t (*fluxus_map_fn)(void *user, uint64_t in, uint64_t *out);
+/**
+ * Batch map: out[i] from in[i] for i < count. status[] arrives zeroed; set status[i] nonzero to
+ * fail item i. A nonzero return fails every item of the batch with that status.
+ */
+typedef int32_t (*fluxus_map_batch_fn)(void *user, const uint64_t *in, uint64_t *out,
+                                       int32_t *status, uint32_t count);
+/** Filter: set *keep to 1 to pass the item on, 0 to drop it (filtered). Nonzero return fails. */
+typedef int32_t (*fluxus_filter_fn)(void *user, uint64_t item, int32_t *keep);
+/** Batch filter: keep[] and status[] arrive zeroed. */
+typedef int32_t (*fluxus_filter_batch_fn)(void *user, const uint64_t *items, int32_t *keep,
+                                          int32_t *status, uint32_t count);
+
+/** Handle for emitting items from a flat-map callback; valid only during that call. */
+typedef struct fluxus_emitter fluxus_emitter;
+
+/**
+ * Flat map: emit zero or more items for one input with fluxus_emit(). Every emitted item is newly
+ * admitted to the pipeline and owned by it. The input is consumed: it is counted as filtered at
+ * this stage and destroyed with the item destructor after the call, unless the callback calls
+ * fluxus_emitter_keep_input() (for example because it emitted the input itself). A nonzero
+ * return fails the input; items emitted before the failure still go on.
+ */
+typedef int32_t (*fluxus_flat_map_fn)(void *user, uint64_t item, fluxus_emitter *em);
+/** Batch flat map: the same for `count` inputs. */
+typedef int32_t (*fluxus_flat_map_batch_fn)(void *user, const uint64_t *items, uint32_t count,
+                                            fluxus_emitter *em);
+
+/**
+ * Emit one item from a flat-map callback. Emitting is unbounded within one call (the output
+ * buffer grows), so emit in reasonable amounts per input.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a live emitter), FLUXUS_ENOMEM.
+ * Thread safety: only on the thread running the flat-map callback, during the call.
+ */
+FLUXUS_API int32_t fluxus_emit(fluxus_emitter *em, uint64_t item);
+
+/**
+ * Tell fluxus that the flat-map callback took ownership of its input(s): they are not destroyed
+ * after the call (still counted as filtered at this stage).
+ * @return FLUXUS_OK, FLUXUS_EINVAL.
+ */
+FLUXUS_API int32_t fluxus_emitter_keep_input(fluxus_emitter *em);
+
+/** Sink: consume one item. On 0 the callback owns it (delivered); nonzero fails it. */
+typedef int32_t (*fluxus_sink_fn)(void *user, uint64_t item);
+/** Batch sink: status[] arrives zeroed; set status[i] nonzero to fail item i. */
+typedef int32_t (*fluxus_sink_batch_fn)(void *user, const uint64_t *items, int32_t *status,
+                                        uint32_t count);
+
+/*
+ * Adding stages. Each `add` appends a stage after the previous one (the source comes first, the
+ * sink last; a sink must be the final stage and there must be exactly one). `out_stage` receives
+ * the stage's index (0-based) for the fluxus_stage_* calls; it may be NULL. `name` may be NULL
+ * (a name like "map#1" is made). Callbacks run on worker threads (or on the host thread in
+ * host-driven mode); a stage with one worker never runs concurrently with itself.
+ *
+ * All return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL fn), FLUXUS_ESTATE (after start, or a
+ * stage after the sink), FLUXUS_ERANGE (more than 4096 stages), FLUXUS_ENOMEM.
+ * Thread safety: any thread, before start; not concurrently with another call on the same
+ * pipeline.
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_map(uint32_t *out_stage, fluxus_pipeline *p,
+                                           const char *name, fluxus_map_fn fn, void *user,
+                                           fluxus_user_free_fn user_free);
+FLUXUS_API int32_t fluxus_pipeline_add_map_batch(uint32_t *out_stage, fluxus_pipeline *p,
+                                                 const char *name, fluxus_map_batch_fn fn,
+                                                 void *user, fluxus_user_free_fn user_free);
+FLUXUS_API int32_t fluxus_pipeline_add_filter(uint32_t *out_stage, fluxus_pipeline *p,
+                                              const char *name, fluxus_filter_fn fn, void *user,
+                                              fluxus_user_free_fn user_free);
+FLUXUS_API int32_t fluxus_pipeline_add_filter_batch(uint32_t *out_stage, fluxus_pipeline *p,
+                                                    const char *name, fluxus_filter_batch_fn fn,
+                                                    void *user, fluxus_user_free_fn user_free);
+FLUXUS_API int32_t fluxus_pipeline_add_flat_map(uint32_t *out_stage, fluxus_pipeline *p,
+                                                const char *name, fluxus_flat_map_fn fn,
+                                                void *user, fluxus_user_free_fn user_free);
+FLUXUS_API int32_t fluxus_pipeline_add_flat_map_batch(uint32_t *out_stage, fluxus_pipeline *p,
+                                                      const char *name,
+                                                      fluxus_flat_map_batch_fn fn, void *user,
+                                                      fluxus_user_free_fn user_free);
+FLUXUS_API int32_t fluxus_pipeline_add_sink(uint32_t *out_stage, fluxus_pipeline *p,
+                                            const char *name, fluxus_sink_fn fn, void *user,
+                                            fluxus_user_free_fn user_free);
+FLUXUS_API int32_t fluxus_pipeline_add_sink_batch(uint32_t *out_stage, fluxus_pipeline *p,
+                                                  const char *name, fluxus_sink_batch_fn fn,
+                                                  void *user, fluxus_user_free_fn user_free);
+
+/**
+ * Dedup: pass an item only the first time its key is seen; repeats are filtered (destroyed and
+ * counted as filtered). The key is the item word itself unless a key function is set with
+ * fluxus_stage_set_key_fn(). Word keys are stored exactly; byte keys are stored as their 128-bit
+ * XXH3 digest (two different keys collide with probability about 2^-128).
+ * By default the key set is exact and grows without limit; see fluxus_stage_set_dedup_max_keys().
+ * With more than one worker, keys are sharded across the workers by hash (one set per worker),
+ * which is exact as well.
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_dedup(uint32_t *out_stage, fluxus_pipeline *p,
+                                             const char *name);
+
+/* ----- Stage options (all: before start; FLUXUS_ENOTFOUND for a bad stage index) ----- */
+
+/**
+ * Number of workers running the stage in parallel (default 1, range 1..256). A sink or a dedup
+ * stage with several workers needs FLUXUS_ORDER_PER_KEY (dedup switches to it by itself).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ERANGE, FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_workers(fluxus_pipeline *p, uint32_t stage, uint32_t n);
+
+/* Output order of a stage. */
+#define FLUXUS_ORDER_ORDERED 0   /* output in input order, even with several workers (default) */
+#define FLUXUS_ORDER_UNORDERED 1 /* output in completion order */
+#define FLUXUS_ORDER_PER_KEY 2   /* same key -> same worker, in order; keys run in parallel */
+
+/**
+ * Set the stage's order mode (one of FLUXUS_ORDER_*).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ERANGE (unknown mode), FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_order(fluxus_pipeline *p, uint32_t stage, int32_t mode);
+
+/**
+ * Reorder window of an ordered stage with several workers, in batches (default 4 per worker,
+ * range 1..4096). It bounds how far fast workers may run ahead of a slow one.
+ */
+FLUXUS_API int32_t fluxus_stage_set_reorder_window(fluxus_pipeline *p, uint32_t stage,
+                                                   uint32_t batches);
+
+/**
+ * Capacity of the queue in front of the stage, in items (default 1024, range 1..(1<<24)). With
+ * FLUXUS_ORDER_PER_KEY each worker has a queue of this capacity.
+ */
+FLUXUS_API int32_t fluxus_stage_set_queue_capacity(fluxus_pipeline *p, uint32_t stage,
+                                                   uint32_t items);
+
+/* What a full queue does with items that do not fit. */
+#define FLUXUS_OVERFLOW_BLOCK 0         /* the producer waits (backpressure; default) */
+#define FLUXUS_OVERFLOW_BLOCK_TIMEOUT 1 /* the producer waits up to timeout_ms, then the items
+                                           fail with FLUXUS_ETIMEDOUT at this stage */
+#define FLUXUS_OVERFLOW_DROP_NEWEST 2   /* the items that do not fit are dropped */
+#define FLUXUS_OVERFLOW_DROP_OLDEST 3   /* the oldest queued items are dropped to make room */
+#define FLUXUS_OVERFLOW_FAIL 4          /* the items that do not fit fail with FLUXUS_EFULL */
+
+/**
+ * Set the overflow policy of the queue in front of the stage. Dropped items are counted in the
+ * stage's `dropped` and `failed` counters and destroyed; failed ones follow the stage's error
+ * policy. A stage with a policy other than BLOCK always gets a real queue (it is not fused with
+ * the stage before it). `timeout_ms` is used by FLUXUS_OVERFLOW_BLOCK_TIMEOUT only.
+ * Host pushes use their own timeout instead of BLOCK_TIMEOUT's.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ERANGE, FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_overflow(fluxus_pipeline *p, uint32_t stage, int32_t policy,
+                                             uint32_t timeout_ms);
+
+/* What happens to an item whose callback fails at a stage. */
+#define FLUXUS_ERROR_FAIL_FAST 0   /* the pipeline stops with FLUXUS_EFAILED; the rest is
+                                      cancelled (default) */
+#define FLUXUS_ERROR_SKIP 1        /* the item is counted as failed and destroyed */
+#define FLUXUS_ERROR_DEAD_LETTER 2 /* the dead-letter callback gets it, then it is destroyed */
+
+/** Set the stage's error policy (one of FLUXUS_ERROR_*). */
+FLUXUS_API int32_t fluxus_stage_set_error_policy(fluxus_pipeline *p, uint32_t stage,
+                                                 int32_t policy);
+
+/**
+ * Per-worker hooks, called on the thread that runs that worker: `init` before the worker's first
+ * item (a nonzero return stops the pipeline with FLUXUS_EFAILED), `close` after its last one
+ * (also after cancel). Both receive the stage's `user` and the worker index (0..workers-1).
+ * Either may be NULL.
+ */
+typedef int32_t (*fluxus_worker_init_fn)(void *user, uint32_t worker);
+typedef void (*fluxus_worker_close_fn)(void *user, uint32_t worker);
+FLUXUS_API int32_t fluxus_stage_set_worker_hooks(fluxus_pipeline *p, uint32_t stage,
+                                                 fluxus_worker_init_fn init,
+                                                 fluxus_worker_close_fn close);
+
+/**
+ * Key function for dedup and FLUXUS_ORDER_PER_KEY: point *key at the key's bytes and set *len.
+ * The bytes must stay valid until the next call on the same worker. Nonzero return fails the
+ * item. Without a key function the key is the item word.
+ */
+typedef int32_t (*fluxus_key_fn)(void *user, uint64_t item, const void **key, size_t *len);
+FLUXUS_API int32_t fluxus_stage_set_key_fn(fluxus_pipeline *p, uint32_t stage, fluxus_key_fn fn,
+                                           void *user, fluxus_user_free_fn user_free);
+
+/**
+ * Bound a dedup stage's memory to about `max_keys` keys (0 = unbounded, the default). A bounded
+ * set keeps two generations of at most max_keys/2 keys each: when the newer one is full, the
+ * older one is forgotten. So the last max_keys/2 distinct keys are always remembered, an older
+ * key may pass a second time, and every forgotten key is counted in `dedup_forgotten`.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a dedup stage), FLUXUS_ERANGE (1), FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_dedup_max_keys(fluxus_pipeline *p, uint32_t stage,
+                                                   uint64_t max_keys);
+
+/* ---------------------------------------------------------------------------------------------
+ * Pipeline: running
+ * ------------------------------------------------------------------------------------------- */
+
+/**
+ * Validate the pipeline and start it (and its runtime, if not started).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (no source, no sink, dead-letter policy without a dead-letter
+ *         callback, a multi-worker sink that is not per-key; the message says which),
+ *         FLUXUS_ESTATE (already started, or runtime freed), FLUXUS_ENOMEM.
+ */
+FLUXUS_API int32_t fluxus_pipeline_start(fluxus_pipeline *p);
+
+/**
+ * Wait until the pipeline finishes (source ended and every item ended) or `timeout_ms` passes
+ * (UINT32_MAX = forever). In host-driven mode the calling thread runs the work while it waits.
+ * @return FLUXUS_OK (finished, all well), FLUXUS_ETIMEDOUT (still running), FLUXUS_ECANCELED
+ *         (finished by cancel or drain deadline), FLUXUS_EFAILED (stopped by a fail-fast error or
+ *         worker init failure), FLUXUS_ESOURCE (stopped by a source error), FLUXUS_EINVAL,
+ *         FLUXUS_ESTATE (not started), FLUXUS_EINCALLBACK.
+ * Thread safety: any thread except fluxus callbacks; several threads may wait at once.
+ */
+FLUXUS_API int32_t fluxus_pipeline_wait(fluxus_pipeline *p, uint32_t timeout_ms);
+
+/**
+ * Drain: stop taking input (close a push source, stop calling a pull source), let admitted items
+ * finish, and wait up to `timeout_ms`. Past the deadline the rest is cancelled; each stage's
+ * `held_at_deadline` stat then says how many items it still held, and the last-error message
+ * names those stages.
+ * @return FLUXUS_OK (all finished in time), FLUXUS_ETIMEDOUT (deadline passed; rest cancelled),
+ *         or what fluxus_pipeline_wait() returns for a pipeline that had already stopped.
+ * Thread safety: as fluxus_pipeline_wait().
+ */
+FLUXUS_API int32_t fluxus_pipeline_drain(fluxus_pipeline *p, uint32_t timeout_ms);
+
+/**
+ * Cancel: stop promptly. The source is no longer called, pushes fail with FLUXUS_ECANCELED, and
+ * every admitted item not yet delivered is destroyed and counted as cancelled; callbacks already
+ * running finish their current batch (long ones may poll fluxus_pipeline_is_cancelled()).
+ * Does not wait; use fluxus_pipeline_wait(). Cancelling twice, or a finished pipeline, is allowed.
+ * @return FLUXUS_OK, FLUXUS_EINVAL.
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_pipeline_cancel(fluxus_pipeline *p);
+
+/**
+ * @return 1 if the pipeline is being cancelled (or stopped on an error), 0 if not or on a bad
+ *         handle. Cheap; meant for long-running callbacks.
+ */
+FLUXUS_API int32_t fluxus_pipeline_is_cancelled(fluxus_pipeline *p);
+
+/* Pipeline states. */
+#define FLUXUS_STATE_BUILDING 0
+#define FLUXUS_STATE_RUNNING 1
+#define FLUXUS_STATE_DRAINING 2
+#define FLUXUS_STATE_CANCELLING 3
+#define FLUXUS_STATE_FINISHED 4
+
+/** Read the pipeline's state (FLUXUS_STATE_*). @return FLUXUS_OK, FLUXUS_EINVAL. */
+FLUXUS_API int32_t fluxus_pipeline_get_state(fluxus_pipeline *p, int32_t *state);
+
+/**
+ * Free a pipeline. A running pipeline is cancelled and finished first (this waits for callbacks
+ * in progress). The user_free of every callback is called. NULL is accepted.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a live pipeline), FLUXUS_EINCALLBACK (called from inside
+ *         a callback of this runtime: nothing was freed).
+ * Thread safety: any thread except fluxus callbacks; the handle is invalid afterwards.
+ */
+FLUXUS_API int32_t fluxus_pipeline_free(fluxus_pipeline *p);
+
+/**
+ * Index of the worker of the stage whose callback is running on this thread (0..workers-1), or
+ * UINT32_MAX outside a stage callback. Lets callbacks keep per-worker state.
+ * Thread safety: any thread.
+ */
+FLUXUS_API uint32_t fluxus_current_worker(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Stats
+ * ------------------------------------------------------------------------------------------- */
+
+/**
+ * Pipeline totals. Set struct_size = sizeof(fluxus_pipeline_stats) before the call; fields past
+ * the caller's struct_size are not written, so old programs keep working with new libraries.
+ * Once the pipeline has finished,
+ *   admitted == delivered + filtered + dead_lettered + failed + cancelled
+ * and `in_flight` is 0; `balanced` is 1 when that equation holds at the moment of reading.
+ */
+typedef struct fluxus_pipeline_stats {
+    uint32_t struct_size;
+    int32_t state;          /* FLUXUS_STATE_* */
+    uint64_t admitted;      /* items from the source, plus items emitted by flat-map stages */
+    uint64_t delivered;     /* items the sink accepted */
+    uint64_t filtered;      /* dropped by filters and dedup; flat-map inputs */
+    uint64_t failed;        /* failed (skip/fail-fast policy), including overflow drops */
+    uint64_t dead_lettered; /* handed to the dead-letter callback */
+    uint64_t cancelled;     /* destroyed by cancel or drain deadline */
+    uint64_t in_flight;     /* admitted and not yet ended */
+    uint64_t dropped;       /* subset of failed: dropped by overflow policies */
+    int32_t balanced;       /* 1 when the conservation equation holds now */
+    int32_t result;         /* what fluxus_pipeline_wait() returns once finished, else 0 */
+} fluxus_pipeline_stats;
+
+/**
+ * Read the pipeline totals at any moment (counters are updated per batch).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL out, struct_size < 8).
+ */
+FLUXUS_API int32_t fluxus_pipeline_get_stats(fluxus_pipeline *p, fluxus_pipeline_stats *out);
+
+/** Per-stage counters; same struct_size rule. */
+typedef struct fluxus_stage_stats {
+    uint32_t struct_size;
+    uint32_t workers;
+    uint64_t in;              /* items that reached the stage (entered its queue) */
+    uint64_t out;             /* items it passed on (for the sink: delivered) */
+    uint64_t filtered;
+    uint64_t failed;
+    uint64_t dead_lettered;
+    uint64_t cancelled;
+    uint64_t dropped;         /* overflow-policy drops (also counted in failed) */
+    uint64_t queue_depth;     /* items in its input queue now */
+    uint64_t queue_peak;      /* highest queue depth seen */
+    uint64_t queue_capacity;  /* total capacity of its input queue (0 if fused: no queue) */
+    uint64_t busy_ns;         /* time spent in its callbacks, summed over workers */
+    uint64_t held_at_deadline;/* items it held when a drain deadline passed */
+    uint64_t dedup_keys;      /* dedup: keys currently remembered */
+    uint64_t dedup_forgotten; /* dedup: keys forgotten by the bounded mode */
+} fluxus_stage_stats;
+
+/**
+ * Read one stage's counters.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND.
+ */
+FLUXUS_API int32_t fluxus_stage_get_stats(fluxus_pipeline *p, uint32_t stage,
+                                          fluxus_stage_stats *out);
+
+/** Number of stages added so far. @return FLUXUS_OK, FLUXUS_EINVAL. */
+FLUXUS_API int32_t fluxus_pipeline_stage_count(fluxus_pipeline *p, uint32_t *out);
+
+/**
+ * Name of a stage. @return a string owned by the pipeline, valid until it is freed; NULL for a
+ * bad handle or index.
+ */
+FLUXUS_API const char *fluxus_stage_name(fluxus_pipeline *p, uint32_t stage);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FLUXUS_H */

@@ -1,0 +1,23 @@
+// C API: emitting from flat-map callbacks.
+#include "core/segment.hpp"
+#include "util/status.hpp"
+
+using fluxus::kEmitterMagic;
+
+extern "C" FLUXUS_API int32_t fluxus_emit(fluxus_emitter *em, uint64_t item) {
+    if (!em || em->magic != kEmitterMagic)
+        return fluxus::set_error(FLUXUS_EINVAL, "fluxus_emit: not a live emitter");
+    try {
+        em->out->push_back(item);
+    } catch (...) {
+        return fluxus::set_error(FLUXUS_ENOMEM, "fluxus_emit: out of memory");
+    }
+    return FLUXUS_OK;
+}
+
+extern "C" FLUXUS_API int32_t fluxus_emitter_keep_input(fluxus_emitter *em) {
+    if (!em || em->magic != kEmitterMagic)
+        return fluxus::set_error(FLUXUS_EINVAL, "fluxus_emitter_keep_input: not a live emitter");
+    em->keep_input = true;
+    return FLUXUS_OK;
+}

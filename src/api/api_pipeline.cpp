@@ -1,0 +1,277 @@
+// C API: pipeline handles, sources, running, stats and failure details.
+#include <cstring>
+
+#include "api/api_util.hpp"
+
+using namespace fluxus;
+
+namespace {
+template <class F>
+void (*erase_fn(F fn))() {
+    return reinterpret_cast<void (*)()>(fn);
+}
+}  // namespace
+
+extern "C" {
+
+FLUXUS_API int32_t fluxus_pipeline_new(fluxus_pipeline **out, fluxus_runtime *rth,
+                                       const char *name) {
+    FLUXUS_API_GUARD({
+        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_new: out is NULL");
+        *out = nullptr;
+        FLUXUS_GET_RUNTIME(rt, rth, "fluxus_pipeline_new");
+        if (rt->dead()) return set_error(FLUXUS_ESTATE, "fluxus_pipeline_new: runtime is shut down");
+        Pipeline *p = new (std::nothrow) Pipeline(rt, name);
+        if (!p) return set_error(FLUXUS_ENOMEM, "fluxus_pipeline_new: out of memory");
+        uintptr_t h = handle_register(HandleKind::pipeline, p);
+        if (!h) {
+            delete p;
+            return set_error(FLUXUS_ENOMEM, "fluxus_pipeline_new: no handle slot left");
+        }
+        *out = reinterpret_cast<fluxus_pipeline *>(h);
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_free(fluxus_pipeline *h) {
+    FLUXUS_API_GUARD({
+        if (!h) return FLUXUS_OK;
+        if (!pipeline_of(h))
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_pipeline_free: not a live pipeline handle (already freed?)");
+        if (in_callback())
+            return set_error(FLUXUS_EINCALLBACK,
+                             "fluxus_pipeline_free: not allowed from inside a callback; cancel "
+                             "it there and free it from a host thread");
+        Pipeline *p = static_cast<Pipeline *>(
+            handle_unregister(HandleKind::pipeline, reinterpret_cast<uintptr_t>(h)));
+        if (!p) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_free: already freed");
+        delete p;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_set_item_free(fluxus_pipeline *h, fluxus_item_free_fn fn,
+                                                 void *user, fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_item_free");
+        return p->set_item_free(fn, user, user_free);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_set_dead_letter(fluxus_pipeline *h, fluxus_dead_letter_fn fn,
+                                                   void *user, fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_dead_letter");
+        return p->set_dead_letter(fn, user, user_free);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_set_fusion(fluxus_pipeline *h, int32_t enabled) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_fusion");
+        return p->set_fusion(enabled);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_set_batch_size(fluxus_pipeline *h, uint32_t n) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_batch_size");
+        return p->set_batch_size(n);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_set_pull_source(fluxus_pipeline *h, const char *name,
+                                                   fluxus_pull_fn fn, void *user,
+                                                   fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_pull_source");
+        return p->set_source(SourceKind::pull, name, erase_fn(fn), user, user_free);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_set_pull_source_batch(fluxus_pipeline *h, const char *name,
+                                                         fluxus_pull_batch_fn fn, void *user,
+                                                         fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_pull_source_batch");
+        return p->set_source(SourceKind::pull_batch, name, erase_fn(fn), user, user_free);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_set_poll_interval_us(fluxus_pipeline *h, uint32_t us) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_poll_interval_us");
+        return p->set_poll_interval_us(us);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_set_push_source(fluxus_pipeline *h, const char *name) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_push_source");
+        return p->set_source(SourceKind::push, name, nullptr, nullptr, nullptr);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_push(fluxus_pipeline *h, uint64_t item, uint32_t timeout_ms) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_push");
+        uint32_t pushed;
+        return p->push(&item, 1, timeout_ms, false, &pushed);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_try_push(fluxus_pipeline *h, uint64_t item) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_try_push");
+        uint32_t pushed;
+        return p->push(&item, 1, 0, true, &pushed);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_push_many(fluxus_pipeline *h, const uint64_t *items,
+                                             uint32_t count, uint32_t timeout_ms,
+                                             uint32_t *pushed) {
+    FLUXUS_API_GUARD({
+        if (pushed) *pushed = 0;
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_push_many");
+        if (!items && count)
+            return set_error(FLUXUS_EINVAL, "fluxus_pipeline_push_many: items is NULL");
+        uint32_t n = 0;
+        int32_t rc = p->push(items, count, timeout_ms, false, &n);
+        if (pushed) *pushed = n;
+        return rc;
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_close_input(fluxus_pipeline *h) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_close_input");
+        return p->close_input();
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_pause(fluxus_pipeline *h) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_pause");
+        return p->set_paused(true);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_resume(fluxus_pipeline *h) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_resume");
+        return p->set_paused(false);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_start(fluxus_pipeline *h) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_start");
+        return p->start();
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_wait(fluxus_pipeline *h, uint32_t timeout_ms) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_wait");
+        return p->wait(timeout_ms);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_drain(fluxus_pipeline *h, uint32_t timeout_ms) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_drain");
+        return p->drain(timeout_ms);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_cancel(fluxus_pipeline *h) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_cancel");
+        p->cancel();
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_is_cancelled(fluxus_pipeline *h) {
+    Pipeline *p = pipeline_of(h);
+    return p && p->cancelling() ? 1 : 0;
+}
+
+FLUXUS_API int32_t fluxus_pipeline_get_state(fluxus_pipeline *h, int32_t *state) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_get_state");
+        if (!state) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_get_state: state is NULL");
+        *state = p->state();
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_get_stats(fluxus_pipeline *h, fluxus_pipeline_stats *out) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_get_stats");
+        if (!out || out->struct_size < 8)
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_pipeline_get_stats: out is NULL or struct_size < 8");
+        fluxus_pipeline_stats s;
+        std::memset(&s, 0, sizeof s);
+        p->fill_stats(s);
+        uint32_t size = std::min<uint32_t>(out->struct_size, sizeof s);
+        s.struct_size = out->struct_size;
+        std::memcpy(out, &s, size);
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_get_stats(fluxus_pipeline *h, uint32_t stage,
+                                          fluxus_stage_stats *out) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_get_stats");
+        if (!out || out->struct_size < 8)
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_stage_get_stats: out is NULL or struct_size < 8");
+        Stage *st = p->stage(stage);
+        if (!st)
+            return set_errorf(FLUXUS_ENOTFOUND, "fluxus_stage_get_stats: no stage %u", stage);
+        fluxus_stage_stats s;
+        std::memset(&s, 0, sizeof s);
+        p->fill_stage_stats(*st, s);
+        uint32_t size = std::min<uint32_t>(out->struct_size, sizeof s);
+        s.struct_size = out->struct_size;
+        std::memcpy(out, &s, size);
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_stage_count(fluxus_pipeline *h, uint32_t *out) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_stage_count");
+        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_stage_count: out is NULL");
+        *out = p->stage_count();
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API const char *fluxus_stage_name(fluxus_pipeline *h, uint32_t stage) {
+    Pipeline *p = pipeline_of(h);
+    if (!p) return nullptr;
+    Stage *st = p->stage(stage);
+    return st ? st->name.c_str() : nullptr;
+}
+
+FLUXUS_API const char *fluxus_failure_stage_name(const fluxus_failure *f) {
+    return f && f->stage_name ? f->stage_name : "";
+}
+FLUXUS_API uint32_t fluxus_failure_stage_index(const fluxus_failure *f) {
+    return f ? f->stage_index : UINT32_MAX;
+}
+FLUXUS_API int32_t fluxus_failure_status(const fluxus_failure *f) {
+    return f ? f->status : FLUXUS_EINVAL;
+}
+FLUXUS_API const char *fluxus_failure_message(const fluxus_failure *f) {
+    return f && f->message ? f->message : "";
+}
+FLUXUS_API uint32_t fluxus_failure_attempts(const fluxus_failure *f) { return f ? f->attempts : 0; }
+
+}  // extern "C"

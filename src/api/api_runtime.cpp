@@ -1,0 +1,113 @@
+// C API: runtime handles.
+#include "api/api_util.hpp"
+#include "util/clock.hpp"
+
+using namespace fluxus;
+
+extern "C" {
+
+FLUXUS_API int32_t fluxus_runtime_new(fluxus_runtime **out) {
+    FLUXUS_API_GUARD({
+        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_runtime_new: out is NULL");
+        *out = nullptr;
+        Runtime *rt = new (std::nothrow) Runtime();
+        if (!rt) return set_error(FLUXUS_ENOMEM, "fluxus_runtime_new: out of memory");
+        uintptr_t h = handle_register(HandleKind::runtime, rt);
+        if (!h) {
+            rt->release();
+            return set_error(FLUXUS_ENOMEM, "fluxus_runtime_new: no handle slot left");
+        }
+        *out = reinterpret_cast<fluxus_runtime *>(h);
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_set_workers(fluxus_runtime *h, uint32_t n) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_set_workers");
+        return rt->set_workers(n);
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_get_workers(fluxus_runtime *h, uint32_t *out) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_get_workers");
+        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_runtime_get_workers: out is NULL");
+        *out = rt->workers();
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_set_spin_us(fluxus_runtime *h, uint32_t spin_us) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_set_spin_us");
+        return rt->set_spin_us(spin_us);
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_set_log(fluxus_runtime *h, int32_t max_level, fluxus_log_fn fn,
+                                          void *user, fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_set_log");
+        return rt->set_log(max_level, fn, user, user_free);
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_start(fluxus_runtime *h) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_start");
+        if (rt->started())
+            return set_error(FLUXUS_ESTATE, "fluxus_runtime_start: already started");
+        return rt->start();
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_run_once(fluxus_runtime *h, uint32_t *ran) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_run_once");
+        if (ran) *ran = 0;
+        if (!rt->host_driven())
+            return set_error(FLUXUS_ESTATE,
+                             "fluxus_runtime_run_once: the runtime has its own worker threads");
+        if (in_callback())
+            return set_error(FLUXUS_EINCALLBACK,
+                             "fluxus_runtime_run_once: not allowed from inside a callback");
+        uint32_t n = rt->run_ready();
+        if (ran) *ran = n;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_run_for(fluxus_runtime *h, uint32_t timeout_ms) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_run_for");
+        if (!rt->host_driven())
+            return set_error(FLUXUS_ESTATE,
+                             "fluxus_runtime_run_for: the runtime has its own worker threads");
+        if (in_callback())
+            return set_error(FLUXUS_EINCALLBACK,
+                             "fluxus_runtime_run_for: not allowed from inside a callback");
+        rt->run_for(deadline_after_ms(timeout_ms), nullptr);
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_free(fluxus_runtime *h) {
+    FLUXUS_API_GUARD({
+        if (!h) return FLUXUS_OK;
+        if (!runtime_of(h))
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_runtime_free: not a live runtime handle (already freed?)");
+        if (in_callback())
+            return set_error(FLUXUS_EINCALLBACK,
+                             "fluxus_runtime_free: not allowed from inside a callback");
+        Runtime *rt = static_cast<Runtime *>(
+            handle_unregister(HandleKind::runtime, reinterpret_cast<uintptr_t>(h)));
+        if (!rt) return set_error(FLUXUS_EINVAL, "fluxus_runtime_free: already freed");
+        rt->shutdown();
+        rt->release();
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,204 @@
+// C API: adding stages and setting their options.
+#include "api/api_util.hpp"
+
+using namespace fluxus;
+
+namespace {
+
+template <class F>
+int32_t add(uint32_t *out, fluxus_pipeline *h, const char *fname, StageKind kind,
+            const char *name, F fn, void *user, fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, fname);
+        return p->add_stage(out, kind, name, reinterpret_cast<void (*)()>(fn), user, user_free);
+    });
+}
+
+// Runs `set(stage)` on a stage that may still be configured.
+template <class F>
+int32_t with_stage(fluxus_pipeline *h, uint32_t index, const char *fname, F set) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, fname);
+        Stage *st = nullptr;
+        if (int32_t rc = p->stage_for_option(index, fname, &st)) return rc;
+        return set(*st);
+    });
+}
+
+}  // namespace
+
+extern "C" {
+
+FLUXUS_API int32_t fluxus_pipeline_add_map(uint32_t *out, fluxus_pipeline *p, const char *name,
+                                           fluxus_map_fn fn, void *user,
+                                           fluxus_user_free_fn user_free) {
+    return add(out, p, "fluxus_pipeline_add_map", StageKind::map, name, fn, user, user_free);
+}
+
+FLUXUS_API int32_t fluxus_pipeline_add_map_batch(uint32_t *out, fluxus_pipeline *p,
+                                                 const char *name, fluxus_map_batch_fn fn,
+                                                 void *user, fluxus_user_free_fn user_free) {
+    return add(out, p, "fluxus_pipeline_add_map_batch", StageKind::map_batch, name, fn, user,
+               user_free);
+}
+
+FLUXUS_API int32_t fluxus_pipeline_add_filter(uint32_t *out, fluxus_pipeline *p, const char *name,
+                                              fluxus_filter_fn fn, void *user,
+                                              fluxus_user_free_fn user_free) {
+    return add(out, p, "fluxus_pipeline_add_filter", StageKind::filter, name, fn, user,
+               user_free);
+}
+
+FLUXUS_API int32_t fluxus_pipeline_add_filter_batch(uint32_t *out, fluxus_pipeline *p,
+                                                    const char *name, fluxus_filter_batch_fn fn,
+                                                    void *user, fluxus_user_free_fn user_free) {
+    return add(out, p, "fluxus_pipeline_add_filter_batch", StageKind::filter_batch, name, fn,
+               user, user_free);
+}
+
+FLUXUS_API int32_t fluxus_pipeline_add_flat_map(uint32_t *out, fluxus_pipeline *p,
+                                                const char *name, fluxus_flat_map_fn fn,
+                                                void *user, fluxus_user_free_fn user_free) {
+    return add(out, p, "fluxus_pipeline_add_flat_map", StageKind::flat_map, name, fn, user,
+               user_free);
+}
+
+FLUXUS_API int32_t fluxus_pipeline_add_flat_map_batch(uint32_t *out, fluxus_pipeline *p,
+                                                      const char *name,
+                                                      fluxus_flat_map_batch_fn fn, void *user,
+                                                      fluxus_user_free_fn user_free) {
+    return add(out, p, "fluxus_pipeline_add_flat_map_batch", StageKind::flat_map_batch, name,
+               fn, user, user_free);
+}
+
+FLUXUS_API int32_t fluxus_pipeline_add_sink(uint32_t *out, fluxus_pipeline *p, const char *name,
+                                            fluxus_sink_fn fn, void *user,
+                                            fluxus_user_free_fn user_free) {
+    return add(out, p, "fluxus_pipeline_add_sink", StageKind::sink, name, fn, user, user_free);
+}
+
+FLUXUS_API int32_t fluxus_pipeline_add_sink_batch(uint32_t *out, fluxus_pipeline *p,
+                                                  const char *name, fluxus_sink_batch_fn fn,
+                                                  void *user, fluxus_user_free_fn user_free) {
+    return add(out, p, "fluxus_pipeline_add_sink_batch", StageKind::sink_batch, name, fn, user,
+               user_free);
+}
+
+FLUXUS_API int32_t fluxus_pipeline_add_dedup(uint32_t *out, fluxus_pipeline *p,
+                                             const char *name) {
+    return add(out, p, "fluxus_pipeline_add_dedup", StageKind::dedup, name,
+               static_cast<void (*)()>(nullptr), nullptr, nullptr);
+}
+
+FLUXUS_API int32_t fluxus_stage_set_workers(fluxus_pipeline *p, uint32_t stage, uint32_t n) {
+    return with_stage(p, stage, "fluxus_stage_set_workers", [&](Stage &st) {
+        if (n < 1 || n > 256)
+            return set_errorf(FLUXUS_ERANGE, "fluxus_stage_set_workers: stage '%s': %u is not "
+                                             "in 1..256",
+                              st.name.c_str(), n);
+        st.workers = n;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_order(fluxus_pipeline *p, uint32_t stage, int32_t mode) {
+    return with_stage(p, stage, "fluxus_stage_set_order", [&](Stage &st) {
+        if (mode < FLUXUS_ORDER_ORDERED || mode > FLUXUS_ORDER_PER_KEY)
+            return set_errorf(FLUXUS_ERANGE, "fluxus_stage_set_order: stage '%s': unknown mode %d",
+                              st.name.c_str(), mode);
+        st.order = mode;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_reorder_window(fluxus_pipeline *p, uint32_t stage,
+                                                   uint32_t batches) {
+    return with_stage(p, stage, "fluxus_stage_set_reorder_window", [&](Stage &st) {
+        if (batches < 1 || batches > 4096)
+            return set_errorf(FLUXUS_ERANGE,
+                              "fluxus_stage_set_reorder_window: stage '%s': %u is not in 1..4096",
+                              st.name.c_str(), batches);
+        st.reorder_window = batches;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_queue_capacity(fluxus_pipeline *p, uint32_t stage,
+                                                   uint32_t items) {
+    return with_stage(p, stage, "fluxus_stage_set_queue_capacity", [&](Stage &st) {
+        if (items < 1 || items > (1u << 24))
+            return set_errorf(FLUXUS_ERANGE,
+                              "fluxus_stage_set_queue_capacity: stage '%s': %u is not in "
+                              "1..16777216",
+                              st.name.c_str(), items);
+        st.capacity = items;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_overflow(fluxus_pipeline *p, uint32_t stage, int32_t policy,
+                                             uint32_t timeout_ms) {
+    return with_stage(p, stage, "fluxus_stage_set_overflow", [&](Stage &st) {
+        if (policy < FLUXUS_OVERFLOW_BLOCK || policy > FLUXUS_OVERFLOW_FAIL)
+            return set_errorf(FLUXUS_ERANGE,
+                              "fluxus_stage_set_overflow: stage '%s': unknown policy %d",
+                              st.name.c_str(), policy);
+        if (policy == FLUXUS_OVERFLOW_BLOCK_TIMEOUT && (timeout_ms == 0 || timeout_ms > 86400000))
+            return set_errorf(FLUXUS_ERANGE,
+                              "fluxus_stage_set_overflow: stage '%s': timeout %u ms is not in "
+                              "1..86400000",
+                              st.name.c_str(), timeout_ms);
+        st.overflow = policy;
+        st.overflow_timeout_ms = timeout_ms;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_error_policy(fluxus_pipeline *p, uint32_t stage,
+                                                 int32_t policy) {
+    return with_stage(p, stage, "fluxus_stage_set_error_policy", [&](Stage &st) {
+        if (policy < FLUXUS_ERROR_FAIL_FAST || policy > FLUXUS_ERROR_DEAD_LETTER)
+            return set_errorf(FLUXUS_ERANGE,
+                              "fluxus_stage_set_error_policy: stage '%s': unknown policy %d",
+                              st.name.c_str(), policy);
+        st.error_policy = policy;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_worker_hooks(fluxus_pipeline *p, uint32_t stage,
+                                                 fluxus_worker_init_fn init,
+                                                 fluxus_worker_close_fn close) {
+    return with_stage(p, stage, "fluxus_stage_set_worker_hooks", [&](Stage &st) {
+        st.init = init;
+        st.close = close;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_key_fn(fluxus_pipeline *p, uint32_t stage, fluxus_key_fn fn,
+                                           void *user, fluxus_user_free_fn user_free) {
+    return with_stage(p, stage, "fluxus_stage_set_key_fn", [&](Stage &st) {
+        st.key_user.release();
+        st.key_fn = fn;
+        st.key_user = UserRef{user, user_free};
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_dedup_max_keys(fluxus_pipeline *p, uint32_t stage,
+                                                   uint64_t max_keys) {
+    return with_stage(p, stage, "fluxus_stage_set_dedup_max_keys", [&](Stage &st) {
+        if (st.kind != StageKind::dedup)
+            return set_errorf(FLUXUS_EINVAL,
+                              "fluxus_stage_set_dedup_max_keys: stage '%s' is not a dedup stage",
+                              st.name.c_str());
+        if (max_keys == 1)
+            return set_error(FLUXUS_ERANGE,
+                             "fluxus_stage_set_dedup_max_keys: 1 is too small (use 0 or >= 2)");
+        st.dedup_max_keys = max_keys;
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,575 @@
+// Pipeline: construction checks, compilation into segments, the lifecycle (start, wait, drain,
+// cancel, shut down), host pushes, and the single place where items end.
+#include "core/pipeline.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <new>
+#include <thread>
+
+#include "core/segment.hpp"
+#include "runtime/runtime.hpp"
+#include "util/clock.hpp"
+#include "util/status.hpp"
+
+namespace fluxus {
+
+const char *stage_kind_name(StageKind kind) {
+    switch (kind) {
+    case StageKind::map: return "map";
+    case StageKind::map_batch: return "map_batch";
+    case StageKind::filter: return "filter";
+    case StageKind::filter_batch: return "filter_batch";
+    case StageKind::flat_map: return "flat_map";
+    case StageKind::flat_map_batch: return "flat_map_batch";
+    case StageKind::dedup: return "dedup";
+    case StageKind::sink: return "sink";
+    case StageKind::sink_batch: return "sink_batch";
+    }
+    return "stage";
+}
+
+Pipeline::Pipeline(Runtime *rt, const char *name) : rt_(rt), name_(name ? name : "pipeline") {
+    rt_->retain();
+    rt_->add_pipeline(this);
+}
+
+Pipeline::~Pipeline() {
+    shut_down();
+    for (auto &st : stages_) {
+        st->user.release();
+        st->key_user.release();
+    }
+    source_.user.release();
+    item_free_user_.release();
+    dead_letter_user_.release();
+    rt_->remove_pipeline(this);
+    rt_->release();
+}
+
+void Pipeline::log(int32_t level, const Stage *stage, const char *message) {
+    rt_->log(level, name_.c_str(), stage ? stage->name.c_str() : "", message);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building
+
+int32_t Pipeline::check_building(const char *what) const {
+    if (state_.load() != FLUXUS_STATE_BUILDING)
+        return set_errorf(FLUXUS_ESTATE, "%s: pipeline '%s' has already started (or was cancelled)",
+                          what, name_.c_str());
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::set_item_free(fluxus_item_free_fn fn, void *user, fluxus_user_free_fn uf) {
+    if (int32_t rc = check_building("set_item_free")) return rc;
+    item_free_user_.release();
+    item_free_ = fn;
+    item_free_user_ = UserRef{user, uf};
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::set_dead_letter(fluxus_dead_letter_fn fn, void *user, fluxus_user_free_fn uf) {
+    if (int32_t rc = check_building("set_dead_letter")) return rc;
+    dead_letter_user_.release();
+    dead_letter_ = fn;
+    dead_letter_user_ = UserRef{user, uf};
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::set_fusion(int32_t enabled) {
+    if (int32_t rc = check_building("set_fusion")) return rc;
+    if (enabled != 0 && enabled != 1)
+        return set_errorf(FLUXUS_ERANGE, "set_fusion: %d is not 0 or 1", enabled);
+    fusion_ = enabled == 1;
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::set_batch_size(uint32_t n) {
+    if (int32_t rc = check_building("set_batch_size")) return rc;
+    if (n < 1 || n > 65536)
+        return set_errorf(FLUXUS_ERANGE, "set_batch_size: %u is not in 1..65536", n);
+    batch_ = n;
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::set_source(SourceKind kind, const char *name, void (*fn)(), void *user,
+                             fluxus_user_free_fn uf) {
+    if (int32_t rc = check_building("set_source")) return rc;
+    if (kind != SourceKind::push && !fn)
+        return set_error(FLUXUS_EINVAL, "set_pull_source: the callback is NULL");
+    if (source_.kind != SourceKind::none)
+        return set_errorf(FLUXUS_ESTATE, "set_source: pipeline '%s' already has a source",
+                          name_.c_str());
+    source_.kind = kind;
+    source_.name = name ? name : "source";
+    source_.fn = fn;
+    source_.user = UserRef{user, uf};
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::set_poll_interval_us(uint32_t us) {
+    if (int32_t rc = check_building("set_poll_interval_us")) return rc;
+    if (us < 1 || us > 60000000)
+        return set_errorf(FLUXUS_ERANGE, "set_poll_interval_us: %u is not in 1..60000000", us);
+    source_.poll_interval_us = us;
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::add_stage(uint32_t *out, StageKind kind, const char *name, void (*fn)(),
+                            void *user, fluxus_user_free_fn uf) {
+    if (int32_t rc = check_building("add stage")) return rc;
+    if (!fn && kind != StageKind::dedup)
+        return set_errorf(FLUXUS_EINVAL, "add %s: the callback is NULL", stage_kind_name(kind));
+    if (!stages_.empty() && stages_.back()->is_sink())
+        return set_errorf(FLUXUS_ESTATE, "add %s: pipeline '%s' already ends with sink '%s'",
+                          stage_kind_name(kind), name_.c_str(), stages_.back()->name.c_str());
+    if (stages_.size() >= 4096)
+        return set_error(FLUXUS_ERANGE, "add stage: a pipeline has at most 4096 stages");
+    std::unique_ptr<Stage> st(new (std::nothrow) Stage());
+    if (!st) return set_error(FLUXUS_ENOMEM, "add stage: out of memory");
+    st->index = uint32_t(stages_.size());
+    st->name = name ? std::string(name)
+                    : std::string(stage_kind_name(kind)) + "#" + std::to_string(st->index);
+    st->kind = kind;
+    st->fn = fn;
+    st->user = UserRef{user, uf};
+    stages_.push_back(std::move(st));
+    if (out) *out = stages_.back()->index;
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::stage_for_option(uint32_t index, const char *option, Stage **out) {
+    if (int32_t rc = check_building(option)) return rc;
+    if (index >= stages_.size())
+        return set_errorf(FLUXUS_ENOTFOUND, "%s: pipeline '%s' has no stage %u (it has %zu)",
+                          option, name_.c_str(), index, stages_.size());
+    *out = stages_[index].get();
+    return FLUXUS_OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compilation into segments
+
+int32_t Pipeline::build_segments() {
+    Segment *prev = nullptr;
+    auto add_segment = [&](Stage *head, bool pull) {
+        std::unique_ptr<Segment> seg(new Segment());
+        seg->p = this;
+        seg->pull_input = pull;
+        if (head) {
+            seg->workers = head->workers;
+            seg->keyed = head->per_key();
+            seg->ordered = head->workers > 1 && head->order == FLUXUS_ORDER_ORDERED;
+            seg->input.reset(new ItemQueue(seg->keyed ? head->workers : 1, head->capacity));
+            head->queue = seg->input.get();
+            if (seg->ordered)
+                seg->reorder.init(head->reorder_window ? head->reorder_window : 4 * head->workers);
+            seg->stages.push_back(head);
+        }
+        if (prev) prev->next = seg.get();
+        prev = seg.get();
+        segments_.push_back(std::move(seg));
+    };
+    bool pull = source_.kind != SourceKind::push;
+    if (pull) add_segment(nullptr, true);
+    for (auto &sp : stages_) {
+        Stage *st = sp.get();
+        bool fuse = prev && fusion_ && st->workers == 1 && prev->workers == 1 &&
+                    st->overflow == FLUXUS_OVERFLOW_BLOCK;
+        if (fuse)
+            prev->stages.push_back(st);
+        else
+            add_segment(st, false);
+    }
+    for (size_t i = 0; i < segments_.size(); ++i) {
+        Segment &seg = *segments_[i];
+        // One producer per queue: the host (push source) or the upstream segment, which closes
+        // it once after its last worker is done.
+        if (seg.input) seg.input->set_producers(1);
+        for (uint32_t w = 0; w < seg.workers; ++w)
+            seg.tasks.emplace_back(new SegmentWorker(rt_, &seg, w));
+    }
+    if (!pull) push_queue_ = segments_[0]->input.get();
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::start() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (int32_t rc = check_building("start")) return rc;
+    if (rt_->dead())
+        return set_error(FLUXUS_ESTATE, "start: the runtime of this pipeline was freed");
+    if (source_.kind == SourceKind::none)
+        return set_errorf(FLUXUS_EINVAL, "start: pipeline '%s' has no source", name_.c_str());
+    if (stages_.empty() || !stages_.back()->is_sink())
+        return set_errorf(FLUXUS_EINVAL, "start: pipeline '%s' does not end with a sink",
+                          name_.c_str());
+    for (auto &sp : stages_) {
+        Stage &st = *sp;
+        if (st.kind == StageKind::dedup && st.workers > 1) st.order = FLUXUS_ORDER_PER_KEY;
+        if (st.is_sink() && st.workers > 1 && st.order != FLUXUS_ORDER_PER_KEY)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: sink '%s' has %u workers; a parallel sink must use "
+                              "FLUXUS_ORDER_PER_KEY",
+                              st.name.c_str(), st.workers);
+        if (st.error_policy == FLUXUS_ERROR_DEAD_LETTER && !dead_letter_)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: stage '%s' dead-letters failures but the pipeline has no "
+                              "dead-letter callback",
+                              st.name.c_str());
+    }
+    try {
+        build_segments();
+    } catch (...) {
+        segments_.clear();
+        return set_error(FLUXUS_ENOMEM, "start: out of memory building the pipeline");
+    }
+    if (int32_t rc = rt_->start()) {
+        segments_.clear();
+        return rc;
+    }
+    rt_->pipeline_running(+1);
+    state_.store(FLUXUS_STATE_RUNNING, std::memory_order_release);
+    if (paused_.load() && source_.kind != SourceKind::push) return FLUXUS_OK;
+    notify_all_tasks();
+    return FLUXUS_OK;
+}
+
+void Pipeline::notify_all_tasks() {
+    for (auto &seg : segments_)
+        for (auto &t : seg->tasks) t->notify();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ending items
+
+void Pipeline::destroy_item(uint64_t item) {
+    if (!item_free_) return;
+    try {
+        item_free_(item_free_user_.user, item);
+    } catch (...) {
+        log(FLUXUS_LOG_ERROR, nullptr, "the item destructor threw; exception ignored");
+    }
+}
+
+void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char *message,
+                         StageTally *tally) {
+    StageTally local;
+    StageTally &t = tally ? *tally : local;
+    if (stage.error_policy == FLUXUS_ERROR_DEAD_LETTER && dead_letter_) {
+        fluxus_failure f{stage.name.c_str(), stage.index, status, message, 1};
+        try {
+            dead_letter_(dead_letter_user_.user, item, &f);
+        } catch (...) {
+            log(FLUXUS_LOG_ERROR, &stage, "the dead-letter callback threw; exception ignored");
+        }
+        ++t.dead_lettered;
+    } else {
+        ++t.failed;
+    }
+    destroy_item(item);
+    if (!tally) local.flush_to(stage.c);
+    if (stage.error_policy == FLUXUS_ERROR_FAIL_FAST) {
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s (status %d)", message, status);
+        fail_pipeline(FLUXUS_EFAILED, status, &stage, buf);
+    } else if (rt_->log_enabled(FLUXUS_LOG_DEBUG)) {
+        log(FLUXUS_LOG_DEBUG, &stage, message);
+    }
+}
+
+void Pipeline::cancel_items(Stage &stage, const uint64_t *items, size_t n, bool count_in) {
+    if (n == 0) return;
+    if (count_in) stage.c.in.fetch_add(n, std::memory_order_relaxed);
+    for (size_t i = 0; i < n; ++i) destroy_item(items[i]);
+    stage.c.cancelled.fetch_add(n, std::memory_order_relaxed);
+}
+
+void Pipeline::drop_items(Stage &stage, const uint64_t *items, size_t n, bool count_in) {
+    if (n == 0) return;
+    if (count_in) stage.c.in.fetch_add(n, std::memory_order_relaxed);
+    for (size_t i = 0; i < n; ++i) destroy_item(items[i]);
+    stage.c.dropped.fetch_add(n, std::memory_order_relaxed);
+    stage.c.failed.fetch_add(n, std::memory_order_relaxed);
+}
+
+void Pipeline::fail_pipeline(int32_t result, int32_t status, const Stage *stage,
+                             const char *message) {
+    bool first = false;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (result_ == FLUXUS_OK && !cancel_requested_.load()) {
+            result_ = result;
+            first = true;
+        }
+    }
+    if (first) {
+        char buf[384];
+        snprintf(buf, sizeof buf, "pipeline stopped: %s (status %d)", message, status);
+        log(FLUXUS_LOG_ERROR, stage, buf);
+    }
+    cancel();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle
+
+void Pipeline::segment_done() {
+    if (segments_done_.fetch_add(1, std::memory_order_acq_rel) + 1 == segments_.size()) finish();
+}
+
+void Pipeline::finish() {
+    state_.store(FLUXUS_STATE_FINISHED, std::memory_order_release);
+    {
+        std::lock_guard<std::mutex> lock(done_mu_);
+        finished_.store(true, std::memory_order_release);
+    }
+    done_cv_.notify_all();
+    rt_->pipeline_running(-1);
+}
+
+void Pipeline::cancel() {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (state_.load() == FLUXUS_STATE_BUILDING) {
+            // Cancelled before it started: it can no longer start; nothing was admitted.
+            cancel_requested_.store(true);
+            result_ = FLUXUS_ECANCELED;
+            state_.store(FLUXUS_STATE_FINISHED);
+            std::lock_guard<std::mutex> done(done_mu_);
+            finished_.store(true);
+            return;
+        }
+        if (finished_.load() || cancel_requested_.load()) return;
+        if (result_ == FLUXUS_OK) result_ = FLUXUS_ECANCELED;
+        cancel_requested_.store(true);
+        state_.store(FLUXUS_STATE_CANCELLING);
+    }
+    if (push_queue_) {
+        if (!input_closed_.exchange(true)) push_queue_->producer_done();
+        push_queue_->wake_hosts();
+    }
+    notify_all_tasks();
+}
+
+int32_t Pipeline::wait(uint32_t timeout_ms) {
+    if (in_callback())
+        return set_error(FLUXUS_EINCALLBACK, "wait: not allowed from inside a fluxus callback");
+    if (state_.load() == FLUXUS_STATE_BUILDING)
+        return set_errorf(FLUXUS_ESTATE, "wait: pipeline '%s' has not started", name_.c_str());
+    if (!rt_->wait_flag(finished_, done_mu_, done_cv_, deadline_after_ms(timeout_ms)))
+        return set_errorf(FLUXUS_ETIMEDOUT, "wait: pipeline '%s' still running after %u ms",
+                          name_.c_str(), timeout_ms);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (result_ != FLUXUS_OK)
+        set_errorf(result_, "pipeline '%s' ended with %s", name_.c_str(), status_name(result_));
+    return result_;
+}
+
+int32_t Pipeline::drain(uint32_t timeout_ms) {
+    if (in_callback())
+        return set_error(FLUXUS_EINCALLBACK, "drain: not allowed from inside a fluxus callback");
+    if (state_.load() == FLUXUS_STATE_BUILDING)
+        return set_errorf(FLUXUS_ESTATE, "drain: pipeline '%s' has not started", name_.c_str());
+    uint64_t deadline = deadline_after_ms(timeout_ms);
+    if (!finished_.load()) {
+        int32_t expected = FLUXUS_STATE_RUNNING;
+        state_.compare_exchange_strong(expected, FLUXUS_STATE_DRAINING);
+        if (push_queue_) {
+            close_input();
+        } else if (!drain_requested_.exchange(true)) {
+            segments_[0]->tasks[0]->notify();
+        }
+    }
+    if (rt_->wait_flag(finished_, done_mu_, done_cv_, deadline)) return wait(0);
+
+    // Deadline passed: record who still holds items, then cancel the rest.
+    std::string held;
+    for (auto &sp : stages_) {
+        Stage &st = *sp;
+        uint64_t in = st.c.in.load(), ended = st.c.ended();
+        uint64_t h = in > ended ? in - ended : 0;
+        if (st.kind == StageKind::flat_map || st.kind == StageKind::flat_map_batch) {
+            // out counts emitted items, not ended inputs
+            uint64_t done = st.c.filtered.load() + st.c.failed.load() +
+                            st.c.dead_lettered.load() + st.c.cancelled.load();
+            h = in > done ? in - done : 0;
+        }
+        st.c.held_at_deadline.store(h);
+        if (h) {
+            if (!held.empty()) held += ", ";
+            held += st.name + " (" + std::to_string(h) + ")";
+        }
+    }
+    cancel();
+    rt_->wait_flag(finished_, done_mu_, done_cv_, UINT64_MAX);
+    std::string msg = "drain: deadline of " + std::to_string(timeout_ms) +
+                      " ms passed; cancelled items held by: " + (held.empty() ? "none" : held);
+    log(FLUXUS_LOG_WARN, nullptr, msg.c_str());
+    return set_error(FLUXUS_ETIMEDOUT, msg);
+}
+
+int32_t Pipeline::close_input() {
+    if (source_.kind != SourceKind::push)
+        return set_errorf(FLUXUS_ESTATE, "close_input: pipeline '%s' has no push source",
+                          name_.c_str());
+    if (state_.load() == FLUXUS_STATE_BUILDING)
+        return set_errorf(FLUXUS_ESTATE, "close_input: pipeline '%s' has not started",
+                          name_.c_str());
+    if (!push_queue_) return FLUXUS_OK;  // cancelled before start
+    if (!input_closed_.exchange(true)) push_queue_->producer_done();
+    push_queue_->wake_hosts();
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::set_paused(bool paused) {
+    if (source_.kind == SourceKind::none)
+        return set_errorf(FLUXUS_ESTATE, "pause/resume: pipeline '%s' has no source",
+                          name_.c_str());
+    bool was = paused_.exchange(paused);
+    if (was && !paused && state_.load() != FLUXUS_STATE_BUILDING && !segments_.empty()) {
+        if (push_queue_)
+            push_queue_->wake_hosts();
+        else
+            segments_[0]->tasks[0]->notify();
+    }
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::push(const uint64_t *items, uint32_t count, uint32_t timeout_ms, bool try_only,
+                       uint32_t *pushed) {
+    *pushed = 0;
+    if (source_.kind != SourceKind::push)
+        return set_errorf(FLUXUS_ESTATE, "push: pipeline '%s' has no push source", name_.c_str());
+    if (state_.load() == FLUXUS_STATE_BUILDING)
+        return set_errorf(FLUXUS_ESTATE, "push: pipeline '%s' has not started", name_.c_str());
+    if (cancelling() || finished_.load())
+        return set_errorf(FLUXUS_ECANCELED, "push: pipeline '%s' was cancelled or has finished",
+                          name_.c_str());
+    if (input_closed_.load())
+        return set_errorf(FLUXUS_ECLOSED, "push: the input of pipeline '%s' is closed",
+                          name_.c_str());
+    if (!try_only && timeout_ms != 0 && in_callback())
+        return set_error(FLUXUS_EINCALLBACK,
+                         "push: a blocking push from inside a callback could deadlock; use "
+                         "fluxus_pipeline_try_push");
+    if (count == 0) return FLUXUS_OK;
+    if (try_only && paused_.load())
+        return set_error(FLUXUS_EFULL, "try_push: the source is paused");
+
+    Segment &seg = *segments_[0];
+    Stage &head = *seg.head();
+    bool blocking_policy =
+        head.overflow == FLUXUS_OVERFLOW_BLOCK || head.overflow == FLUXUS_OVERFLOW_BLOCK_TIMEOUT;
+    uint64_t deadline = try_only ? 0 : deadline_after_ms(timeout_ms);
+    // A keyed queue can accept a later item before an earlier one; push one at a time there so
+    // that what was pushed is always a prefix of `items`.
+    uint32_t step = seg.keyed && blocking_policy ? 1 : count;
+    PendingItems pend;
+    for (uint32_t done = 0; done < count; done += step) {
+        uint32_t n = std::min(step, count - done);
+        pend.clear();
+        admit(n);
+        seg.stage_items(items + done, n, pend);  // key failures end here, counted
+        if (!blocking_policy) {
+            seg.accept(pend, nullptr);
+            *pushed += n;
+            continue;
+        }
+        size_t offered = pend.size();
+        head.c.in.fetch_add(offered, std::memory_order_relaxed);
+        seg.input->push_wait(pend, deadline, [this] {
+            if (cancelling() || input_closed_.load(std::memory_order_relaxed)) return 1;
+            return paused_.load(std::memory_order_relaxed) ? 2 : 0;
+        });
+        size_t left = pend.size();
+        if (left) {
+            // Not admitted after all: the caller keeps these items.
+            head.c.in.fetch_sub(left, std::memory_order_relaxed);
+            source_admitted_.fetch_sub(left, std::memory_order_relaxed);
+            *pushed += uint32_t(n - left);
+            if (cancelling())
+                return set_error(FLUXUS_ECANCELED, "push: the pipeline was cancelled");
+            if (input_closed_.load())
+                return set_error(FLUXUS_ECLOSED, "push: the input was closed");
+            if (try_only)
+                return set_error(FLUXUS_EFULL, "try_push: the first stage's queue is full");
+            return set_errorf(FLUXUS_ETIMEDOUT, "push: still full after %u ms", timeout_ms);
+        }
+        *pushed += n;
+    }
+    return FLUXUS_OK;
+}
+
+void Pipeline::shut_down() {
+    if (shut_down_.exchange(true)) return;
+    if (segments_.empty()) return;  // never started
+    cancel();
+    rt_->wait_flag(finished_, done_mu_, done_cv_, UINT64_MAX);
+    // Tasks may still be finishing their last slice, and timers may still point at them.
+    for (int pass = 0; pass < 2; ++pass) {
+        while (active_tasks.load(std::memory_order_acquire) > 0) {
+            if (rt_->host_driven()) {
+                if (rt_->run_ready() == 0) std::this_thread::yield();
+            } else {
+                std::this_thread::sleep_for(std::chrono::microseconds(20));
+            }
+        }
+        rt_->remove_timers(this);
+    }
+    segments_.clear();
+    push_queue_ = nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stats
+
+void Pipeline::fill_stats(fluxus_pipeline_stats &s) const {
+    uint64_t admitted = source_admitted_.load(), delivered = 0, filtered = 0, failed = 0, dl = 0,
+             cancelled = 0, dropped = 0;
+    for (auto &sp : stages_) {
+        const StageCounters &c = sp->c;
+        admitted += c.spawned.load();
+        if (sp->is_sink()) delivered += c.out.load();
+        filtered += c.filtered.load();
+        failed += c.failed.load();
+        dl += c.dead_lettered.load();
+        cancelled += c.cancelled.load();
+        dropped += c.dropped.load();
+    }
+    uint64_t ended = delivered + filtered + failed + dl + cancelled;
+    s.state = state_.load();
+    s.admitted = admitted;
+    s.delivered = delivered;
+    s.filtered = filtered;
+    s.failed = failed;
+    s.dead_lettered = dl;
+    s.cancelled = cancelled;
+    s.in_flight = admitted > ended ? admitted - ended : 0;
+    s.dropped = dropped;
+    s.balanced = admitted == ended ? 1 : 0;
+    std::lock_guard<std::mutex> lock(mu_);
+    s.result = finished_.load() ? result_ : 0;
+}
+
+void Pipeline::fill_stage_stats(const Stage &st, fluxus_stage_stats &s) const {
+    const StageCounters &c = st.c;
+    s.workers = st.workers;
+    s.in = c.in.load();
+    s.out = c.out.load();
+    s.filtered = c.filtered.load();
+    s.failed = c.failed.load();
+    s.dead_lettered = c.dead_lettered.load();
+    s.cancelled = c.cancelled.load();
+    s.dropped = c.dropped.load();
+    bool live = !segments_.empty() && st.queue;
+    s.queue_depth = live ? st.queue->depth() : 0;
+    s.queue_peak = live ? st.queue->peak() : 0;
+    s.queue_capacity = live ? st.queue->capacity() : 0;
+    s.busy_ns = c.busy_ns.load();
+    s.held_at_deadline = c.held_at_deadline.load();
+    s.dedup_keys = c.dedup_keys.load();
+    s.dedup_forgotten = c.dedup_forgotten.load();
+}
+
+}  // namespace fluxus

@@ -1,0 +1,139 @@
+// Pipeline: a source, a chain of stages and a sink, compiled at start into segments (runs of
+// fused stages behind one queue) whose workers are tasks on the runtime. It owns the stages,
+// the segments and every host user pointer, and it is the one place that decides how an item
+// ends (delivered, filtered, failed, dead-lettered, cancelled).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/stage.hpp"
+#include "fluxus.h"
+#include "runtime/task.hpp"
+
+namespace fluxus {
+
+class Runtime;
+class Segment;
+class ItemQueue;
+struct PendingItems;
+
+// Per-batch outcome tally of one stage, added to its counters once per batch.
+struct StageTally {
+    uint64_t in = 0, out = 0, filtered = 0, failed = 0, dead_lettered = 0, cancelled = 0,
+             dropped = 0, spawned = 0, busy_ns = 0;
+    void flush_to(StageCounters &c);
+};
+
+enum class SourceKind : uint8_t { none, pull, pull_batch, push };
+
+struct SourceSpec {
+    SourceKind kind = SourceKind::none;
+    std::string name = "source";
+    void (*fn)() = nullptr;
+    UserRef user;
+    uint32_t poll_interval_us = 1000;
+};
+
+class Pipeline : public TaskOwner {
+public:
+    Pipeline(Runtime *rt, const char *name);
+    ~Pipeline();
+
+    Runtime *runtime() const { return rt_; }
+    const std::string &name() const { return name_; }
+
+    // ---- building (FLUXUS_ESTATE once started) ----
+    int32_t check_building(const char *what) const;
+    int32_t set_item_free(fluxus_item_free_fn fn, void *user, fluxus_user_free_fn user_free);
+    int32_t set_dead_letter(fluxus_dead_letter_fn fn, void *user, fluxus_user_free_fn user_free);
+    int32_t set_fusion(int32_t enabled);
+    int32_t set_batch_size(uint32_t n);
+    int32_t set_source(SourceKind kind, const char *name, void (*fn)(), void *user,
+                       fluxus_user_free_fn user_free);
+    int32_t set_poll_interval_us(uint32_t us);
+    int32_t add_stage(uint32_t *out, StageKind kind, const char *name, void (*fn)(), void *user,
+                      fluxus_user_free_fn user_free);
+    // Looks up a stage for an option setter; sets the error message on failure.
+    int32_t stage_for_option(uint32_t index, const char *option, Stage **out);
+    uint32_t stage_count() const { return uint32_t(stages_.size()); }
+    Stage *stage(uint32_t i) const { return i < stages_.size() ? stages_[i].get() : nullptr; }
+
+    // ---- running ----
+    int32_t start();
+    int32_t wait(uint32_t timeout_ms);
+    int32_t drain(uint32_t timeout_ms);
+    void cancel();
+    int32_t close_input();
+    int32_t set_paused(bool paused);
+    int32_t push(const uint64_t *items, uint32_t count, uint32_t timeout_ms, bool try_only,
+                 uint32_t *pushed);
+    // Cancels, waits for every task and timer to let go, releases the segments. Idempotent.
+    void shut_down();
+
+    int32_t state() const { return state_.load(std::memory_order_acquire); }
+    bool cancelling() const { return cancel_requested_.load(std::memory_order_relaxed); }
+    bool draining() const { return drain_requested_.load(std::memory_order_relaxed); }
+    bool paused() const { return paused_.load(std::memory_order_relaxed); }
+    bool finished() const { return finished_.load(std::memory_order_acquire); }
+    void fill_stats(fluxus_pipeline_stats &s) const;
+    void fill_stage_stats(const Stage &st, fluxus_stage_stats &s) const;
+
+    // ---- used by segments ----
+    uint32_t batch_size() const { return batch_; }
+    const SourceSpec &source() const { return source_; }
+    void destroy_item(uint64_t item);
+    // Ends `item` at `stage` as its error policy says. `tally` is the caller's per-batch tally
+    // of that stage, or null to update the counters directly.
+    void fail_item(Stage &stage, uint64_t item, int32_t status, const char *message,
+                   StageTally *tally);
+    // Ends items that were headed for `stage` (or sat in its queue) as cancelled / dropped.
+    void cancel_items(Stage &stage, const uint64_t *items, size_t n, bool count_in);
+    void drop_items(Stage &stage, const uint64_t *items, size_t n, bool count_in);
+    // Records the first fatal error (fail-fast, worker init, source) and cancels the rest.
+    void fail_pipeline(int32_t result, int32_t status, const Stage *stage, const char *message);
+    void admit(uint64_t n) { source_admitted_.fetch_add(n, std::memory_order_relaxed); }
+    void segment_done();
+    void log(int32_t level, const Stage *stage, const char *message);
+
+private:
+    int32_t build_segments();
+    void finish();
+    void notify_all_tasks();
+
+    Runtime *rt_;
+    std::string name_;
+    std::vector<std::unique_ptr<Stage>> stages_;
+    SourceSpec source_;
+    fluxus_item_free_fn item_free_ = nullptr;
+    UserRef item_free_user_;
+    fluxus_dead_letter_fn dead_letter_ = nullptr;
+    UserRef dead_letter_user_;
+    bool fusion_ = true;
+    uint32_t batch_ = 256;
+
+    std::vector<std::unique_ptr<Segment>> segments_;
+    ItemQueue *push_queue_ = nullptr;  // input queue of the first segment (push sources)
+    std::atomic<uint32_t> segments_done_{0};
+
+    std::atomic<int32_t> state_{FLUXUS_STATE_BUILDING};
+    std::atomic<bool> cancel_requested_{false};
+    std::atomic<bool> drain_requested_{false};
+    std::atomic<bool> paused_{false};
+    std::atomic<bool> input_closed_{false};
+    std::atomic<bool> finished_{false};
+    std::atomic<bool> shut_down_{false};
+    std::atomic<uint64_t> source_admitted_{0};
+
+    mutable std::mutex mu_;  // guards result_, failure details, start/shut_down transitions
+    int32_t result_ = FLUXUS_OK;
+    std::mutex done_mu_;
+    std::condition_variable done_cv_;
+};
+
+}  // namespace fluxus

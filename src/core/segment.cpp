@@ -1,0 +1,455 @@
+// Segment workers: fetch a batch (pull source or queue), run it through the fused stages,
+// hand the survivors downstream (directly, or through the reorder window), and park on the
+// queue that is empty or full instead of blocking a thread.
+#include "core/segment.hpp"
+
+#include <algorithm>
+
+#include "runtime/runtime.hpp"
+#include "util/clock.hpp"
+
+namespace fluxus {
+
+thread_local uint32_t t_current_worker = UINT32_MAX;
+
+namespace {
+
+// Batches a worker runs before it yields its thread to other tasks.
+constexpr int kRoundsPerRun = 16;
+
+uint32_t lane_for_hash(uint64_t h, uint32_t lanes) {
+    // High bits pick the lane: dedup sets index their tables with the low bits of the same hash.
+    return uint32_t(((h >> 32) * uint64_t(lanes)) >> 32);
+}
+
+}  // namespace
+
+void StageTally::flush_to(StageCounters &c) {
+    // Admissions first, so a concurrent reader never sees more ends than admissions.
+    if (spawned) c.spawned.fetch_add(spawned, std::memory_order_relaxed);
+    if (in) c.in.fetch_add(in, std::memory_order_relaxed);
+    if (out) c.out.fetch_add(out, std::memory_order_relaxed);
+    if (filtered) c.filtered.fetch_add(filtered, std::memory_order_relaxed);
+    if (failed) c.failed.fetch_add(failed, std::memory_order_relaxed);
+    if (dead_lettered) c.dead_lettered.fetch_add(dead_lettered, std::memory_order_relaxed);
+    if (cancelled) c.cancelled.fetch_add(cancelled, std::memory_order_relaxed);
+    if (dropped) c.dropped.fetch_add(dropped, std::memory_order_relaxed);
+    if (busy_ns) c.busy_ns.fetch_add(busy_ns, std::memory_order_relaxed);
+    *this = StageTally();
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReorderWindow
+
+bool ReorderWindow::reserve(SegmentWorker *w) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (outstanding_ < slots_.size()) {
+        ++outstanding_;
+        return true;
+    }
+    if (std::find(waiters_.begin(), waiters_.end(), w) == waiters_.end()) waiters_.push_back(w);
+    return false;
+}
+
+void ReorderWindow::unreserve() {
+    std::vector<Task *> wake;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        --outstanding_;
+        wake.swap(waiters_);
+    }
+    for (Task *t : wake) t->notify();
+}
+
+bool ReorderWindow::flush_locked(SegmentWorker *w, std::vector<Task *> &wake) {
+    Segment &seg = *w->seg;
+    for (;;) {
+        Slot &s = slots_[next_ % slots_.size()];
+        if (!s.ready) return true;
+        if (!s.items.empty() && !seg.push_out(s.items, w)) return false;
+        s.items.clear();
+        s.ready = false;
+        ++next_;
+        --outstanding_;
+        for (Task *t : waiters_) wake.push_back(t);
+        waiters_.clear();
+    }
+}
+
+void ReorderWindow::commit(uint64_t ticket, PendingItems &out, SegmentWorker *w) {
+    std::vector<Task *> wake;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        Segment &seg = *w->seg;
+        if (seg.p->cancelling()) {
+            if (Stage *ns = seg.out_stage())
+                seg.p->cancel_items(*ns, out.items.data() + out.head, out.size(), true);
+            out.clear();
+            --outstanding_;
+            wake.swap(waiters_);
+        } else {
+            Slot &s = slots_[ticket % slots_.size()];
+            s.items.clear();
+            std::swap(s.items, out);  // `out` gets the slot's old (empty) buffers back
+            s.ready = true;
+            flush_locked(w, wake);
+        }
+    }
+    for (Task *t : wake) t->notify();
+}
+
+bool ReorderWindow::flush(SegmentWorker *w) {
+    std::vector<Task *> wake;
+    bool done;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        done = flush_locked(w, wake);
+    }
+    for (Task *t : wake) t->notify();
+    return done;
+}
+
+bool ReorderWindow::empty() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return outstanding_ == 0;
+}
+
+void ReorderWindow::cancel_all(Segment &seg) {
+    std::vector<Task *> wake;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        Stage *ns = seg.out_stage();
+        for (Slot &s : slots_) {
+            if (!s.ready) continue;
+            if (ns) seg.p->cancel_items(*ns, s.items.items.data() + s.items.head, s.items.size(),
+                                        true);
+            s.items.clear();
+            s.ready = false;
+            --outstanding_;
+        }
+        wake.swap(waiters_);
+    }
+    for (Task *t : wake) t->notify();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment
+
+void Segment::stage_items(const uint64_t *items, size_t n, PendingItems &pend) {
+    if (!keyed) {
+        pend.items.insert(pend.items.end(), items, items + n);
+        return;
+    }
+    Stage &ns = *head();
+    uint32_t lanes = input->lanes();
+    for (size_t i = 0; i < n; ++i) {
+        uint64_t h;
+        if (ns.key_fn) {
+            const void *k = nullptr;
+            size_t len = 0;
+            int32_t rc;
+            try {
+                rc = ns.key_fn(ns.key_user.user, items[i], &k, &len);
+            } catch (...) {
+                rc = FLUXUS_EEXCEPTION;
+            }
+            if (rc != 0 || (!k && len)) {
+                ns.c.in.fetch_add(1, std::memory_order_relaxed);
+                p->fail_item(ns, items[i], rc ? rc : FLUXUS_EINVAL, "key callback failed",
+                             nullptr);
+                continue;
+            }
+            h = digest_bytes(k, len).lo;
+        } else {
+            h = hash_word(items[i]);
+        }
+        pend.items.push_back(items[i]);
+        pend.lanes.push_back(lane_for_hash(h, lanes));
+    }
+}
+
+bool Segment::accept(PendingItems &pend, SegmentWorker *w) {
+    Stage &ns = *stages.front();  // a segment with an input queue always has a head stage
+    ItemQueue &q = *input;
+    size_t offered = pend.size();
+    // Count the items as arrived before they become visible to the consumer, so its counts
+    // never run ahead of ours; what stays pending is taken back below.
+    ns.c.in.fetch_add(offered, std::memory_order_relaxed);
+    switch (ns.overflow) {
+    case FLUXUS_OVERFLOW_BLOCK:
+    case FLUXUS_OVERFLOW_BLOCK_TIMEOUT: {
+        q.push(pend, w);
+        if (pend.empty()) {
+            pend.since_ns = 0;
+            return true;
+        }
+        ns.c.in.fetch_sub(pend.size(), std::memory_order_relaxed);
+        if (ns.overflow == FLUXUS_OVERFLOW_BLOCK) return false;
+        uint64_t now = now_ns();
+        uint64_t limit = uint64_t(ns.overflow_timeout_ms) * 1000000u;
+        if (pend.since_ns == 0) {
+            pend.since_ns = now;
+            if (w) p->runtime()->add_timer(now + limit, w, p);
+            return false;
+        }
+        if (now - pend.since_ns < limit) return false;
+        size_t n = pend.size();
+        ns.c.in.fetch_add(n, std::memory_order_relaxed);
+        for (size_t i = 0; i < n; ++i)
+            p->fail_item(ns, pend.items[pend.head + i], FLUXUS_ETIMEDOUT,
+                         "queue stayed full past the overflow timeout", nullptr);
+        pend.clear();
+        return true;
+    }
+    case FLUXUS_OVERFLOW_DROP_OLDEST: {
+        std::vector<uint64_t> evicted;
+        q.push(pend, nullptr, &evicted);
+        if (!evicted.empty()) p->drop_items(ns, evicted.data(), evicted.size(), false);
+        pend.clear();
+        return true;
+    }
+    case FLUXUS_OVERFLOW_DROP_NEWEST:
+        q.push(pend, nullptr);
+        if (!pend.empty()) p->drop_items(ns, pend.items.data() + pend.head, pend.size(), false);
+        pend.clear();
+        return true;
+    default:  // FLUXUS_OVERFLOW_FAIL
+        q.push(pend, nullptr);
+        for (size_t i = pend.head; i < pend.items.size(); ++i)
+            p->fail_item(ns, pend.items[i], FLUXUS_EFULL, "queue full", nullptr);
+        pend.clear();
+        return true;
+    }
+}
+
+void Segment::worker_exhausted() {
+    if (exhausted.fetch_add(1, std::memory_order_acq_rel) + 1 == workers) try_close_output();
+}
+
+void Segment::try_close_output() {
+    if (exhausted.load(std::memory_order_acquire) < workers) return;
+    if (ordered && !reorder.empty()) return;
+    if (output_closed.exchange(true)) return;
+    if (next) next->input->producer_done();
+    p->segment_done();
+}
+
+// ---------------------------------------------------------------------------------------------
+// SegmentWorker
+
+SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
+    : Task(rt, s->p), seg(s), index(i) {
+    size_t b = s->p->batch_size();
+    a_.resize(b);
+    b_.resize(b);
+    state_.resize(s->stages.size());
+    tally_.resize(s->stages.size());
+    for (size_t k = 0; k < s->stages.size(); ++k)
+        if (s->stages[k]->kind == StageKind::dedup)
+            state_[k].keys.reset(new KeySet(s->stages[k]->dedup_max_keys));
+}
+
+bool SegmentWorker::init_hooks() {
+    for (Stage *st : seg->stages) {
+        if (!st->init) continue;
+        int32_t rc;
+        try {
+            rc = st->init(st->user.user, index);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        if (rc != 0) {
+            seg->p->fail_pipeline(FLUXUS_EFAILED, rc, st, "worker init callback failed");
+            return false;
+        }
+    }
+    return true;
+}
+
+void SegmentWorker::close_hooks() {
+    if (!initialized_ || !init_ok_) return;
+    for (Stage *st : seg->stages) {
+        if (!st->close) continue;
+        try {
+            st->close(st->user.user, index);
+        } catch (...) {
+            seg->p->log(FLUXUS_LOG_WARN, st, "worker close callback threw; ignored");
+        }
+    }
+}
+
+void SegmentWorker::run() {
+    struct WorkerIndexScope {
+        uint32_t saved;
+        explicit WorkerIndexScope(uint32_t i) : saved(t_current_worker) { t_current_worker = i; }
+        ~WorkerIndexScope() { t_current_worker = saved; }
+    } scope(index);
+    Pipeline &p = *seg->p;
+
+    if (is_exhausted_) {
+        // Woken only to push the reorder window's last batches and close the output.
+        if (seg->ordered && !seg->reorder.flush(this)) return;
+        seg->try_close_output();
+        return;
+    }
+    if (!initialized_) {
+        initialized_ = true;
+        init_ok_ = init_hooks();
+    }
+    if (p.cancelling()) {
+        cancel_all();
+        return;
+    }
+    if (!pending.empty() && !seg->push_out(pending, this)) return;
+    if (seg->ordered) seg->reorder.flush(this);
+
+    for (int round = 0; round < kRoundsPerRun; ++round) {
+        if (seg->ordered && !seg->reorder.reserve(this)) return;
+        bool drained = false;
+        size_t n = fetch(&drained);
+        if (n == 0) {
+            if (seg->ordered) seg->reorder.unreserve();
+            if (drained) exhaust();
+            return;
+        }
+        process(n);
+        deliver();
+        if (p.cancelling()) {
+            cancel_all();
+            return;
+        }
+        if (!pending.empty()) return;  // parked until the next queue has room
+    }
+    notify();  // there may be more: run again after the tasks queued behind us
+}
+
+size_t SegmentWorker::fetch(bool *drained) {
+    if (seg->pull_input) return pull(drained);
+    uint32_t lane = seg->keyed ? index : 0;
+    size_t max = seg->p->batch_size();
+    if (!seg->ordered) return seg->input->pop(lane, a_.data(), max, this, drained);
+    std::lock_guard<std::mutex> lock(seg->ticket_mu);
+    size_t n = seg->input->pop(lane, a_.data(), max, this, drained);
+    if (n) ticket_ = seg->next_ticket++;
+    return n;
+}
+
+size_t SegmentWorker::pull(bool *drained) {
+    Pipeline &p = *seg->p;
+    const SourceSpec &src = p.source();
+    *drained = false;
+    if (source_ended_ || p.draining() || p.cancelling()) {
+        *drained = true;
+        return 0;
+    }
+    if (p.paused()) return 0;  // resume() notifies us
+    size_t max = p.batch_size();
+    size_t n = 0;
+    int32_t rc = FLUXUS_PULL_ITEM;
+    try {
+        if (src.kind == SourceKind::pull) {
+            auto fn = reinterpret_cast<fluxus_pull_fn>(src.fn);
+            while (n < max) {
+                rc = fn(src.user.user, &a_[n]);
+                if (rc != FLUXUS_PULL_ITEM) break;
+                ++n;
+            }
+        } else {
+            auto fn = reinterpret_cast<fluxus_pull_batch_fn>(src.fn);
+            uint32_t count = 0;
+            rc = fn(src.user.user, a_.data(), uint32_t(max), &count);
+            if (rc == FLUXUS_PULL_ITEM || rc == FLUXUS_PULL_END) n = std::min<size_t>(count, max);
+            if (rc == FLUXUS_PULL_ITEM && n == 0) rc = FLUXUS_PULL_LATER;
+        }
+    } catch (...) {
+        rc = FLUXUS_EEXCEPTION;
+    }
+    if (rc == FLUXUS_PULL_END) {
+        source_ended_ = true;
+    } else if (rc == FLUXUS_PULL_LATER) {
+        if (n == 0)
+            rt_->add_timer(now_ns() + uint64_t(src.poll_interval_us) * 1000u, this, &p);
+    } else if (rc != FLUXUS_PULL_ITEM) {
+        source_ended_ = true;
+        p.fail_pipeline(FLUXUS_ESOURCE, rc, nullptr, "the pull source returned an error");
+    }
+    p.admit(n);
+    if (n == 0) *drained = source_ended_;
+    return n;
+}
+
+void SegmentWorker::process(size_t n) {
+    Pipeline &p = *seg->p;
+    std::vector<uint64_t> *in = &a_, *out = &b_;
+    size_t cur = n;
+    for (size_t k = 0; k < seg->stages.size() && cur > 0; ++k) {
+        Stage &st = *seg->stages[k];
+        StageTally &t = tally_[k];
+        if (k > 0 || seg->pull_input) t.in += cur;  // a queue head counted them on arrival
+        uint64_t t0 = now_ns();
+        size_t m = apply_stage(p, st, state_[k], in->data(), cur, *out, t);
+        t.busy_ns += now_ns() - t0;
+        if (!st.is_sink()) t.out += m;
+        std::swap(in, out);
+        cur = m;
+    }
+    if (in != &a_) a_.swap(b_);
+    out_n_ = cur;
+    for (size_t k = 0; k < seg->stages.size(); ++k) tally_[k].flush_to(seg->stages[k]->c);
+    size_t b = p.batch_size();
+    if (a_.size() < b) a_.resize(b);
+    if (b_.size() < b) b_.resize(b);
+}
+
+void SegmentWorker::deliver() {
+    if (!seg->next) return;
+    if (seg->ordered) {
+        PendingItems out;
+        std::swap(out, pending);  // reuse pending's buffers; it is empty on this path
+        seg->prepare_out(a_.data(), out_n_, out);
+        seg->reorder.commit(ticket_, out, this);
+        out.clear();
+        std::swap(out, pending);
+        return;
+    }
+    if (out_n_ == 0) return;
+    seg->prepare_out(a_.data(), out_n_, pending);
+    seg->push_out(pending, this);
+}
+
+void SegmentWorker::cancel_all() {
+    Pipeline &p = *seg->p;
+    if (!pending.empty()) {
+        if (Stage *ns = seg->out_stage())
+            p.cancel_items(*ns, pending.items.data() + pending.head, pending.size(), true);
+        pending.clear();
+    }
+    if (seg->ordered) seg->reorder.cancel_all(*seg);
+    if (is_exhausted_) return;
+    if (seg->pull_input) {
+        source_ended_ = true;
+        exhaust();
+        return;
+    }
+    uint32_t lane = seg->keyed ? index : 0;
+    size_t max = p.batch_size();
+    for (;;) {
+        bool drained = false;
+        size_t n = seg->input->pop(lane, a_.data(), max, this, &drained);
+        if (n) {
+            p.cancel_items(*seg->head(), a_.data(), n, false);
+            continue;
+        }
+        if (drained) exhaust();
+        return;  // otherwise parked until upstream pushes more or closes
+    }
+}
+
+void SegmentWorker::exhaust() {
+    if (!pending.empty() || is_exhausted_) return;
+    is_exhausted_ = true;
+    close_hooks();
+    seg->worker_exhausted();
+}
+
+}  // namespace fluxus

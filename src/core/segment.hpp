@@ -1,0 +1,138 @@
+// Segment: a run of stages fused into one task per worker, fed by one input (the pull source or
+// an ItemQueue) and feeding the next segment's queue. A segment with several workers holds one
+// stage; in ordered mode its outputs pass through a reorder window of batch tickets.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "core/pipeline.hpp"
+#include "dedup/key_set.hpp"
+#include "queue/item_queue.hpp"
+#include "runtime/task.hpp"
+
+struct fluxus_emitter {
+    uint32_t magic;
+    std::vector<uint64_t> *out;
+    bool keep_input;
+};
+
+namespace fluxus {
+
+// Marks a live emitter; cleared when its flat-map call returns.
+constexpr uint32_t kEmitterMagic = 0x454d4954;  // "EMIT"
+
+class SegmentWorker;
+
+// Bounded reorder window for ordered multi-worker segments: batch tickets are handed out at
+// pop time; finished batches wait in their slot until every earlier ticket has gone downstream.
+class ReorderWindow {
+public:
+    void init(uint32_t slots) { slots_.resize(slots); }
+    // Reserves room for one more batch in flight, or registers `w` to be woken when there is.
+    bool reserve(SegmentWorker *w);
+    void unreserve();
+    // Stores ticket's output and pushes every ready batch downstream in ticket order.
+    void commit(uint64_t ticket, PendingItems &out, SegmentWorker *w);
+    // Pushes ready batches; false if blocked downstream (w is then woken on room).
+    bool flush(SegmentWorker *w);
+    bool empty();
+    // Cancellation: ends every stored batch as cancelled.
+    void cancel_all(Segment &seg);
+
+private:
+    bool flush_locked(SegmentWorker *w, std::vector<Task *> &wake);
+    struct Slot {
+        bool ready = false;
+        PendingItems items;
+    };
+    std::mutex mu_;
+    std::vector<Slot> slots_;
+    uint64_t next_ = 0;         // oldest ticket not yet sent downstream
+    uint32_t outstanding_ = 0;  // tickets reserved and not yet sent downstream
+    std::vector<Task *> waiters_;
+};
+
+class Segment {
+public:
+    Pipeline *p = nullptr;
+    std::vector<Stage *> stages;         // fused chain; empty for a lone source segment
+    bool pull_input = false;             // input is the pull source
+    std::unique_ptr<ItemQueue> input;    // otherwise: the queue in front of stages[0]
+    Segment *next = nullptr;             // downstream segment (null after the sink)
+    uint32_t workers = 1;
+    bool ordered = false;                // several workers, output restored to input order
+    bool keyed = false;                  // one input lane per worker (order per key)
+    std::vector<std::unique_ptr<SegmentWorker>> tasks;
+    ReorderWindow reorder;
+    std::mutex ticket_mu;                // pop + ticket assignment are one step
+    uint64_t next_ticket = 0;
+    std::atomic<uint32_t> exhausted{0};
+    std::atomic<bool> output_closed{false};
+
+    Stage *head() const { return stages.empty() ? nullptr : stages[0]; }
+    // The stage the output goes to, or null.
+    Stage *out_stage() const { return next ? next->head() : nullptr; }
+    // Appends `items` to `pend` for this segment's input, with lanes when it is keyed. Items
+    // whose key callback fails end here, at the head stage.
+    void stage_items(const uint64_t *items, size_t n, PendingItems &pend);
+    // Hands `pend` to this segment's input queue under the head stage's overflow policy.
+    // Returns false if blocked; then `w` (if set) is woken when there is room.
+    bool accept(PendingItems &pend, SegmentWorker *w);
+    void prepare_out(const uint64_t *items, size_t n, PendingItems &pend) {
+        next->stage_items(items, n, pend);
+    }
+    bool push_out(PendingItems &pend, SegmentWorker *w) { return next->accept(pend, w); }
+    // Called once per worker when it has nothing left; closes the output after the last.
+    void worker_exhausted();
+    void try_close_output();
+};
+
+// Per-worker state of one fused stage.
+struct WorkerStageState {
+    std::unique_ptr<KeySet> keys;  // dedup only
+    uint64_t keys_reported = 0, forgotten_reported = 0;
+};
+
+class SegmentWorker : public Task {
+public:
+    SegmentWorker(Runtime *rt, Segment *seg, uint32_t index);
+    void run() override;
+
+    Segment *seg;
+    uint32_t index;
+    PendingItems pending;  // output not yet accepted downstream (unordered path)
+
+private:
+    size_t fetch(bool *drained);
+    size_t pull(bool *drained);
+    void process(size_t n);
+    void deliver();
+    void cancel_all();
+    void exhaust();
+    bool init_hooks();
+    void close_hooks();
+
+    std::vector<uint64_t> a_, b_;  // batch buffers: input, then output of each stage in turn
+    size_t out_n_ = 0;             // items of the last processed batch, in a_
+    uint64_t ticket_ = 0;
+    std::vector<WorkerStageState> state_;
+    std::vector<StageTally> tally_;
+    bool initialized_ = false;
+    bool init_ok_ = false;
+    bool is_exhausted_ = false;
+    bool source_ended_ = false;
+};
+
+// Runs one stage over a batch: reads in[0..n), writes the survivors to out (resized as needed)
+// and returns their count. Failures and drops are ended through the pipeline.
+size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
+                   std::vector<uint64_t> &out, StageTally &t);
+
+// Thread-local worker index for fluxus_current_worker().
+extern thread_local uint32_t t_current_worker;
+
+}  // namespace fluxus

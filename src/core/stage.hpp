@@ -1,0 +1,89 @@
+// Stage: what the host declared for one step of a pipeline (kind, callback, options) plus its
+// live counters. Declared before start and immutable afterwards, except for the counters.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "fluxus.h"
+
+// Details of a failed item for the dead-letter callback (opaque to the host).
+struct fluxus_failure {
+    const char *stage_name;
+    uint32_t stage_index;
+    int32_t status;
+    const char *message;
+    uint32_t attempts;
+};
+
+namespace fluxus {
+
+class ItemQueue;
+
+enum class StageKind : uint8_t {
+    map,
+    map_batch,
+    filter,
+    filter_batch,
+    flat_map,
+    flat_map_batch,
+    dedup,
+    sink,
+    sink_batch,
+};
+
+const char *stage_kind_name(StageKind kind);
+
+// A host `user` pointer with its destructor, released exactly once by the pipeline.
+struct UserRef {
+    void *user = nullptr;
+    fluxus_user_free_fn user_free = nullptr;
+    void release() {
+        if (user_free) user_free(user);
+        user_free = nullptr;
+        user = nullptr;
+    }
+};
+
+// Outcome counters of one stage. Workers add their per-batch tallies with relaxed atomics, so a
+// reader sees each batch's effect whole or not at all per counter.
+struct StageCounters {
+    std::atomic<uint64_t> in{0}, out{0}, filtered{0}, failed{0}, dead_lettered{0}, cancelled{0},
+        dropped{0}, spawned{0}, busy_ns{0}, held_at_deadline{0}, dedup_keys{0},
+        dedup_forgotten{0};
+
+    uint64_t ended() const {
+        return out.load() + filtered.load() + failed.load() + dead_lettered.load() +
+               cancelled.load();
+    }
+};
+
+struct Stage {
+    uint32_t index = 0;
+    std::string name;
+    StageKind kind = StageKind::map;
+    void (*fn)() = nullptr;  // the callback, cast back according to `kind`
+    UserRef user;
+
+    uint32_t workers = 1;
+    int32_t order = FLUXUS_ORDER_ORDERED;
+    uint32_t reorder_window = 0;  // batches; 0 = 4 per worker
+    uint32_t capacity = 1024;
+    int32_t overflow = FLUXUS_OVERFLOW_BLOCK;
+    uint32_t overflow_timeout_ms = 0;
+    int32_t error_policy = FLUXUS_ERROR_FAIL_FAST;
+    fluxus_worker_init_fn init = nullptr;
+    fluxus_worker_close_fn close = nullptr;
+    fluxus_key_fn key_fn = nullptr;
+    UserRef key_user;
+    uint64_t dedup_max_keys = 0;
+
+    StageCounters c;
+    ItemQueue *queue = nullptr;  // its input queue once started; null when fused behind another
+
+    bool is_sink() const { return kind == StageKind::sink || kind == StageKind::sink_batch; }
+    bool per_key() const { return order == FLUXUS_ORDER_PER_KEY && workers > 1; }
+};
+
+}  // namespace fluxus

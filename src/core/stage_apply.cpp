@@ -1,0 +1,239 @@
+// apply_stage: runs one stage's callback over a batch. This is the hot path: one indirect call
+// per item (or one per batch for the batch variants), no locks, no allocations unless a
+// flat-map emits more items than the batch buffer holds. A C++ exception thrown by a callback is
+// caught here and becomes that item's failure; the loop resumes with the next item.
+#include <algorithm>
+
+#include "core/segment.hpp"
+#include "dedup/key_set.hpp"
+
+namespace fluxus {
+
+namespace {
+
+struct BatchScratch {
+    std::vector<int32_t> status, keep;
+    void zero(size_t n) {
+        status.assign(n, 0);
+        keep.assign(n, 0);
+    }
+};
+thread_local BatchScratch t_scratch;
+
+template <class Fn>
+size_t per_item(Pipeline &p, Stage &st, const uint64_t *in, size_t n, StageTally &t,
+                const char *what, Fn body) {
+    size_t i = 0, m = 0;
+    while (i < n) {
+        try {
+            for (; i < n; ++i) body(in[i], m);
+        } catch (...) {
+            p.fail_item(st, in[i], FLUXUS_EEXCEPTION, what, &t);
+            ++i;
+        }
+    }
+    return m;
+}
+
+// Compacts the items whose status is 0 into out and fails the others.
+size_t settle_batch(Pipeline &p, Stage &st, const uint64_t *in, uint64_t *out, size_t n,
+                    int32_t rc, const int32_t *status, StageTally &t, const char *what) {
+    if (rc != 0) {
+        for (size_t i = 0; i < n; ++i) p.fail_item(st, in[i], rc, what, &t);
+        return 0;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; ++i) {
+        if (status[i] == 0)
+            out[m++] = out[i];
+        else
+            p.fail_item(st, in[i], status[i], what, &t);
+    }
+    return m;
+}
+
+}  // namespace
+
+size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
+                   std::vector<uint64_t> &out, StageTally &t) {
+    if (out.size() < n) out.resize(n);
+    void *u = st.user.user;
+    uint64_t *o = out.data();
+    switch (st.kind) {
+    case StageKind::map: {
+        auto fn = reinterpret_cast<fluxus_map_fn>(st.fn);
+        return per_item(p, st, in, n, t, "map callback threw",
+                        [&](uint64_t x, size_t &m) {
+                            uint64_t y;
+                            int32_t rc = fn(u, x, &y);
+                            if (__builtin_expect(rc == 0, 1))
+                                o[m++] = y;
+                            else
+                                p.fail_item(st, x, rc, "map callback failed", &t);
+                        });
+    }
+    case StageKind::filter: {
+        auto fn = reinterpret_cast<fluxus_filter_fn>(st.fn);
+        return per_item(p, st, in, n, t, "filter callback threw",
+                        [&](uint64_t x, size_t &m) {
+                            int32_t keep = 0;
+                            int32_t rc = fn(u, x, &keep);
+                            if (rc != 0) {
+                                p.fail_item(st, x, rc, "filter callback failed", &t);
+                            } else if (keep) {
+                                o[m++] = x;
+                            } else {
+                                ++t.filtered;
+                                p.destroy_item(x);
+                            }
+                        });
+    }
+    case StageKind::sink: {
+        auto fn = reinterpret_cast<fluxus_sink_fn>(st.fn);
+        per_item(p, st, in, n, t, "sink callback threw", [&](uint64_t x, size_t &) {
+            int32_t rc = fn(u, x);
+            if (__builtin_expect(rc == 0, 1))
+                ++t.out;
+            else
+                p.fail_item(st, x, rc, "sink callback failed", &t);
+        });
+        return 0;
+    }
+    case StageKind::flat_map: {
+        auto fn = reinterpret_cast<fluxus_flat_map_fn>(st.fn);
+        out.clear();
+        fluxus_emitter em{kEmitterMagic, &out, false};
+        size_t before = 0;
+        per_item(p, st, in, n, t, "flat-map callback threw", [&](uint64_t x, size_t &) {
+            em.keep_input = false;
+            before = out.size();
+            int32_t rc = fn(u, x, &em);
+            if (rc == 0) {
+                ++t.filtered;  // the input is consumed; its outputs are new items
+                if (!em.keep_input) p.destroy_item(x);
+            } else {
+                p.fail_item(st, x, rc, "flat-map callback failed", &t);
+            }
+        });
+        em.magic = 0;
+        t.spawned += out.size();
+        return out.size();
+    }
+    case StageKind::dedup: {
+        KeySet &keys = *ws.keys;
+        uint64_t before_keys = keys.size(), before_forgotten = keys.forgotten();
+        size_t m = per_item(p, st, in, n, t, "dedup key callback threw",
+                            [&](uint64_t x, size_t &m) {
+                                int r;
+                                if (st.key_fn) {
+                                    const void *k = nullptr;
+                                    size_t len = 0;
+                                    int32_t rc = st.key_fn(st.key_user.user, x, &k, &len);
+                                    if (rc != 0 || (!k && len)) {
+                                        p.fail_item(st, x, rc ? rc : FLUXUS_EINVAL,
+                                                    "dedup key callback failed", &t);
+                                        return;
+                                    }
+                                    r = keys.insert_digest(digest_bytes(k, len));
+                                } else {
+                                    r = keys.insert_word(x);
+                                }
+                                if (r > 0) {
+                                    o[m++] = x;
+                                } else if (r == 0) {
+                                    ++t.filtered;
+                                    p.destroy_item(x);
+                                } else {
+                                    p.fail_item(st, x, FLUXUS_ENOMEM, "dedup set: out of memory",
+                                                &t);
+                                }
+                            });
+        st.c.dedup_keys.fetch_add(keys.size() - before_keys, std::memory_order_relaxed);
+        st.c.dedup_forgotten.fetch_add(keys.forgotten() - before_forgotten,
+                                       std::memory_order_relaxed);
+        return m;
+    }
+    case StageKind::map_batch: {
+        auto fn = reinterpret_cast<fluxus_map_batch_fn>(st.fn);
+        t_scratch.zero(n);
+        int32_t rc;
+        try {
+            rc = fn(u, in, o, t_scratch.status.data(), uint32_t(n));
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        return settle_batch(p, st, in, o, n, rc, t_scratch.status.data(), t,
+                            "batch map callback failed");
+    }
+    case StageKind::filter_batch: {
+        auto fn = reinterpret_cast<fluxus_filter_batch_fn>(st.fn);
+        t_scratch.zero(n);
+        int32_t rc;
+        try {
+            rc = fn(u, in, t_scratch.keep.data(), t_scratch.status.data(), uint32_t(n));
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        if (rc != 0) return settle_batch(p, st, in, o, n, rc, nullptr, t, "batch filter failed");
+        size_t m = 0;
+        for (size_t i = 0; i < n; ++i) {
+            if (t_scratch.status[i] != 0) {
+                p.fail_item(st, in[i], t_scratch.status[i], "batch filter failed", &t);
+            } else if (t_scratch.keep[i]) {
+                o[m++] = in[i];
+            } else {
+                ++t.filtered;
+                p.destroy_item(in[i]);
+            }
+        }
+        return m;
+    }
+    case StageKind::flat_map_batch: {
+        auto fn = reinterpret_cast<fluxus_flat_map_batch_fn>(st.fn);
+        out.clear();
+        fluxus_emitter em{kEmitterMagic, &out, false};
+        int32_t rc;
+        try {
+            rc = fn(u, in, uint32_t(n), &em);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        em.magic = 0;
+        t.spawned += out.size();
+        if (rc != 0) {
+            for (size_t i = 0; i < n; ++i)
+                p.fail_item(st, in[i], rc, "batch flat-map callback failed", &t);
+        } else {
+            t.filtered += n;
+            if (!em.keep_input)
+                for (size_t i = 0; i < n; ++i) p.destroy_item(in[i]);
+        }
+        return out.size();
+    }
+    case StageKind::sink_batch: {
+        auto fn = reinterpret_cast<fluxus_sink_batch_fn>(st.fn);
+        t_scratch.zero(n);
+        int32_t rc;
+        try {
+            rc = fn(u, in, t_scratch.status.data(), uint32_t(n));
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        if (rc != 0) {
+            for (size_t i = 0; i < n; ++i)
+                p.fail_item(st, in[i], rc, "batch sink callback failed", &t);
+            return 0;
+        }
+        for (size_t i = 0; i < n; ++i) {
+            if (t_scratch.status[i] == 0)
+                ++t.out;
+            else
+                p.fail_item(st, in[i], t_scratch.status[i], "batch sink callback failed", &t);
+        }
+        return 0;
+    }
+    }
+    return 0;
+}
+
+}  // namespace fluxus

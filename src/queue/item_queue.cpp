@@ -1,0 +1,195 @@
+// ItemQueue implementation: rings per lane, one mutex, waiter lists notified outside the lock.
+#include "queue/item_queue.hpp"
+
+#include <algorithm>
+
+#include "runtime/task.hpp"
+
+namespace fluxus {
+
+ItemQueue::ItemQueue(uint32_t lanes, uint32_t capacity_per_lane)
+    : cap_(capacity_per_lane), lanes_(lanes ? lanes : 1) {
+    for (Lane &l : lanes_) l.ring.resize(cap_);
+}
+
+void ItemQueue::add_waiter(std::vector<Task *> &list, Task *t) {
+    if (std::find(list.begin(), list.end(), t) == list.end()) list.push_back(t);
+}
+
+void ItemQueue::notify_all(std::vector<Task *> &list) {
+    for (Task *t : list) t->notify();
+    list.clear();
+}
+
+void ItemQueue::note_depth(int64_t delta) {
+    uint64_t d = depth_.load(std::memory_order_relaxed) + uint64_t(delta);
+    depth_.store(d, std::memory_order_relaxed);  // written under mu_ only
+    if (d > peak_.load(std::memory_order_relaxed)) peak_.store(d, std::memory_order_relaxed);
+}
+
+size_t ItemQueue::push_locked(PendingItems &pend, std::vector<uint64_t> *evict,
+                              std::vector<Task *> &wake) {
+    size_t n = pend.size();
+    if (n == 0 || closed_) return 0;  // only host pushes can race with closing
+    const uint64_t *items = pend.items.data() + pend.head;
+    size_t moved = 0;
+    if (lanes_.size() == 1) {
+        Lane &l = lanes_[0];
+        size_t room = cap_ - l.count;
+        if (evict && room < n) {
+            // Drop-oldest: evict from the front until the batch (or its last cap_ items) fits.
+            size_t need = std::min<size_t>(n, cap_) - room;
+            for (size_t i = 0; i < need; ++i) {
+                evict->push_back(l.ring[l.head]);
+                l.head = (l.head + 1) % cap_;
+            }
+            l.count -= need;
+            note_depth(-int64_t(need));
+            room = cap_ - l.count;
+            if (n > room) {
+                // Batch larger than the whole queue: its own oldest items are dropped too.
+                for (size_t i = 0; i < n - room; ++i) evict->push_back(items[i]);
+                items += n - room;
+                pend.head += n - room;
+                moved += n - room;  // handed over (as evicted), not left pending
+                n = room;
+            }
+        }
+        size_t take = std::min(room, n);
+        size_t tail = (l.head + l.count) % cap_;
+        for (size_t i = 0; i < take; ++i) {
+            l.ring[tail] = items[i];
+            if (++tail == cap_) tail = 0;
+        }
+        l.count += take;
+        pend.head += take;
+        moved += take;
+        if (take) {
+            note_depth(int64_t(take));
+            for (Task *t : l.consumers) add_waiter(wake, t);
+            l.consumers.clear();
+        }
+        if (pend.empty()) pend.clear();
+        return moved;
+    }
+    // Several lanes: walk the batch once; an item whose lane is full stays pending, and so do
+    // the later items of that lane, which keeps every lane (so every key) in order.
+    const uint32_t *lane_of = pend.lanes.data() + pend.head;
+    std::vector<uint64_t> keep_items;
+    std::vector<uint32_t> keep_lanes;
+    uint64_t blocked = 0;  // bit per lane (lanes beyond 64 share bits; only costs fairness)
+    for (size_t i = 0; i < n; ++i) {
+        uint32_t li = lane_of[i];
+        Lane &l = lanes_[li];
+        uint64_t bit = uint64_t(1) << (li & 63);
+        if (!(blocked & bit) && evict && l.count == cap_) {
+            evict->push_back(l.ring[l.head]);
+            l.head = (l.head + 1) % cap_;
+            --l.count;
+            note_depth(-1);
+        }
+        if ((blocked & bit) || l.count == cap_) {
+            blocked |= bit;
+            keep_items.push_back(items[i]);
+            keep_lanes.push_back(li);
+            continue;
+        }
+        l.ring[(l.head + l.count) % cap_] = items[i];
+        ++l.count;
+        ++moved;
+        note_depth(1);
+        for (Task *t : l.consumers) add_waiter(wake, t);
+        l.consumers.clear();
+    }
+    pend.items.swap(keep_items);
+    pend.lanes.swap(keep_lanes);
+    pend.head = 0;
+    return moved;
+}
+
+size_t ItemQueue::push(PendingItems &pend, Task *waiter, std::vector<uint64_t> *evict) {
+    std::vector<Task *> wake;
+    size_t moved;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        moved = push_locked(pend, evict, wake);
+        if (!pend.empty() && waiter) add_waiter(producers_waiting_, waiter);
+    }
+    notify_all(wake);
+    return moved;
+}
+
+void ItemQueue::set_producers(uint32_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_producers_ = n;
+    closed_ = (n == 0);
+}
+
+void ItemQueue::producer_done() {
+    std::vector<Task *> wake;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (open_producers_ == 0) return;
+        if (--open_producers_ > 0) return;
+        closed_ = true;
+        for (Lane &l : lanes_) {
+            for (Task *t : l.consumers) add_waiter(wake, t);
+            l.consumers.clear();
+        }
+        if (host_waiters_) host_cv_.notify_all();
+    }
+    notify_all(wake);
+}
+
+bool ItemQueue::closed() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return closed_;
+}
+
+void ItemQueue::wake_hosts() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (host_waiters_) host_cv_.notify_all();
+}
+
+size_t ItemQueue::pop(uint32_t lane, uint64_t *out, size_t max, Task *waiter, bool *drained) {
+    std::vector<Task *> wake;
+    size_t take;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        Lane &l = lanes_[lane];
+        take = std::min(max, l.count);
+        if (take == 0) {
+            *drained = closed_;
+            if (!closed_ && waiter) add_waiter(l.consumers, waiter);
+            return 0;
+        }
+        *drained = false;
+        for (size_t i = 0; i < take; ++i) {
+            out[i] = l.ring[l.head];
+            if (++l.head == cap_) l.head = 0;
+        }
+        l.count -= take;
+        note_depth(-int64_t(take));
+        wake.swap(producers_waiting_);
+        if (host_waiters_) host_cv_.notify_all();
+    }
+    notify_all(wake);
+    return take;
+}
+
+void ItemQueue::pop_all(uint32_t lane, std::vector<uint64_t> &out) {
+    std::vector<Task *> wake;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        Lane &l = lanes_[lane];
+        for (size_t i = 0; i < l.count; ++i) out.push_back(l.ring[(l.head + i) % cap_]);
+        note_depth(-int64_t(l.count));
+        l.head = 0;
+        l.count = 0;
+        wake.swap(producers_waiting_);
+        if (host_waiters_) host_cv_.notify_all();
+    }
+    notify_all(wake);
+}
+
+}  // namespace fluxus

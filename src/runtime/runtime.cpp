@@ -1,0 +1,323 @@
+// Runtime: worker threads pulling tasks from one run queue, a libuv loop thread for timers and
+// wake-ups, and the host-driven variant of both.
+#include "runtime/runtime.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/pipeline.hpp"
+#include "runtime/task.hpp"
+#include "util/clock.hpp"
+#include "util/status.hpp"
+
+namespace fluxus {
+
+namespace {
+
+thread_local int t_task_depth = 0;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+}  // namespace
+
+bool in_callback() { return t_task_depth > 0; }
+
+Runtime::Runtime() {
+    unsigned n = std::thread::hardware_concurrency();
+    workers_ = n ? n : 1;
+}
+
+Runtime::~Runtime() = default;
+
+void Runtime::release() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+}
+
+int32_t Runtime::set_workers(uint32_t n) {
+    if (n > 1024) return set_errorf(FLUXUS_ERANGE, "runtime workers: %u is above 1024", n);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_.load() != kCreated)
+        return set_error(FLUXUS_ESTATE, "runtime workers: the runtime has already started");
+    workers_ = n;
+    return FLUXUS_OK;
+}
+
+int32_t Runtime::set_spin_us(uint32_t us) {
+    if (us > 100000) return set_errorf(FLUXUS_ERANGE, "runtime spin: %u us is above 100000", us);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_.load() != kCreated)
+        return set_error(FLUXUS_ESTATE, "runtime spin: the runtime has already started");
+    spin_us_ = us;
+    return FLUXUS_OK;
+}
+
+int32_t Runtime::set_log(int32_t max_level, fluxus_log_fn fn, void *user,
+                         fluxus_user_free_fn user_free) {
+    if (max_level < 0 || max_level > FLUXUS_LOG_DEBUG)
+        return set_errorf(FLUXUS_ERANGE, "log level %d is not 0..%d", max_level, FLUXUS_LOG_DEBUG);
+    std::shared_ptr<LogSink> sink;
+    if (fn) {
+        sink.reset(new (std::nothrow) LogSink{fn, user, user_free});
+        if (!sink) return set_error(FLUXUS_ENOMEM, "log callback: out of memory");
+    }
+    std::shared_ptr<LogSink> old;
+    {
+        std::lock_guard<std::mutex> lock(log_mu_);
+        old = std::move(log_sink_);
+        log_sink_ = std::move(sink);
+        log_level_.store(max_level);
+        has_log_.store(fn != nullptr);
+    }
+    return FLUXUS_OK;  // `old` is released here, outside the lock; its user_free runs once
+}
+
+void Runtime::log(int32_t level, const char *pipeline, const char *stage, const char *message) {
+    if (!log_enabled(level)) return;
+    std::shared_ptr<LogSink> sink;
+    {
+        std::lock_guard<std::mutex> lock(log_mu_);
+        sink = log_sink_;
+    }
+    if (sink) sink->fn(sink->user, level, pipeline ? pipeline : "", stage ? stage : "", message);
+}
+
+int32_t Runtime::start() {
+    std::lock_guard<std::mutex> lock(mu_);
+    int s = state_.load();
+    if (s == kStarted) return FLUXUS_OK;
+    if (s == kDead) return set_error(FLUXUS_ESTATE, "runtime start: the runtime was shut down");
+    if (uv_loop_init(&loop_) != 0) return set_error(FLUXUS_ENOMEM, "runtime start: uv_loop_init");
+    loop_.data = this;
+    uv_async_init(&loop_, &wake_, &Runtime::on_async);
+    uv_timer_init(&loop_, &timer_);
+    wake_.data = this;
+    timer_.data = this;
+    loop_ready_ = true;
+    try {
+        if (!host_driven()) {
+            loop_thread_ = std::thread([this] { loop_main(); });
+            for (uint32_t i = 0; i < workers_; ++i) threads_.emplace_back([this] { worker_main(); });
+        }
+    } catch (...) {
+        // Could not create every thread: stop those that exist and report.
+        {
+            std::lock_guard<std::mutex> rq(rq_mu_);
+            stopping_ = true;
+        }
+        rq_cv_.notify_all();
+        for (std::thread &t : threads_) t.join();
+        threads_.clear();
+        loop_stop_.store(true);
+        uv_async_send(&wake_);
+        if (loop_thread_.joinable()) loop_thread_.join();
+        return set_error(FLUXUS_ENOMEM, "runtime start: could not create threads");
+    }
+    state_.store(kStarted, std::memory_order_release);
+    return FLUXUS_OK;
+}
+
+void Runtime::shutdown() {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        int s = state_.load();
+        if (s == kDead) return;
+        for (Pipeline *p : pipelines_) p->cancel();
+        if (s == kCreated) {
+            state_.store(kDead);
+            return;
+        }
+    }
+    // Let every pipeline finish its cancellation (host mode: drive it on this thread).
+    while (running_pipelines_.load() > 0) {
+        if (host_driven()) {
+            if (run_ready() == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+        } else {
+            std::this_thread::sleep_for(std::chrono::microseconds(100));
+        }
+    }
+    {
+        std::lock_guard<std::mutex> lock(rq_mu_);
+        stopping_ = true;
+    }
+    rq_cv_.notify_all();
+    for (std::thread &t : threads_) t.join();
+    threads_.clear();
+    if (loop_thread_.joinable()) {
+        loop_stop_.store(true);
+        uv_async_send(&wake_);
+        loop_thread_.join();
+    } else if (loop_ready_) {
+        uv_close(reinterpret_cast<uv_handle_t *>(&wake_), nullptr);
+        uv_close(reinterpret_cast<uv_handle_t *>(&timer_), nullptr);
+        uv_run(&loop_, UV_RUN_DEFAULT);
+        uv_loop_close(&loop_);
+    }
+    loop_ready_ = false;
+    std::lock_guard<std::mutex> lock(mu_);
+    state_.store(kDead);
+}
+
+void Runtime::add_pipeline(Pipeline *p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    pipelines_.push_back(p);
+}
+
+void Runtime::remove_pipeline(Pipeline *p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    pipelines_.erase(std::remove(pipelines_.begin(), pipelines_.end(), p), pipelines_.end());
+}
+
+void Runtime::enqueue(Task *task) {
+    std::lock_guard<std::mutex> lock(rq_mu_);
+    rq_.push_back(task);
+    rq_size_.store(uint32_t(rq_.size()), std::memory_order_release);
+    if (sleepers_ > 0) rq_cv_.notify_one();
+}
+
+Task *Runtime::try_pop() {
+    if (rq_size_.load(std::memory_order_acquire) == 0) return nullptr;
+    std::lock_guard<std::mutex> lock(rq_mu_);
+    if (rq_.empty()) return nullptr;
+    Task *t = rq_.front();
+    rq_.pop_front();
+    rq_size_.store(uint32_t(rq_.size()), std::memory_order_release);
+    return t;
+}
+
+void Runtime::execute(Task *task) {
+    ++t_task_depth;
+    task->execute();
+    --t_task_depth;
+}
+
+void Runtime::worker_main() {
+    for (;;) {
+        Task *task = try_pop();
+        if (!task && spin_us_ > 0) {
+            // Short spin: a hand-off that arrives within the window costs no sleep/wake pair.
+            uint64_t until = now_ns() + uint64_t(spin_us_) * 1000;
+            while (rq_size_.load(std::memory_order_acquire) == 0 && now_ns() < until) {
+                for (int i = 0; i < 32; ++i) cpu_relax();
+            }
+            task = try_pop();
+        }
+        if (!task) {
+            std::unique_lock<std::mutex> lock(rq_mu_);
+            while (rq_.empty() && !stopping_) {
+                ++sleepers_;
+                rq_cv_.wait(lock);
+                --sleepers_;
+            }
+            if (rq_.empty()) return;  // stopping, and nothing left to run
+            task = rq_.front();
+            rq_.pop_front();
+            rq_size_.store(uint32_t(rq_.size()), std::memory_order_release);
+        }
+        execute(task);
+    }
+}
+
+void Runtime::add_timer(uint64_t deadline_ns, Task *task, TaskOwner *owner) {
+    bool earliest = timers_.add(deadline_ns, task, owner);
+    if (!earliest) return;
+    if (host_driven()) {
+        std::lock_guard<std::mutex> lock(rq_mu_);
+        if (sleepers_ > 0) rq_cv_.notify_all();
+    } else if (loop_ready_) {
+        uv_async_send(&wake_);
+    }
+}
+
+void Runtime::fire_timers_and_rearm() {
+    uint64_t now = now_ns();
+    uint64_t next = timers_.fire_due(now);
+    if (next == UINT64_MAX) {
+        uv_timer_stop(&timer_);
+        return;
+    }
+    // libuv timers have millisecond resolution; round up so we never wake before the deadline.
+    uint64_t delay_ms = (next - now + 999999) / 1000000;
+    uv_update_time(&loop_);
+    uv_timer_start(&timer_, &Runtime::on_timer, delay_ms, 0);
+}
+
+void Runtime::on_async(uv_async_t *handle) {
+    Runtime *rt = static_cast<Runtime *>(handle->data);
+    if (rt->loop_stop_.load()) {
+        uv_close(reinterpret_cast<uv_handle_t *>(&rt->wake_), nullptr);
+        uv_close(reinterpret_cast<uv_handle_t *>(&rt->timer_), nullptr);
+        return;
+    }
+    rt->fire_timers_and_rearm();
+}
+
+void Runtime::on_timer(uv_timer_t *handle) {
+    static_cast<Runtime *>(handle->data)->fire_timers_and_rearm();
+}
+
+void Runtime::loop_main() {
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+}
+
+uint32_t Runtime::run_ready() {
+    timers_.fire_due(now_ns());
+    if (loop_ready_ && loop_mu_.try_lock()) {
+        uv_run(&loop_, UV_RUN_NOWAIT);
+        loop_mu_.unlock();
+    }
+    // Run only what is queued now, so a task that keeps re-notifying itself cannot trap us.
+    uint32_t budget = rq_size_.load(std::memory_order_acquire);
+    uint32_t ran = 0;
+    while (ran < budget) {
+        Task *task = try_pop();
+        if (!task) break;
+        execute(task);
+        ++ran;
+    }
+    return ran;
+}
+
+void Runtime::run_for(uint64_t deadline_ns, const std::atomic<bool> *until) {
+    for (;;) {
+        if (until && until->load(std::memory_order_acquire)) return;
+        uint64_t now = now_ns();
+        if (now >= deadline_ns) return;
+        if (run_ready() > 0) continue;
+        if (!until && running_pipelines_.load() == 0) return;
+        uint64_t wake = std::min(deadline_ns, timers_.next_deadline());
+        wake = std::min(wake, now + 1000000);  // re-check flags at least every millisecond
+        std::unique_lock<std::mutex> lock(rq_mu_);
+        if (!rq_.empty()) continue;
+        ++sleepers_;
+        rq_cv_.wait_for(lock, std::chrono::nanoseconds(wake > now ? wake - now : 0));
+        --sleepers_;
+    }
+}
+
+bool Runtime::wait_flag(const std::atomic<bool> &flag, std::mutex &mu,
+                        std::condition_variable &cv, uint64_t deadline_ns) {
+    if (host_driven()) {
+        run_for(deadline_ns, &flag);
+        return flag.load(std::memory_order_acquire);
+    }
+    std::unique_lock<std::mutex> lock(mu);
+    while (!flag.load(std::memory_order_acquire)) {
+        if (deadline_ns == UINT64_MAX) {
+            cv.wait(lock);
+        } else {
+            uint64_t now = now_ns();
+            if (now >= deadline_ns) return false;
+            cv.wait_for(lock, std::chrono::nanoseconds(deadline_ns - now));
+        }
+    }
+    return true;
+}
+
+}  // namespace fluxus

@@ -1,0 +1,127 @@
+// Runtime: the libuv loop thread (timers, cross-thread wake-ups) and the worker threads that
+// run tasks, shared by every pipeline created on it. With zero workers the runtime owns no
+// thread at all and the host drives it through run_once()/run_for().
+// Lifetime: reference counted; the public handle and every pipeline hold one reference.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "fluxus.h"
+#include "runtime/timer_heap.hpp"
+
+namespace fluxus {
+
+class Task;
+class Pipeline;
+
+// True while the calling thread runs a fluxus task (so it is inside some host callback's
+// call chain). Blocking API calls refuse to run there: they could wait for themselves.
+bool in_callback();
+
+class Runtime {
+public:
+    Runtime();
+    ~Runtime();
+
+    void retain() { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release();
+
+    // Configuration (before start).
+    int32_t set_workers(uint32_t n);
+    int32_t set_spin_us(uint32_t us);
+    uint32_t workers() const { return workers_; }
+    bool host_driven() const { return workers_ == 0; }
+    int32_t set_log(int32_t max_level, fluxus_log_fn fn, void *user, fluxus_user_free_fn user_free);
+
+    int32_t start();  // idempotent while running; FLUXUS_ESTATE after shutdown
+    bool started() const { return state_.load(std::memory_order_acquire) == kStarted; }
+    bool dead() const { return state_.load(std::memory_order_acquire) == kDead; }
+
+    // Cancels and finishes every pipeline, stops and joins the threads. Idempotent.
+    void shutdown();
+
+    // Scheduling.
+    void enqueue(Task *task);
+    void add_timer(uint64_t deadline_ns, Task *task, TaskOwner *owner);
+    void remove_timers(TaskOwner *owner) { timers_.remove_owner(owner); }
+
+    // Host-driven mode: run what is ready; run_for also sleeps while idle.
+    uint32_t run_ready();
+    void run_for(uint64_t deadline_ns, const std::atomic<bool> *until);
+    // Waits (threaded mode) or drives work (host mode) until *flag or the deadline.
+    // Returns true if the flag was set.
+    bool wait_flag(const std::atomic<bool> &flag, std::mutex &mu, std::condition_variable &cv,
+                   uint64_t deadline_ns);
+
+    // Pipelines registered on the runtime (so shutdown can cancel them).
+    void add_pipeline(Pipeline *p);
+    void remove_pipeline(Pipeline *p);
+    void pipeline_running(int delta) { running_pipelines_.fetch_add(delta); }
+
+    void log(int32_t level, const char *pipeline, const char *stage, const char *message);
+    bool log_enabled(int32_t level) const {
+        return level <= log_level_.load(std::memory_order_relaxed) && has_log_.load();
+    }
+
+private:
+    enum : int { kCreated, kStarted, kDead };
+    struct LogSink {
+        fluxus_log_fn fn;
+        void *user;
+        fluxus_user_free_fn user_free;
+        ~LogSink() {
+            if (user_free) user_free(user);
+        }
+    };
+
+    void worker_main();
+    void loop_main();
+    Task *try_pop();
+    void execute(Task *task);
+    void fire_timers_and_rearm();
+    static void on_async(uv_async_t *handle);
+    static void on_timer(uv_timer_t *handle);
+
+    std::atomic<int64_t> refs_{1};
+    std::atomic<int> state_{kCreated};
+    uint32_t workers_;
+    uint32_t spin_us_ = 50;
+
+    // Run queue: one lock per task hand-off (a task runs whole batches, never single items).
+    std::mutex rq_mu_;
+    std::condition_variable rq_cv_;
+    std::deque<Task *> rq_;
+    std::atomic<uint32_t> rq_size_{0};
+    uint32_t sleepers_ = 0;
+    bool stopping_ = false;
+
+    std::vector<std::thread> threads_;
+    std::thread loop_thread_;
+    uv_loop_t loop_;
+    uv_async_t wake_;
+    uv_timer_t timer_;
+    bool loop_ready_ = false;
+    std::mutex loop_mu_;  // host mode: one thread at a time runs the uv loop
+    std::atomic<bool> loop_stop_{false};
+    TimerHeap timers_;
+
+    std::mutex mu_;  // guards pipelines_ and state transitions
+    std::vector<Pipeline *> pipelines_;
+    std::atomic<int> running_pipelines_{0};
+
+    std::mutex log_mu_;
+    std::shared_ptr<LogSink> log_sink_;
+    std::atomic<int32_t> log_level_{FLUXUS_LOG_WARN};
+    std::atomic<bool> has_log_{false};
+};
+
+}  // namespace fluxus

@@ -1,0 +1,101 @@
+// Handle registry: chunked slot table with per-slot generations and a free list.
+#include "util/handle_registry.hpp"
+
+#include <atomic>
+#include <mutex>
+#include <new>
+#include <vector>
+
+namespace fluxus {
+
+namespace {
+
+constexpr uint32_t kIndexBits = 20;  // up to ~1M live handles
+constexpr uint32_t kChunkSize = 1024;
+constexpr uint32_t kMaxChunks = (1u << kIndexBits) / kChunkSize;
+constexpr uintptr_t kGenLimit = (~uintptr_t(0)) >> (kIndexBits + 1);  // 43 bits on 64-bit
+
+struct Slot {
+    // (generation << 8) | kind while live; generation << 8 (kind 0) while free.
+    std::atomic<uint64_t> tag{0};
+    std::atomic<void *> object{nullptr};
+};
+
+std::atomic<Slot *> g_chunks[kMaxChunks];
+std::mutex g_mu;                  // guards allocation of slots and chunks
+std::vector<uint32_t> *g_free;    // free slot indexes, leaked on purpose (static lifetime)
+uint32_t g_next_index = 0;
+
+Slot *slot_at(uint32_t index) {
+    if (index >= kMaxChunks * kChunkSize) return nullptr;
+    Slot *chunk = g_chunks[index / kChunkSize].load(std::memory_order_acquire);
+    return chunk ? &chunk[index % kChunkSize] : nullptr;
+}
+
+bool decode(uintptr_t handle, uint32_t *index, uint64_t *gen) {
+    uintptr_t low = handle & ((uintptr_t(1) << kIndexBits) - 1);
+    if (low == 0) return false;
+    *index = uint32_t(low - 1);
+    *gen = uint64_t(handle >> kIndexBits);
+    return true;
+}
+
+}  // namespace
+
+uintptr_t handle_register(HandleKind kind, void *object) {
+    std::lock_guard<std::mutex> lock(g_mu);
+    uint32_t index;
+    if (!g_free) g_free = new (std::nothrow) std::vector<uint32_t>();
+    if (!g_free) return 0;
+    if (!g_free->empty()) {
+        index = g_free->back();
+        g_free->pop_back();
+    } else {
+        if (g_next_index >= kMaxChunks * kChunkSize) return 0;
+        index = g_next_index;
+        uint32_t chunk = index / kChunkSize;
+        if (!g_chunks[chunk].load(std::memory_order_relaxed)) {
+            Slot *fresh = new (std::nothrow) Slot[kChunkSize];
+            if (!fresh) return 0;
+            g_chunks[chunk].store(fresh, std::memory_order_release);
+        }
+        ++g_next_index;
+    }
+    Slot *slot = slot_at(index);
+    uint64_t gen = (slot->tag.load(std::memory_order_relaxed) >> 8) + 1;
+    if (gen > kGenLimit) gen = 1;  // wraps after ~10^13 reuses of one slot
+    slot->object.store(object, std::memory_order_relaxed);
+    slot->tag.store((gen << 8) | uint64_t(kind), std::memory_order_release);
+    return (uintptr_t(gen) << kIndexBits) | uintptr_t(index + 1);
+}
+
+void *handle_lookup(HandleKind kind, uintptr_t handle) {
+    uint32_t index;
+    uint64_t gen;
+    if (!decode(handle, &index, &gen)) return nullptr;
+    Slot *slot = slot_at(index);
+    if (!slot) return nullptr;
+    if (slot->tag.load(std::memory_order_acquire) != ((gen << 8) | uint64_t(kind))) return nullptr;
+    return slot->object.load(std::memory_order_relaxed);
+}
+
+void *handle_unregister(HandleKind kind, uintptr_t handle) {
+    uint32_t index;
+    uint64_t gen;
+    if (!decode(handle, &index, &gen)) return nullptr;
+    Slot *slot = slot_at(index);
+    if (!slot) return nullptr;
+    uint64_t expected = (gen << 8) | uint64_t(kind);
+    void *object = slot->object.load(std::memory_order_relaxed);
+    if (!slot->tag.compare_exchange_strong(expected, gen << 8, std::memory_order_acq_rel))
+        return nullptr;
+    std::lock_guard<std::mutex> lock(g_mu);
+    try {
+        g_free->push_back(index);
+    } catch (...) {
+        // The slot is simply never reused.
+    }
+    return object;
+}
+
+}  // namespace fluxus
