@@ -112,6 +112,14 @@ size_t ItemQueue::push_wait(PendingItems &pend, uint64_t deadline_ns, Gate gate)
         if (g == 1 || closed_) break;
         if (g == 0) moved += push_locked(pend, nullptr, wake);
         if (pend.empty()) break;
+        if (!wake.empty()) {
+            // Consumers must hear about what we pushed before we sleep; then look again, since
+            // they may have made room while the lock was released.
+            lock.unlock();
+            notify_all(wake);
+            lock.lock();
+            continue;
+        }
         uint64_t now;
         {
             timespec ts;
@@ -120,12 +128,6 @@ size_t ItemQueue::push_wait(PendingItems &pend, uint64_t deadline_ns, Gate gate)
         }
         if (now >= deadline_ns) break;
         ++host_waiters_;
-        if (!wake.empty()) {
-            // Consumers must hear about what we pushed before we sleep.
-            lock.unlock();
-            notify_all(wake);
-            lock.lock();
-        }
         if (deadline_ns == UINT64_MAX)
             host_cv_.wait(lock);
         else
