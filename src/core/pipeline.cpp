@@ -195,8 +195,40 @@ int32_t Pipeline::build_segments() {
 }
 
 int32_t Pipeline::start() {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (int32_t rc = check_building("start")) return rc;
+        if (!segments_.empty())
+            return set_errorf(FLUXUS_ESTATE, "start: pipeline '%s' is already starting",
+                              name_.c_str());
+        if (int32_t rc = validate()) return rc;
+        try {
+            build_segments();
+        } catch (...) {
+            segments_.clear();
+            return set_error(FLUXUS_ENOMEM, "start: out of memory building the pipeline");
+        }
+    }
+    // Not under mu_: the runtime's lock is taken before pipeline locks (shutdown cancels
+    // pipelines while holding it).
+    int32_t rc = rt_->start();
     std::lock_guard<std::mutex> lock(mu_);
-    if (int32_t rc = check_building("start")) return rc;
+    if (rc == FLUXUS_OK && state_.load() != FLUXUS_STATE_BUILDING)
+        rc = set_errorf(FLUXUS_ECANCELED, "start: pipeline '%s' was cancelled while starting",
+                        name_.c_str());
+    if (rc != FLUXUS_OK) {
+        segments_.clear();
+        push_queue_ = nullptr;
+        for (auto &st : stages_) st->queue = nullptr;
+        return rc;
+    }
+    rt_->pipeline_running(+1);
+    state_.store(FLUXUS_STATE_RUNNING, std::memory_order_release);
+    if (!paused_.load() || source_.kind == SourceKind::push) notify_all_tasks();
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::validate() {
     if (rt_->dead())
         return set_error(FLUXUS_ESTATE, "start: the runtime of this pipeline was freed");
     if (source_.kind == SourceKind::none)
@@ -218,20 +250,6 @@ int32_t Pipeline::start() {
                               "dead-letter callback",
                               st.name.c_str());
     }
-    try {
-        build_segments();
-    } catch (...) {
-        segments_.clear();
-        return set_error(FLUXUS_ENOMEM, "start: out of memory building the pipeline");
-    }
-    if (int32_t rc = rt_->start()) {
-        segments_.clear();
-        return rc;
-    }
-    rt_->pipeline_running(+1);
-    state_.store(FLUXUS_STATE_RUNNING, std::memory_order_release);
-    if (paused_.load() && source_.kind != SourceKind::push) return FLUXUS_OK;
-    notify_all_tasks();
     return FLUXUS_OK;
 }
 

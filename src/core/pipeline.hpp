@@ -102,6 +102,7 @@ public:
     void log(int32_t level, const Stage *stage, const char *message);
 
 private:
+    int32_t validate();
     int32_t build_segments();
     void finish();
     void notify_all_tasks();
