@@ -224,7 +224,9 @@ int32_t Pipeline::start() {
     }
     rt_->pipeline_running(+1);
     state_.store(FLUXUS_STATE_RUNNING, std::memory_order_release);
-    if (!paused_.load() || source_.kind == SourceKind::push) notify_all_tasks();
+    // Every worker runs once: consumers register on their queues, and a paused pull source
+    // simply finds itself paused.
+    notify_all_tasks();
     return FLUXUS_OK;
 }
 
