@@ -94,6 +94,7 @@ public:
 // Per-worker state of one fused stage.
 struct WorkerStageState {
     std::unique_ptr<KeySet> keys;  // dedup only
+    std::vector<int8_t> verdict;   // dedup: per-item result of the batch insert
     uint64_t keys_reported = 0, forgotten_reported = 0;
 };
 

@@ -122,32 +122,42 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
     case StageKind::dedup: {
         KeySet &keys = *ws.keys;
         uint64_t before_keys = keys.size(), before_forgotten = keys.forgotten();
-        size_t m = per_item(p, st, in, n, t, "dedup key callback threw",
-                            [&](uint64_t x, size_t &m) {
-                                int r;
-                                if (st.key_fn) {
-                                    const void *k = nullptr;
-                                    size_t len = 0;
-                                    int32_t rc = st.key_fn(st.key_user.user, x, &k, &len);
-                                    if (rc != 0 || (!k && len)) {
-                                        p.fail_item(st, x, rc ? rc : FLUXUS_EINVAL,
-                                                    "dedup key callback failed", &t);
-                                        return;
-                                    }
-                                    r = keys.insert_digest(digest_bytes(k, len));
-                                } else {
-                                    r = keys.insert_word(x);
-                                }
-                                if (r > 0) {
-                                    o[m++] = x;
-                                } else if (r == 0) {
-                                    ++t.filtered;
-                                    p.destroy_item(x);
-                                } else {
-                                    p.fail_item(st, x, FLUXUS_ENOMEM, "dedup set: out of memory",
-                                                &t);
-                                }
-                            });
+        size_t m = 0;
+        if (!st.key_fn) {
+            // Word keys: no callback to contain, and the batch form overlaps cache misses.
+            ws.verdict.resize(n);
+            keys.insert_words(in, n, ws.verdict.data());
+            for (size_t i = 0; i < n; ++i) {
+                int r = ws.verdict[i];
+                if (r > 0) {
+                    o[m++] = in[i];
+                } else if (r == 0) {
+                    ++t.filtered;
+                    p.destroy_item(in[i]);
+                } else {
+                    p.fail_item(st, in[i], FLUXUS_ENOMEM, "dedup set: out of memory", &t);
+                }
+            }
+        } else {
+            m = per_item(p, st, in, n, t, "dedup key callback threw", [&](uint64_t x, size_t &m) {
+                const void *k = nullptr;
+                size_t len = 0;
+                int32_t rc = st.key_fn(st.key_user.user, x, &k, &len);
+                if (rc != 0 || (!k && len)) {
+                    p.fail_item(st, x, rc ? rc : FLUXUS_EINVAL, "dedup key callback failed", &t);
+                    return;
+                }
+                int r = keys.insert_digest(digest_bytes(k, len));
+                if (r > 0) {
+                    o[m++] = x;
+                } else if (r == 0) {
+                    ++t.filtered;
+                    p.destroy_item(x);
+                } else {
+                    p.fail_item(st, x, FLUXUS_ENOMEM, "dedup set: out of memory", &t);
+                }
+            });
+        }
         st.c.dedup_keys.fetch_add(keys.size() - before_keys, std::memory_order_relaxed);
         st.c.dedup_forgotten.fetch_add(keys.forgotten() - before_forgotten,
                                        std::memory_order_relaxed);

@@ -121,6 +121,27 @@ int KeySet::insert_word(uint64_t key) {
     return insert_gen(&words_[cur_], &words_[cur_ ^ 1], key, hash_word(key));
 }
 
+void KeySet::insert_words(const uint64_t *keys, size_t n, int8_t *result) {
+    constexpr size_t kChunk = 64, kAhead = 8;
+    uint64_t h[kChunk];
+    for (size_t base = 0; base < n; base += kChunk) {
+        size_t m = n - base < kChunk ? n - base : kChunk;
+        for (size_t i = 0; i < m; ++i) h[i] = hash_word(keys[base + i]);
+        if (generation_limit_ != 0) {
+            for (size_t i = 0; i < m; ++i)
+                result[base + i] = int8_t(insert_gen(&words_[cur_], &words_[cur_ ^ 1],
+                                                     keys[base + i], h[i]));
+            continue;
+        }
+        FlatSet<uint64_t> &set = words_[cur_];
+        for (size_t i = 0; i < m && i < kAhead; ++i) set.prefetch(h[i]);
+        for (size_t i = 0; i < m; ++i) {
+            if (i + kAhead < m) set.prefetch(h[i + kAhead]);
+            result[base + i] = int8_t(set.insert(keys[base + i], h[i]));
+        }
+    }
+}
+
 int KeySet::insert_digest(const Key128 &key) {
     return insert_gen(&digests_[cur_], &digests_[cur_ ^ 1], key, key.lo);
 }

@@ -30,6 +30,10 @@ public:
     // Inserts `key` (hash `h`); returns 1 if it was new, 0 if present, -1 if out of memory.
     int insert(const K &key, uint64_t h);
     bool contains(const K &key, uint64_t h) const;
+    // Brings the slot a key with hash `h` starts probing at into cache.
+    void prefetch(uint64_t h) const {
+        if (slots_) __builtin_prefetch(&slots_[h & mask_]);
+    }
     uint64_t size() const { return size_ + (has_zero_ ? 1 : 0); }
     void clear();
 
@@ -48,6 +52,9 @@ public:
 
     // Returns 1 if the key is new (the item passes), 0 if seen, -1 if out of memory.
     int insert_word(uint64_t key);
+    // Batch form: result[i] as insert_word(keys[i]). Hashes the batch first and prefetches the
+    // slots a few keys ahead, so the table's cache misses overlap instead of queueing.
+    void insert_words(const uint64_t *keys, size_t n, int8_t *result);
     int insert_digest(const Key128 &key);
 
     uint64_t size() const;

@@ -11,6 +11,7 @@ extern "C" {
 }
 
 #include <unordered_set>
+#include <vector>
 
 #include "dedup/key_set.hpp"
 
@@ -68,6 +69,19 @@ void test_bounded_set_remembers_recent_keys_and_counts_forgotten(void **) {
     assert_int_equal(set.forgotten() + set.size(), 5001);  // every key ever inserted
 }
 
+void test_batch_insert_matches_single_inserts(void **) {
+    KeySet batch(0), single(0);
+    std::vector<uint64_t> keys(5000);
+    std::vector<int8_t> result(keys.size());
+    for (int round = 0; round < 20; ++round) {
+        for (size_t i = 0; i < keys.size(); ++i) keys[i] = mix(round * 5000 + i) % 40000;
+        batch.insert_words(keys.data(), keys.size(), result.data());
+        for (size_t i = 0; i < keys.size(); ++i)
+            assert_int_equal(result[i], single.insert_word(keys[i]));
+    }
+    assert_int_equal(batch.size(), single.size());
+}
+
 }  // namespace
 
 int main() {
@@ -76,6 +90,7 @@ int main() {
         cmocka_unit_test(test_zero_and_max_keys_are_ordinary_keys),
         cmocka_unit_test(test_byte_keys_are_compared_by_digest),
         cmocka_unit_test(test_bounded_set_remembers_recent_keys_and_counts_forgotten),
+        cmocka_unit_test(test_batch_insert_matches_single_inserts),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
 }
