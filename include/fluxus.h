@@ -212,8 +212,9 @@ FLUXUS_API int32_t fluxus_runtime_run_for(fluxus_runtime *rt, uint32_t timeout_m
 
 /**
  * Free a runtime: cancel and finish every pipeline still running on it, stop and join its
- * threads, and release it. Pipelines created on it stay valid handles (their calls then return
- * FLUXUS_ESTATE) and must still be freed. NULL is accepted and ignored.
+ * threads, and release it. Pipelines created on it stay valid handles and must still be freed:
+ * their stats can be read, fluxus_pipeline_wait() returns FLUXUS_ECANCELED, starting one returns
+ * FLUXUS_ESTATE. NULL is accepted and ignored.
  * @return FLUXUS_OK, FLUXUS_EINVAL (not a live runtime), FLUXUS_EINCALLBACK (called from a
  *         callback of this runtime; nothing was freed).
  * Thread safety: any thread except the runtime's own; the handle is invalid afterwards.
@@ -625,6 +626,8 @@ FLUXUS_API int32_t fluxus_pipeline_drain(fluxus_pipeline *p, uint32_t timeout_ms
  * every admitted item not yet delivered is destroyed and counted as cancelled; callbacks already
  * running finish their current batch (long ones may poll fluxus_pipeline_is_cancelled()).
  * Does not wait; use fluxus_pipeline_wait(). Cancelling twice, or a finished pipeline, is allowed.
+ * Cancelling a pipeline that has not started finishes it at once (starting it then returns
+ * FLUXUS_ESTATE).
  * @return FLUXUS_OK, FLUXUS_EINVAL.
  * Thread safety: any thread, also from inside callbacks.
  */
