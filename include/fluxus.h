@@ -22,7 +22,8 @@
  *
  * An item is one 64-bit word: an integer, or a pointer cast to uint64_t. fluxus never looks
  * inside it; a pipeline may be given an item destructor that is called exactly once for every
- * item that does not reach the sink.
+ * item that does not reach the sink (except flat-map inputs whose callback took ownership with
+ * fluxus_emitter_keep_input()).
  */
 #ifndef FLUXUS_H
 #define FLUXUS_H
@@ -91,7 +92,8 @@ FLUXUS_API int32_t fluxus_version_number(void);
 
 /**
  * Human-readable description of a status code.
- * @return a static string; never NULL (unknown codes give "unknown error").
+ * @return a static string; never NULL. Unknown negative codes give "unknown error"; positive
+ *         codes (which only callbacks return) give "callback-defined error".
  * Thread safety: any thread.
  */
 FLUXUS_API const char *fluxus_strerror(int32_t status);
@@ -174,8 +176,9 @@ FLUXUS_API int32_t fluxus_runtime_set_spin_us(fluxus_runtime *rt, uint32_t spin_
 
 /**
  * Install the log callback (replacing any previous one, whose user_free is then called).
- * `fn` NULL removes it. Messages below `max_level` are filtered out (FLUXUS_LOG_WARN default).
- * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (bad level).
+ * `fn` NULL removes it. Only messages whose level is <= `max_level` are passed on (the default
+ * is FLUXUS_LOG_WARN: errors and warnings); `max_level` 0 passes nothing.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (max_level not in 0..FLUXUS_LOG_DEBUG).
  * Thread safety: any thread, any time except from inside the log callback.
  */
 FLUXUS_API int32_t fluxus_runtime_set_log(fluxus_runtime *rt, int32_t max_level, fluxus_log_fn fn,
@@ -230,9 +233,10 @@ typedef struct fluxus_pipeline fluxus_pipeline;
 /**
  * Create an empty pipeline on a runtime.
  * @param[out] out  Receives the pipeline; released with fluxus_pipeline_free().
- * @param rt        The runtime; it stays alive while the pipeline exists.
+ * @param rt        The runtime. Its memory stays allocated while the pipeline exists, even if
+ *                  the runtime handle is freed first (see fluxus_runtime_free()).
  * @param name      Name for stats and logs, or NULL ("pipeline"). Copied.
- * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (runtime freed), FLUXUS_ENOMEM.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (out NULL, or rt NULL or already freed), FLUXUS_ENOMEM.
  * Thread safety: any thread.
  */
 FLUXUS_API int32_t fluxus_pipeline_new(fluxus_pipeline **out, fluxus_runtime *rt,
@@ -253,6 +257,8 @@ FLUXUS_API int32_t fluxus_pipeline_set_item_free(fluxus_pipeline *p, fluxus_item
 
 /** A failed item's details, valid only during the dead-letter callback. */
 typedef struct fluxus_failure fluxus_failure;
+
+/* Accessors of a fluxus_failure. Given NULL they return "", UINT32_MAX, FLUXUS_EINVAL, "" and 0. */
 
 /** Name of the stage where the item failed (borrowed, valid during the callback). */
 FLUXUS_API const char *fluxus_failure_stage_name(const fluxus_failure *f);
@@ -364,7 +370,8 @@ FLUXUS_API int32_t fluxus_pipeline_try_push(fluxus_pipeline *p, uint64_t item);
 
 /**
  * Push up to `count` items in order, waiting up to `timeout_ms` in total.
- * @param[out] pushed  Receives how many items (a prefix of `items`) the pipeline now owns.
+ * @param[out] pushed  Receives how many items (a prefix of `items`) the pipeline now owns; may be
+ *                     NULL. `items` may be NULL only when `count` is 0.
  * @return as fluxus_pipeline_push(); FLUXUS_OK only if all were pushed.
  */
 FLUXUS_API int32_t fluxus_pipeline_push_many(fluxus_pipeline *p, const uint64_t *items,
@@ -536,9 +543,10 @@ FLUXUS_API int32_t fluxus_stage_set_queue_capacity(fluxus_pipeline *p, uint32_t 
 #define FLUXUS_OVERFLOW_FAIL 4          /* the items that do not fit fail with FLUXUS_EFULL */
 
 /**
- * Set the overflow policy of the queue in front of the stage. Dropped items are counted in the
- * stage's `dropped` and `failed` counters and destroyed; failed ones follow the stage's error
- * policy. A stage with a policy other than BLOCK always gets a real queue (it is not fused with
+ * Set the overflow policy of the queue in front of the stage. Items dropped by DROP_NEWEST or
+ * DROP_OLDEST are counted in the stage's `in`, `dropped` and `failed` counters and destroyed;
+ * items failed by FAIL or BLOCK_TIMEOUT are counted in `in` and follow the stage's error policy
+ * (they are not `dropped`). A stage with a policy other than BLOCK always gets a real queue (it is not fused with
  * the stage before it). `timeout_ms` is used by FLUXUS_OVERFLOW_BLOCK_TIMEOUT only.
  * Host pushes use their own timeout instead of BLOCK_TIMEOUT's.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ERANGE, FLUXUS_ESTATE.
@@ -552,14 +560,19 @@ FLUXUS_API int32_t fluxus_stage_set_overflow(fluxus_pipeline *p, uint32_t stage,
 #define FLUXUS_ERROR_SKIP 1        /* the item is counted as failed and destroyed */
 #define FLUXUS_ERROR_DEAD_LETTER 2 /* the dead-letter callback gets it, then it is destroyed */
 
-/** Set the stage's error policy (one of FLUXUS_ERROR_*). */
+/**
+ * Set the stage's error policy (one of FLUXUS_ERROR_*).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ERANGE (unknown policy),
+ *         FLUXUS_ESTATE.
+ */
 FLUXUS_API int32_t fluxus_stage_set_error_policy(fluxus_pipeline *p, uint32_t stage,
                                                  int32_t policy);
 
 /**
- * Per-worker hooks, called on the thread that runs that worker: `init` before the worker's first
- * item (a nonzero return stops the pipeline with FLUXUS_EFAILED), `close` after its last one
- * (also after cancel). Both receive the stage's `user` and the worker index (0..workers-1).
+ * Per-worker hooks, called on the thread that runs that worker: `init` when the worker first
+ * runs, which is right after the pipeline starts, whether or not it ever gets an item (a nonzero
+ * return stops the pipeline with FLUXUS_EFAILED); `close` after its last item, when its input
+ * has ended or the pipeline was cancelled; `close` is not called if `init` failed. Both receive the stage's `user` and the worker index (0..workers-1).
  * Either may be NULL.
  */
 typedef int32_t (*fluxus_worker_init_fn)(void *user, uint32_t worker);

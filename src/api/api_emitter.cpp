@@ -5,7 +5,7 @@
 using fluxus::kEmitterMagic;
 
 extern "C" FLUXUS_API int32_t fluxus_emit(fluxus_emitter *em, uint64_t item) {
-    if (!em || em->magic != kEmitterMagic)
+    if (!em || em != fluxus::t_live_emitter || em->magic != kEmitterMagic)
         return fluxus::set_error(FLUXUS_EINVAL, "fluxus_emit: not a live emitter");
     try {
         em->out->push_back(item);
@@ -16,7 +16,7 @@ extern "C" FLUXUS_API int32_t fluxus_emit(fluxus_emitter *em, uint64_t item) {
 }
 
 extern "C" FLUXUS_API int32_t fluxus_emitter_keep_input(fluxus_emitter *em) {
-    if (!em || em->magic != kEmitterMagic)
+    if (!em || em != fluxus::t_live_emitter || em->magic != kEmitterMagic)
         return fluxus::set_error(FLUXUS_EINVAL, "fluxus_emitter_keep_input: not a live emitter");
     em->keep_input = true;
     return FLUXUS_OK;

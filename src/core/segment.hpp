@@ -22,8 +22,9 @@ struct fluxus_emitter {
 
 namespace fluxus {
 
-// Marks a live emitter; cleared when its flat-map call returns.
+// Marks an emitter; only the one of the flat-map call running on this thread is live.
 constexpr uint32_t kEmitterMagic = 0x454d4954;  // "EMIT"
+extern thread_local fluxus_emitter *t_live_emitter;
 
 class SegmentWorker;
 

@@ -9,6 +9,8 @@
 
 namespace fluxus {
 
+thread_local fluxus_emitter *t_live_emitter = nullptr;
+
 namespace {
 
 struct BatchScratch {
@@ -19,6 +21,13 @@ struct BatchScratch {
     }
 };
 thread_local BatchScratch t_scratch;
+
+// The emitter of the flat-map call running on this thread. fluxus_emit() compares against it by
+// address, so an emitter kept past its call is refused without being dereferenced.
+struct EmitterScope {
+    explicit EmitterScope(fluxus_emitter *em) { t_live_emitter = em; }
+    ~EmitterScope() { t_live_emitter = nullptr; }
+};
 
 template <class Fn>
 size_t per_item(Pipeline &p, Stage &st, const uint64_t *in, size_t n, StageTally &t,
@@ -103,6 +112,7 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
         auto fn = reinterpret_cast<fluxus_flat_map_fn>(st.fn);
         out.clear();
         fluxus_emitter em{kEmitterMagic, &out, false};
+        EmitterScope live(&em);
         size_t before = 0;
         per_item(p, st, in, n, t, "flat-map callback threw", [&](uint64_t x, size_t &) {
             em.keep_input = false;
@@ -115,7 +125,6 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
                 p.fail_item(st, x, rc, "flat-map callback failed", &t);
             }
         });
-        em.magic = 0;
         t.spawned += out.size();
         return out.size();
     }
@@ -202,13 +211,13 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
         auto fn = reinterpret_cast<fluxus_flat_map_batch_fn>(st.fn);
         out.clear();
         fluxus_emitter em{kEmitterMagic, &out, false};
+        EmitterScope live(&em);
         int32_t rc;
         try {
             rc = fn(u, in, uint32_t(n), &em);
         } catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
-        em.magic = 0;
         t.spawned += out.size();
         if (rc != 0) {
             for (size_t i = 0; i < n; ++i)

@@ -636,6 +636,36 @@ static void test_stats_respect_a_smaller_struct_size(void **state) {
     tu_free_all(p, rt);
 }
 
+/* A flat-map callback that keeps its emitter for later, as a buggy binding might. */
+static fluxus_emitter *kept_emitter;
+
+static int32_t keep_emitter_flat_map(void *user, uint64_t item, fluxus_emitter *em) {
+    (void)user;
+    TU_STORE(&kept_emitter, em);
+    return fluxus_emit(em, item);
+}
+
+static void test_an_emitter_used_after_its_call_returns_einval(void **state) {
+    fluxus_runtime *rt = tu_runtime(1);
+    fluxus_pipeline *p = tu_pipeline(rt, "stale-emitter", NULL);
+    tu_range_source src = {0, 10, 0};
+    tu_tracker t;
+    (void)state;
+
+    tu_tracker_init(&t, 10);
+    TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
+    TU_OK(fluxus_pipeline_add_flat_map(NULL, p, "fm", keep_emitter_flat_map, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", tu_tracker_sink, &t, NULL));
+    tu_run_expect(p, FLUXUS_OK);
+    assert_non_null(TU_LOAD(&kept_emitter));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_emit(TU_LOAD(&kept_emitter), 99));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_emitter_keep_input(TU_LOAD(&kept_emitter)));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_emit(NULL, 1));
+    assert_int_equal(t.delivered_total, 10);
+    tu_free_all(p, rt);
+    tu_tracker_destroy(&t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_version_macros_match_the_loaded_library),
@@ -650,6 +680,7 @@ int main(void) {
         cmocka_unit_test(test_blocking_calls_from_inside_a_callback_return_eincallback),
         cmocka_unit_test(test_more_than_4096_stages_are_refused_with_erange),
         cmocka_unit_test(test_stats_respect_a_smaller_struct_size),
+        cmocka_unit_test(test_an_emitter_used_after_its_call_returns_einval),
     };
     return TU_RUN_GROUP(tests);
 }
