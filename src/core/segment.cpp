@@ -14,7 +14,7 @@ thread_local uint32_t t_current_worker = UINT32_MAX;
 
 namespace {
 
-// Batches a worker runs before it yields its thread to other tasks.
+// Batches a worker runs before it yields its thread, if other tasks are waiting for one.
 constexpr int kRoundsPerRun = 16;
 
 uint32_t lane_for_hash(uint64_t h, uint32_t lanes) {
@@ -303,7 +303,11 @@ void SegmentWorker::run() {
     if (!pending.empty() && !seg->push_out(pending, this)) return;
     if (seg->ordered) seg->reorder.flush(this);
 
-    for (int round = 0; round < kRoundsPerRun; ++round) {
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();  // others are waiting for a thread: run again after them
+            return;
+        }
         if (seg->ordered && !seg->reorder.reserve(this)) return;
         bool drained = false;
         size_t n = fetch(&drained);
@@ -320,7 +324,6 @@ void SegmentWorker::run() {
         }
         if (!pending.empty()) return;  // parked until the next queue has room
     }
-    notify();  // there may be more: run again after the tasks queued behind us
 }
 
 size_t SegmentWorker::fetch(bool *drained) {
@@ -349,8 +352,10 @@ size_t SegmentWorker::pull(bool *drained) {
     try {
         if (src.kind == SourceKind::pull) {
             auto fn = reinterpret_cast<fluxus_pull_fn>(src.fn);
+            void *user = src.user.user;
+            uint64_t *buf = a_.data();  // locals: the callback could alias any member
             while (n < max) {
-                rc = fn(src.user.user, &a_[n]);
+                rc = fn(user, &buf[n]);
                 if (rc != FLUXUS_PULL_ITEM) break;
                 ++n;
             }

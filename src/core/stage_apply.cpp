@@ -73,10 +73,11 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
         auto fn = reinterpret_cast<fluxus_map_fn>(st.fn);
         return per_item(p, st, in, n, t, "map callback threw",
                         [&](uint64_t x, size_t &m) {
-                            uint64_t y;
-                            int32_t rc = fn(u, x, &y);
+                            // Written straight into the output slot; a failure leaves the slot
+                            // to be overwritten by the next item.
+                            int32_t rc = fn(u, x, &o[m]);
                             if (__builtin_expect(rc == 0, 1))
-                                o[m++] = y;
+                                ++m;
                             else
                                 p.fail_item(st, x, rc, "map callback failed", &t);
                         });
@@ -99,10 +100,11 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
     }
     case StageKind::sink: {
         auto fn = reinterpret_cast<fluxus_sink_fn>(st.fn);
-        per_item(p, st, in, n, t, "sink callback threw", [&](uint64_t x, size_t &) {
+        // per_item counts the delivered items in its output counter; nothing is written.
+        t.out += per_item(p, st, in, n, t, "sink callback threw", [&](uint64_t x, size_t &m) {
             int32_t rc = fn(u, x);
             if (__builtin_expect(rc == 0, 1))
-                ++t.out;
+                ++m;
             else
                 p.fail_item(st, x, rc, "sink callback failed", &t);
         });

@@ -51,6 +51,8 @@ public:
 
     // Scheduling.
     void enqueue(Task *task);
+    // True if tasks are waiting for a thread (a hint: read without the lock).
+    bool has_queued_tasks() const { return rq_size_.load(std::memory_order_relaxed) > 0; }
     void add_timer(uint64_t deadline_ns, Task *task, TaskOwner *owner);
     void remove_timers(TaskOwner *owner) { timers_.remove_owner(owner); }
 
