@@ -75,35 +75,44 @@ size_t ItemQueue::push_locked(PendingItems &pend, std::vector<uint64_t> *evict,
     // Several lanes: walk the batch once; an item whose lane is full stays pending, and so do
     // the later items of that lane, which keeps every lane (so every key) in order.
     const uint32_t *lane_of = pend.lanes.data() + pend.head;
-    std::vector<uint64_t> keep_items;
-    std::vector<uint32_t> keep_lanes;
+    size_t kept = 0;  // pending items are compacted in place to the front of the batch
+    uint64_t *keep_items = pend.items.data() + pend.head;
+    uint32_t *keep_lanes = pend.lanes.data() + pend.head;
     uint64_t blocked = 0;  // bit per lane (lanes beyond 64 share bits; only costs fairness)
+    uint64_t touched = 0;  // lanes that got items, for waking their consumers
     for (size_t i = 0; i < n; ++i) {
         uint32_t li = lane_of[i];
         Lane &l = lanes_[li];
         uint64_t bit = uint64_t(1) << (li & 63);
         if (!(blocked & bit) && evict && l.count == cap_) {
             evict->push_back(l.ring[l.head]);
-            l.head = (l.head + 1) % cap_;
+            if (++l.head == cap_) l.head = 0;
             --l.count;
             note_depth(-1);
         }
         if ((blocked & bit) || l.count == cap_) {
             blocked |= bit;
-            keep_items.push_back(items[i]);
-            keep_lanes.push_back(li);
+            keep_items[kept] = items[i];
+            keep_lanes[kept] = li;
+            ++kept;
             continue;
         }
-        l.ring[(l.head + l.count) % cap_] = items[i];
+        size_t tail = l.head + l.count;
+        if (tail >= cap_) tail -= cap_;
+        l.ring[tail] = items[i];
         ++l.count;
         ++moved;
-        note_depth(1);
-        for (Task *t : l.consumers) add_waiter(wake, t);
-        l.consumers.clear();
+        touched |= bit;
     }
-    pend.items.swap(keep_items);
-    pend.lanes.swap(keep_lanes);
-    pend.head = 0;
+    if (moved) note_depth(int64_t(moved));
+    for (size_t li = 0; li < lanes_.size(); ++li) {
+        if (!(touched & (uint64_t(1) << (li & 63)))) continue;
+        for (Task *t : lanes_[li].consumers) add_waiter(wake, t);
+        lanes_[li].consumers.clear();
+    }
+    pend.items.resize(pend.head + kept);
+    pend.lanes.resize(pend.head + kept);
+    if (pend.empty()) pend.clear();
     return moved;
 }
 
