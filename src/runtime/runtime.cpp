@@ -177,7 +177,17 @@ void Runtime::enqueue(Task *task) {
     std::lock_guard<std::mutex> lock(rq_mu_);
     rq_.push_back(task);
     rq_size_.store(uint32_t(rq_.size()), std::memory_order_release);
-    if (sleepers_ > 0) rq_cv_.notify_one();
+    // A spinning worker will take it; waking a sleeper too would cost this thread a futex call
+    // (and the VM an idle-core wake-up) for nothing. A spinner that finds more work queued
+    // behind its task wakes a sleeper itself (worker_main), so bursts still spread out.
+    if (sleepers_ > 0 && spinners_.load(std::memory_order_acquire) == 0) rq_cv_.notify_one();
+}
+
+void Runtime::wake_one_if_backlog() {
+    if (rq_size_.load(std::memory_order_acquire) == 0) return;
+    if (spinners_.load(std::memory_order_acquire) > 0) return;
+    std::lock_guard<std::mutex> lock(rq_mu_);
+    if (!rq_.empty() && sleepers_ > 0) rq_cv_.notify_one();
 }
 
 Task *Runtime::try_pop() {
@@ -201,11 +211,16 @@ void Runtime::worker_main() {
         Task *task = try_pop();
         if (!task && spin_us_ > 0) {
             // Short spin: a hand-off that arrives within the window costs no sleep/wake pair.
-            uint64_t until = now_ns() + uint64_t(spin_us_) * 1000;
-            while (rq_size_.load(std::memory_order_acquire) == 0 && now_ns() < until) {
-                for (int i = 0; i < 32; ++i) cpu_relax();
+            // One spinner is enough to catch it; more would only take cores from the host's
+            // own threads (a pusher, a game loop) on a small machine.
+            if (spinners_.fetch_add(1, std::memory_order_acq_rel) == 0) {
+                uint64_t until = now_ns() + uint64_t(spin_us_) * 1000;
+                while (rq_size_.load(std::memory_order_acquire) == 0 && now_ns() < until) {
+                    for (int i = 0; i < 32; ++i) cpu_relax();
+                }
+                task = try_pop();
             }
-            task = try_pop();
+            spinners_.fetch_sub(1, std::memory_order_acq_rel);
         }
         if (!task) {
             std::unique_lock<std::mutex> lock(rq_mu_);
@@ -219,6 +234,7 @@ void Runtime::worker_main() {
             rq_.pop_front();
             rq_size_.store(uint32_t(rq_.size()), std::memory_order_release);
         }
+        wake_one_if_backlog();
         execute(task);
     }
 }

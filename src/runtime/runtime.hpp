@@ -88,6 +88,8 @@ private:
     void worker_main();
     void loop_main();
     Task *try_pop();
+    // Wakes a sleeping worker if tasks are still queued and nobody is spinning to take them.
+    void wake_one_if_backlog();
     void execute(Task *task);
     void fire_timers_and_rearm();
     static void on_async(uv_async_t *handle);
@@ -104,6 +106,7 @@ private:
     std::deque<Task *> rq_;
     std::atomic<uint32_t> rq_size_{0};
     uint32_t sleepers_ = 0;
+    std::atomic<uint32_t> spinners_{0};  // idle workers spinning; at most one spins at a time
     bool stopping_ = false;
 
     std::vector<std::thread> threads_;
