@@ -1,0 +1,841 @@
+/*
+ * fluxus_bench.cpp — the fluxus benchmark: workloads W1..W4 of bench/workloads.h run through the
+ * public C API only, plus extra measurements (slowsink, latency, lifecycle).
+ *
+ *   fluxus-bench W1|W2|W3|W4|all|slowsink|latency|lifecycle [--quick] [--impl CFG] [--list]
+ *
+ * Each result is one `workload=<W> impl=<name> items=<n> seconds=<s> items_per_s=<r> k=v ...`
+ * line on stdout. Every run checks its checksum (and ordhash / unique) and the process exits 1 on
+ * a wrong one, 3 on an API error, 2 for W3 (not runnable yet), 64 on bad usage. The timed region
+ * of W1/W2/W4 starts just before fluxus_runtime_new() and stops after fluxus_runtime_free()
+ * returned (pipeline finished, threads joined). --quick runs N/100 and checks against values
+ * computed by a plain loop before the clock starts.
+ */
+#include <fluxus.h>
+
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "workloads.h"
+
+using wl::clk;
+
+namespace {
+
+/* ------------------------------------------------------------------------------------------
+ * Options, errors, checks
+ * ---------------------------------------------------------------------------------------- */
+
+struct Opts {
+    bool quick = false;
+    bool list = false;
+    std::string impl;     /* empty: every configuration of the workload */
+    uint64_t rate = 0;    /* latency: one rate only */
+    double duration = 0;  /* slowsink: seconds (0: default) */
+};
+
+int g_failures = 0;
+int g_selected = 0; /* configurations that matched --impl (or all of them) */
+
+[[noreturn]] void die_api(const char *what, int32_t rc, int line) {
+    /* Copy the message first: it is valid only until the next fluxus call on this thread. */
+    std::string msg = fluxus_last_error_message();
+    std::fprintf(stderr, "fluxus-bench: %s failed (line %d): %s: %s [%s]\n", what, line,
+                 fluxus_err_name(rc), fluxus_strerror(rc), msg.c_str());
+    std::exit(3);
+}
+
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        int32_t rc_ = (call);                                                                      \
+        if (rc_ != FLUXUS_OK) die_api(#call, rc_, __LINE__);                                       \
+    } while (0)
+
+void check(const char *w, const std::string &impl, const char *what, uint64_t got,
+           uint64_t want) {
+    if (got == want) return;
+    std::fprintf(stderr, "fluxus-bench: CHECK FAILED workload=%s impl=%s %s=%" PRIu64
+                         " expected %" PRIu64 "\n",
+                 w, impl.c_str(), what, got, want);
+    ++g_failures;
+}
+
+/* Number of workers of a runtime, as the threads= field reports it (workers + 1 loop thread). */
+uint32_t rt_workers(fluxus_runtime *rt) {
+    uint32_t n = 0;
+    CK(fluxus_runtime_get_workers(rt, &n));
+    return n;
+}
+
+void finish(fluxus_pipeline *p, const char *w) {
+    int32_t rc = fluxus_pipeline_wait(p, UINT32_MAX);
+    if (rc != FLUXUS_OK) die_api(w, rc, __LINE__);
+}
+
+fluxus_pipeline_stats pipeline_stats(fluxus_pipeline *p) {
+    fluxus_pipeline_stats st;
+    std::memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
+    CK(fluxus_pipeline_get_stats(p, &st));
+    return st;
+}
+
+fluxus_stage_stats stage_stats(fluxus_pipeline *p, uint32_t stage) {
+    fluxus_stage_stats st;
+    std::memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
+    CK(fluxus_stage_get_stats(p, stage, &st));
+    return st;
+}
+
+bool selected(const Opts &o, const char *cfg) {
+    if (o.list) {
+        std::printf("%s\n", cfg);
+        return false;
+    }
+    bool yes = o.impl.empty() || o.impl == cfg;
+    g_selected += yes;
+    return yes;
+}
+
+/* Resident set size of this process in KiB, from /proc/self/statm. */
+uint64_t rss_kb() {
+    FILE *f = std::fopen("/proc/self/statm", "r");
+    if (!f) return 0;
+    unsigned long long size = 0, res = 0;
+    int n = std::fscanf(f, "%llu %llu", &size, &res);
+    std::fclose(f);
+    if (n != 2) return 0;
+    return (uint64_t)res * (uint64_t)sysconf(_SC_PAGESIZE) / 1024;
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+void spin_until_ns(uint64_t t) {
+    while (wl::now_ns() < t) cpu_relax();
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Shared callbacks
+ * ---------------------------------------------------------------------------------------- */
+
+/* Pull source of 0..n-1 (W1, W2). */
+struct CountSrc {
+    uint64_t next = 0, n = 0;
+};
+int32_t count_pull(void *u, uint64_t *item) {
+    auto *s = static_cast<CountSrc *>(u);
+    if (s->next >= s->n) return FLUXUS_PULL_END;
+    *item = s->next++;
+    return FLUXUS_PULL_ITEM;
+}
+int32_t count_pull_batch(void *u, uint64_t *items, uint32_t cap, uint32_t *count) {
+    auto *s = static_cast<CountSrc *>(u);
+    uint64_t left = s->n - s->next;
+    uint32_t k = left < cap ? (uint32_t)left : cap;
+    for (uint32_t i = 0; i < k; ++i) items[i] = s->next + i;
+    s->next += k;
+    *count = k;
+    return s->next >= s->n ? FLUXUS_PULL_END : FLUXUS_PULL_ITEM;
+}
+
+/* Sum-and-count sink (W2, W4, extras). */
+struct SumSink {
+    uint64_t sum = 0, n = 0;
+};
+int32_t sum_sink(void *u, uint64_t x) {
+    auto *s = static_cast<SumSink *>(u);
+    s->sum += x;
+    ++s->n;
+    return 0;
+}
+int32_t sum_sink_batch(void *u, const uint64_t *items, int32_t *, uint32_t count) {
+    auto *s = static_cast<SumSink *>(u);
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < count; ++i) sum += items[i];
+    s->sum += sum;
+    s->n += count;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * W1 hop
+ * ---------------------------------------------------------------------------------------- */
+
+int32_t w1_map1(void *, uint64_t in, uint64_t *out) {
+    *out = wl::w1_s1(in);
+    return 0;
+}
+int32_t w1_map2(void *, uint64_t in, uint64_t *out) {
+    *out = wl::w1_s2(in);
+    return 0;
+}
+int32_t w1_map1_batch(void *, const uint64_t *in, uint64_t *out, int32_t *, uint32_t count) {
+    for (uint32_t i = 0; i < count; ++i) out[i] = wl::w1_s1(in[i]);
+    return 0;
+}
+int32_t w1_map2_batch(void *, const uint64_t *in, uint64_t *out, int32_t *, uint32_t count) {
+    for (uint32_t i = 0; i < count; ++i) out[i] = wl::w1_s2(in[i]);
+    return 0;
+}
+int32_t w1_sink(void *u, uint64_t x) {
+    (*static_cast<wl::W1Sink *>(u))(x);
+    return 0;
+}
+int32_t w1_sink_batch(void *u, const uint64_t *items, int32_t *, uint32_t count) {
+    wl::W1Sink &s = *static_cast<wl::W1Sink *>(u);
+    for (uint32_t i = 0; i < count; ++i) s(items[i]);
+    return 0;
+}
+
+enum class W1Mode { Item, ItemNoFuse, Batch };
+
+void run_w1_one(const char *impl, W1Mode mode, const wl::W1Sink &want) {
+    const uint64_t n = want.n;
+    CountSrc src;
+    src.n = n;
+    wl::W1Sink sink;
+
+    auto t0 = clk::now();
+    fluxus_runtime *rt = nullptr;
+    fluxus_pipeline *p = nullptr;
+    CK(fluxus_runtime_new(&rt));
+    CK(fluxus_pipeline_new(&p, rt, "w1"));
+    if (mode == W1Mode::Batch) {
+        CK(fluxus_pipeline_set_pull_source_batch(p, "src", count_pull_batch, &src, nullptr));
+        CK(fluxus_pipeline_add_map_batch(nullptr, p, "s1", w1_map1_batch, nullptr, nullptr));
+        CK(fluxus_pipeline_add_map_batch(nullptr, p, "s2", w1_map2_batch, nullptr, nullptr));
+        CK(fluxus_pipeline_add_sink_batch(nullptr, p, "sink", w1_sink_batch, &sink, nullptr));
+    } else {
+        if (mode == W1Mode::ItemNoFuse) CK(fluxus_pipeline_set_fusion(p, 0));
+        CK(fluxus_pipeline_set_pull_source(p, "src", count_pull, &src, nullptr));
+        CK(fluxus_pipeline_add_map(nullptr, p, "s1", w1_map1, nullptr, nullptr));
+        CK(fluxus_pipeline_add_map(nullptr, p, "s2", w1_map2, nullptr, nullptr));
+        CK(fluxus_pipeline_add_sink(nullptr, p, "sink", w1_sink, &sink, nullptr));
+    }
+    CK(fluxus_pipeline_start(p));
+    finish(p, "W1 wait");
+    fluxus_pipeline_stats st = pipeline_stats(p);
+    uint32_t workers = rt_workers(rt);
+    CK(fluxus_pipeline_free(p));
+    CK(fluxus_runtime_free(rt));
+    double s = wl::secs_since(t0);
+
+    check("W1", impl, "items", sink.n, n);
+    check("W1", impl, "delivered", st.delivered, n);
+    check("W1", impl, "checksum", sink.sum, want.sum);
+    check("W1", impl, "ordhash", sink.ordhash, want.ordhash);
+    wl::print_result("W1", impl, n, s,
+                     wl::kv("checksum", sink.sum) + wl::kv("ordhash", sink.ordhash) +
+                         wl::kv("threads", workers + 1) + wl::kv("workers", workers));
+}
+
+void run_w1(const Opts &o) {
+    wl::W1Sink want;
+    if (!o.list) {
+        if (o.quick) {
+            want = wl::w1_expected(wl::W1_N / 100);
+        } else {
+            want.sum = wl::W1_SUM;
+            want.ordhash = wl::W1_ORDHASH;
+            want.n = wl::W1_N;
+        }
+    }
+    if (selected(o, "fluxus-item")) run_w1_one("fluxus-item", W1Mode::Item, want);
+    if (selected(o, "fluxus-item-nofuse"))
+        run_w1_one("fluxus-item-nofuse", W1Mode::ItemNoFuse, want);
+    if (selected(o, "fluxus-batch")) run_w1_one("fluxus-batch", W1Mode::Batch, want);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * W2 cpu-parallel
+ * ---------------------------------------------------------------------------------------- */
+
+int32_t w2_map(void *, uint64_t in, uint64_t *out) {
+    *out = wl::w2_work(in);
+    return 0;
+}
+
+void run_w2_plain(uint64_t n, uint64_t want) {
+    auto t0 = clk::now();
+    uint64_t sum = 0, eos = 0;
+    for (uint64_t x = 0; x < n; ++x) {
+        uint64_t h = wl::w2_work(x);
+        eos += h == ~0ULL;
+        sum += h;
+    }
+    double s = wl::secs_since(t0);
+    check("W2", "plain", "checksum", sum, want);
+    wl::print_result("W2", "plain", n, s,
+                     wl::kv("checksum", sum) + wl::kv("workers", 1) + wl::kv("threads", 1) +
+                         wl::kv("eos_collisions", eos));
+}
+
+/* Reference, not fluxus: two threads, each summing a contiguous half. It shows what this machine
+ * gives two threads at the moment (the peers' static split reached 0.92). */
+void run_w2_static(uint64_t n, uint64_t want) {
+    auto t0 = clk::now();
+    uint64_t part[2] = {0, 0};
+    auto half = [&](int k) {
+        uint64_t lo = k == 0 ? 0 : n / 2, hi = k == 0 ? n / 2 : n, s = 0;
+        for (uint64_t x = lo; x < hi; ++x) s += wl::w2_work(x);
+        part[k] = s;
+    };
+    std::thread t(half, 1);
+    half(0);
+    t.join();
+    double s = wl::secs_since(t0);
+    uint64_t sum = part[0] + part[1];
+    check("W2", "plain-static", "checksum", sum, want);
+    wl::print_result("W2", "plain-static", n, s,
+                     wl::kv("checksum", sum) + wl::kv("workers", 2) + wl::kv("threads", 2));
+}
+
+void run_w2_fluxus(uint64_t n, uint64_t want, uint32_t stage_workers) {
+    CountSrc src;
+    src.n = n;
+    SumSink sink;
+
+    auto t0 = clk::now();
+    fluxus_runtime *rt = nullptr;
+    fluxus_pipeline *p = nullptr;
+    uint32_t map = 0;
+    CK(fluxus_runtime_new(&rt));
+    CK(fluxus_pipeline_new(&p, rt, "w2"));
+    CK(fluxus_pipeline_set_pull_source(p, "src", count_pull, &src, nullptr));
+    CK(fluxus_pipeline_add_map(&map, p, "work", w2_map, nullptr, nullptr));
+    CK(fluxus_stage_set_workers(p, map, stage_workers));
+    CK(fluxus_stage_set_order(p, map, FLUXUS_ORDER_UNORDERED));
+    CK(fluxus_pipeline_add_sink(nullptr, p, "sink", sum_sink, &sink, nullptr));
+    CK(fluxus_pipeline_start(p));
+    finish(p, "W2 wait");
+    fluxus_pipeline_stats st = pipeline_stats(p);
+    uint32_t workers = rt_workers(rt);
+    CK(fluxus_pipeline_free(p));
+    CK(fluxus_runtime_free(rt));
+    double s = wl::secs_since(t0);
+
+    check("W2", "fluxus", "items", sink.n, n);
+    check("W2", "fluxus", "delivered", st.delivered, n);
+    check("W2", "fluxus", "checksum", sink.sum, want);
+    wl::print_result("W2", "fluxus", n, s,
+                     wl::kv("checksum", sink.sum) + wl::kv("workers", stage_workers) +
+                         wl::kv("threads", workers + 1));
+}
+
+void run_w2(const Opts &o) {
+    const uint64_t n = o.quick ? wl::W2_N / 100 : wl::W2_N;
+    uint64_t want = 0;
+    if (!o.list) want = o.quick ? wl::w2_expected(n) : wl::W2_SUM;
+    if (selected(o, "plain")) run_w2_plain(n, want);
+    if (selected(o, "plain-static")) run_w2_static(n, want);
+    if (selected(o, "fluxus-w1")) run_w2_fluxus(n, want, 1);
+    if (selected(o, "fluxus-w2")) run_w2_fluxus(n, want, 2);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * W4 dedup
+ * ---------------------------------------------------------------------------------------- */
+
+struct KeySrc {
+    uint64_t next = 0, n = 0;
+};
+int32_t key_pull(void *u, uint64_t *item) {
+    auto *s = static_cast<KeySrc *>(u);
+    if (s->next >= s->n) return FLUXUS_PULL_END;
+    *item = wl::w4_key(s->next++);
+    return FLUXUS_PULL_ITEM;
+}
+int32_t key_pull_batch(void *u, uint64_t *items, uint32_t cap, uint32_t *count) {
+    auto *s = static_cast<KeySrc *>(u);
+    uint64_t left = s->n - s->next;
+    uint32_t k = left < cap ? (uint32_t)left : cap;
+    for (uint32_t i = 0; i < k; ++i) items[i] = wl::w4_key(s->next + i);
+    s->next += k;
+    *count = k;
+    return s->next >= s->n ? FLUXUS_PULL_END : FLUXUS_PULL_ITEM;
+}
+
+void run_w4_one(const char *impl, uint64_t n, const wl::W4Expected &want, uint32_t dedup_workers,
+                bool batch) {
+    KeySrc src;
+    src.n = n;
+    SumSink sink;
+
+    auto t0 = clk::now();
+    fluxus_runtime *rt = nullptr;
+    fluxus_pipeline *p = nullptr;
+    uint32_t dedup = 0;
+    CK(fluxus_runtime_new(&rt));
+    CK(fluxus_pipeline_new(&p, rt, "w4"));
+    if (batch)
+        CK(fluxus_pipeline_set_pull_source_batch(p, "keys", key_pull_batch, &src, nullptr));
+    else
+        CK(fluxus_pipeline_set_pull_source(p, "keys", key_pull, &src, nullptr));
+    CK(fluxus_pipeline_add_dedup(&dedup, p, "dedup"));
+    /* With 2 workers the dedup stage shards keys by hash and switches itself to
+     * FLUXUS_ORDER_PER_KEY; the sink keeps its single worker, which the API allows (only a
+     * multi-worker sink must be per-key), so the sink's sums need no synchronisation. */
+    if (dedup_workers != 1) CK(fluxus_stage_set_workers(p, dedup, dedup_workers));
+    if (batch)
+        CK(fluxus_pipeline_add_sink_batch(nullptr, p, "sink", sum_sink_batch, &sink, nullptr));
+    else
+        CK(fluxus_pipeline_add_sink(nullptr, p, "sink", sum_sink, &sink, nullptr));
+    CK(fluxus_pipeline_start(p));
+    finish(p, "W4 wait");
+    fluxus_pipeline_stats st = pipeline_stats(p);
+    fluxus_stage_stats dst = stage_stats(p, dedup);
+    uint32_t workers = rt_workers(rt);
+    CK(fluxus_pipeline_free(p));
+    CK(fluxus_runtime_free(rt));
+    double s = wl::secs_since(t0);
+
+    check("W4", impl, "unique", sink.n, want.unique);
+    check("W4", impl, "checksum", sink.sum, want.sum);
+    check("W4", impl, "delivered", st.delivered, want.unique);
+    check("W4", impl, "filtered", st.filtered, n - want.unique);
+    check("W4", impl, "dedup_keys", dst.dedup_keys, want.unique);
+    wl::print_result("W4", impl, n, s,
+                     wl::kv("checksum", sink.sum) + wl::kv("unique", sink.n) +
+                         wl::kv("dedup_workers", dedup_workers) + wl::kv("threads", workers + 1));
+}
+
+void run_w4(const Opts &o) {
+    const uint64_t n = o.quick ? wl::W4_N / 100 : wl::W4_N;
+    wl::W4Expected want;
+    if (!o.list) {
+        if (o.quick) {
+            want = wl::w4_expected(n);
+        } else {
+            want.unique = wl::W4_UNIQUE;
+            want.sum = wl::W4_SUM;
+        }
+    }
+    if (selected(o, "fluxus-dedup")) run_w4_one("fluxus-dedup", n, want, 1, false);
+    if (selected(o, "fluxus-dedup-2w")) run_w4_one("fluxus-dedup-2w", n, want, 2, false);
+    if (selected(o, "fluxus-dedup-batch")) run_w4_one("fluxus-dedup-batch", n, want, 1, true);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * slowsink: a source 1000x faster than the sink. Memory must stay flat (backpressure).
+ * The source spends ~50 ns per item (14 mix64 rounds at the calibrated 3.6 ns), the sink
+ * busy-waits 50 us per item. Every 0.5 s the main thread samples RSS and the queue depths.
+ * ---------------------------------------------------------------------------------------- */
+
+constexpr uint64_t SLOW_SINK_NS = 50000;
+constexpr int SLOW_SRC_ROUNDS = 14;
+
+struct SlowSrc {
+    uint64_t next = 0;
+    uint64_t end_ns = 0;
+    uint64_t fold = 0;
+};
+int32_t slow_pull(void *u, uint64_t *item) {
+    auto *s = static_cast<SlowSrc *>(u);
+    if (wl::now_ns() >= s->end_ns) return FLUXUS_PULL_END;
+    uint64_t h = s->next;
+    for (int r = 0; r < SLOW_SRC_ROUNDS; ++r) h = wl::mix64(h + wl::GOLDEN);
+    s->fold ^= h;
+    *item = s->next++;
+    return FLUXUS_PULL_ITEM;
+}
+int32_t slow_ident(void *, uint64_t in, uint64_t *out) {
+    *out = in;
+    return 0;
+}
+int32_t slow_sink(void *u, uint64_t x) {
+    spin_until_ns(wl::now_ns() + SLOW_SINK_NS);
+    return sum_sink(u, x);
+}
+
+void run_slowsink_one(const Opts &o, const char *impl, bool fuse) {
+    const double dur = o.duration > 0 ? o.duration : (o.quick ? 1.0 : 10.0);
+    const double warm = o.quick ? 0.5 : 1.0;
+    SlowSrc src;
+    SumSink sink;
+
+    auto t0 = clk::now();
+    uint64_t t0ns = wl::now_ns();
+    src.end_ns = t0ns + (uint64_t)(dur * 1e9);
+    fluxus_runtime *rt = nullptr;
+    fluxus_pipeline *p = nullptr;
+    CK(fluxus_runtime_new(&rt));
+    CK(fluxus_pipeline_new(&p, rt, "slowsink"));
+    if (!fuse) CK(fluxus_pipeline_set_fusion(p, 0));
+    CK(fluxus_pipeline_set_pull_source(p, "src", slow_pull, &src, nullptr));
+    CK(fluxus_pipeline_add_map(nullptr, p, "map", slow_ident, nullptr, nullptr));
+    CK(fluxus_pipeline_add_sink(nullptr, p, "sink", slow_sink, &sink, nullptr));
+    uint32_t nstages = 0;
+    CK(fluxus_pipeline_stage_count(p, &nstages));
+    uint64_t rss_start = rss_kb();
+    CK(fluxus_pipeline_start(p));
+
+    /* Warm-up: the samples of the first second (quick: the first half second). */
+    uint64_t rss_warm = 0, rss_max_after = 0, rss_last = 0, max_in_flight = 0;
+    for (int k = 1;; ++k) {
+        uint64_t due = t0ns + (uint64_t)k * 500000000ULL;
+        uint64_t now = wl::now_ns();
+        uint32_t ms = due > now ? (uint32_t)((due - now + 999999) / 1000000) : 0;
+        int32_t rc = fluxus_pipeline_wait(p, ms);
+        if (rc == FLUXUS_OK) break;
+        if (rc != FLUXUS_ETIMEDOUT) die_api("slowsink wait", rc, __LINE__);
+        double t = wl::secs_since(t0);
+        uint64_t rss = rss_kb();
+        fluxus_pipeline_stats ps = pipeline_stats(p);
+        std::string q;
+        for (uint32_t i = 0; i < nstages; ++i) {
+            fluxus_stage_stats ss = stage_stats(p, i);
+            q += (i ? "," : "") + std::to_string(ss.queue_depth);
+        }
+        max_in_flight = std::max(max_in_flight, ps.in_flight);
+        if (t <= warm + 0.01)
+            rss_warm = std::max(rss_warm, rss);
+        else
+            rss_max_after = std::max(rss_max_after, rss);
+        std::printf("workload=slowsink-sample impl=%s t_s=%.2f rss_now_kb=%" PRIu64
+                    " in_flight=%" PRIu64 " admitted=%" PRIu64 " delivered=%" PRIu64
+                    " queue_depths=%s\n",
+                    impl, t, rss, ps.in_flight, ps.admitted, ps.delivered, q.c_str());
+        std::fflush(stdout);
+    }
+    double drain_s = wl::secs_since(t0) - dur;
+    rss_last = rss_kb(); /* at the end: pipeline finished, not yet freed */
+    fluxus_pipeline_stats st = pipeline_stats(p);
+    std::string peaks, caps;
+    for (uint32_t i = 0; i < nstages; ++i) {
+        fluxus_stage_stats ss = stage_stats(p, i);
+        peaks += (i ? "," : "") + std::to_string(ss.queue_peak);
+        caps += (i ? "," : "") + std::to_string(ss.queue_capacity);
+    }
+    uint32_t workers = rt_workers(rt);
+    CK(fluxus_pipeline_free(p));
+    CK(fluxus_runtime_free(rt));
+    double s = wl::secs_since(t0);
+
+    const uint64_t produced = src.next;
+    check("slowsink", impl, "delivered", sink.n, produced);
+    check("slowsink", impl, "admitted", st.admitted, produced);
+    check("slowsink", impl, "checksum", sink.sum, produced ? produced * (produced - 1) / 2 : 0);
+    wl::print_result("slowsink", impl, sink.n, s,
+                     wl::kv("checksum", sink.sum) + wl::kv("rss_start_kb", rss_start) +
+                         wl::kv("rss_warm_kb", rss_warm) +
+                         wl::kv("rss_max_after_warm_kb", rss_max_after) +
+                         wl::kv("rss_end_kb", rss_last) + wl::kv("max_in_flight", max_in_flight) +
+                         wl::kvs("queue_peaks", peaks) + wl::kvs("queue_caps", caps) +
+                         wl::kvd("drain_s", drain_s) + wl::kv("threads", workers + 1) +
+                         wl::kv("sink_ns_per_item", SLOW_SINK_NS));
+}
+
+void run_slowsink(const Opts &o) {
+    if (selected(o, "fluxus")) run_slowsink_one(o, "fluxus", true);
+    if (selected(o, "fluxus-nofuse")) run_slowsink_one(o, "fluxus-nofuse", false);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * latency: a host thread pushes single items at a fixed rate into map -> map -> sink; the
+ * sink records (now - push time) per item id.
+ * ---------------------------------------------------------------------------------------- */
+
+struct LatCtx {
+    std::vector<uint64_t> t_push;
+    std::vector<uint64_t> lat;
+    uint64_t n = 0;
+    uint64_t bad = 0;
+};
+int32_t lat_map1(void *, uint64_t in, uint64_t *out) {
+    *out = in + 1;
+    return 0;
+}
+int32_t lat_map2(void *, uint64_t in, uint64_t *out) {
+    *out = in - 1;
+    return 0;
+}
+int32_t lat_sink(void *u, uint64_t id) {
+    auto *c = static_cast<LatCtx *>(u);
+    uint64_t now = wl::now_ns();
+    if (id >= c->lat.size()) {
+        ++c->bad;
+        return 0;
+    }
+    c->lat[id] = now - c->t_push[id];
+    ++c->n;
+    return 0;
+}
+
+double pct_us(const std::vector<uint64_t> &sorted, double q) {
+    if (sorted.empty()) return 0;
+    size_t i = (size_t)(q * (double)sorted.size());
+    if (i >= sorted.size()) i = sorted.size() - 1;
+    return (double)sorted[i] / 1000.0;
+}
+
+void run_latency_one(const Opts &o, const char *impl, uint32_t rt_workers_n, uint64_t rate) {
+    const double dur = o.quick ? 0.2 : 2.0;
+    const uint64_t n = (uint64_t)(dur * (double)rate);
+    const uint64_t warm = std::min<uint64_t>(1000, n / 20); /* first items: thread wake-up */
+    LatCtx c;
+    c.t_push.assign(n, 0);
+    c.lat.assign(n, 0);
+    const uint64_t interval = 1000000000ULL / rate;
+
+    fluxus_runtime *rt = nullptr;
+    fluxus_pipeline *p = nullptr;
+    CK(fluxus_runtime_new(&rt));
+    if (rt_workers_n) CK(fluxus_runtime_set_workers(rt, rt_workers_n));
+    CK(fluxus_pipeline_new(&p, rt, "latency"));
+    CK(fluxus_pipeline_set_push_source(p, "push"));
+    CK(fluxus_pipeline_add_map(nullptr, p, "m1", lat_map1, nullptr, nullptr));
+    CK(fluxus_pipeline_add_map(nullptr, p, "m2", lat_map2, nullptr, nullptr));
+    CK(fluxus_pipeline_add_sink(nullptr, p, "sink", lat_sink, &c, nullptr));
+    CK(fluxus_pipeline_start(p));
+
+    uint64_t start = wl::now_ns() + 2000000; /* 2 ms to let the threads settle */
+    uint64_t max_behind = 0;
+    for (uint64_t i = 0; i < n; ++i) {
+        uint64_t target = start + i * interval;
+        for (;;) {
+            uint64_t now = wl::now_ns();
+            if (now >= target) {
+                max_behind = std::max(max_behind, now - target);
+                break;
+            }
+            uint64_t left = target - now;
+            if (left > 150000) {
+                struct timespec ts = {0, (long)(left - 100000)};
+                nanosleep(&ts, nullptr);
+            } else {
+                cpu_relax();
+            }
+        }
+        c.t_push[i] = wl::now_ns();
+        CK(fluxus_pipeline_push(p, i, UINT32_MAX));
+    }
+    uint64_t push_end = wl::now_ns();
+    CK(fluxus_pipeline_close_input(p));
+    finish(p, "latency wait");
+    uint32_t workers = rt_workers(rt);
+    CK(fluxus_pipeline_free(p));
+    CK(fluxus_runtime_free(rt));
+
+    check("latency", impl, "delivered", c.n, n);
+    check("latency", impl, "bad_ids", c.bad, 0);
+    std::vector<uint64_t> v(c.lat.begin() + (long)warm, c.lat.end());
+    std::sort(v.begin(), v.end());
+    double mean = 0;
+    for (uint64_t x : v) mean += (double)x;
+    mean = v.empty() ? 0 : mean / (double)v.size() / 1000.0;
+    double s = (double)(push_end - start) / 1e9;
+    wl::print_result("latency", impl, n, s,
+                     wl::kv("rate", rate) + wl::kv("measured", v.size()) + wl::kvd("mean_us", mean) +
+                         wl::kvd("p50_us", pct_us(v, 0.50)) + wl::kvd("p90_us", pct_us(v, 0.90)) +
+                         wl::kvd("p95_us", pct_us(v, 0.95)) + wl::kvd("p99_us", pct_us(v, 0.99)) +
+                         wl::kvd("p999_us", pct_us(v, 0.999)) +
+                         wl::kvd("max_us", v.empty() ? 0 : (double)v.back() / 1000.0) +
+                         wl::kvd("pusher_max_behind_us", (double)max_behind / 1000.0) +
+                         wl::kv("threads", workers + 1));
+}
+
+void run_latency(const Opts &o) {
+    /* Default runtime (one worker per CPU), and one worker: on 2 vCPUs the pacing host thread
+     * plus two spinning workers oversubscribe the CPUs. */
+    struct Cfg {
+        const char *impl;
+        uint32_t workers;
+    };
+    const Cfg cfgs[] = {{"fluxus", 0}, {"fluxus-w1", 1}};
+    const uint64_t rates[] = {10000, 100000, 1000000};
+    for (const Cfg &c : cfgs) {
+        if (!selected(o, c.impl)) continue;
+        if (o.rate) {
+            run_latency_one(o, c.impl, c.workers, o.rate);
+            continue;
+        }
+        for (uint64_t r : rates) run_latency_one(o, c.impl, c.workers, r);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * lifecycle: build + start + run 100 items + drain + free a small pipeline, many times.
+ * ---------------------------------------------------------------------------------------- */
+
+constexpr uint32_t LIFE_ITEMS = 100;
+
+/* One lifecycle on an existing runtime; returns its duration in ns. */
+uint64_t lifecycle_once(fluxus_runtime *rt, bool push, const uint64_t *items) {
+    SumSink sink;
+    CountSrc src;
+    src.n = LIFE_ITEMS;
+    uint64_t t0 = wl::now_ns();
+    fluxus_pipeline *p = nullptr;
+    CK(fluxus_pipeline_new(&p, rt, "life"));
+    if (push)
+        CK(fluxus_pipeline_set_push_source(p, "push"));
+    else
+        CK(fluxus_pipeline_set_pull_source(p, "pull", count_pull, &src, nullptr));
+    CK(fluxus_pipeline_add_map(nullptr, p, "m", w1_map1, nullptr, nullptr));
+    CK(fluxus_pipeline_add_sink(nullptr, p, "sink", sum_sink, &sink, nullptr));
+    CK(fluxus_pipeline_start(p));
+    if (push) {
+        uint32_t pushed = 0;
+        CK(fluxus_pipeline_push_many(p, items, LIFE_ITEMS, UINT32_MAX, &pushed));
+        if (pushed != LIFE_ITEMS) die_api("push_many (short)", FLUXUS_OK, __LINE__);
+        CK(fluxus_pipeline_drain(p, UINT32_MAX));
+    } else {
+        finish(p, "lifecycle wait");
+    }
+    CK(fluxus_pipeline_free(p));
+    uint64_t dt = wl::now_ns() - t0;
+    /* sum of (i+1) for i < 100 */
+    const uint64_t want = (uint64_t)LIFE_ITEMS * (LIFE_ITEMS + 1) / 2;
+    if (sink.n != LIFE_ITEMS || sink.sum != want) {
+        check("lifecycle", push ? "push" : "pull", "items", sink.n, LIFE_ITEMS);
+        check("lifecycle", push ? "push" : "pull", "checksum", sink.sum, want);
+    }
+    return dt;
+}
+
+void print_lifecycle(const char *impl, std::vector<uint64_t> &ns, uint32_t workers) {
+    double total = 0;
+    for (uint64_t x : ns) total += (double)x;
+    std::sort(ns.begin(), ns.end());
+    double mean = total / (double)ns.size() / 1000.0;
+    wl::print_result("lifecycle", impl, (uint64_t)ns.size() * LIFE_ITEMS, total / 1e9,
+                     wl::kv("iterations", ns.size()) + wl::kv("items_per_iteration", LIFE_ITEMS) +
+                         wl::kvd("mean_us", mean) + wl::kvd("median_us", pct_us(ns, 0.5)) +
+                         wl::kvd("p99_us", pct_us(ns, 0.99)) +
+                         wl::kvd("max_us", (double)ns.back() / 1000.0) +
+                         wl::kv("threads", workers + 1));
+}
+
+void run_lifecycle(const Opts &o) {
+    const int iters = o.quick ? 100 : 1000;
+    uint64_t items[LIFE_ITEMS];
+    for (uint32_t i = 0; i < LIFE_ITEMS; ++i) items[i] = i;
+    for (int push = 1; push >= 0; --push) {
+        const char *impl = push ? "fluxus-push-drain" : "fluxus-pull-wait";
+        if (!selected(o, impl)) continue;
+        fluxus_runtime *rt = nullptr;
+        CK(fluxus_runtime_new(&rt));
+        CK(fluxus_runtime_start(rt));
+        lifecycle_once(rt, push, items); /* warm-up: first-touch allocations */
+        std::vector<uint64_t> ns;
+        ns.reserve((size_t)iters);
+        for (int i = 0; i < iters; ++i) ns.push_back(lifecycle_once(rt, push, items));
+        uint32_t workers = rt_workers(rt);
+        CK(fluxus_runtime_free(rt));
+        print_lifecycle(impl, ns, workers);
+    }
+    if (selected(o, "fluxus-cold")) {
+        /* Runtime included: new + start threads + one push lifecycle + free (join). */
+        const int cold = o.quick ? 20 : 200;
+        std::vector<uint64_t> ns;
+        uint32_t workers = 0;
+        for (int i = 0; i < cold; ++i) {
+            uint64_t t0 = wl::now_ns();
+            fluxus_runtime *rt = nullptr;
+            CK(fluxus_runtime_new(&rt));
+            lifecycle_once(rt, true, items);
+            workers = rt_workers(rt);
+            CK(fluxus_runtime_free(rt));
+            ns.push_back(wl::now_ns() - t0);
+        }
+        print_lifecycle("fluxus-cold", ns, workers);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * main
+ * ---------------------------------------------------------------------------------------- */
+
+[[noreturn]] void usage() {
+    std::fprintf(stderr,
+                 "usage: fluxus-bench W1|W2|W3|W4|all|slowsink|latency|lifecycle [--quick]\n"
+                 "                    [--impl CFG] [--list] [--rate N] [--duration S]\n"
+                 "  --quick     small N (N/100), checked against a plain loop\n"
+                 "  --impl CFG  run one configuration only (see --list)\n"
+                 "  --list      print the configurations of the workload, run nothing\n"
+                 "  --rate N    latency: only this push rate (items/s)\n"
+                 "  --duration  slowsink: seconds (default 10, --quick 1)\n");
+    std::exit(64);
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+    if (argc < 2) usage();
+    std::string w = argv[1];
+    Opts o;
+    for (int i = 2; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "--quick") {
+            o.quick = true;
+        } else if (a == "--list") {
+            o.list = true;
+        } else if (a == "--impl" && i + 1 < argc) {
+            o.impl = argv[++i];
+        } else if (a.rfind("--impl=", 0) == 0) {
+            o.impl = a.substr(7);
+        } else if (a == "--rate" && i + 1 < argc) {
+            o.rate = std::strtoull(argv[++i], nullptr, 10);
+        } else if (a == "--duration" && i + 1 < argc) {
+            o.duration = std::strtod(argv[++i], nullptr);
+        } else {
+            usage();
+        }
+    }
+    if (fluxus_version_number() / 10000 != FLUXUS_VERSION_MAJOR) {
+        std::fprintf(stderr, "fluxus-bench: library %s does not match header %s\n",
+                     fluxus_version(), FLUXUS_VERSION_STRING);
+        return 3;
+    }
+
+    if (w == "W1") {
+        run_w1(o);
+    } else if (w == "W2") {
+        run_w2(o);
+    } else if (w == "W3") {
+        if (o.list) return 0;
+        std::fprintf(stderr, "W3 needs async stages (issue #5)\n");
+        return 2;
+    } else if (w == "W4") {
+        run_w4(o);
+    } else if (w == "all") {
+        if (!o.impl.empty()) usage();
+        run_w1(o);
+        run_w2(o);
+        run_w4(o);
+    } else if (w == "slowsink") {
+        run_slowsink(o);
+    } else if (w == "latency") {
+        run_latency(o);
+    } else if (w == "lifecycle") {
+        run_lifecycle(o);
+    } else {
+        usage();
+    }
+    if (!o.impl.empty() && !o.list && g_selected == 0) {
+        /* A selector that matched nothing is a typo in a script, not an empty result. */
+        std::fprintf(stderr, "fluxus-bench: %s has no configuration %s (try --list)\n", w.c_str(),
+                     o.impl.c_str());
+        return 64;
+    }
+    if (g_failures) {
+        std::fprintf(stderr, "fluxus-bench: %d check(s) failed\n", g_failures);
+        return 1;
+    }
+    return 0;
+}
