@@ -3,6 +3,7 @@
 // stage; in ordered mode its outputs pass through a reorder window of batch tickets.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -94,8 +95,20 @@ public:
 
 // Per-worker state of one fused stage.
 struct WorkerStageState {
+public:
     std::unique_ptr<KeySet> keys;  // dedup only
     std::vector<int8_t> verdict;   // dedup: per-item result of the batch insert
+    std::vector<int32_t> status, keep;  // batch callbacks: per-item out-arrays
+
+    int32_t *zeroed_status(size_t n) { return zeroed(status, n); }
+    int32_t *zeroed_keep(size_t n) { return zeroed(keep, n); }
+
+private:
+    static int32_t *zeroed(std::vector<int32_t> &v, size_t n) {
+        if (v.size() < n) v.resize(n);
+        std::fill(v.begin(), v.begin() + n, 0);
+        return v.data();
+    }
     uint64_t keys_reported = 0, forgotten_reported = 0;
 };
 

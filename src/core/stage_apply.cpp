@@ -13,14 +13,6 @@ thread_local fluxus_emitter *t_live_emitter = nullptr;
 
 namespace {
 
-struct BatchScratch {
-    std::vector<int32_t> status, keep;
-    void zero(size_t n) {
-        status.assign(n, 0);
-        keep.assign(n, 0);
-    }
-};
-thread_local BatchScratch t_scratch;
 
 // The emitter of the flat-map call running on this thread. fluxus_emit() compares against it by
 // address, so an emitter kept past its call is refused without being dereferenced.
@@ -176,31 +168,31 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
     }
     case StageKind::map_batch: {
         auto fn = reinterpret_cast<fluxus_map_batch_fn>(st.fn);
-        t_scratch.zero(n);
+        int32_t *status = ws.zeroed_status(n);
         int32_t rc;
         try {
-            rc = fn(u, in, o, t_scratch.status.data(), uint32_t(n));
+            rc = fn(u, in, o, status, uint32_t(n));
         } catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
-        return settle_batch(p, st, in, o, n, rc, t_scratch.status.data(), t,
-                            "batch map callback failed");
+        return settle_batch(p, st, in, o, n, rc, status, t, "batch map callback failed");
     }
     case StageKind::filter_batch: {
         auto fn = reinterpret_cast<fluxus_filter_batch_fn>(st.fn);
-        t_scratch.zero(n);
+        int32_t *status = ws.zeroed_status(n);
+        int32_t *keep = ws.zeroed_keep(n);
         int32_t rc;
         try {
-            rc = fn(u, in, t_scratch.keep.data(), t_scratch.status.data(), uint32_t(n));
+            rc = fn(u, in, keep, status, uint32_t(n));
         } catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
         if (rc != 0) return settle_batch(p, st, in, o, n, rc, nullptr, t, "batch filter failed");
         size_t m = 0;
         for (size_t i = 0; i < n; ++i) {
-            if (t_scratch.status[i] != 0) {
-                p.fail_item(st, in[i], t_scratch.status[i], "batch filter failed", &t);
-            } else if (t_scratch.keep[i]) {
+            if (status[i] != 0) {
+                p.fail_item(st, in[i], status[i], "batch filter failed", &t);
+            } else if (keep[i]) {
                 o[m++] = in[i];
             } else {
                 ++t.filtered;
@@ -233,10 +225,10 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
     }
     case StageKind::sink_batch: {
         auto fn = reinterpret_cast<fluxus_sink_batch_fn>(st.fn);
-        t_scratch.zero(n);
+        int32_t *status = ws.zeroed_status(n);
         int32_t rc;
         try {
-            rc = fn(u, in, t_scratch.status.data(), uint32_t(n));
+            rc = fn(u, in, status, uint32_t(n));
         } catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
@@ -245,12 +237,14 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
                 p.fail_item(st, in[i], rc, "batch sink callback failed", &t);
             return 0;
         }
+        size_t delivered = 0;
         for (size_t i = 0; i < n; ++i) {
-            if (t_scratch.status[i] == 0)
-                ++t.out;
+            if (status[i] == 0)
+                ++delivered;
             else
-                p.fail_item(st, in[i], t_scratch.status[i], "batch sink callback failed", &t);
+                p.fail_item(st, in[i], status[i], "batch sink callback failed", &t);
         }
+        t.out += delivered;
         return 0;
     }
     }
