@@ -94,7 +94,7 @@ int FlatSet<K>::insert(const K &key, uint64_t h) {
         has_zero_ = true;
         return 1;
     }
-    if (!slots_ || (size_ + 1) * 8 > (mask_ + 1) * 7) {
+    if (!slots_ || (size_ + 1) * 4 > (mask_ + 1) * 3) {
         if (!grow()) return -1;
     }
     uint64_t pos = h & mask_;
@@ -147,7 +147,7 @@ int KeySet::insert_word(uint64_t key) {
 }
 
 void KeySet::insert_words(const uint64_t *keys, size_t n, int8_t *result) {
-    constexpr size_t kChunk = 64, kAhead = 8;
+    constexpr size_t kChunk = 64, kAhead = 16;
     uint64_t h[kChunk];
     for (size_t base = 0; base < n; base += kChunk) {
         size_t m = n - base < kChunk ? n - base : kChunk;
