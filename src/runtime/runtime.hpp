@@ -106,7 +106,7 @@ private:
     std::deque<Task *> rq_;
     std::atomic<uint32_t> rq_size_{0};
     uint32_t sleepers_ = 0;
-    std::atomic<uint32_t> spinners_{0};  // idle workers spinning; at most one spins at a time
+    std::atomic<uint32_t> spinners_{0};  // idle workers spinning now (they need no wake-up)
     bool stopping_ = false;
 
     std::vector<std::thread> threads_;
