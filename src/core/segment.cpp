@@ -205,21 +205,30 @@ bool Segment::accept(PendingItems &pend, SegmentWorker *w) {
         std::vector<uint64_t> evicted;
         q.push(pend, nullptr, &evicted);
         if (!evicted.empty()) p->drop_items(ns, evicted.data(), evicted.size(), false);
-        pend.clear();
-        return true;
+        break;
     }
     case FLUXUS_OVERFLOW_DROP_NEWEST:
         q.push(pend, nullptr);
-        if (!pend.empty()) p->drop_items(ns, pend.items.data() + pend.head, pend.size(), false);
-        pend.clear();
-        return true;
+        if (!pend.empty() && !q.closed()) {
+            p->drop_items(ns, pend.items.data() + pend.head, pend.size(), false);
+            pend.clear();
+        }
+        break;
     default:  // FLUXUS_OVERFLOW_FAIL
         q.push(pend, nullptr);
-        for (size_t i = pend.head; i < pend.items.size(); ++i)
-            p->fail_item(ns, pend.items[i], FLUXUS_EFULL, "queue full", nullptr);
-        pend.clear();
-        return true;
+        if (!pend.empty() && !q.closed()) {
+            for (size_t i = pend.head; i < pend.items.size(); ++i)
+                p->fail_item(ns, pend.items[i], FLUXUS_EFULL, "queue full", nullptr);
+            pend.clear();
+        }
+        break;
     }
+    // Only a host push can meet a closed queue (cancel raced with it): what did not get in is
+    // cancelled here, never left unaccounted.
+    if (!pend.empty() && q.closed())
+        p->cancel_items(ns, pend.items.data() + pend.head, pend.size(), false);
+    pend.clear();
+    return true;
 }
 
 void Segment::worker_exhausted() {
