@@ -8,11 +8,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <ctime>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <vector>
+
+#include "util/clock.hpp"
 
 namespace fluxus {
 
@@ -120,12 +121,7 @@ size_t ItemQueue::push_wait(PendingItems &pend, uint64_t deadline_ns, Gate gate)
             lock.lock();
             continue;
         }
-        uint64_t now;
-        {
-            timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            now = uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
-        }
+        uint64_t now = now_ns();
         if (now >= deadline_ns) break;
         ++host_waiters_;
         if (deadline_ns == UINT64_MAX)
