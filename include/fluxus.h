@@ -352,7 +352,9 @@ FLUXUS_API int32_t fluxus_pipeline_set_push_source(fluxus_pipeline *p, const cha
  * Push one item, waiting up to `timeout_ms` for room (0 = do not wait; UINT32_MAX = forever).
  * On FLUXUS_OK the pipeline owns the item; on any error the caller still owns it.
  * The first stage's overflow policy applies: with a drop or fail policy a full queue admits the
- * item and then ends it as the policy says (FLUXUS_OK is returned).
+ * item and then ends it as the policy says (FLUXUS_OK is returned); the item destructor, the
+ * dead-letter callback and the key function may then run on the pushing thread, and count as
+ * fluxus callbacks there (no blocking call and no freeing of this pipeline inside them).
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (not started, or not a push source),
  *         FLUXUS_ETIMEDOUT (still full after timeout_ms), FLUXUS_ECLOSED (input closed),
  *         FLUXUS_ECANCELED (pipeline cancelled or finished), FLUXUS_EINCALLBACK (a blocking

@@ -477,6 +477,9 @@ int32_t Pipeline::push(const uint64_t *items, uint32_t count, uint32_t timeout_m
     if (try_only && paused_.load())
         return set_error(FLUXUS_EFULL, "try_push: the source is paused");
 
+    // From here on the key function, the dead-letter callback and the item destructor may run
+    // on this host thread: inside them, blocking calls and freeing this pipeline are refused.
+    CallbackScope scope;
     Segment &seg = *segments_[0];
     Stage &head = *seg.head();
     bool blocking_policy =

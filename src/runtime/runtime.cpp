@@ -28,6 +28,9 @@ inline void cpu_relax() {
 
 bool in_callback() { return t_task_depth > 0; }
 
+CallbackScope::CallbackScope() { ++t_task_depth; }
+CallbackScope::~CallbackScope() { --t_task_depth; }
+
 Runtime::Runtime() {
     unsigned n = std::thread::hardware_concurrency();
     workers_ = n ? n : 1;
@@ -201,9 +204,8 @@ Task *Runtime::try_pop() {
 }
 
 void Runtime::execute(Task *task) {
-    ++t_task_depth;
+    CallbackScope scope;
     task->execute();
-    --t_task_depth;
 }
 
 void Runtime::worker_main() {

@@ -27,6 +27,17 @@ class Pipeline;
 // call chain). Blocking API calls refuse to run there: they could wait for themselves.
 bool in_callback();
 
+// Marks the calling thread as running fluxus callbacks for its lifetime. Worker threads get it
+// around every task; host threads get it while a push may call the item destructor, the
+// dead-letter callback or a key function, so those cannot free the pipeline under the push.
+class CallbackScope {
+public:
+    CallbackScope();
+    ~CallbackScope();
+    CallbackScope(const CallbackScope &) = delete;
+    CallbackScope &operator=(const CallbackScope &) = delete;
+};
+
 class Runtime {
 public:
     Runtime();

@@ -666,6 +666,61 @@ static void test_an_emitter_used_after_its_call_returns_einval(void **state) {
     tu_tracker_destroy(&t);
 }
 
+/* Dead-letter callback run on the pushing host thread (FAIL overflow policy): freeing the
+ * pipeline or waiting on it from there must be refused, not free the pipeline under the push. */
+typedef struct host_dl_ctx {
+    fluxus_pipeline *p;
+    int32_t free_rc;
+    int32_t wait_rc;
+    uint32_t calls;
+    uint32_t gate_open;
+} host_dl_ctx;
+
+static int32_t gated_sink(void *user, uint64_t item) {
+    host_dl_ctx *c = (host_dl_ctx *)user;
+    (void)item;
+    while (!TU_LOAD(&c->gate_open)) tu_sleep_us(100);
+    return 0;
+}
+
+static void free_from_dead_letter(void *user, uint64_t item, const fluxus_failure *f) {
+    host_dl_ctx *c = (host_dl_ctx *)user;
+    (void)item;
+    (void)f;
+    if (TU_ADD(&c->calls, 1) == 1) {
+        c->free_rc = fluxus_pipeline_free(c->p);
+        c->wait_rc = fluxus_pipeline_wait(c->p, 0);
+    }
+}
+
+static void test_freeing_from_a_callback_run_by_a_host_push_returns_eincallback(void **state) {
+    fluxus_runtime *rt = tu_runtime(1);
+    fluxus_pipeline *p = tu_pipeline(rt, "host-dl", NULL);
+    host_dl_ctx c;
+    uint32_t s = 0, i;
+    (void)state;
+
+    memset(&c, 0, sizeof c);
+    c.p = p;
+    TU_OK(fluxus_pipeline_set_push_source(p, "push"));
+    TU_OK(fluxus_pipeline_set_dead_letter(p, free_from_dead_letter, &c, NULL));
+    TU_OK(fluxus_pipeline_add_sink(&s, p, "gated", gated_sink, &c, NULL));
+    TU_OK(fluxus_stage_set_queue_capacity(p, s, 1));
+    TU_OK(fluxus_stage_set_overflow(p, s, FLUXUS_OVERFLOW_FAIL, 0));
+    TU_OK(fluxus_stage_set_error_policy(p, s, FLUXUS_ERROR_DEAD_LETTER));
+    TU_OK(fluxus_pipeline_start(p));
+    /* The sink holds one item, the queue one more; the rest fail on this thread. */
+    for (i = 0; i < 10; i++) TU_OK(fluxus_pipeline_push(p, i, 0));
+    assert_true(TU_LOAD(&c.calls) >= 1);
+    assert_int_equal(c.free_rc, FLUXUS_EINCALLBACK);
+    assert_int_equal(c.wait_rc, FLUXUS_EINCALLBACK);
+    TU_STORE(&c.gate_open, 1);
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_EXPECT(FLUXUS_OK, tu_wait(p));
+    tu_check_conservation(p, NULL, 0);
+    tu_free_all(p, rt);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_version_macros_match_the_loaded_library),
@@ -681,6 +736,7 @@ int main(void) {
         cmocka_unit_test(test_more_than_4096_stages_are_refused_with_erange),
         cmocka_unit_test(test_stats_respect_a_smaller_struct_size),
         cmocka_unit_test(test_an_emitter_used_after_its_call_returns_einval),
+        cmocka_unit_test(test_freeing_from_a_callback_run_by_a_host_push_returns_eincallback),
     };
     return TU_RUN_GROUP(tests);
 }
