@@ -145,21 +145,19 @@ void Segment::stage_items(const uint64_t *items, size_t n, PendingItems &pend) {
     for (size_t i = 0; i < n; ++i) {
         uint64_t h;
         if (ns.key_fn) {
-            const void *k = nullptr;
-            size_t len = 0;
+            Key128 key;
             int32_t rc;
             try {
-                rc = ns.key_fn(ns.key_user.user, items[i], &k, &len);
+                rc = byte_key_digest(ns, items[i], &key);
             } catch (...) {
                 rc = FLUXUS_EEXCEPTION;
             }
-            if (rc != 0 || (!k && len)) {
+            if (rc != 0) {
                 ns.c.in.fetch_add(1, std::memory_order_relaxed);
-                p->fail_item(ns, items[i], rc ? rc : FLUXUS_EINVAL, "key callback failed",
-                             nullptr);
+                p->fail_item(ns, items[i], rc, "key callback failed", nullptr);
                 continue;
             }
-            h = digest_bytes(k, len).lo;
+            h = key.lo;
         } else {
             h = hash_word(items[i]);
         }

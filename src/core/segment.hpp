@@ -142,6 +142,11 @@ private:
     bool source_ended_ = false;
 };
 
+// Calls the stage's key function and digests the bytes it returns. Returns 0, the callback's
+// nonzero status, or FLUXUS_EINVAL for a NULL key with a nonzero length. May throw what the
+// callback throws.
+int32_t byte_key_digest(const Stage &st, uint64_t item, Key128 *out);
+
 // Runs one stage over a batch: reads in[0..n), writes the survivors to out (resized as needed)
 // and returns their count. Failures and drops are ended through the pipeline.
 size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,

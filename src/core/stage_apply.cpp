@@ -55,6 +55,16 @@ size_t settle_batch(Pipeline &p, Stage &st, const uint64_t *in, uint64_t *out, s
 
 }  // namespace
 
+int32_t byte_key_digest(const Stage &st, uint64_t item, Key128 *out) {
+    const void *k = nullptr;
+    size_t len = 0;
+    int32_t rc = st.key_fn(st.key_user.user, item, &k, &len);
+    if (rc != 0) return rc;
+    if (!k && len) return FLUXUS_EINVAL;
+    *out = digest_bytes(k, len);
+    return 0;
+}
+
 size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
                    std::vector<uint64_t> &out, StageTally &t) {
     if (out.size() < n) out.resize(n);
@@ -125,40 +135,31 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
     case StageKind::dedup: {
         KeySet &keys = *ws.keys;
         uint64_t before_keys = keys.size(), before_forgotten = keys.forgotten();
+        // r is KeySet's verdict: 1 new (passes), 0 seen (filtered), -1 out of memory.
+        auto settle = [&](uint64_t x, int r, size_t &m) {
+            if (r > 0) {
+                o[m++] = x;
+            } else if (r == 0) {
+                ++t.filtered;
+                p.destroy_item(x);
+            } else {
+                p.fail_item(st, x, FLUXUS_ENOMEM, "dedup set: out of memory", &t);
+            }
+        };
         size_t m = 0;
         if (!st.key_fn) {
             // Word keys: no callback to contain, and the batch form overlaps cache misses.
             ws.verdict.resize(n);
             keys.insert_words(in, n, ws.verdict.data());
-            for (size_t i = 0; i < n; ++i) {
-                int r = ws.verdict[i];
-                if (r > 0) {
-                    o[m++] = in[i];
-                } else if (r == 0) {
-                    ++t.filtered;
-                    p.destroy_item(in[i]);
-                } else {
-                    p.fail_item(st, in[i], FLUXUS_ENOMEM, "dedup set: out of memory", &t);
-                }
-            }
+            for (size_t i = 0; i < n; ++i) settle(in[i], ws.verdict[i], m);
         } else {
             m = per_item(p, st, in, n, t, "dedup key callback threw", [&](uint64_t x, size_t &m) {
-                const void *k = nullptr;
-                size_t len = 0;
-                int32_t rc = st.key_fn(st.key_user.user, x, &k, &len);
-                if (rc != 0 || (!k && len)) {
-                    p.fail_item(st, x, rc ? rc : FLUXUS_EINVAL, "dedup key callback failed", &t);
+                Key128 key;
+                if (int32_t rc = byte_key_digest(st, x, &key)) {
+                    p.fail_item(st, x, rc, "dedup key callback failed", &t);
                     return;
                 }
-                int r = keys.insert_digest(digest_bytes(k, len));
-                if (r > 0) {
-                    o[m++] = x;
-                } else if (r == 0) {
-                    ++t.filtered;
-                    p.destroy_item(x);
-                } else {
-                    p.fail_item(st, x, FLUXUS_ENOMEM, "dedup set: out of memory", &t);
-                }
+                settle(x, keys.insert_digest(key), m);
             });
         }
         st.c.dedup_keys.fetch_add(keys.size() - before_keys, std::memory_order_relaxed);

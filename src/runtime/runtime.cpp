@@ -196,7 +196,10 @@ void Runtime::wake_one_if_backlog() {
 Task *Runtime::try_pop() {
     if (rq_size_.load(std::memory_order_acquire) == 0) return nullptr;
     std::lock_guard<std::mutex> lock(rq_mu_);
-    if (rq_.empty()) return nullptr;
+    return rq_.empty() ? nullptr : pop_locked();
+}
+
+Task *Runtime::pop_locked() {
     Task *t = rq_.front();
     rq_.pop_front();
     rq_size_.store(uint32_t(rq_.size()), std::memory_order_release);
@@ -231,9 +234,7 @@ void Runtime::worker_main() {
                 --sleepers_;
             }
             if (rq_.empty()) return;  // stopping, and nothing left to run
-            task = rq_.front();
-            rq_.pop_front();
-            rq_size_.store(uint32_t(rq_.size()), std::memory_order_release);
+            task = pop_locked();
         }
         wake_one_if_backlog();
         execute(task);

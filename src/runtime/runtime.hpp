@@ -99,6 +99,7 @@ private:
     void worker_main();
     void loop_main();
     Task *try_pop();
+    Task *pop_locked();  // rq_mu_ held, rq_ not empty
     // Wakes a sleeping worker if tasks are still queued and nobody is spinning to take them.
     void wake_one_if_backlog();
     void execute(Task *task);
