@@ -73,7 +73,7 @@ extern "C" {
 #define FLUXUS_EEXCEPTION (-11) /* a C++ exception escaped a callback and was caught */
 #define FLUXUS_EFAILED (-12)    /* the pipeline stopped on a fail-fast error */
 #define FLUXUS_EDROPPED (-13)   /* item dropped by an overflow policy */
-#define FLUXUS_ENOTFOUND (-14)  /* no such stage */
+#define FLUXUS_ENOTFOUND (-14)  /* no such stage, timer or object */
 #define FLUXUS_ESOURCE (-15)    /* the source callback reported an error */
 
 /**
@@ -223,6 +223,67 @@ FLUXUS_API int32_t fluxus_runtime_run_for(fluxus_runtime *rt, uint32_t timeout_m
  * Thread safety: any thread except the runtime's own; the handle is invalid afterwards.
  */
 FLUXUS_API int32_t fluxus_runtime_free(fluxus_runtime *rt);
+
+/* ----- Clock and timers ----- */
+
+/**
+ * Give the runtime a virtual clock that stands still until fluxus_runtime_advance_clock() moves
+ * it. Every deadline fluxus keeps (timers, stage timeouts, rate limits, debounce and throttle
+ * periods, poll intervals, overflow timeouts) then follows it, so tests can assert timing
+ * exactly. Timeouts given to blocking calls (push, wait, drain) stay in real time.
+ * @param enabled   1 for the virtual clock, 0 for the real (monotonic) one, the default.
+ * @param start_ns  The virtual clock's starting reading.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (enabled not 0/1), FLUXUS_ESTATE (started).
+ * Thread safety: any thread, before the runtime starts.
+ */
+FLUXUS_API int32_t fluxus_runtime_set_virtual_clock(fluxus_runtime *rt, int32_t enabled,
+                                                    uint64_t start_ns);
+
+/**
+ * Move the virtual clock forward by `delta_ns`. Due timers fire on the calling thread, in
+ * deadline order, each seeing the clock at its own deadline; tasks they wake run on the workers
+ * (or, in host-driven mode, on the next fluxus_runtime_run_once()).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (the runtime uses the real clock).
+ * Thread safety: any thread; advances are serialised.
+ */
+FLUXUS_API int32_t fluxus_runtime_advance_clock(fluxus_runtime *rt, uint64_t delta_ns);
+
+/**
+ * Read the runtime's clock in nanoseconds (the virtual reading, or CLOCK_MONOTONIC).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, out NULL).
+ * Thread safety: any thread.
+ */
+FLUXUS_API int32_t fluxus_runtime_now_ns(fluxus_runtime *rt, uint64_t *out);
+
+/** Timer callback; see fluxus_runtime_call_after(). */
+typedef void (*fluxus_timer_fn)(void *user);
+
+/**
+ * Call `fn(user)` once, `delay_ns` from now on the runtime's clock. Timers live in the
+ * runtime's timer heap, woken with sub-millisecond precision on Linux (a timerfd on the loop;
+ * elsewhere libuv's millisecond timers). Thousands may be pending at once; they cost no thread.
+ * The callback runs on the loop thread (threaded mode), on a thread driving the runtime
+ * (host-driven mode), or on the thread advancing a virtual clock; it must return quickly, may
+ * call non-blocking fluxus functions (complete an async item, try-push, add or cancel timers)
+ * and may not block (blocking calls return FLUXUS_EINCALLBACK). `user_free`, if set, runs once
+ * after the callback, or when the timer is cancelled, or when the runtime is freed with the
+ * timer still pending (then `fn` is not called).
+ * @param[out] out_id  Receives the timer's id (never 0) for fluxus_runtime_cancel_timer(); may
+ *                     be NULL.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL fn), FLUXUS_ENOMEM.
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_runtime_call_after(uint64_t *out_id, fluxus_runtime *rt,
+                                             uint64_t delay_ns, fluxus_timer_fn fn, void *user,
+                                             fluxus_user_free_fn user_free);
+
+/**
+ * Cancel a pending timer: its callback will not run, and its user_free runs now.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle), FLUXUS_ENOTFOUND (no such pending timer: it
+ *         has already run, is running, or was cancelled).
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_runtime_cancel_timer(fluxus_runtime *rt, uint64_t id);
 
 /* ---------------------------------------------------------------------------------------------
  * Pipeline: construction

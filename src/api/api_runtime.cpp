@@ -92,6 +92,63 @@ FLUXUS_API int32_t fluxus_runtime_run_for(fluxus_runtime *h, uint32_t timeout_ms
     });
 }
 
+FLUXUS_API int32_t fluxus_runtime_set_virtual_clock(fluxus_runtime *h, int32_t enabled,
+                                                    uint64_t start_ns) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_set_virtual_clock");
+        if (enabled != 0 && enabled != 1)
+            return set_errorf(FLUXUS_ERANGE, "fluxus_runtime_set_virtual_clock: enabled is %d, "
+                                             "not 0 or 1", enabled);
+        return rt->set_virtual_clock(enabled == 1, start_ns);
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_advance_clock(fluxus_runtime *h, uint64_t delta_ns) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_advance_clock");
+        return rt->advance_clock(delta_ns);
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_now_ns(fluxus_runtime *h, uint64_t *out) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_now_ns");
+        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_runtime_now_ns: out is NULL");
+        *out = rt->now();
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_call_after(uint64_t *out_id, fluxus_runtime *h,
+                                             uint64_t delay_ns, fluxus_timer_fn fn, void *user,
+                                             fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        if (out_id) *out_id = 0;
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_call_after");
+        if (!fn) return set_error(FLUXUS_EINVAL, "fluxus_runtime_call_after: fn is NULL");
+        TimerCallback cb;
+        cb.fn = fn;
+        cb.user = user;
+        cb.user_free = user_free;
+        uint64_t id = rt->call_after(delay_ns, cb);
+        if (!id) return set_error(FLUXUS_EINVAL, "fluxus_runtime_call_after: runtime shut down");
+        if (out_id) *out_id = id;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_cancel_timer(fluxus_runtime *h, uint64_t id) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_cancel_timer");
+        if (!rt->cancel_timer(id))
+            return set_errorf(FLUXUS_ENOTFOUND,
+                              "fluxus_runtime_cancel_timer: no pending timer %llu (it ran, is "
+                              "running, or was cancelled)",
+                              (unsigned long long)id);
+        return FLUXUS_OK;
+    });
+}
+
 FLUXUS_API int32_t fluxus_runtime_free(fluxus_runtime *h) {
     FLUXUS_API_GUARD({
         if (!h) return FLUXUS_OK;

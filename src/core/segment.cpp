@@ -183,7 +183,7 @@ bool Segment::accept(PendingItems &pend, SegmentWorker *w) {
         }
         ns.c.in.fetch_sub(pend.size(), std::memory_order_relaxed);
         if (ns.overflow == FLUXUS_OVERFLOW_BLOCK) return false;
-        uint64_t now = now_ns();
+        uint64_t now = p->runtime()->now();
         uint64_t limit = uint64_t(ns.overflow_timeout_ms) * 1000000u;
         if (pend.since_ns == 0) {
             pend.since_ns = now;
@@ -380,7 +380,7 @@ size_t SegmentWorker::pull(bool *drained) {
         source_ended_ = true;
     } else if (rc == FLUXUS_PULL_LATER) {
         if (n == 0)
-            rt_->add_timer(now_ns() + uint64_t(src.poll_interval_us) * 1000u, this, &p);
+            rt_->add_timer(rt_->now() + uint64_t(src.poll_interval_us) * 1000u, this, &p);
     } else if (rc != FLUXUS_PULL_ITEM) {
         source_ended_ = true;
         p.fail_pipeline(FLUXUS_ESOURCE, rc, nullptr, "the pull source returned an error");

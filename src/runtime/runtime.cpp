@@ -5,6 +5,11 @@
 #include <algorithm>
 #include <chrono>
 
+#if defined(__linux__)
+#include <sys/timerfd.h>
+#include <unistd.h>
+#endif
+
 #include "core/pipeline.hpp"
 #include "runtime/task.hpp"
 #include "util/clock.hpp"
@@ -60,6 +65,35 @@ int32_t Runtime::set_spin_us(uint32_t us) {
     return FLUXUS_OK;
 }
 
+int32_t Runtime::set_virtual_clock(bool on, uint64_t start_ns) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_.load() != kCreated)
+        return set_error(FLUXUS_ESTATE, "virtual clock: the runtime has already started");
+    virtual_clock_ = on;
+    vnow_.store(start_ns, std::memory_order_release);
+    return FLUXUS_OK;
+}
+
+int32_t Runtime::advance_clock(uint64_t delta_ns) {
+    if (!virtual_clock_)
+        return set_error(FLUXUS_ESTATE, "advance clock: the runtime uses the real clock");
+    std::lock_guard<std::mutex> lock(advance_mu_);
+    uint64_t now = vnow_.load(std::memory_order_relaxed);
+    uint64_t target = delta_ns > UINT64_MAX - now ? UINT64_MAX : now + delta_ns;
+    // Step through due deadlines in order, so what a fired timer schedules within the advanced
+    // span fires too, and each sees the clock at its own deadline.
+    CallbackScope scope;
+    for (;;) {
+        uint64_t next = timers_.next_deadline();
+        if (next > target) break;
+        if (next > vnow_.load(std::memory_order_relaxed))
+            vnow_.store(next, std::memory_order_release);
+        timers_.fire_due(next);
+    }
+    vnow_.store(target, std::memory_order_release);
+    return FLUXUS_OK;
+}
+
 int32_t Runtime::set_log(int32_t max_level, fluxus_log_fn fn, void *user,
                          fluxus_user_free_fn user_free) {
     if (max_level < 0 || max_level > FLUXUS_LOG_DEBUG)
@@ -101,6 +135,16 @@ int32_t Runtime::start() {
     uv_timer_init(&loop_, &timer_);
     wake_.data = this;
     timer_.data = this;
+#if defined(__linux__)
+    if (!host_driven() && !virtual_clock_) {
+        timerfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (timerfd_ >= 0) {
+            uv_poll_init(&loop_, &timerfd_poll_, timerfd_);
+            timerfd_poll_.data = this;
+            uv_poll_start(&timerfd_poll_, UV_READABLE, &Runtime::on_timerfd);
+        }
+    }
+#endif
     loop_ready_ = true;
     try {
         if (!host_driven()) {
@@ -122,6 +166,7 @@ int32_t Runtime::start() {
         return set_error(FLUXUS_ENOMEM, "runtime start: could not create threads");
     }
     state_.store(kStarted, std::memory_order_release);
+    timer_wakeup_changed();  // host timers added before start
     return FLUXUS_OK;
 }
 
@@ -156,12 +201,16 @@ void Runtime::shutdown() {
         uv_async_send(&wake_);
         loop_thread_.join();
     } else if (loop_ready_) {
-        uv_close(reinterpret_cast<uv_handle_t *>(&wake_), nullptr);
-        uv_close(reinterpret_cast<uv_handle_t *>(&timer_), nullptr);
+        close_loop_handles();
         uv_run(&loop_, UV_RUN_DEFAULT);
         uv_loop_close(&loop_);
     }
     loop_ready_ = false;
+#if defined(__linux__)
+    if (timerfd_ >= 0) close(timerfd_);
+    timerfd_ = -1;
+#endif
+    timers_.drop_callbacks();
     std::lock_guard<std::mutex> lock(mu_);
     state_.store(kDead);
 }
@@ -242,8 +291,22 @@ void Runtime::worker_main() {
 }
 
 void Runtime::add_timer(uint64_t deadline_ns, Task *task, TaskOwner *owner) {
-    bool earliest = timers_.add(deadline_ns, task, owner);
-    if (!earliest) return;
+    if (timers_.add(deadline_ns, task, owner)) timer_wakeup_changed();
+}
+
+uint64_t Runtime::call_after(uint64_t delay_ns, const TimerCallback &cb) {
+    if (dead()) return 0;
+    uint64_t now = this->now();
+    uint64_t deadline = delay_ns > UINT64_MAX - now ? UINT64_MAX : now + delay_ns;
+    uint64_t id = 0;
+    if (timers_.add_callback(deadline, cb, &id)) timer_wakeup_changed();
+    return id;
+}
+
+// The earliest deadline changed: whoever sleeps until it must look again. A virtual clock
+// needs nobody: its timers fire when the host advances it.
+void Runtime::timer_wakeup_changed() {
+    if (virtual_clock_ || !started()) return;
     if (host_driven()) {
         std::lock_guard<std::mutex> lock(rq_mu_);
         if (sleepers_ > 0) rq_cv_.notify_all();
@@ -253,23 +316,48 @@ void Runtime::add_timer(uint64_t deadline_ns, Task *task, TaskOwner *owner) {
 }
 
 void Runtime::fire_timers_and_rearm() {
+    if (virtual_clock_) return;
     uint64_t now = now_ns();
-    uint64_t next = timers_.fire_due(now);
+    uint64_t next;
+    {
+        CallbackScope scope;  // host timer callbacks run here
+        next = timers_.fire_due(now);
+    }
+#if defined(__linux__)
+    if (timerfd_ >= 0) {
+        // An absolute deadline on the same monotonic clock: wakes to the microsecond, and a
+        // deadline already past fires at once.
+        itimerspec its{};
+        if (next != UINT64_MAX) {
+            its.it_value.tv_sec = time_t(next / 1000000000u);
+            its.it_value.tv_nsec = long(next % 1000000000u);
+            if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
+        }
+        timerfd_settime(timerfd_, TFD_TIMER_ABSTIME, &its, nullptr);
+        return;
+    }
+#endif
     if (next == UINT64_MAX) {
         uv_timer_stop(&timer_);
         return;
     }
     // libuv timers have millisecond resolution; round up so we never wake before the deadline.
-    uint64_t delay_ms = (next - now + 999999) / 1000000;
+    now = now_ns();
+    uint64_t delay_ms = next > now ? (next - now + 999999) / 1000000 : 0;
     uv_update_time(&loop_);
     uv_timer_start(&timer_, &Runtime::on_timer, delay_ms, 0);
+}
+
+void Runtime::close_loop_handles() {
+    uv_close(reinterpret_cast<uv_handle_t *>(&wake_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t *>(&timer_), nullptr);
+    if (timerfd_ >= 0) uv_close(reinterpret_cast<uv_handle_t *>(&timerfd_poll_), nullptr);
 }
 
 void Runtime::on_async(uv_async_t *handle) {
     Runtime *rt = static_cast<Runtime *>(handle->data);
     if (rt->loop_stop_.load()) {
-        uv_close(reinterpret_cast<uv_handle_t *>(&rt->wake_), nullptr);
-        uv_close(reinterpret_cast<uv_handle_t *>(&rt->timer_), nullptr);
+        rt->close_loop_handles();
         return;
     }
     rt->fire_timers_and_rearm();
@@ -279,13 +367,27 @@ void Runtime::on_timer(uv_timer_t *handle) {
     static_cast<Runtime *>(handle->data)->fire_timers_and_rearm();
 }
 
+void Runtime::on_timerfd(uv_poll_t *handle, int status, int) {
+    Runtime *rt = static_cast<Runtime *>(handle->data);
+#if defined(__linux__)
+    uint64_t expirations;
+    if (status == 0) (void)!read(rt->timerfd_, &expirations, sizeof expirations);
+#else
+    (void)status;
+#endif
+    rt->fire_timers_and_rearm();
+}
+
 void Runtime::loop_main() {
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
 }
 
 uint32_t Runtime::run_ready() {
-    timers_.fire_due(now_ns());
+    {
+        CallbackScope scope;
+        timers_.fire_due(now());
+    }
     if (loop_ready_ && loop_mu_.try_lock()) {
         uv_run(&loop_, UV_RUN_NOWAIT);
         loop_mu_.unlock();
@@ -309,7 +411,8 @@ void Runtime::run_for(uint64_t deadline_ns, const std::atomic<bool> *until) {
         if (now >= deadline_ns) return;
         if (run_ready() > 0) continue;
         if (!until && running_pipelines_.load() == 0) return;
-        uint64_t wake = std::min(deadline_ns, timers_.next_deadline());
+        uint64_t wake = deadline_ns;
+        if (!virtual_clock_) wake = std::min(wake, timers_.next_deadline());
         wake = std::min(wake, now + 1000000);  // re-check flags at least every millisecond
         std::unique_lock<std::mutex> lock(rq_mu_);
         if (!rq_.empty()) continue;

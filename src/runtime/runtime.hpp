@@ -17,6 +17,7 @@
 
 #include "fluxus.h"
 #include "runtime/timer_heap.hpp"
+#include "util/clock.hpp"
 
 namespace fluxus {
 
@@ -60,11 +61,24 @@ public:
     // Cancels and finishes every pipeline, stops and joins the threads. Idempotent.
     void shutdown();
 
+    // Clock: every internal deadline (timers, timeouts, rate limits, debounce) is read from
+    // here. A virtual clock stands still until the host advances it, for exact tests.
+    uint64_t now() const {
+        return virtual_clock_ ? vnow_.load(std::memory_order_acquire) : now_ns();
+    }
+    bool virtual_clock() const { return virtual_clock_; }
+    int32_t set_virtual_clock(bool on, uint64_t start_ns);
+    // Moves the virtual clock forward and fires what became due, on the calling thread.
+    int32_t advance_clock(uint64_t delta_ns);
+
     // Scheduling.
     void enqueue(Task *task);
     // True if tasks are waiting for a thread (a hint: read without the lock).
     bool has_queued_tasks() const { return rq_size_.load(std::memory_order_relaxed) > 0; }
     void add_timer(uint64_t deadline_ns, Task *task, TaskOwner *owner);
+    // Host timers (fluxus_runtime_call_after). Returns the id, or 0 if the runtime is dead.
+    uint64_t call_after(uint64_t delay_ns, const TimerCallback &cb);
+    bool cancel_timer(uint64_t id) { return timers_.cancel_callback(id); }
     void remove_timers(TaskOwner *owner) { timers_.remove_owner(owner); }
 
     // Host-driven mode: run what is ready; run_for also sleeps while idle.
@@ -104,8 +118,11 @@ private:
     void wake_one_if_backlog();
     void execute(Task *task);
     void fire_timers_and_rearm();
+    void timer_wakeup_changed();
+    void close_loop_handles();
     static void on_async(uv_async_t *handle);
     static void on_timer(uv_timer_t *handle);
+    static void on_timerfd(uv_poll_t *handle, int status, int events);
 
     std::atomic<int64_t> refs_{1};
     std::atomic<int> state_{kCreated};
@@ -126,7 +143,12 @@ private:
     uv_loop_t loop_;
     uv_async_t wake_;
     uv_timer_t timer_;
+    int timerfd_ = -1;   // Linux: nanosecond wake-ups for the timer heap (libuv's are in ms)
+    uv_poll_t timerfd_poll_;
     bool loop_ready_ = false;
+    bool virtual_clock_ = false;
+    std::atomic<uint64_t> vnow_{0};
+    std::mutex advance_mu_;  // one clock advance at a time
     std::mutex loop_mu_;  // host mode: one thread at a time runs the uv loop
     std::atomic<bool> loop_stop_{false};
     TimerHeap timers_;

@@ -1,5 +1,6 @@
 // Timer heap implementation. Tasks are notified under the heap mutex so that remove_owner()
-// is a hard barrier: notify() only takes the run-queue lock, never this one.
+// is a hard barrier: notify() only takes the run-queue lock, never this one. Host callbacks run
+// outside the mutex, since they may add or cancel timers themselves.
 #include "runtime/timer_heap.hpp"
 
 #include <algorithm>
@@ -8,35 +9,103 @@
 
 namespace fluxus {
 
+TimerHeap::~TimerHeap() { drop_callbacks(); }
+
+bool TimerHeap::push(Entry e) {
+    heap_.push_back(e);
+    std::push_heap(heap_.begin(), heap_.end(), later);
+    return heap_.front().seq == e.seq;
+}
+
 bool TimerHeap::add(uint64_t deadline_ns, Task *task, TaskOwner *owner) {
     std::lock_guard<std::mutex> lock(mu_);
-    heap_.push_back(Entry{deadline_ns, seq_++, task, owner});
-    std::push_heap(heap_.begin(), heap_.end(), later);
-    return heap_.front().task == task && heap_.front().deadline == deadline_ns;
+    return push(Entry{deadline_ns, seq_++, task, owner, TimerCallback()});
+}
+
+bool TimerHeap::add_callback(uint64_t deadline_ns, const TimerCallback &cb, uint64_t *id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    *id = seq_;
+    return push(Entry{deadline_ns, seq_++, nullptr, nullptr, cb});
+}
+
+bool TimerHeap::cancel_callback(uint64_t id) {
+    TimerCallback cb;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = std::find_if(heap_.begin(), heap_.end(),
+                               [id](const Entry &e) { return !e.task && e.seq == id; });
+        if (it == heap_.end()) return false;
+        cb = it->cb;
+        *it = heap_.back();
+        heap_.pop_back();
+        std::make_heap(heap_.begin(), heap_.end(), later);
+    }
+    cb.release();
+    return true;
 }
 
 uint64_t TimerHeap::fire_due(uint64_t now) {
-    std::lock_guard<std::mutex> lock(mu_);
-    while (!heap_.empty() && heap_.front().deadline <= now) {
-        Task *task = heap_.front().task;
-        std::pop_heap(heap_.begin(), heap_.end(), later);
-        heap_.pop_back();
-        task->notify();
+    // Due callbacks are collected in small groups so a callback that re-arms itself for "now"
+    // cannot keep this loop going forever: only what was due on entry runs.
+    TimerCallback due[32];
+    for (;;) {
+        size_t n = 0;
+        uint64_t next;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            while (!heap_.empty() && heap_.front().deadline <= now && n < 32) {
+                Entry e = heap_.front();
+                std::pop_heap(heap_.begin(), heap_.end(), later);
+                heap_.pop_back();
+                if (e.task)
+                    e.task->notify();
+                else
+                    due[n++] = e.cb;
+            }
+            next = heap_.empty() ? UINT64_MAX : heap_.front().deadline;
+        }
+        for (size_t i = 0; i < n; ++i) {
+            try {
+                due[i].fn(due[i].user);
+            } catch (...) {
+                // A host timer callback that throws loses only its own call.
+            }
+            due[i].release();
+        }
+        if (n < 32 || next > now) return next;
     }
-    return heap_.empty() ? UINT64_MAX : heap_.front().deadline;
 }
 
 void TimerHeap::remove_owner(TaskOwner *owner) {
     std::lock_guard<std::mutex> lock(mu_);
     heap_.erase(std::remove_if(heap_.begin(), heap_.end(),
-                               [owner](const Entry &e) { return e.owner == owner; }),
+                               [owner](const Entry &e) { return e.task && e.owner == owner; }),
                 heap_.end());
     std::make_heap(heap_.begin(), heap_.end(), later);
+}
+
+void TimerHeap::drop_callbacks() {
+    std::vector<TimerCallback> dropped;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (const Entry &e : heap_)
+            if (!e.task) dropped.push_back(e.cb);
+        heap_.erase(std::remove_if(heap_.begin(), heap_.end(),
+                                   [](const Entry &e) { return !e.task; }),
+                    heap_.end());
+        std::make_heap(heap_.begin(), heap_.end(), later);
+    }
+    for (TimerCallback &cb : dropped) cb.release();
 }
 
 uint64_t TimerHeap::next_deadline() {
     std::lock_guard<std::mutex> lock(mu_);
     return heap_.empty() ? UINT64_MAX : heap_.front().deadline;
+}
+
+size_t TimerHeap::size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return heap_.size();
 }
 
 }  // namespace fluxus
