@@ -75,6 +75,8 @@ extern "C" {
 #define FLUXUS_EDROPPED (-13)   /* item dropped by an overflow policy */
 #define FLUXUS_ENOTFOUND (-14)  /* no such stage, timer or object */
 #define FLUXUS_ESOURCE (-15)    /* the source callback reported an error */
+#define FLUXUS_ELIMITED (-16)   /* no token or permit available in time (rate or concurrency
+                                   limiter) */
 
 /**
  * Version of the library actually loaded, as "MAJOR.MINOR.PATCH".
@@ -563,6 +565,79 @@ FLUXUS_API int32_t fluxus_pipeline_add_sink_batch(uint32_t *out_stage, fluxus_pi
 FLUXUS_API int32_t fluxus_pipeline_add_dedup(uint32_t *out_stage, fluxus_pipeline *p,
                                              const char *name);
 
+/* ----- Asynchronous stages ----- */
+
+/**
+ * Async map: start the work for `item` and return at once; finish it later, from any thread,
+ * with fluxus_async_complete(pipeline, completion, status, out). Thousands of items can be in
+ * flight without a thread each (see fluxus_stage_set_in_flight()); the callback itself runs on
+ * a worker thread and must not block.
+ *
+ * Ownership: when the callback returns 0 the host owns `item` until it completes it. A nonzero
+ * return means the item was not started: fluxus still owns it and fails it with that status
+ * (the completion handle is then void), unless the host already completed it inside the call,
+ * in which case the completion stands. The handle may be completed inside the callback (a cache
+ * hit, say). `completion` is an opaque 64-bit handle, unique to this item's attempt.
+ */
+typedef int32_t (*fluxus_async_map_fn)(void *user, uint64_t item, uint64_t completion);
+
+/**
+ * Add an async map stage (see fluxus_async_map_fn). It runs on one task, whatever its worker
+ * count (more than 1 worker is refused at start: raise the in-flight limit instead). Stages
+ * after it may be fused into its task. Ordered (the default) emits in input order and keeps
+ * completed items in their slot until everything started before them has gone on, so the
+ * reorder window counts toward the in-flight limit; FLUXUS_ORDER_UNORDERED emits in completion
+ * order; per-key order is refused at start.
+ * @return as the other fluxus_pipeline_add_* functions.
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_async_map(uint32_t *out_stage, fluxus_pipeline *p,
+                                                 const char *name, fluxus_async_map_fn fn,
+                                                 void *user, fluxus_user_free_fn user_free);
+
+/**
+ * Complete an async item. With `status` 0, `item` goes on to the next stage and fluxus owns it
+ * (it may be the started item or a new one). With a nonzero status the item fails with that
+ * status at the async stage and follows its error policy; fluxus owns `item` then too (the
+ * dead-letter callback sees it, the item destructor releases it).
+ * On any error return fluxus took nothing: the caller still owns `item`.
+ * @return FLUXUS_OK; FLUXUS_ETIMEDOUT (the item had already timed out: the late completion is
+ *         ignored and counted in the stage's `late` stat); FLUXUS_ECANCELED (the pipeline was
+ *         cancelled while the item was in flight); FLUXUS_ESTATE (already completed, or the
+ *         callback had refused the item); FLUXUS_EINVAL (bad pipeline handle, or a value that is
+ *         not a completion handle of this pipeline). A handle is checked by generation, so a
+ *         stale one is refused and never touches a later item.
+ * Thread safety: any thread, including fluxus callbacks and timer callbacks; never blocks.
+ */
+FLUXUS_API int32_t fluxus_async_complete(fluxus_pipeline *p, uint64_t completion, int32_t status,
+                                         uint64_t item);
+
+/**
+ * In-flight limit of an async stage: how many items may be started and not yet gone on
+ * (default 256, range 1..1048576). When it is reached the stage stops taking input, and its
+ * queue applies backpressure upstream.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, not an async stage), FLUXUS_ENOTFOUND,
+ *         FLUXUS_ERANGE, FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_stage_set_in_flight(fluxus_pipeline *p, uint32_t stage, uint32_t max);
+
+/**
+ * Per-item time limit at a stage, in microseconds (0 = none, the default; at most one day),
+ * measured on the runtime's clock from the moment the stage starts the item.
+ *  - Async stages: an item not completed in time fails with FLUXUS_ETIMEDOUT and follows the
+ *    stage's error policy (the dead-letter callback sees the item, but the host still owns it:
+ *    the item destructor is not called, and the late completion is refused with
+ *    FLUXUS_ETIMEDOUT so the host releases it). The timeouts cost one timer per stage, not per
+ *    item.
+ *  - Map and filter stages (item and batch forms): a callback cannot be interrupted, so one
+ *    that returns after the limit has its result discarded and its item(s) fail with
+ *    FLUXUS_ETIMEDOUT (for a map, the item it returned is the one failed).
+ *  - Sinks, flat maps and dedup: the item has already been consumed when the overrun is seen;
+ *    the overrun is only counted in the stage's `timed_out` stat.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ERANGE, FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_timeout_us(fluxus_pipeline *p, uint32_t stage,
+                                               uint64_t timeout_us);
+
 /* ----- Stage options (all: before start; FLUXUS_ENOTFOUND for a bad stage index) ----- */
 
 /**
@@ -791,6 +866,10 @@ typedef struct fluxus_stage_stats {
     uint64_t held_at_deadline;/* items it held when a drain deadline passed */
     uint64_t dedup_keys;      /* dedup: keys currently remembered */
     uint64_t dedup_forgotten; /* dedup: keys forgotten by the bounded mode */
+    uint64_t in_flight;       /* async: items started and not yet gone on (0.2) */
+    uint64_t timed_out;       /* items failed by the stage timeout, or (sinks, flat maps)
+                                 callbacks that overran it (0.2) */
+    uint64_t late;            /* async: completions that arrived after their timeout (0.2) */
 } fluxus_stage_stats;
 
 /**

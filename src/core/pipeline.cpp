@@ -25,6 +25,7 @@ const char *stage_kind_name(StageKind kind) {
     case StageKind::dedup: return "dedup";
     case StageKind::sink: return "sink";
     case StageKind::sink_batch: return "sink_batch";
+    case StageKind::async_map: return "async_map";
     }
     return "stage";
 }
@@ -166,6 +167,10 @@ int32_t Pipeline::build_segments() {
             if (seg->ordered)
                 seg->reorder.init(head->reorder_window ? head->reorder_window : 4 * head->workers);
             seg->stages.push_back(head);
+            if (head->is_async())
+                head->async.reset(new AsyncSlots(head->index, head->in_flight,
+                                                 head->order == FLUXUS_ORDER_ORDERED,
+                                                 head->timeout_ns));
         }
         if (prev) prev->next = seg.get();
         prev = seg.get();
@@ -176,7 +181,7 @@ int32_t Pipeline::build_segments() {
     for (auto &sp : stages_) {
         Stage *st = sp.get();
         bool fuse = prev && fusion_ && st->workers == 1 && prev->workers == 1 &&
-                    st->overflow == FLUXUS_OVERFLOW_BLOCK;
+                    st->overflow == FLUXUS_OVERFLOW_BLOCK && !st->needs_own_segment();
         if (fuse)
             prev->stages.push_back(st);
         else
@@ -246,6 +251,16 @@ int32_t Pipeline::validate() {
                               "start: sink '%s' has %u workers; a parallel sink must use "
                               "FLUXUS_ORDER_PER_KEY",
                               st.name.c_str(), st.workers);
+        if (st.is_async() && st.workers > 1)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: async stage '%s' has %u workers; an async stage runs on "
+                              "one task (raise its in-flight limit instead)",
+                              st.name.c_str(), st.workers);
+        if (st.is_async() && st.order == FLUXUS_ORDER_PER_KEY)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: async stage '%s' cannot be per-key ordered (use ordered or "
+                              "unordered)",
+                              st.name.c_str());
         if (st.error_policy == FLUXUS_ERROR_DEAD_LETTER && !dead_letter_)
             return set_errorf(FLUXUS_EINVAL,
                               "start: stage '%s' dead-letters failures but the pipeline has no "
@@ -273,7 +288,7 @@ void Pipeline::destroy_item(uint64_t item) {
 }
 
 void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char *message,
-                         StageTally *tally) {
+                         StageTally *tally, bool destroy) {
     StageTally local;
     StageTally &t = tally ? *tally : local;
     if (stage.error_policy == FLUXUS_ERROR_DEAD_LETTER && dead_letter_) {
@@ -287,7 +302,7 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
     } else {
         ++t.failed;
     }
-    destroy_item(item);
+    if (destroy) destroy_item(item);
     if (!tally) local.flush_to(stage.c);
     if (stage.error_policy == FLUXUS_ERROR_FAIL_FAST) {
         char buf[256];
@@ -540,6 +555,9 @@ void Pipeline::shut_down() {
         }
         rt_->remove_timers(this);
     }
+    // Completions may still arrive from host threads: they must not notify freed tasks.
+    for (auto &st : stages_)
+        if (st->async) st->async->set_worker(nullptr);
     segments_.clear();
     push_queue_ = nullptr;
 }
@@ -593,6 +611,9 @@ void Pipeline::fill_stage_stats(const Stage &st, fluxus_stage_stats &s) const {
     s.held_at_deadline = c.held_at_deadline.load();
     s.dedup_keys = c.dedup_keys.load();
     s.dedup_forgotten = c.dedup_forgotten.load();
+    s.in_flight = st.async ? st.async->in_use() : 0;
+    s.timed_out = c.timed_out.load() + (st.async ? st.async->timed_out.load() : 0);
+    s.late = st.async ? st.async->late.load() : 0;
 }
 
 }  // namespace fluxus

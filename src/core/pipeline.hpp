@@ -90,8 +90,9 @@ public:
     void destroy_item(uint64_t item);
     // Ends `item` at `stage` as its error policy says. `tally` is the caller's per-batch tally
     // of that stage, or null to update the counters directly.
+    // `destroy` false: the item is not fluxus's to destroy (an async item the host still owns).
     void fail_item(Stage &stage, uint64_t item, int32_t status, const char *message,
-                   StageTally *tally);
+                   StageTally *tally, bool destroy = true);
     // Ends items that were headed for `stage` (or sat in its queue) as cancelled / dropped.
     void cancel_items(Stage &stage, const uint64_t *items, size_t n, bool count_in);
     void drop_items(Stage &stage, const uint64_t *items, size_t n, bool count_in);

@@ -254,6 +254,8 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
     for (size_t k = 0; k < s->stages.size(); ++k)
         if (s->stages[k]->kind == StageKind::dedup)
             state_[k].keys.reset(new KeySet(s->stages[k]->dedup_max_keys));
+    if (Stage *h = s->head())
+        if (h->async) h->async->set_worker(this);
 }
 
 bool SegmentWorker::init_hooks() {
@@ -309,6 +311,10 @@ void SegmentWorker::run() {
     }
     if (!pending.empty() && !seg->push_out(pending, this)) return;
     if (seg->ordered) seg->reorder.flush(this);
+    if (seg->head() && seg->head()->is_async()) {
+        run_async();
+        return;
+    }
 
     for (int round = 0;; ++round) {
         if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
@@ -390,11 +396,11 @@ size_t SegmentWorker::pull(bool *drained) {
     return n;
 }
 
-void SegmentWorker::process(size_t n) {
+void SegmentWorker::process(size_t n, size_t first) {
     Pipeline &p = *seg->p;
     std::vector<uint64_t> *in = &a_, *out = &b_;
     size_t cur = n;
-    for (size_t k = 0; k < seg->stages.size() && cur > 0; ++k) {
+    for (size_t k = first; k < seg->stages.size() && cur > 0; ++k) {
         Stage &st = *seg->stages[k];
         StageTally &t = tally_[k];
         if (k > 0 || seg->pull_input) t.in += cur;  // a queue head counted them on arrival
@@ -411,6 +417,111 @@ void SegmentWorker::process(size_t n) {
     size_t b = p.batch_size();
     if (a_.size() < b) a_.resize(b);
     if (b_.size() < b) b_.resize(b);
+}
+
+// The async head's loop. Items start while the in-flight table has room; completions are
+// collected in batches and go on through the stages fused behind the async stage; the stage
+// timeout is one timer at the earliest pending deadline. The worker never waits: the queue wakes
+// it for input, a completion or the timer for results.
+void SegmentWorker::run_async() {
+    Pipeline &p = *seg->p;
+    AsyncSlots &slots = *seg->head()->async;
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        bool progress = false;
+        uint64_t now = rt_->now();
+        ended_.clear();
+        uint64_t next_deadline = slots.collect(now, ended_);
+        if (!ended_.empty()) {
+            progress = true;
+            process(settle_async(), 1);
+            deliver();
+            if (p.cancelling()) {
+                cancel_all();
+                return;
+            }
+            if (!pending.empty()) return;  // parked until the next queue has room
+        }
+        if (!input_drained_) {
+            if (uint32_t room = slots.room()) {
+                bool drained = false;
+                size_t max = std::min<size_t>(room, p.batch_size());
+                size_t n = seg->input->pop(0, a_.data(), max, this, &drained);
+                input_drained_ = drained;
+                if (n) {
+                    start_async(n, now);
+                    progress = true;
+                }
+            }
+        }
+        if (input_drained_ && slots.in_use() == 0) {
+            exhaust();
+            return;
+        }
+        if (!progress) {
+            if (next_deadline != UINT64_MAX &&
+                (timer_at_ == 0 || timer_at_ <= now || next_deadline < timer_at_)) {
+                timer_at_ = next_deadline;
+                rt_->add_timer(next_deadline, this, &p);
+            }
+            return;
+        }
+    }
+}
+
+void SegmentWorker::start_async(size_t n, uint64_t now) {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    StageTally &t = tally_[0];
+    auto fn = reinterpret_cast<fluxus_async_map_fn>(head.fn);
+    void *u = head.user.user;
+    AsyncSlots &slots = *head.async;
+    uint64_t t0 = now_ns();
+    for (size_t i = 0; i < n; ++i) {
+        uint64_t x = a_[i];
+        uint64_t token = slots.begin(x, now);
+        int32_t rc;
+        try {
+            rc = fn(u, x, token);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        // A refusal after the host already completed the item is too late: the completion
+        // stands and the item goes on.
+        if (rc != 0 && slots.abort(token))
+            p.fail_item(head, x, rc, "async callback refused the item", &t);
+    }
+    t.busy_ns += now_ns() - t0;
+    t.flush_to(head.c);
+}
+
+// Turns collected results into the batch for the stages behind: completed items go on, failed
+// ones follow the error policy (fluxus owns them again), timed-out ones too, but their item
+// still belongs to the host, which keeps it when its late completion is refused.
+size_t SegmentWorker::settle_async() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    StageTally &t = tally_[0];
+    if (a_.size() < ended_.size()) a_.resize(ended_.size());
+    size_t m = 0;
+    for (const AsyncSlots::Ended &e : ended_) {
+        switch (e.how) {
+        case AsyncSlots::End::completed:
+            a_[m++] = e.item;
+            break;
+        case AsyncSlots::End::failed:
+            p.fail_item(head, e.item, e.status, "async completion reported an error", &t);
+            break;
+        case AsyncSlots::End::timed_out:
+            p.fail_item(head, e.item, FLUXUS_ETIMEDOUT, "async item timed out", &t, false);
+            break;
+        }
+    }
+    t.out += m;
+    return m;
 }
 
 void SegmentWorker::deliver() {
@@ -438,6 +549,16 @@ void SegmentWorker::cancel_all() {
     }
     if (seg->ordered) seg->reorder.cancel_all(*seg);
     if (is_exhausted_) return;
+    if (Stage *h = seg->head()) {
+        if (h->async) {
+            // Completed items are fluxus's again and are destroyed; pending ones still belong to
+            // the host (its completion will be refused with FLUXUS_ECANCELED).
+            std::vector<uint64_t> owned;
+            size_t host_owned = h->async->cancel_all(owned);
+            if (!owned.empty()) p.cancel_items(*h, owned.data(), owned.size(), false);
+            h->c.cancelled.fetch_add(host_owned, std::memory_order_relaxed);
+        }
+    }
     if (seg->pull_input) {
         source_ended_ = true;
         exhaust();

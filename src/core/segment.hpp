@@ -124,7 +124,12 @@ public:
 private:
     size_t fetch(bool *drained);
     size_t pull(bool *drained);
-    void process(size_t n);
+    // Runs a_[0..n) through the fused stages from `first` on; the survivors end up in a_.
+    void process(size_t n, size_t first = 0);
+    // Async head: completions go on, new items start, timeouts fire (see run_async).
+    void run_async();
+    void start_async(size_t n, uint64_t now);
+    size_t settle_async();
     void deliver();
     void cancel_all();
     void exhaust();
@@ -140,6 +145,10 @@ private:
     bool init_ok_ = false;
     bool is_exhausted_ = false;
     bool source_ended_ = false;
+    // Async head only.
+    std::vector<AsyncSlots::Ended> ended_;
+    bool input_drained_ = false;
+    uint64_t timer_at_ = 0;  // deadline of the timeout wake-up already armed (0: none)
 };
 
 // Calls the stage's key function and digests the bytes it returns. Returns 0, the callback's

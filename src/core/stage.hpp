@@ -4,7 +4,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
+
+#include "core/async_slots.hpp"
 
 #include "fluxus.h"
 
@@ -31,6 +34,7 @@ enum class StageKind : uint8_t {
     dedup,
     sink,
     sink_batch,
+    async_map,
 };
 
 const char *stage_kind_name(StageKind kind);
@@ -51,7 +55,7 @@ struct UserRef {
 struct StageCounters {
     std::atomic<uint64_t> in{0}, out{0}, filtered{0}, failed{0}, dead_lettered{0}, cancelled{0},
         dropped{0}, spawned{0}, busy_ns{0}, held_at_deadline{0}, dedup_keys{0},
-        dedup_forgotten{0};
+        dedup_forgotten{0}, timed_out{0};
 
     uint64_t ended() const {
         return out.load() + filtered.load() + failed.load() + dead_lettered.load() +
@@ -78,12 +82,18 @@ struct Stage {
     fluxus_key_fn key_fn = nullptr;
     UserRef key_user;
     uint64_t dedup_max_keys = 0;
+    uint32_t in_flight = 256;  // async: started and not yet completed (and, ordered, emitted)
+    uint64_t timeout_ns = 0;   // per-item time limit in the stage; 0 = none
+    std::unique_ptr<AsyncSlots> async;  // async stages, once started
 
     StageCounters c;
     ItemQueue *queue = nullptr;  // its input queue once started; null when fused behind another
 
     bool is_sink() const { return kind == StageKind::sink || kind == StageKind::sink_batch; }
     bool per_key() const { return order == FLUXUS_ORDER_PER_KEY && workers > 1; }
+    bool is_async() const { return kind == StageKind::async_map; }
+    // Stages that must head their own segment: their worker does more than run a batch.
+    bool needs_own_segment() const { return is_async(); }
 };
 
 }  // namespace fluxus

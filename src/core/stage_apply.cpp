@@ -6,6 +6,7 @@
 
 #include "core/segment.hpp"
 #include "dedup/key_set.hpp"
+#include "runtime/runtime.hpp"
 
 namespace fluxus {
 
@@ -65,11 +66,39 @@ int32_t byte_key_digest(const Stage &st, uint64_t item, Key128 *out) {
     return 0;
 }
 
-size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
-                   std::vector<uint64_t> &out, StageTally &t) {
+namespace {
+
+// Times callbacks against the stage timeout in the timed variant; compiles to nothing in the
+// untimed one, so stages without a timeout pay no clock reads.
+template <bool kTimed>
+struct Overrun {
+    Runtime *rt;
+    uint64_t limit;
+    uint64_t t0 = 0;
+    void start() {
+        if constexpr (kTimed) t0 = rt->now();
+    }
+    // True if the callback that started at start() ran past the limit; counts it.
+    bool check(Stage &st) {
+        if constexpr (kTimed) {
+            if (rt->now() - t0 > limit) {
+                st.c.timed_out.fetch_add(1, std::memory_order_relaxed);
+                return true;
+            }
+        }
+        return false;
+    }
+};
+
+constexpr const char *kOverran = "callback overran the stage timeout";
+
+template <bool kTimed>
+size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
+                  std::vector<uint64_t> &out, StageTally &t) {
     if (out.size() < n) out.resize(n);
     void *u = st.user.user;
     uint64_t *o = out.data();
+    Overrun<kTimed> clock{p.runtime(), st.timeout_ns};
     switch (st.kind) {
     case StageKind::map: {
         auto fn = reinterpret_cast<fluxus_map_fn>(st.fn);
@@ -77,11 +106,16 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
                         [&](uint64_t x, size_t &m) {
                             // Written straight into the output slot; a failure leaves the slot
                             // to be overwritten by the next item.
+                            clock.start();
                             int32_t rc = fn(u, x, &o[m]);
-                            if (__builtin_expect(rc == 0, 1))
-                                ++m;
-                            else
+                            if (__builtin_expect(rc == 0, 1)) {
+                                if (clock.check(st))  // the callback owns x; fail its output
+                                    p.fail_item(st, o[m], FLUXUS_ETIMEDOUT, kOverran, &t);
+                                else
+                                    ++m;
+                            } else {
                                 p.fail_item(st, x, rc, "map callback failed", &t);
+                            }
                         });
     }
     case StageKind::filter: {
@@ -89,8 +123,11 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
         return per_item(p, st, in, n, t, "filter callback threw",
                         [&](uint64_t x, size_t &m) {
                             int32_t keep = 0;
+                            clock.start();
                             int32_t rc = fn(u, x, &keep);
-                            if (rc != 0) {
+                            if (rc == 0 && clock.check(st)) {
+                                p.fail_item(st, x, FLUXUS_ETIMEDOUT, kOverran, &t);
+                            } else if (rc != 0) {
                                 p.fail_item(st, x, rc, "filter callback failed", &t);
                             } else if (keep) {
                                 o[m++] = x;
@@ -104,7 +141,9 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
         auto fn = reinterpret_cast<fluxus_sink_fn>(st.fn);
         // per_item counts the delivered items in its output counter; nothing is written.
         t.out += per_item(p, st, in, n, t, "sink callback threw", [&](uint64_t x, size_t &m) {
+            clock.start();
             int32_t rc = fn(u, x);
+            clock.check(st);  // the sink owns the item now: an overrun is only counted
             if (__builtin_expect(rc == 0, 1))
                 ++m;
             else
@@ -121,7 +160,9 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
         per_item(p, st, in, n, t, "flat-map callback threw", [&](uint64_t x, size_t &) {
             em.keep_input = false;
             before = out.size();
+            clock.start();
             int32_t rc = fn(u, x, &em);
+            clock.check(st);  // emitted items are already admitted: only counted
             if (rc == 0) {
                 ++t.filtered;  // the input is consumed; its outputs are new items
                 if (!em.keep_input) p.destroy_item(x);
@@ -171,10 +212,18 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
         auto fn = reinterpret_cast<fluxus_map_batch_fn>(st.fn);
         int32_t *status = ws.zeroed_status(n);
         int32_t rc;
+        clock.start();
         try {
             rc = fn(u, in, o, status, uint32_t(n));
         } catch (...) {
             rc = FLUXUS_EEXCEPTION;
+        }
+        if (rc == 0 && clock.check(st)) {
+            // Every item the call mapped is discarded: the outputs fail, the failed ones too.
+            st.c.timed_out.fetch_add(n - 1, std::memory_order_relaxed);
+            for (size_t i = 0; i < n; ++i)
+                p.fail_item(st, status[i] == 0 ? o[i] : in[i], FLUXUS_ETIMEDOUT, kOverran, &t);
+            return 0;
         }
         return settle_batch(p, st, in, o, n, rc, status, t, "batch map callback failed");
     }
@@ -183,10 +232,16 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
         int32_t *status = ws.zeroed_status(n);
         int32_t *keep = ws.zeroed_keep(n);
         int32_t rc;
+        clock.start();
         try {
             rc = fn(u, in, keep, status, uint32_t(n));
         } catch (...) {
             rc = FLUXUS_EEXCEPTION;
+        }
+        if (rc == 0 && clock.check(st)) {
+            st.c.timed_out.fetch_add(n - 1, std::memory_order_relaxed);
+            for (size_t i = 0; i < n; ++i) p.fail_item(st, in[i], FLUXUS_ETIMEDOUT, kOverran, &t);
+            return 0;
         }
         if (rc != 0) return settle_batch(p, st, in, o, n, rc, nullptr, t, "batch filter failed");
         size_t m = 0;
@@ -208,11 +263,13 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
         fluxus_emitter em{kEmitterMagic, &out, false};
         EmitterScope live(&em);
         int32_t rc;
+        clock.start();
         try {
             rc = fn(u, in, uint32_t(n), &em);
         } catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
+        clock.check(st);
         t.spawned += out.size();
         if (rc != 0) {
             for (size_t i = 0; i < n; ++i)
@@ -228,11 +285,13 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
         auto fn = reinterpret_cast<fluxus_sink_batch_fn>(st.fn);
         int32_t *status = ws.zeroed_status(n);
         int32_t rc;
+        clock.start();
         try {
             rc = fn(u, in, status, uint32_t(n));
         } catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
+        clock.check(st);
         if (rc != 0) {
             for (size_t i = 0; i < n; ++i)
                 p.fail_item(st, in[i], rc, "batch sink callback failed", &t);
@@ -248,8 +307,19 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
         t.out += delivered;
         return 0;
     }
+    case StageKind::async_map:
+        break;  // runs in SegmentWorker::run_async, never as a batch
     }
     return 0;
+}
+
+}  // namespace
+
+size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
+                   std::vector<uint64_t> &out, StageTally &t) {
+    if (__builtin_expect(st.timeout_ns != 0, 0))
+        return apply_impl<true>(p, st, ws, in, n, out, t);
+    return apply_impl<false>(p, st, ws, in, n, out, t);
 }
 
 }  // namespace fluxus

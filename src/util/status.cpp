@@ -34,6 +34,7 @@ const StatusInfo kStatusTable[] = {
     {FLUXUS_EDROPPED, "FLUXUS_EDROPPED", "item dropped by an overflow policy"},
     {FLUXUS_ENOTFOUND, "FLUXUS_ENOTFOUND", "no such stage"},
     {FLUXUS_ESOURCE, "FLUXUS_ESOURCE", "the source reported an error"},
+    {FLUXUS_ELIMITED, "FLUXUS_ELIMITED", "no token or permit available in time"},
 };
 
 const StatusInfo *find_status(int32_t code) {

@@ -1,0 +1,188 @@
+// AsyncSlots implementation. Everything runs under one mutex per stage: a completion is a few
+// stores and a push, and the worker takes whole batches of results per lock.
+#include "core/async_slots.hpp"
+
+#include "fluxus.h"
+#include "runtime/task.hpp"
+
+namespace fluxus {
+
+namespace {
+constexpr uint64_t kSlotBits = 20;  // in-flight limit <= 2^20
+}
+
+AsyncSlots::AsyncSlots(uint32_t stage_index, uint32_t capacity, bool ordered, uint64_t timeout_ns)
+    : stage_bits_(uint64_t(stage_index) << 52),
+      ordered_(ordered),
+      timeout_ns_(timeout_ns),
+      slots_(capacity) {
+    free_.reserve(capacity);
+    for (uint32_t i = capacity; i-- > 0;) free_.push_back(i);
+    done_.reserve(capacity);
+}
+
+uint64_t AsyncSlots::token_of(uint32_t slot) const {
+    return stage_bits_ | (uint64_t(slot) << 32) | slots_[slot].gen;
+}
+
+uint32_t AsyncSlots::room() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return uint32_t(free_.size());
+}
+
+uint32_t AsyncSlots::in_use() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return uint32_t(slots_.size() - free_.size());
+}
+
+void AsyncSlots::set_worker(Task *t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    worker_ = t;
+}
+
+uint64_t AsyncSlots::begin(uint64_t item, uint64_t now) {
+    std::lock_guard<std::mutex> lock(mu_);
+    uint32_t i = free_.back();
+    free_.pop_back();
+    Slot &s = slots_[i];
+    s.state = State::pending;
+    s.item = item;
+    s.start = now;
+    started_.push_back(Started{i, s.gen});
+    if (started_.size() > 2 * slots_.size() + 64) compact_started();
+    return token_of(i);
+}
+
+void AsyncSlots::release(uint32_t i, Reason how) {
+    Slot &s = slots_[i];
+    s.ended_gen = s.gen;
+    s.ended_how = how;
+    s.gen = s.gen == UINT32_MAX ? 1 : s.gen + 1;  // generation 0 is never valid
+    s.state = State::free;
+    free_.push_back(i);
+}
+
+void AsyncSlots::compact_started() {
+    // Unordered completions leave stale entries behind; drop them so the deque stays bounded by
+    // the slot count.
+    std::deque<Started> live;
+    for (const Started &e : started_)
+        if (slots_[e.slot].gen == e.gen && slots_[e.slot].state != State::free) live.push_back(e);
+    started_.swap(live);
+}
+
+bool AsyncSlots::abort(uint64_t token) {
+    std::lock_guard<std::mutex> lock(mu_);
+    uint32_t i = uint32_t((token >> 32) & ((1u << kSlotBits) - 1));
+    Slot &s = slots_[i];
+    if (s.gen != uint32_t(token) || s.state != State::pending) return false;
+    release(i, Reason::refused);
+    return true;
+}
+
+int32_t AsyncSlots::complete(uint64_t token, int32_t status, uint64_t out, const char **why) {
+    uint32_t i = uint32_t((token >> 32) & ((1u << kSlotBits) - 1));
+    uint32_t gen = uint32_t(token);
+    std::lock_guard<std::mutex> lock(mu_);
+    if ((token & (uint64_t(0xfff) << 52)) != stage_bits_ || i >= slots_.size() || gen == 0) {
+        *why = "not a completion handle of this stage";
+        return FLUXUS_EINVAL;
+    }
+    Slot &s = slots_[i];
+    if (s.gen == gen) {
+        if (s.state == State::pending) {
+            s.state = State::done;
+            s.status = status;
+            s.out = out;
+            if (!ordered_) done_.push_back(i);
+            // Under the lock: set_worker(nullptr) is then a barrier against a freed task.
+            if (worker_) worker_->notify();
+            return FLUXUS_OK;
+        }
+        *why = "this item was already completed";
+        return FLUXUS_ESTATE;
+    }
+    if (s.ended_gen == gen) {
+        switch (s.ended_how) {
+        case Reason::timed_out:
+            late.fetch_add(1, std::memory_order_relaxed);
+            *why = "the item had already timed out (late completion ignored)";
+            return FLUXUS_ETIMEDOUT;
+        case Reason::cancelled:
+            *why = "the item was cancelled";
+            return FLUXUS_ECANCELED;
+        case Reason::refused:
+            *why = "the callback returned an error for this item, which was failed";
+            return FLUXUS_ESTATE;
+        default:
+            *why = "this item was already completed";
+            return FLUXUS_ESTATE;
+        }
+    }
+    *why = "stale completion handle (already used)";
+    return FLUXUS_ESTATE;
+}
+
+uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto take_done = [&](uint32_t i) {
+        Slot &s = slots_[i];
+        out.push_back(Ended{s.out, s.status, s.status == 0 ? End::completed : End::failed});
+        release(i, Reason::completed);
+    };
+    if (!ordered_) {
+        for (uint32_t i : done_) take_done(i);
+        done_.clear();
+    }
+    // Walk the start order: stale entries go, due timeouts end, and in ordered mode completed
+    // items go on while everything before them has.
+    while (!started_.empty()) {
+        Started e = started_.front();
+        Slot &s = slots_[e.slot];
+        if (s.gen != e.gen || s.state == State::free) {
+            started_.pop_front();
+            continue;
+        }
+        if (s.state == State::done) {
+            if (!ordered_) break;  // on the done_ list already; cannot happen here
+            take_done(e.slot);
+            started_.pop_front();
+            continue;
+        }
+        if (timeout_ns_ && now >= s.start + timeout_ns_) {
+            out.push_back(Ended{s.item, FLUXUS_ETIMEDOUT, End::timed_out});
+            timed_out.fetch_add(1, std::memory_order_relaxed);
+            release(e.slot, Reason::timed_out);
+            started_.pop_front();
+            continue;
+        }
+        break;
+    }
+    if (!timeout_ns_) return UINT64_MAX;
+    // In unordered mode a completed entry can sit at the front; the earliest pending start is
+    // the first live pending entry.
+    for (const Started &e : started_) {
+        const Slot &s = slots_[e.slot];
+        if (s.gen == e.gen && s.state == State::pending) return s.start + timeout_ns_;
+    }
+    return UINT64_MAX;
+}
+
+size_t AsyncSlots::cancel_all(std::vector<uint64_t> &owned) {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t pending = 0;
+    for (uint32_t i = 0; i < slots_.size(); ++i) {
+        Slot &s = slots_[i];
+        if (s.state == State::free) continue;
+        if (s.state == State::done)
+            owned.push_back(s.out);
+        else
+            ++pending;
+        release(i, Reason::cancelled);
+    }
+    started_.clear();
+    done_.clear();
+    return pending;
+}
+
+}  // namespace fluxus
