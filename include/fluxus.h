@@ -638,6 +638,40 @@ FLUXUS_API int32_t fluxus_stage_set_in_flight(fluxus_pipeline *p, uint32_t stage
 FLUXUS_API int32_t fluxus_stage_set_timeout_us(fluxus_pipeline *p, uint32_t stage,
                                                uint64_t timeout_us);
 
+/* ----- Per-key timing: debounce and throttle ----- */
+
+/**
+ * Debounce: per key, hold the latest item and pass it on only once the key has been quiet (no
+ * new item) for `quiet_us` microseconds on the runtime's clock. A newer item of the same key
+ * replaces the held one, which ends as filtered (destroyed). At end of input (or drain) every
+ * held item is passed on at once; on cancel they are cancelled. The key is the item word, or
+ * what fluxus_stage_set_key_fn() returns. At most 1 << 20 keys are held by default
+ * (fluxus_stage_set_debounce_max_keys()); a new key beyond that sends the longest-held key's
+ * item on early. With several workers keys are sharded across them (per-key order).
+ * @return as the other fluxus_pipeline_add_* functions, and FLUXUS_ERANGE for a period of 0 or
+ *         more than one day.
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_debounce(uint32_t *out_stage, fluxus_pipeline *p,
+                                                const char *name, uint64_t quiet_us);
+
+/**
+ * Throttle: per key, at most one item per `period_us` microseconds: the first item of a key
+ * passes, later ones within the period are filtered (destroyed). A key is forgotten one period
+ * after it last passed, so memory follows the number of keys active within one period. Keys
+ * and workers as for debounce.
+ * @return as fluxus_pipeline_add_debounce().
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_throttle(uint32_t *out_stage, fluxus_pipeline *p,
+                                                const char *name, uint64_t period_us);
+
+/**
+ * Bound on the keys a debounce stage holds at once (default 1 << 20; at least 1).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a debounce stage), FLUXUS_ENOTFOUND, FLUXUS_ERANGE,
+ *         FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_debounce_max_keys(fluxus_pipeline *p, uint32_t stage,
+                                                      uint64_t max_keys);
+
 /* ----- Stage options (all: before start; FLUXUS_ENOTFOUND for a bad stage index) ----- */
 
 /**
@@ -815,6 +849,215 @@ FLUXUS_API int32_t fluxus_pipeline_free(fluxus_pipeline *p);
  * Thread safety: any thread.
  */
 FLUXUS_API uint32_t fluxus_current_worker(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Flow control: rate limiters and concurrency limiters
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * A rate limiter is a token bucket: it holds up to `burst` tokens and gains `rate_per_s` tokens
+ * per second; each unit of work takes one token. A new limiter starts full (`burst` tokens).
+ * Two modes:
+ *  - FLUXUS_RATE_TOKEN_BUCKET (the default) lets bursts of up to `burst` pass at once after a
+ *    quiet spell, and `rate_per_s` on average.
+ *  - FLUXUS_RATE_SMOOTH spaces units evenly, 1/rate apart, whatever `burst` is (a leaky bucket
+ *    used as a meter: burst 1).
+ * Catch-up allowance: the bucket can hold, beyond the burst (1 in smooth mode), 1 ms worth of
+ * tokens (rate x 1 ms). Work that waits for tokens is woken by timers, a few tens of
+ * microseconds late; the allowance keeps that lateness from lowering the long-run rate, which
+ * stays within a fraction of a percent of `rate_per_s` from 1/s to millions per second, with
+ * no CPU spent while waiting. So spacing is exact to about a millisecond: at high rates work
+ * passes in small groups per wake-up while the average holds, and after a quiet spell up to
+ * burst + rate x 1 ms tokens are available at once. Counting is exact for integral rates (with
+ * rate 10 and burst 1, the token after the first is available at exactly +100 ms).
+ * Changing the rate, burst or mode takes effect for the next tokens: the bucket keeps what it
+ * holds (capped at the new capacity), with no retroactive refill or penalty. Rate 0 stops the
+ * limiter: nothing passes, not even tokens left in the bucket, which are kept for when the rate
+ * is raised again.
+ * A limiter created on a runtime follows that runtime's clock; with a virtual clock (see
+ * fluxus_runtime_set_virtual_clock(); enable it before creating the limiter), every refill and
+ * the timeout of fluxus_rate_limiter_acquire() follow the virtual clock, unlike the real-time
+ * timeouts of other blocking calls.
+ *
+ * A concurrency limiter is a counting semaphore of permits: at most `max_permits` are held at
+ * once. Host threads take and give them back with acquire/release; pipeline stages that use
+ * the limiter hold one permit per item in progress.
+ *
+ * Both are shared objects: stages that use a limiter keep it alive, so the handle may be freed
+ * while they run. Waiters are not served in FIFO order: whoever asks first after tokens or
+ * permits appear gets them, so a waiter for many at once may wait longer than one for a few.
+ */
+
+typedef struct fluxus_rate_limiter fluxus_rate_limiter;
+
+/* Rate limiter modes. */
+#define FLUXUS_RATE_TOKEN_BUCKET 0 /* bursts of up to `burst`, then `rate_per_s` (default) */
+#define FLUXUS_RATE_SMOOTH 1       /* evenly spaced, 1/rate apart (burst treated as 1) */
+
+/**
+ * Create a rate limiter, full (holding `burst` tokens), in FLUXUS_RATE_TOKEN_BUCKET mode.
+ * @param[out] out   Receives the limiter; the caller owns it and releases it with
+ *                   fluxus_rate_limiter_free(). Set to NULL on failure.
+ * @param rt         The runtime whose clock (real or virtual) the limiter follows, or NULL for
+ *                   the real monotonic clock. Borrowed: the limiter keeps the runtime's memory
+ *                   alive (not its threads), so it may outlive the runtime handle.
+ * @param rate_per_s Tokens per second, 0..1e9; 0 lets nothing pass until the rate is raised.
+ * @param burst      Bucket size in tokens, 1..(1 << 30).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (out NULL, or rt not NULL and not a live runtime),
+ *         FLUXUS_ERANGE (rate negative, NaN, infinite or above 1e9; burst 0 or above 1 << 30),
+ *         FLUXUS_ENOMEM.
+ * Thread safety: any thread.
+ */
+FLUXUS_API int32_t fluxus_rate_limiter_new(fluxus_rate_limiter **out, fluxus_runtime *rt,
+                                           double rate_per_s, uint32_t burst);
+
+/**
+ * Change the rate, at any time. Tokens already in the bucket stay (capped at the new capacity,
+ * burst + 1 ms worth); new ones accrue at the new rate from now on. Waiters re-evaluate at once.
+ * @param rate_per_s Tokens per second, 0..1e9 (0 stops the limiter).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle), FLUXUS_ERANGE (negative, NaN, infinite or above
+ *         1e9; the rate is unchanged).
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_rate_limiter_set_rate(fluxus_rate_limiter *l, double rate_per_s);
+
+/**
+ * Change the burst (bucket size in tokens), at any time. Raising it adds no tokens; lowering it
+ * drops the tokens above the new capacity. Waiters re-evaluate at once.
+ * @param burst 1..(1 << 30). Ignored by FLUXUS_RATE_SMOOTH mode until the mode changes back.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle), FLUXUS_ERANGE (0 or above 1 << 30).
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_rate_limiter_set_burst(fluxus_rate_limiter *l, uint32_t burst);
+
+/**
+ * Choose FLUXUS_RATE_TOKEN_BUCKET or FLUXUS_RATE_SMOOTH, at any time. Switching to smooth mode
+ * drops the tokens above its capacity (1 plus 1 ms worth). Waiters re-evaluate at once.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle), FLUXUS_ERANGE (unknown mode).
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_rate_limiter_set_mode(fluxus_rate_limiter *l, int32_t mode);
+
+/**
+ * Take `n` tokens if they are all available now, without waiting. Takes all or nothing.
+ * @param n Tokens to take; 0 is a no-op that returns FLUXUS_OK.
+ * @return FLUXUS_OK (taken), FLUXUS_ELIMITED (fewer than `n` available, or the rate is 0;
+ *         nothing taken), FLUXUS_EINVAL (bad handle), FLUXUS_ERANGE (n exceeds the capacity,
+ *         burst (1 in smooth mode) plus 1 ms worth, so it could never succeed).
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_rate_limiter_try_acquire(fluxus_rate_limiter *l, uint32_t n);
+
+/**
+ * Take `n` tokens, waiting until they are available or `timeout_ms` passes. The thread sleeps
+ * (it does not spin) until the tokens are due, and wakes early when the rate, burst or mode
+ * changes. With a virtual clock the timeout is measured on that clock, so the call returns only
+ * once the host has advanced the clock far enough (the thread then checks it every
+ * millisecond of real time).
+ * @param n          Tokens to take together; 0 is a no-op that returns FLUXUS_OK.
+ * @param timeout_ms How long to wait: 0 = do not wait, UINT32_MAX = forever.
+ * @return FLUXUS_OK (taken), FLUXUS_ETIMEDOUT (not available in time; nothing taken),
+ *         FLUXUS_EINVAL (bad handle), FLUXUS_ERANGE (n exceeds the capacity, burst (1 in smooth
+ *         mode) plus 1 ms worth, including when a setter lowers it during the wait),
+ *         FLUXUS_ECANCELED (the handle was freed by another thread during the wait),
+ *         FLUXUS_EINCALLBACK (called from inside a fluxus callback with timeout_ms != 0, even
+ *         if tokens are available: it could block the thread that advances the clock or runs
+ *         the work).
+ * Thread safety: any thread except fluxus callbacks (there, use timeout 0 or try-acquire);
+ *                several threads may wait at once.
+ */
+FLUXUS_API int32_t fluxus_rate_limiter_acquire(fluxus_rate_limiter *l, uint32_t n,
+                                               uint32_t timeout_ms);
+
+/**
+ * Free the handle. Threads waiting in fluxus_rate_limiter_acquire() return FLUXUS_ECANCELED.
+ * Pipeline stages that use the limiter keep it alive and keep being limited until they are
+ * freed. NULL is accepted and ignored.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a live rate limiter handle, e.g. already freed).
+ * Thread safety: any thread, also from inside callbacks; the handle is invalid afterwards.
+ */
+FLUXUS_API int32_t fluxus_rate_limiter_free(fluxus_rate_limiter *l);
+
+typedef struct fluxus_concurrency_limiter fluxus_concurrency_limiter;
+
+/**
+ * Create a concurrency limiter with `max_permits` permits, none in use.
+ * @param[out] out    Receives the limiter; the caller owns it and releases it with
+ *                    fluxus_concurrency_limiter_free(). Set to NULL on failure.
+ * @param max_permits 1..(1 << 30).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (out NULL), FLUXUS_ERANGE (0 or above 1 << 30),
+ *         FLUXUS_ENOMEM.
+ * Thread safety: any thread.
+ */
+FLUXUS_API int32_t fluxus_concurrency_limiter_new(fluxus_concurrency_limiter **out,
+                                                  uint32_t max_permits);
+
+/**
+ * Change the maximum, at any time. Raising it lets waiters proceed at once. Lowering it never
+ * revokes permits already held: new permits are granted again once fewer than the new maximum
+ * are in use.
+ * @param max_permits 1..(1 << 30).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle), FLUXUS_ERANGE (0 or above 1 << 30).
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_concurrency_limiter_set_max(fluxus_concurrency_limiter *l,
+                                                      uint32_t max_permits);
+
+/**
+ * Take `n` permits if they are all free now, without waiting. Takes all or nothing. The caller
+ * gives them back with fluxus_concurrency_limiter_release().
+ * @param n Permits to take; 0 is a no-op that returns FLUXUS_OK.
+ * @return FLUXUS_OK (taken), FLUXUS_ELIMITED (fewer than `n` free; nothing taken),
+ *         FLUXUS_EINVAL (bad handle), FLUXUS_ERANGE (n above the maximum: it could never
+ *         succeed).
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_concurrency_limiter_try_acquire(fluxus_concurrency_limiter *l,
+                                                          uint32_t n);
+
+/**
+ * Take `n` permits together, waiting until they are free or `timeout_ms` passes (real time,
+ * whatever clock a runtime uses). The thread sleeps until a release or set_max wakes it.
+ * @param n          Permits to take; 0 is a no-op that returns FLUXUS_OK.
+ * @param timeout_ms How long to wait: 0 = do not wait, UINT32_MAX = forever.
+ * @return FLUXUS_OK (taken), FLUXUS_ETIMEDOUT (not free in time; nothing taken),
+ *         FLUXUS_EINVAL (bad handle), FLUXUS_ERANGE (n above the maximum, including when
+ *         set_max lowers it during the wait), FLUXUS_ECANCELED (the handle was freed by another
+ *         thread during the wait), FLUXUS_EINCALLBACK (called from inside a fluxus callback
+ *         with timeout_ms != 0).
+ * Thread safety: any thread except fluxus callbacks (there, use timeout 0 or try-acquire);
+ *                several threads may wait at once.
+ */
+FLUXUS_API int32_t fluxus_concurrency_limiter_acquire(fluxus_concurrency_limiter *l, uint32_t n,
+                                                      uint32_t timeout_ms);
+
+/**
+ * Give back `n` permits taken with acquire or try-acquire. Any thread may release permits
+ * another thread took.
+ * @param n Permits to give back; 0 is a no-op that returns FLUXUS_OK.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle), FLUXUS_ERANGE (n is more than are in use;
+ *         nothing is released).
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_concurrency_limiter_release(fluxus_concurrency_limiter *l, uint32_t n);
+
+/**
+ * Read how many permits are in use now (held by host threads and by stages together).
+ * @param[out] out Receives the count; may be above the maximum right after set_max lowered it.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, or out NULL).
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_concurrency_limiter_in_use(fluxus_concurrency_limiter *l,
+                                                     uint32_t *out);
+
+/**
+ * Free the handle. Threads waiting in fluxus_concurrency_limiter_acquire() return
+ * FLUXUS_ECANCELED; permits still held are simply forgotten. Pipeline stages that use the
+ * limiter keep it alive until they are freed. NULL is accepted and ignored.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a live concurrency limiter handle, e.g. already freed).
+ * Thread safety: any thread, also from inside callbacks; the handle is invalid afterwards.
+ */
+FLUXUS_API int32_t fluxus_concurrency_limiter_free(fluxus_concurrency_limiter *l);
 
 /* ---------------------------------------------------------------------------------------------
  * Stats

@@ -202,3 +202,53 @@ FLUXUS_API int32_t fluxus_stage_set_dedup_max_keys(fluxus_pipeline *p, uint32_t 
 }
 
 }  // extern "C"
+
+namespace {
+
+int32_t add_timed(uint32_t *out, fluxus_pipeline *h, const char *fname, StageKind kind,
+                  const char *name, uint64_t period_us) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, fname);
+        if (period_us == 0 || period_us > 86400ull * 1000000ull)
+            return set_errorf(FLUXUS_ERANGE, "%s: period %llu us is not in 1..86400000000",
+                              fname, (unsigned long long)period_us);
+        uint32_t index = 0;
+        if (int32_t rc = p->add_stage(&index, kind, name, nullptr, nullptr, nullptr)) return rc;
+        p->stage(index)->period_ns = period_us * 1000u;
+        if (out) *out = index;
+        return FLUXUS_OK;
+    });
+}
+
+}  // namespace
+
+extern "C" {
+
+FLUXUS_API int32_t fluxus_pipeline_add_debounce(uint32_t *out_stage, fluxus_pipeline *p,
+                                                const char *name, uint64_t quiet_us) {
+    return add_timed(out_stage, p, "fluxus_pipeline_add_debounce", StageKind::debounce, name,
+                     quiet_us);
+}
+
+FLUXUS_API int32_t fluxus_pipeline_add_throttle(uint32_t *out_stage, fluxus_pipeline *p,
+                                                const char *name, uint64_t period_us) {
+    return add_timed(out_stage, p, "fluxus_pipeline_add_throttle", StageKind::throttle, name,
+                     period_us);
+}
+
+FLUXUS_API int32_t fluxus_stage_set_debounce_max_keys(fluxus_pipeline *p, uint32_t stage,
+                                                      uint64_t max_keys) {
+    return with_stage(p, stage, "fluxus_stage_set_debounce_max_keys", [&](Stage &st) {
+        if (st.kind != StageKind::debounce)
+            return set_errorf(FLUXUS_EINVAL,
+                              "fluxus_stage_set_debounce_max_keys: stage '%s' is not a debounce "
+                              "stage",
+                              st.name.c_str());
+        if (max_keys == 0)
+            return set_error(FLUXUS_ERANGE, "fluxus_stage_set_debounce_max_keys: 0 keys");
+        st.debounce_max_keys = max_keys;
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

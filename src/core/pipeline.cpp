@@ -26,6 +26,8 @@ const char *stage_kind_name(StageKind kind) {
     case StageKind::sink: return "sink";
     case StageKind::sink_batch: return "sink_batch";
     case StageKind::async_map: return "async_map";
+    case StageKind::debounce: return "debounce";
+    case StageKind::throttle: return "throttle";
     }
     return "stage";
 }
@@ -120,7 +122,8 @@ int32_t Pipeline::set_poll_interval_us(uint32_t us) {
 int32_t Pipeline::add_stage(uint32_t *out, StageKind kind, const char *name, void (*fn)(),
                             void *user, fluxus_user_free_fn uf) {
     if (int32_t rc = check_building("add stage")) return rc;
-    if (!fn && kind != StageKind::dedup)
+    if (!fn && kind != StageKind::dedup && kind != StageKind::debounce &&
+        kind != StageKind::throttle)
         return set_errorf(FLUXUS_EINVAL, "add %s: the callback is NULL", stage_kind_name(kind));
     if (!stages_.empty() && stages_.back()->is_sink())
         return set_errorf(FLUXUS_ESTATE, "add %s: pipeline '%s' already ends with sink '%s'",
@@ -245,7 +248,7 @@ int32_t Pipeline::validate() {
                           name_.c_str());
     for (auto &sp : stages_) {
         Stage &st = *sp;
-        if (st.kind == StageKind::dedup && st.workers > 1) st.order = FLUXUS_ORDER_PER_KEY;
+        if (st.keyed_state() && st.workers > 1) st.order = FLUXUS_ORDER_PER_KEY;
         if (st.is_sink() && st.workers > 1 && st.order != FLUXUS_ORDER_PER_KEY)
             return set_errorf(FLUXUS_EINVAL,
                               "start: sink '%s' has %u workers; a parallel sink must use "

@@ -252,8 +252,13 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
     state_.resize(s->stages.size());
     tally_.resize(s->stages.size());
     for (size_t k = 0; k < s->stages.size(); ++k)
-        if (s->stages[k]->kind == StageKind::dedup)
-            state_[k].keys.reset(new KeySet(s->stages[k]->dedup_max_keys));
+    {
+        Stage &st = *s->stages[k];
+        if (st.kind == StageKind::dedup) state_[k].keys.reset(new KeySet(st.dedup_max_keys));
+        if (st.kind == StageKind::throttle) state_[k].throttle.reset(new Throttler(st.period_ns));
+        if (st.kind == StageKind::debounce)
+            state_[k].debounce.reset(new Debouncer(st.period_ns, st.debounce_max_keys));
+    }
     if (Stage *h = s->head())
         if (h->async) h->async->set_worker(this);
 }
@@ -311,9 +316,15 @@ void SegmentWorker::run() {
     }
     if (!pending.empty() && !seg->push_out(pending, this)) return;
     if (seg->ordered) seg->reorder.flush(this);
-    if (seg->head() && seg->head()->is_async()) {
-        run_async();
-        return;
+    if (Stage *h = seg->head()) {
+        if (h->is_async()) {
+            run_async();
+            return;
+        }
+        if (h->kind == StageKind::debounce) {
+            run_debounce();
+            return;
+        }
     }
 
     for (int round = 0;; ++round) {
@@ -462,11 +473,83 @@ void SegmentWorker::run_async() {
             return;
         }
         if (!progress) {
-            if (next_deadline != UINT64_MAX &&
-                (timer_at_ == 0 || timer_at_ <= now || next_deadline < timer_at_)) {
-                timer_at_ = next_deadline;
-                rt_->add_timer(next_deadline, this, &p);
+            arm_timer(next_deadline, now);
+            return;
+        }
+    }
+}
+
+void SegmentWorker::arm_timer(uint64_t deadline, uint64_t now) {
+    if (deadline == UINT64_MAX) return;
+    if (timer_at_ != 0 && timer_at_ > now && timer_at_ <= deadline) return;  // armed earlier
+    timer_at_ = deadline;
+    rt_->add_timer(deadline, this, seg->p);
+}
+
+// The debounce head's loop: items whose key has been quiet for the period (or, at end of
+// input, every held item) go on through the stages fused behind; new input replaces held items
+// of the same key. One timer at the earliest due time wakes the worker.
+void SegmentWorker::run_debounce() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    Debouncer &deb = *state_[0].debounce;
+    StageTally &t = tally_[0];
+    uint32_t lane = seg->keyed ? index : 0;
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        bool progress = false;
+        uint64_t now = rt_->now();
+        deb.collect_due(now, emit_);
+        if (input_drained_) deb.take_all(emit_);  // flushed on drain and end of stream
+        if (!emit_.empty()) {
+            progress = true;
+            size_t n = emit_.size();
+            if (a_.size() < n) a_.resize(n);
+            std::copy(emit_.begin(), emit_.end(), a_.begin());
+            emit_.clear();
+            t.out += n;
+            process(n, 1);
+            deliver();
+            if (p.cancelling()) {
+                cancel_all();
+                return;
             }
+            if (!pending.empty()) return;
+        }
+        if (!input_drained_) {
+            bool drained = false;
+            size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
+            input_drained_ = drained;
+            for (size_t i = 0; i < n; ++i) {
+                uint64_t x = a_[i], old = 0;
+                Key128 k;
+                int32_t rc;
+                try {
+                    rc = stage_key(head, x, &k);
+                } catch (...) {
+                    rc = FLUXUS_EEXCEPTION;
+                }
+                if (rc != 0) {
+                    p.fail_item(head, x, rc, "debounce key callback failed", &t);
+                    continue;
+                }
+                if (deb.offer(k, x, now, &old, emit_)) {
+                    ++t.filtered;  // superseded by a newer item of the same key
+                    p.destroy_item(old);
+                }
+            }
+            t.flush_to(head.c);
+            if (n || drained) progress = true;
+        }
+        if (input_drained_ && deb.size() == 0 && emit_.empty()) {
+            exhaust();
+            return;
+        }
+        if (!progress) {
+            arm_timer(deb.next_deadline(), now);
             return;
         }
     }
@@ -557,6 +640,13 @@ void SegmentWorker::cancel_all() {
             size_t host_owned = h->async->cancel_all(owned);
             if (!owned.empty()) p.cancel_items(*h, owned.data(), owned.size(), false);
             h->c.cancelled.fetch_add(host_owned, std::memory_order_relaxed);
+        }
+        if (h->kind == StageKind::debounce) {
+            std::vector<uint64_t> held;
+            state_[0].debounce->take_all(held);
+            held.insert(held.end(), emit_.begin(), emit_.end());
+            emit_.clear();
+            if (!held.empty()) p.cancel_items(*h, held.data(), held.size(), false);
         }
     }
     if (seg->pull_input) {

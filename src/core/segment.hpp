@@ -12,6 +12,8 @@
 
 #include "core/pipeline.hpp"
 #include "dedup/key_set.hpp"
+#include "flow/debouncer.hpp"
+#include "flow/throttler.hpp"
 #include "queue/item_queue.hpp"
 #include "runtime/task.hpp"
 
@@ -97,6 +99,8 @@ public:
 struct WorkerStageState {
 public:
     std::unique_ptr<KeySet> keys;  // dedup only
+    std::unique_ptr<Throttler> throttle;
+    std::unique_ptr<Debouncer> debounce;
     std::vector<int8_t> verdict;   // dedup: per-item result of the batch insert
     std::vector<int32_t> status, keep;  // batch callbacks: per-item out-arrays
 
@@ -130,6 +134,10 @@ private:
     void run_async();
     void start_async(size_t n, uint64_t now);
     size_t settle_async();
+    // Debounce head: held items go on once their key is quiet (see run_debounce).
+    void run_debounce();
+    // Arms one wake-up for `deadline` unless an earlier one is already armed.
+    void arm_timer(uint64_t deadline, uint64_t now);
     void deliver();
     void cancel_all();
     void exhaust();
@@ -149,12 +157,19 @@ private:
     std::vector<AsyncSlots::Ended> ended_;
     bool input_drained_ = false;
     uint64_t timer_at_ = 0;  // deadline of the timeout wake-up already armed (0: none)
+    std::vector<uint64_t> emit_;  // debounce: items to send on
 };
 
 // Calls the stage's key function and digests the bytes it returns. Returns 0, the callback's
 // nonzero status, or FLUXUS_EINVAL for a NULL key with a nonzero length. May throw what the
 // callback throws.
 int32_t byte_key_digest(const Stage &st, uint64_t item, Key128 *out);
+// The key of an item for per-key state: the digest of the key function's bytes, or the word.
+inline int32_t stage_key(const Stage &st, uint64_t item, Key128 *out) {
+    if (st.key_fn) return byte_key_digest(st, item, out);
+    *out = word_key(item);
+    return 0;
+}
 
 // Runs one stage over a batch: reads in[0..n), writes the survivors to out (resized as needed)
 // and returns their count. Failures and drops are ended through the pipeline.

@@ -35,6 +35,8 @@ enum class StageKind : uint8_t {
     sink,
     sink_batch,
     async_map,
+    debounce,
+    throttle,
 };
 
 const char *stage_kind_name(StageKind kind);
@@ -85,6 +87,8 @@ struct Stage {
     uint32_t in_flight = 256;  // async: started and not yet completed (and, ordered, emitted)
     uint64_t timeout_ns = 0;   // per-item time limit in the stage; 0 = none
     std::unique_ptr<AsyncSlots> async;  // async stages, once started
+    uint64_t period_ns = 0;             // debounce: quiet period; throttle: period
+    uint64_t debounce_max_keys = 1u << 20;
 
     StageCounters c;
     ItemQueue *queue = nullptr;  // its input queue once started; null when fused behind another
@@ -93,7 +97,12 @@ struct Stage {
     bool per_key() const { return order == FLUXUS_ORDER_PER_KEY && workers > 1; }
     bool is_async() const { return kind == StageKind::async_map; }
     // Stages that must head their own segment: their worker does more than run a batch.
-    bool needs_own_segment() const { return is_async(); }
+    bool needs_own_segment() const { return is_async() || kind == StageKind::debounce; }
+    // Stages whose state is per key: with several workers they shard keys across them.
+    bool keyed_state() const {
+        return kind == StageKind::dedup || kind == StageKind::debounce ||
+               kind == StageKind::throttle;
+    }
 };
 
 }  // namespace fluxus

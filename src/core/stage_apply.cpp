@@ -307,8 +307,24 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         t.out += delivered;
         return 0;
     }
+    case StageKind::throttle: {
+        Throttler &th = *ws.throttle;
+        uint64_t now = p.runtime()->now();
+        return per_item(p, st, in, n, t, "throttle key callback threw", [&](uint64_t x, size_t &m) {
+            Key128 k;
+            if (int32_t rc = stage_key(st, x, &k)) {
+                p.fail_item(st, x, rc, "throttle key callback failed", &t);
+            } else if (th.admit(k, now)) {
+                o[m++] = x;
+            } else {
+                ++t.filtered;
+                p.destroy_item(x);
+            }
+        });
+    }
     case StageKind::async_map:
-        break;  // runs in SegmentWorker::run_async, never as a batch
+    case StageKind::debounce:
+        break;  // run by SegmentWorker::run_async / run_debounce, never as a batch
     }
     return 0;
 }
