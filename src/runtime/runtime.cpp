@@ -77,7 +77,7 @@ int32_t Runtime::set_virtual_clock(bool on, uint64_t start_ns) {
 int32_t Runtime::advance_clock(uint64_t delta_ns) {
     if (!virtual_clock_)
         return set_error(FLUXUS_ESTATE, "advance clock: the runtime uses the real clock");
-    std::lock_guard<std::mutex> lock(advance_mu_);
+    std::lock_guard<std::recursive_mutex> lock(advance_mu_);
     uint64_t now = vnow_.load(std::memory_order_relaxed);
     uint64_t target = delta_ns > UINT64_MAX - now ? UINT64_MAX : now + delta_ns;
     // Step through due deadlines in order, so what a fired timer schedules within the advanced
@@ -85,12 +85,13 @@ int32_t Runtime::advance_clock(uint64_t delta_ns) {
     CallbackScope scope;
     for (;;) {
         uint64_t next = timers_.next_deadline();
-        if (next > target) break;
+        if (next > target || timers_.size() == 0) break;  // (a saturated clock is UINT64_MAX)
         if (next > vnow_.load(std::memory_order_relaxed))
             vnow_.store(next, std::memory_order_release);
         timers_.fire_due(next);
     }
-    vnow_.store(target, std::memory_order_release);
+    // A nested advance (from a timer callback) may have gone further: the clock never goes back.
+    if (target > vnow_.load(std::memory_order_relaxed)) vnow_.store(target, std::memory_order_release);
     return FLUXUS_OK;
 }
 
@@ -176,10 +177,11 @@ void Runtime::shutdown() {
         int s = state_.load();
         if (s == kDead) return;
         for (Pipeline *p : pipelines_) p->cancel();
-        if (s == kCreated) {
-            state_.store(kDead);
-            return;
-        }
+        if (s == kCreated) state_.store(kDead);
+    }
+    if (state_.load() == kDead) {
+        timers_.drop_callbacks();  // never started: pending host timers are released unrun
+        return;
     }
     // Let every pipeline finish its cancellation (host mode: drive it on this thread).
     while (running_pipelines_.load() > 0) {

@@ -148,7 +148,9 @@ private:
     bool loop_ready_ = false;
     bool virtual_clock_ = false;
     std::atomic<uint64_t> vnow_{0};
-    std::mutex advance_mu_;  // one clock advance at a time
+    // One clock advance at a time; recursive because a timer callback fired by an advance may
+    // advance the clock itself.
+    std::recursive_mutex advance_mu_;
     std::mutex loop_mu_;  // host mode: one thread at a time runs the uv loop
     std::atomic<bool> loop_stop_{false};
     TimerHeap timers_;

@@ -45,34 +45,30 @@ bool TimerHeap::cancel_callback(uint64_t id) {
 }
 
 uint64_t TimerHeap::fire_due(uint64_t now) {
-    // Due callbacks are collected in small groups so a callback that re-arms itself for "now"
-    // cannot keep this loop going forever: only what was due on entry runs.
-    TimerCallback due[32];
+    // Host callbacks are taken off the heap one at a time, so a callback can still cancel
+    // another timer that is due at the same moment. Entries added for "now" by a callback run
+    // in this pass too, after what was already due (their sequence numbers are higher).
     for (;;) {
-        size_t n = 0;
-        uint64_t next;
+        TimerCallback cb;
         {
             std::lock_guard<std::mutex> lock(mu_);
-            while (!heap_.empty() && heap_.front().deadline <= now && n < 32) {
-                Entry e = heap_.front();
+            while (!heap_.empty() && heap_.front().deadline <= now && heap_.front().task) {
+                heap_.front().task->notify();
                 std::pop_heap(heap_.begin(), heap_.end(), later);
                 heap_.pop_back();
-                if (e.task)
-                    e.task->notify();
-                else
-                    due[n++] = e.cb;
             }
-            next = heap_.empty() ? UINT64_MAX : heap_.front().deadline;
+            if (heap_.empty() || heap_.front().deadline > now)
+                return heap_.empty() ? UINT64_MAX : heap_.front().deadline;
+            cb = heap_.front().cb;
+            std::pop_heap(heap_.begin(), heap_.end(), later);
+            heap_.pop_back();
         }
-        for (size_t i = 0; i < n; ++i) {
-            try {
-                due[i].fn(due[i].user);
-            } catch (...) {
-                // A host timer callback that throws loses only its own call.
-            }
-            due[i].release();
+        try {
+            cb.fn(cb.user);
+        } catch (...) {
+            // A host timer callback that throws loses only its own call.
         }
-        if (n < 32 || next > now) return next;
+        cb.release();
     }
 }
 
