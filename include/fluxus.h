@@ -1059,6 +1059,58 @@ FLUXUS_API int32_t fluxus_concurrency_limiter_in_use(fluxus_concurrency_limiter 
  */
 FLUXUS_API int32_t fluxus_concurrency_limiter_free(fluxus_concurrency_limiter *l);
 
+/* ----- Limiters on stages and sources ----- */
+
+/**
+ * Rate limit a stage: each item takes one token from `l` when the stage takes it from its
+ * queue, and waits for one if there is none; the waiting costs no thread (a timer on the loop,
+ * woken early when the limiter's rate or burst changes). Waiting items stay in order; items
+ * still in the stage's queue are not yet waiting, and the queue's backpressure slows the
+ * producer. One limiter may be shared by stages of several pipelines, and changed at any time
+ * with fluxus_rate_limiter_set_rate() / _set_burst() / _set_mode().
+ * @param l                The limiter (retained until replaced or the pipeline is freed; the
+ *                         handle may be freed at once), or NULL to remove the stage's limiter.
+ *                         It must use the pipeline runtime's clock (create it on that runtime).
+ * @param wait_timeout_ms  UINT32_MAX: wait as long as it takes. Otherwise an item whose token
+ *                         cannot come within this many milliseconds of when the stage took it
+ *                         (at the limiter's rate at the time) fails at once with
+ *                         FLUXUS_ELIMITED and follows the stage's error policy, as a
+ *                         deadline-aware wait would.
+ * A rate-limited stage heads its own task (it is not fused with the stage before it). With
+ * several workers it must be unordered or per-key (checked at start).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad pipeline or limiter handle), FLUXUS_ENOTFOUND,
+ *         FLUXUS_ESTATE (after start).
+ * Thread safety: any thread, before start.
+ */
+FLUXUS_API int32_t fluxus_stage_set_rate_limiter(fluxus_pipeline *p, uint32_t stage,
+                                                 fluxus_rate_limiter *l,
+                                                 uint32_t wait_timeout_ms);
+
+/**
+ * Rate limit a pull source: it is called for at most as many items as there are tokens (a
+ * batch pull source gets a capacity of the tokens granted; unused tokens are given back). The
+ * source simply waits, nothing fails. Push sources are refused at start: acquire from the
+ * limiter before pushing, or rate limit the first stage.
+ * @param l  As for fluxus_stage_set_rate_limiter(); NULL removes it.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_source_rate_limiter(fluxus_pipeline *p,
+                                                           fluxus_rate_limiter *l);
+
+/**
+ * Bound a stage's concurrency by a limiter that several stages and pipelines may share (one
+ * limit for all calls to the same upstream service). A synchronous stage holds one permit per
+ * worker while it runs callbacks; an async stage holds one permit per item from its start until
+ * it has gone on (or failed, timed out, been cancelled). Without a permit the stage waits
+ * without a thread and is woken when one is released. fluxus_concurrency_limiter_set_max()
+ * applies at run time.
+ * @param l  The limiter (retained as above), or NULL to remove it.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ESTATE (after start).
+ * Thread safety: any thread, before start.
+ */
+FLUXUS_API int32_t fluxus_stage_set_concurrency_limiter(fluxus_pipeline *p, uint32_t stage,
+                                                        fluxus_concurrency_limiter *l);
+
 /* ---------------------------------------------------------------------------------------------
  * Stats
  * ------------------------------------------------------------------------------------------- */

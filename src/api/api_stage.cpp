@@ -252,3 +252,54 @@ FLUXUS_API int32_t fluxus_stage_set_debounce_max_keys(fluxus_pipeline *p, uint32
 }
 
 }  // extern "C"
+
+// Limiters on stages and sources.
+#include "flow/concurrency_limiter.hpp"
+#include "flow/rate_limiter.hpp"
+
+extern "C" {
+
+FLUXUS_API int32_t fluxus_stage_set_rate_limiter(fluxus_pipeline *h, uint32_t stage,
+                                                 fluxus_rate_limiter *lh,
+                                                 uint32_t wait_timeout_ms) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_set_rate_limiter");
+        RateLimiter *l = nullptr;
+        if (lh && !(l = rate_limiter_of(lh)))
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_stage_set_rate_limiter: not a live rate limiter handle");
+        Stage *st = nullptr;
+        if (int32_t rc = p->stage_for_option(stage, "fluxus_stage_set_rate_limiter", &st))
+            return rc;
+        return p->set_stage_rate_limiter(*st, l, wait_timeout_ms);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_set_source_rate_limiter(fluxus_pipeline *h,
+                                                           fluxus_rate_limiter *lh) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_source_rate_limiter");
+        RateLimiter *l = nullptr;
+        if (lh && !(l = rate_limiter_of(lh)))
+            return set_error(FLUXUS_EINVAL, "fluxus_pipeline_set_source_rate_limiter: not a live "
+                                            "rate limiter handle");
+        return p->set_source_rate_limiter(l);
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_concurrency_limiter(fluxus_pipeline *h, uint32_t stage,
+                                                        fluxus_concurrency_limiter *lh) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_set_concurrency_limiter");
+        ConcurrencyLimiter *l = nullptr;
+        if (lh && !(l = concurrency_limiter_of(lh)))
+            return set_error(FLUXUS_EINVAL, "fluxus_stage_set_concurrency_limiter: not a live "
+                                            "concurrency limiter handle");
+        Stage *st = nullptr;
+        if (int32_t rc = p->stage_for_option(stage, "fluxus_stage_set_concurrency_limiter", &st))
+            return rc;
+        return p->set_stage_concurrency(*st, l);
+    });
+}
+
+}  // extern "C"

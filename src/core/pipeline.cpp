@@ -8,6 +8,8 @@
 #include <thread>
 
 #include "core/segment.hpp"
+#include "flow/concurrency_limiter.hpp"
+#include "flow/rate_limiter.hpp"
 #include "runtime/runtime.hpp"
 #include "util/clock.hpp"
 #include "util/status.hpp"
@@ -42,7 +44,10 @@ Pipeline::~Pipeline() {
     for (auto &st : stages_) {
         st->user.release();
         st->key_user.release();
+        if (st->rate_limiter) st->rate_limiter->release();
+        if (st->concurrency) st->concurrency->release();
     }
+    if (source_.rate_limiter) source_.rate_limiter->release();
     source_.user.release();
     item_free_user_.release();
     dead_letter_user_.release();
@@ -116,6 +121,29 @@ int32_t Pipeline::set_poll_interval_us(uint32_t us) {
     if (us < 1 || us > 60000000)
         return set_errorf(FLUXUS_ERANGE, "set_poll_interval_us: %u is not in 1..60000000", us);
     source_.poll_interval_us = us;
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::set_source_rate_limiter(RateLimiter *l) {
+    if (int32_t rc = check_building("set_source_rate_limiter")) return rc;
+    if (l) l->retain();
+    if (source_.rate_limiter) source_.rate_limiter->release();
+    source_.rate_limiter = l;
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::set_stage_rate_limiter(Stage &st, RateLimiter *l, uint32_t wait_timeout_ms) {
+    if (l) l->retain();
+    if (st.rate_limiter) st.rate_limiter->release();
+    st.rate_limiter = l;
+    st.rate_wait_timeout_ms = wait_timeout_ms;
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::set_stage_concurrency(Stage &st, ConcurrencyLimiter *l) {
+    if (l) l->retain();
+    if (st.concurrency) st.concurrency->release();
+    st.concurrency = l;
     return FLUXUS_OK;
 }
 
@@ -243,6 +271,16 @@ int32_t Pipeline::validate() {
         return set_error(FLUXUS_ESTATE, "start: the runtime of this pipeline was freed");
     if (source_.kind == SourceKind::none)
         return set_errorf(FLUXUS_EINVAL, "start: pipeline '%s' has no source", name_.c_str());
+    if (source_.rate_limiter && source_.kind == SourceKind::push)
+        return set_errorf(FLUXUS_EINVAL,
+                          "start: pipeline '%s' has a source rate limiter but a push source (rate "
+                          "limit the first stage, or acquire from the limiter before pushing)",
+                          name_.c_str());
+    if (source_.rate_limiter && source_.rate_limiter->virtual_clock() != rt_->virtual_clock())
+        return set_errorf(FLUXUS_EINVAL,
+                          "start: pipeline '%s': its source rate limiter and its runtime use "
+                          "different clocks",
+                          name_.c_str());
     if (stages_.empty() || !stages_.back()->is_sink())
         return set_errorf(FLUXUS_EINVAL, "start: pipeline '%s' does not end with a sink",
                           name_.c_str());
@@ -259,6 +297,16 @@ int32_t Pipeline::validate() {
                               "start: async stage '%s' has %u workers; an async stage runs on "
                               "one task (raise its in-flight limit instead)",
                               st.name.c_str(), st.workers);
+        if (st.rate_limiter && st.workers > 1 && st.order == FLUXUS_ORDER_ORDERED)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: stage '%s' is rate limited with %u ordered workers; make it "
+                              "unordered or per-key, or use one worker",
+                              st.name.c_str(), st.workers);
+        if (st.rate_limiter && st.rate_limiter->virtual_clock() != rt_->virtual_clock())
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: stage '%s': its rate limiter and the pipeline's runtime use "
+                              "different clocks (create the limiter on the same runtime)",
+                              st.name.c_str());
         if (st.is_async() && st.order == FLUXUS_ORDER_PER_KEY)
             return set_errorf(FLUXUS_EINVAL,
                               "start: async stage '%s' cannot be per-key ordered (use ordered or "
@@ -557,6 +605,12 @@ void Pipeline::shut_down() {
             }
         }
         rt_->remove_timers(this);
+        // Shared limiters may still wake their waiters: they must forget ours.
+        for (auto &st : stages_) {
+            if (st->rate_limiter) st->rate_limiter->remove_owner(this);
+            if (st->concurrency) st->concurrency->remove_owner(this);
+        }
+        if (source_.rate_limiter) source_.rate_limiter->remove_owner(this);
     }
     // Completions may still arrive from host threads: they must not notify freed tasks.
     for (auto &st : stages_)

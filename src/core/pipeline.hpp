@@ -21,6 +21,8 @@ namespace fluxus {
 class Runtime;
 class Segment;
 class ItemQueue;
+class RateLimiter;
+class ConcurrencyLimiter;
 struct PendingItems;
 
 // Per-batch outcome tally of one stage, added to its counters once per batch.
@@ -38,6 +40,7 @@ struct SourceSpec {
     void (*fn)() = nullptr;
     UserRef user;
     uint32_t poll_interval_us = 1000;
+    RateLimiter *rate_limiter = nullptr;  // pull sources: tokens per item pulled (retained)
 };
 
 class Pipeline : public TaskOwner {
@@ -57,6 +60,10 @@ public:
     int32_t set_source(SourceKind kind, const char *name, void (*fn)(), void *user,
                        fluxus_user_free_fn user_free);
     int32_t set_poll_interval_us(uint32_t us);
+    // Limiters (retained here, released when replaced or when the pipeline is freed).
+    int32_t set_source_rate_limiter(RateLimiter *l);
+    int32_t set_stage_rate_limiter(Stage &st, RateLimiter *l, uint32_t wait_timeout_ms);
+    int32_t set_stage_concurrency(Stage &st, ConcurrencyLimiter *l);
     int32_t add_stage(uint32_t *out, StageKind kind, const char *name, void (*fn)(), void *user,
                       fluxus_user_free_fn user_free);
     // Looks up a stage for an option setter; sets the error message on failure.

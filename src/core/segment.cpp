@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "flow/concurrency_limiter.hpp"
+#include "flow/rate_limiter.hpp"
 #include "runtime/runtime.hpp"
 #include "util/clock.hpp"
 
@@ -325,8 +327,21 @@ void SegmentWorker::run() {
             run_debounce();
             return;
         }
+        if (ConcurrencyLimiter *cl = h->concurrency) {
+            // One permit while this worker runs callbacks (one at a time); without one it waits
+            // for a release, which notifies it.
+            if (cl->take_or_wait(1, this, &p) == 0) return;
+            run_batches();
+            cl->give(1);
+            return;
+        }
     }
+    run_batches();
+}
 
+void SegmentWorker::run_batches() {
+    Pipeline &p = *seg->p;
+    bool limited = seg->head() && seg->head()->rate_limiter;
     for (int round = 0;; ++round) {
         if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
             notify();  // others are waiting for a thread: run again after them
@@ -334,7 +349,7 @@ void SegmentWorker::run() {
         }
         if (seg->ordered && !seg->reorder.reserve(this)) return;
         bool drained = false;
-        size_t n = fetch(&drained);
+        size_t n = limited ? take_input(p.batch_size(), rt_->now(), &drained) : fetch(&drained);
         if (n == 0) {
             if (seg->ordered) seg->reorder.unreserve();
             if (drained) exhaust();
@@ -371,6 +386,20 @@ size_t SegmentWorker::pull(bool *drained) {
     }
     if (p.paused()) return 0;  // resume() notifies us
     size_t max = p.batch_size();
+    RateLimiter *rl = src.rate_limiter;
+    uint32_t granted = 0;
+    if (rl) {
+        uint64_t now = rt_->now(), retry = 0;
+        granted = rl->take_or_wait(uint32_t(max), now, this, &p, &retry);
+        if (granted == 0) {
+            double batch = std::max(1.0, rl->rate() * 0.0005);
+            uint64_t w = rl->wait_ns(uint32_t(std::min<double>(double(max), batch)), now);
+            if (w == UINT64_MAX) w = retry;
+            if (w != UINT64_MAX) arm_timer(now + w, now);
+            return 0;
+        }
+        max = granted;
+    }
     size_t n = 0;
     int32_t rc = FLUXUS_PULL_ITEM;
     try {
@@ -402,6 +431,7 @@ size_t SegmentWorker::pull(bool *drained) {
         source_ended_ = true;
         p.fail_pipeline(FLUXUS_ESOURCE, rc, nullptr, "the pull source returned an error");
     }
+    if (rl && n < granted) rl->give_back(uint32_t(granted - n));
     p.admit(n);
     if (n == 0) *drained = source_ended_;
     return n;
@@ -448,6 +478,7 @@ void SegmentWorker::run_async() {
         uint64_t next_deadline = slots.collect(now, ended_);
         if (!ended_.empty()) {
             progress = true;
+            reconcile_permits();
             process(settle_async(), 1);
             deliver();
             if (p.cancelling()) {
@@ -456,19 +487,29 @@ void SegmentWorker::run_async() {
             }
             if (!pending.empty()) return;  // parked until the next queue has room
         }
-        if (!input_drained_) {
-            if (uint32_t room = slots.room()) {
+        bool holding = held_head_ < held_.size();
+        if (!input_drained_ || holding) {
+            uint32_t room = std::min<uint32_t>(slots.room(), p.batch_size());
+            if (ConcurrencyLimiter *cl = seg->head()->concurrency) {
+                // One permit per item in flight, taken before the item starts.
+                uint32_t in_use = slots.in_use();
+                uint32_t spare = permits_ > in_use ? permits_ - in_use : 0;
+                if (room > spare) permits_ += cl->take_or_wait(room - spare, this, &p);
+                room = std::min(room, permits_ > in_use ? permits_ - in_use : 0u);
+            }
+            if (room) {
                 bool drained = false;
-                size_t max = std::min<size_t>(room, p.batch_size());
-                size_t n = seg->input->pop(0, a_.data(), max, this, &drained);
-                input_drained_ = drained;
+                size_t n = take_input(room, now, &drained);
+                if (drained) input_drained_ = true;
                 if (n) {
                     start_async(n, now);
                     progress = true;
                 }
             }
+            reconcile_permits();
         }
-        if (input_drained_ && slots.in_use() == 0) {
+        if (input_drained_ && held_head_ == held_.size() && slots.in_use() == 0) {
+            reconcile_permits();
             exhaust();
             return;
         }
@@ -476,6 +517,82 @@ void SegmentWorker::run_async() {
             arm_timer(next_deadline, now);
             return;
         }
+    }
+}
+
+void SegmentWorker::reconcile_permits() {
+    Stage &head = *seg->head();
+    if (!head.concurrency || !head.async) return;
+    uint32_t in_use = head.async->in_use();
+    if (permits_ > in_use) {
+        head.concurrency->give(permits_ - in_use);
+        permits_ = in_use;
+    }
+}
+
+size_t SegmentWorker::take_input(size_t max, uint64_t now, bool *drained) {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    RateLimiter *rl = head.rate_limiter;
+    uint32_t lane = seg->keyed ? index : 0;
+    *drained = false;
+    if (!rl) return seg->input->pop(lane, a_.data(), max, this, drained);
+    for (;;) {
+        if (held_head_ == held_.size()) {
+            // Items start waiting for tokens when the stage takes them; until then they wait in
+            // the queue, whose backpressure slows the producer.
+            held_.resize(p.batch_size());
+            size_t n = seg->input->pop(lane, held_.data(), std::min(max, held_.size()), this,
+                                       drained);
+            held_.resize(n);
+            held_head_ = 0;
+            if (n == 0) return 0;
+            held_since_ = now;
+        }
+        size_t waiting = held_.size() - held_head_;
+        uint64_t retry = 0;
+        uint32_t g = rl->take_or_wait(uint32_t(std::min(max, waiting)), now, this, &p,
+                                      &retry);
+        std::copy(held_.begin() + held_head_, held_.begin() + held_head_ + g, a_.begin());
+        held_head_ += g;
+        waiting -= g;
+        if (waiting == 0) return g;
+        if (head.rate_wait_timeout_ms != UINT32_MAX) {
+            // Like a deadline-aware wait: an item whose token cannot come within its wait
+            // timeout (at the limiter's current rate) fails now rather than at the deadline.
+            uint64_t limit = uint64_t(head.rate_wait_timeout_ms) * 1000000u;
+            uint64_t waited = now - held_since_;
+            uint64_t budget = limit > waited ? limit - waited : 0;
+            uint64_t first = g ? 0 : retry;
+            double rate = rl->rate();
+            size_t keep = 0;
+            if (first != UINT64_MAX && first <= budget && rate > 0)
+                keep = 1 + size_t(double(budget - first) / (1e9 / rate));
+            if (keep < waiting) {
+                StageTally &t = tally_[0];
+                for (size_t i = held_head_ + keep; i < held_.size(); ++i)
+                    p.fail_item(head, held_[i], FLUXUS_ELIMITED,
+                                "rate limit: no token within the wait timeout", &t);
+                t.flush_to(head.c);
+                held_.resize(held_head_ + keep);
+                waiting = keep;
+                if (waiting == 0) {
+                    if (g) return g;
+                    continue;  // all failed: take the next items
+                }
+            }
+        }
+        if (g == 0) {
+            // Sleep until some tokens are due: about half a millisecond's worth at high rates,
+            // so a fast limit costs a wake-up per batch, not per item. A rate change wakes us
+            // earlier (we are registered as a waiter).
+            double batch = std::max(1.0, rl->rate() * 0.0005);
+            uint32_t want = uint32_t(std::min<double>(double(waiting), batch));
+            uint64_t w = rl->wait_ns(want, now);
+            if (w == UINT64_MAX) w = retry;
+            if (w != UINT64_MAX) arm_timer(now + w, now);
+        }
+        return g;
     }
 }
 
@@ -633,6 +750,10 @@ void SegmentWorker::cancel_all() {
     if (seg->ordered) seg->reorder.cancel_all(*seg);
     if (is_exhausted_) return;
     if (Stage *h = seg->head()) {
+        if (held_head_ < held_.size())
+            p.cancel_items(*h, held_.data() + held_head_, held_.size() - held_head_, false);
+        held_.clear();
+        held_head_ = 0;
         if (h->async) {
             // Completed items are fluxus's again and are destroyed; pending ones still belong to
             // the host (its completion will be refused with FLUXUS_ECANCELED).
@@ -640,6 +761,7 @@ void SegmentWorker::cancel_all() {
             size_t host_owned = h->async->cancel_all(owned);
             if (!owned.empty()) p.cancel_items(*h, owned.data(), owned.size(), false);
             h->c.cancelled.fetch_add(host_owned, std::memory_order_relaxed);
+            reconcile_permits();
         }
         if (h->kind == StageKind::debounce) {
             std::vector<uint64_t> held;

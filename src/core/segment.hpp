@@ -138,6 +138,13 @@ private:
     void run_debounce();
     // Arms one wake-up for `deadline` unless an earlier one is already armed.
     void arm_timer(uint64_t deadline, uint64_t now);
+    // The batch loop of ordinary segments (run() holds a concurrency permit around it).
+    void run_batches();
+    // Input for the head stage, at most `max` items into a_, through the head's rate limiter
+    // if it has one (items wait in held_ for tokens). 0 with *drained false: wait for a wake-up.
+    size_t take_input(size_t max, uint64_t now, bool *drained);
+    // Async head with a concurrency limiter: keeps one permit per item in flight.
+    void reconcile_permits();
     void deliver();
     void cancel_all();
     void exhaust();
@@ -158,6 +165,11 @@ private:
     bool input_drained_ = false;
     uint64_t timer_at_ = 0;  // deadline of the timeout wake-up already armed (0: none)
     std::vector<uint64_t> emit_;  // debounce: items to send on
+    // Rate-limited head: items taken from the queue that wait for tokens, in order.
+    std::vector<uint64_t> held_;
+    size_t held_head_ = 0;
+    uint64_t held_since_ = 0;
+    uint32_t permits_ = 0;  // concurrency permits held (async head)
 };
 
 // Calls the stage's key function and digests the bytes it returns. Returns 0, the callback's

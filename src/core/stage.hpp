@@ -23,6 +23,8 @@ struct fluxus_failure {
 namespace fluxus {
 
 class ItemQueue;
+class RateLimiter;
+class ConcurrencyLimiter;
 
 enum class StageKind : uint8_t {
     map,
@@ -89,6 +91,9 @@ struct Stage {
     std::unique_ptr<AsyncSlots> async;  // async stages, once started
     uint64_t period_ns = 0;             // debounce: quiet period; throttle: period
     uint64_t debounce_max_keys = 1u << 20;
+    RateLimiter *rate_limiter = nullptr;        // retained; tokens per item taken in
+    uint32_t rate_wait_timeout_ms = UINT32_MAX;  // longest wait for a token (UINT32_MAX: none)
+    ConcurrencyLimiter *concurrency = nullptr;  // retained; permits per running call/item
 
     StageCounters c;
     ItemQueue *queue = nullptr;  // its input queue once started; null when fused behind another
@@ -97,7 +102,9 @@ struct Stage {
     bool per_key() const { return order == FLUXUS_ORDER_PER_KEY && workers > 1; }
     bool is_async() const { return kind == StageKind::async_map; }
     // Stages that must head their own segment: their worker does more than run a batch.
-    bool needs_own_segment() const { return is_async() || kind == StageKind::debounce; }
+    bool needs_own_segment() const {
+        return is_async() || kind == StageKind::debounce || rate_limiter || concurrency;
+    }
     // Stages whose state is per key: with several workers they shard keys across them.
     bool keyed_state() const {
         return kind == StageKind::dedup || kind == StageKind::debounce ||
