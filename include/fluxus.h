@@ -242,9 +242,12 @@ FLUXUS_API int32_t fluxus_runtime_set_virtual_clock(fluxus_runtime *rt, int32_t 
                                                     uint64_t start_ns);
 
 /**
- * Move the virtual clock forward by `delta_ns`. Due timers fire on the calling thread, in
- * deadline order, each seeing the clock at its own deadline; tasks they wake run on the workers
- * (or, in host-driven mode, on the next fluxus_runtime_run_once()).
+ * Move the virtual clock forward by `delta_ns` (it saturates at UINT64_MAX). Due timers fire on
+ * the calling thread, in deadline order, each seeing the clock at its own deadline, including
+ * timers they schedule within the advanced span (so a timer that keeps re-arming itself with no
+ * delay would keep the advance going forever; fluxus_runtime_run_once() and _run_for() fire
+ * only what was due when they looked). Tasks they wake run on the workers (or, in host-driven
+ * mode, on the next fluxus_runtime_run_once()). May be called from a timer callback.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (the runtime uses the real clock).
  * Thread safety: any thread; advances are serialised.
  */
@@ -601,11 +604,14 @@ FLUXUS_API int32_t fluxus_pipeline_add_async_map(uint32_t *out_stage, fluxus_pip
  * dead-letter callback sees it, the item destructor releases it).
  * On any error return fluxus took nothing: the caller still owns `item`.
  * @return FLUXUS_OK; FLUXUS_ETIMEDOUT (the item had already timed out: the late completion is
- *         ignored and counted in the stage's `late` stat); FLUXUS_ECANCELED (the pipeline was
- *         cancelled while the item was in flight); FLUXUS_ESTATE (already completed, or the
- *         callback had refused the item); FLUXUS_EINVAL (bad pipeline handle, or a value that is
- *         not a completion handle of this pipeline). A handle is checked by generation, so a
- *         stale one is refused and never touches a later item.
+ *         ignored and counted in the stage's `late` stat, even after its slot was reused, up to
+ *         the last 4096 or 4 x in-flight timeouts); FLUXUS_ECANCELED (the pipeline was
+ *         cancelled while the item was in flight); FLUXUS_ESTATE (already completed, also when
+ *         a cancel destroyed the completed item since; the callback had refused the item; or
+ *         the pipeline has not started); FLUXUS_EINVAL (bad pipeline handle, or a value that is
+ *         not a completion handle of this pipeline: never issued, or another pipeline's, which
+ *         is recognised except with probability about 2^-32). A handle is checked by
+ *         generation, so a stale one is refused and never touches a later item.
  * Thread safety: any thread, including fluxus callbacks and timer callbacks; never blocks.
  */
 FLUXUS_API int32_t fluxus_async_complete(fluxus_pipeline *p, uint64_t completion, int32_t status,
@@ -623,13 +629,14 @@ FLUXUS_API int32_t fluxus_stage_set_in_flight(fluxus_pipeline *p, uint32_t stage
 /**
  * Per-item time limit at a stage, in microseconds (0 = none, the default; at most one day),
  * measured on the runtime's clock from the moment the stage starts the item.
- *  - Async stages: an item not completed in time fails with FLUXUS_ETIMEDOUT and follows the
+ *  - Async stages: an item not completed when the limit has passed (at start + limit exactly)
+ *    fails with FLUXUS_ETIMEDOUT and follows the
  *    stage's error policy (the dead-letter callback sees the item, but the host still owns it:
  *    the item destructor is not called, and the late completion is refused with
  *    FLUXUS_ETIMEDOUT so the host releases it). The timeouts cost one timer per stage, not per
  *    item.
  *  - Map and filter stages (item and batch forms): a callback cannot be interrupted, so one
- *    that returns after the limit has its result discarded and its item(s) fail with
+ *    that ran longer than the limit has its result discarded and its item(s) fail with
  *    FLUXUS_ETIMEDOUT (for a map, the item it returned is the one failed).
  *  - Sinks, flat maps and dedup: the item has already been consumed when the overrun is seen;
  *    the overrun is only counted in the stage's `timed_out` stat.
@@ -865,8 +872,8 @@ FLUXUS_API uint32_t fluxus_current_worker(void);
  * Catch-up allowance: the bucket can hold, beyond the burst (1 in smooth mode), 1 ms worth of
  * tokens (rate x 1 ms). Work that waits for tokens is woken by timers, a few tens of
  * microseconds late; the allowance keeps that lateness from lowering the long-run rate, which
- * stays within a fraction of a percent of `rate_per_s` from 1/s to millions per second, with
- * no CPU spent while waiting. So spacing is exact to about a millisecond: at high rates work
+ * stays within a fraction of a percent of `rate_per_s` from 1/s to millions per second, while
+ * waiters sleep rather than spin. So spacing is exact to about a millisecond: at high rates work
  * passes in small groups per wake-up while the average holds, and after a quiet spell up to
  * burst + rate x 1 ms tokens are available at once. Counting is exact for integral rates (with
  * rate 10 and burst 1, the token after the first is available at exactly +100 ms).
@@ -881,7 +888,7 @@ FLUXUS_API uint32_t fluxus_current_worker(void);
  *
  * A concurrency limiter is a counting semaphore of permits: at most `max_permits` are held at
  * once. Host threads take and give them back with acquire/release; pipeline stages that use
- * the limiter hold one permit per item in progress.
+ * the limiter take and give back permits as they work, sharing the same count.
  *
  * Both are shared objects: stages that use a limiter keep it alive, so the handle may be freed
  * while they run. Waiters are not served in FIFO order: whoever asks first after tokens or

@@ -69,11 +69,11 @@ ConcurrencyLimiter *concurrency_limiter_ref(fluxus_concurrency_limiter *h) {
 
 }  // namespace fluxus
 
-#define FLUXUS_GET_RATE_LIMITER(var, handle, fname)     \
+#define FLUXUS_GET_RATE_LIMITER(var, handle, fname)        \
     Ref<RateLimiter> var(fluxus::rate_limiter_ref(handle)); \
     if (!var) return bad_handle(fname, "rate limiter");
 
-#define FLUXUS_GET_CONCURRENCY_LIMITER(var, handle, fname)              \
+#define FLUXUS_GET_CONCURRENCY_LIMITER(var, handle, fname)                \
     Ref<ConcurrencyLimiter> var(fluxus::concurrency_limiter_ref(handle)); \
     if (!var) return bad_handle(fname, "concurrency limiter");
 
@@ -161,12 +161,13 @@ FLUXUS_API int32_t fluxus_rate_limiter_try_acquire(fluxus_rate_limiter *h, uint3
     FLUXUS_API_GUARD({
         FLUXUS_GET_RATE_LIMITER(l, h, "fluxus_rate_limiter_try_acquire");
         if (n == 0) return FLUXUS_OK;
-        if (n > l->capacity())
+        if (l->try_take_all(n, l->now())) return FLUXUS_OK;
+        uint64_t cap = l->capacity();  // only on failure: one lock on the fast path
+        if (n > cap)
             return set_errorf(FLUXUS_ERANGE,
                               "fluxus_rate_limiter_try_acquire: %u tokens exceed the capacity "
                               "of %llu (burst, or 1 in smooth mode, plus 1 ms worth of tokens)",
-                              n, (unsigned long long)l->capacity());
-        if (l->try_take_all(n, l->now())) return FLUXUS_OK;
+                              n, (unsigned long long)cap);
         return set_errorf(FLUXUS_ELIMITED,
                           "fluxus_rate_limiter_try_acquire: %u tokens are not available now", n);
     });

@@ -2,20 +2,43 @@
 // stores and a push, and the worker takes whole batches of results per lock.
 #include "core/async_slots.hpp"
 
+#include <chrono>
+
+#include <algorithm>
+
 #include "fluxus.h"
 #include "runtime/task.hpp"
 
 namespace fluxus {
 
 namespace {
+
 constexpr uint64_t kSlotBits = 20;  // in-flight limit <= 2^20
+
+// A generation base that differs between tables (and runs): the address, a counter and the
+// clock, mixed. Never 0, which no token carries.
+uint32_t random_generation_base(const void *self) {
+    static std::atomic<uint64_t> counter{0};
+    uint64_t z = uint64_t(reinterpret_cast<uintptr_t>(self)) ^
+                 (counter.fetch_add(1, std::memory_order_relaxed) * 0x9E3779B97F4A7C15ull) ^
+                 uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    uint32_t g = uint32_t(z ^ (z >> 31));
+    return g ? g : 1;
 }
+
+uint32_t next_generation(uint32_t g) { return g == UINT32_MAX ? 1 : g + 1; }
+
+}  // namespace
 
 AsyncSlots::AsyncSlots(uint32_t stage_index, uint32_t capacity, bool ordered, uint64_t timeout_ns)
     : stage_bits_(uint64_t(stage_index) << 52),
       ordered_(ordered),
       timeout_ns_(timeout_ns),
       slots_(capacity) {
+    base_ = random_generation_base(this);
+    for (Slot &s : slots_) s.gen = base_;
     free_.reserve(capacity);
     for (uint32_t i = capacity; i-- > 0;) free_.push_back(i);
     done_.reserve(capacity);
@@ -57,9 +80,19 @@ void AsyncSlots::release(uint32_t i, Reason how) {
     Slot &s = slots_[i];
     s.ended_gen = s.gen;
     s.ended_how = how;
-    s.gen = s.gen == UINT32_MAX ? 1 : s.gen + 1;  // generation 0 is never valid
+    s.gen = next_generation(s.gen);  // generation 0 is never valid
     s.state = State::free;
     free_.push_back(i);
+}
+
+void AsyncSlots::remember_timeout(uint64_t token) {
+    size_t cap = std::max<size_t>(4096, 4 * slots_.size());
+    if (timed_out_order_.size() >= cap) {
+        timed_out_tokens_.erase(timed_out_order_.front());
+        timed_out_order_.pop_front();
+    }
+    timed_out_tokens_.insert(token);
+    timed_out_order_.push_back(token);
 }
 
 void AsyncSlots::compact_started() {
@@ -102,6 +135,12 @@ int32_t AsyncSlots::complete(uint64_t token, int32_t status, uint64_t out, const
         *why = "this item was already completed";
         return FLUXUS_ESTATE;
     }
+    // Generations only move forward from the table's base: one past the slot's current one, or
+    // before the base (another table's token, almost surely), was never handed out here.
+    if (uint32_t(gen - base_) > uint32_t(s.gen - base_)) {
+        *why = "not a completion handle of this stage (never issued)";
+        return FLUXUS_EINVAL;
+    }
     if (s.ended_gen == gen) {
         switch (s.ended_how) {
         case Reason::timed_out:
@@ -118,6 +157,11 @@ int32_t AsyncSlots::complete(uint64_t token, int32_t status, uint64_t out, const
             *why = "this item was already completed";
             return FLUXUS_ESTATE;
         }
+    }
+    if (timed_out_tokens_.count(token)) {
+        late.fetch_add(1, std::memory_order_relaxed);
+        *why = "the item had already timed out (late completion ignored)";
+        return FLUXUS_ETIMEDOUT;
     }
     *why = "stale completion handle (already used)";
     return FLUXUS_ESTATE;
@@ -152,6 +196,7 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
         if (timeout_ns_ && now >= s.start + timeout_ns_) {
             out.push_back(Ended{s.item, FLUXUS_ETIMEDOUT, End::timed_out});
             timed_out.fetch_add(1, std::memory_order_relaxed);
+            remember_timeout(token_of(e.slot));
             release(e.slot, Reason::timed_out);
             started_.pop_front();
             continue;
@@ -174,11 +219,15 @@ size_t AsyncSlots::cancel_all(std::vector<uint64_t> &owned) {
     for (uint32_t i = 0; i < slots_.size(); ++i) {
         Slot &s = slots_[i];
         if (s.state == State::free) continue;
-        if (s.state == State::done)
+        // A completed item's completion stood (a second one is "already completed"); only the
+        // pending ones were cut short by the cancel.
+        if (s.state == State::done) {
             owned.push_back(s.out);
-        else
+            release(i, Reason::completed);
+        } else {
             ++pending;
-        release(i, Reason::cancelled);
+            release(i, Reason::cancelled);
+        }
     }
     started_.clear();
     done_.clear();

@@ -5,7 +5,8 @@
 //
 // A completion token names (stage, slot, generation). The generation changes every time a slot
 // ends, so a token that was already used, timed out or cancelled is recognised and refused, never
-// applied to the slot's next item. Completions arrive from any thread under the table's mutex;
+// applied to the slot's next item. Generations start at a random base per table, so a token of
+// another pipeline (or another run) is refused too, except with probability about 2^-32. Completions arrive from any thread under the table's mutex;
 // the stage's worker task collects them in batches.
 #pragma once
 
@@ -13,6 +14,7 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
+#include <unordered_set>
 #include <vector>
 
 namespace fluxus {
@@ -63,7 +65,7 @@ private:
     enum class State : uint8_t { free, pending, done };
     enum class Reason : uint8_t { none, completed, timed_out, cancelled, refused };
     struct Slot {
-        uint32_t gen = 1;
+        uint32_t gen = 0;
         State state = State::free;
         int32_t status = 0;
         uint64_t item = 0;   // started item
@@ -79,8 +81,10 @@ private:
     uint64_t token_of(uint32_t slot) const;
     void release(uint32_t slot, Reason how);
     void compact_started();
+    void remember_timeout(uint64_t token);
 
     std::mutex mu_;
+    uint32_t base_;  // every slot's first generation
     uint64_t stage_bits_;
     bool ordered_;
     uint64_t timeout_ns_;
@@ -88,6 +92,10 @@ private:
     std::vector<uint32_t> free_;
     std::deque<Started> started_;  // start order: ordered output and timeouts (lazy deletion)
     std::vector<uint32_t> done_;   // unordered: completed slots awaiting the worker
+    // Tokens that timed out, so their late completion is recognised even after the slot was
+    // reused; bounded (oldest forgotten first), then such a completion is merely stale.
+    std::unordered_set<uint64_t> timed_out_tokens_;
+    std::deque<uint64_t> timed_out_order_;
     Task *worker_ = nullptr;
 };
 

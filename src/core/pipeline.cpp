@@ -276,7 +276,7 @@ int32_t Pipeline::validate() {
                           "start: pipeline '%s' has a source rate limiter but a push source (rate "
                           "limit the first stage, or acquire from the limiter before pushing)",
                           name_.c_str());
-    if (source_.rate_limiter && source_.rate_limiter->virtual_clock() != rt_->virtual_clock())
+    if (source_.rate_limiter && !source_.rate_limiter->same_clock(rt_))
         return set_errorf(FLUXUS_EINVAL,
                           "start: pipeline '%s': its source rate limiter and its runtime use "
                           "different clocks",
@@ -302,7 +302,7 @@ int32_t Pipeline::validate() {
                               "start: stage '%s' is rate limited with %u ordered workers; make it "
                               "unordered or per-key, or use one worker",
                               st.name.c_str(), st.workers);
-        if (st.rate_limiter && st.rate_limiter->virtual_clock() != rt_->virtual_clock())
+        if (st.rate_limiter && !st.rate_limiter->same_clock(rt_))
             return set_errorf(FLUXUS_EINVAL,
                               "start: stage '%s': its rate limiter and the pipeline's runtime use "
                               "different clocks (create the limiter on the same runtime)",

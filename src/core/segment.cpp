@@ -563,7 +563,8 @@ size_t SegmentWorker::take_input(size_t max, uint64_t now, bool *drained) {
             uint64_t limit = uint64_t(head.rate_wait_timeout_ms) * 1000000u;
             uint64_t waited = now - held_since_;
             uint64_t budget = limit > waited ? limit - waited : 0;
-            uint64_t first = g ? 0 : retry;
+            // The next token, after the g just taken.
+            uint64_t first = g ? rl->wait_ns(1, now) : retry;
             double rate = rl->rate();
             size_t keep = 0;
             if (first != UINT64_MAX && first <= budget && rate > 0)

@@ -53,6 +53,12 @@ bool RateLimiter::valid_rate(double rate_per_s) {
 
 bool RateLimiter::valid_burst(uint32_t burst) { return burst >= 1 && burst <= kMaxBurst; }
 
+bool RateLimiter::same_clock(const Runtime *rt) const {
+    // Real clocks are all the same clock; a virtual one belongs to its runtime alone.
+    if (virtual_clock()) return rt == rt_;
+    return !rt->virtual_clock();
+}
+
 uint64_t RateLimiter::now() const { return rt_ ? rt_->now() : now_ns(); }
 
 bool RateLimiter::virtual_clock() const { return rt_ && rt_->virtual_clock(); }
@@ -259,8 +265,9 @@ int32_t RateLimiter::acquire(uint32_t n, uint32_t timeout_ms) {
     if (n == 0) return FLUXUS_OK;
     const bool virt = virtual_clock();
     uint64_t start = now();
-    uint64_t deadline = timeout_ms == UINT32_MAX ? UINT64_MAX
-                                                 : start + uint64_t(timeout_ms) * 1000000u;
+    uint64_t span = uint64_t(timeout_ms) * 1000000u;
+    uint64_t deadline =
+        timeout_ms == UINT32_MAX || span > UINT64_MAX - start ? UINT64_MAX : start + span;
     std::unique_lock<std::mutex> lock(mu_);
     ++host_waiters_;
     int32_t rc;

@@ -56,6 +56,10 @@ public:
     // The clock every method's `now` refers to: the runtime's clock, or now_ns() without one.
     uint64_t now() const;
     bool virtual_clock() const;
+    // The runtime whose clock it reads, or null for the real clock.
+    Runtime *runtime() const { return rt_; }
+    // True if `rt`'s clock is this limiter's clock (the same runtime, or both real).
+    bool same_clock(const Runtime *rt) const;
 
     // Setters validate (FLUXUS_ERANGE with a last-error message), refill up to now at the old
     // settings, apply, and wake every waiter (tasks and host threads) so it re-evaluates.

@@ -46,19 +46,29 @@ bool TimerHeap::cancel_callback(uint64_t id) {
 
 uint64_t TimerHeap::fire_due(uint64_t now) {
     // Host callbacks are taken off the heap one at a time, so a callback can still cancel
-    // another timer that is due at the same moment. Entries added for "now" by a callback run
-    // in this pass too, after what was already due (their sequence numbers are higher).
+    // another timer that is due at the same moment. Only entries that existed on entry fire:
+    // one that a callback adds for "now" waits for the next pass, so a timer that re-arms itself
+    // with no delay cannot keep this loop (and the thread driving it) busy forever. (A new entry
+    // never sorts before an older due one: its deadline is at least `now`.)
+    uint64_t last_seq;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        last_seq = seq_;
+    }
     for (;;) {
         TimerCallback cb;
         {
             std::lock_guard<std::mutex> lock(mu_);
-            while (!heap_.empty() && heap_.front().deadline <= now && heap_.front().task) {
+            auto due = [&] {
+                return !heap_.empty() && heap_.front().deadline <= now &&
+                       heap_.front().seq < last_seq;
+            };
+            while (due() && heap_.front().task) {
                 heap_.front().task->notify();
                 std::pop_heap(heap_.begin(), heap_.end(), later);
                 heap_.pop_back();
             }
-            if (heap_.empty() || heap_.front().deadline > now)
-                return heap_.empty() ? UINT64_MAX : heap_.front().deadline;
+            if (!due()) return heap_.empty() ? UINT64_MAX : heap_.front().deadline;
             cb = heap_.front().cb;
             std::pop_heap(heap_.begin(), heap_.end(), later);
             heap_.pop_back();
