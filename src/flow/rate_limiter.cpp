@@ -20,6 +20,12 @@ constexpr double kMaxRate = 1e9;
 constexpr uint32_t kMaxBurst = 1u << 30;
 // Catch-up allowance: the bucket may hold this much time's worth of tokens beyond the burst.
 constexpr double kAllowanceNs = 1e6;
+// While a consumer is backlogged (its last take got fewer tokens than it asked for), the bucket
+// may also hold this much more: what accrued while it was being woken late. On a loaded VM a
+// timer wake-up can be milliseconds late; without this the lost time would show as a rate
+// several percent below the limit. The tokens accrue at the rate either way, so over any span
+// T no more than rate x T + capacity + this pass.
+constexpr double kBacklogCatchUpNs = 20e6;
 // A host waiter on a virtual clock re-reads the clock at least this often (real time).
 constexpr uint64_t kVirtualSliceNs = 1000000;
 // Longest single condition-variable wait; later deadlines are waited for in several slices,
@@ -80,16 +86,18 @@ void RateLimiter::refill_locked(uint64_t now) {
     uint64_t dt = now - last_ns_;
     last_ns_ = now;
     if (rate_ <= 0) return;
-    if (level_nt_ >= cap_nt_) {
+    int64_t cap = backlogged_ ? cap_nt_ + int64_t(std::floor(rate_ * kBacklogCatchUpNs)) : cap_nt_;
+    if (level_nt_ >= cap) {
+        level_nt_ = cap;
         frac_nt_ = 0;
         return;
     }
     // dt x rate is exact in a double while it is below 2^53 nano-tokens (9e6 tokens); beyond
     // that the bucket is nearly always simply full.
     double add = double(dt) * rate_ + frac_nt_;
-    double room = double(cap_nt_ - level_nt_);
+    double room = double(cap - level_nt_);
     if (add >= room) {
-        level_nt_ = cap_nt_;
+        level_nt_ = cap;
         frac_nt_ = 0;
         return;
     }
@@ -109,6 +117,7 @@ uint32_t RateLimiter::take_locked(uint32_t want, bool all) {
     }
     if (grant) granted_.fetch_add(grant, std::memory_order_relaxed);
     if (grant < want) rejected_.fetch_add(1, std::memory_order_relaxed);
+    backlogged_ = grant < want && !all;
     return grant;
 }
 
@@ -209,7 +218,9 @@ bool RateLimiter::try_take_all(uint32_t n, uint64_t now) {
 void RateLimiter::give_back(uint32_t n) {
     if (n == 0) return;
     std::lock_guard<std::mutex> lock(mu_);
-    // No refill needed first: min(cap, level + n + refill) is the same in either order.
+    // No refill needed first: min(cap, level + n + refill) is the same in either order. Tokens
+    // given back mean the consumer had more than it needed: it is not backlogged.
+    backlogged_ = false;
     level_nt_ = std::min(cap_nt_, level_nt_ + int64_t(n) * kNano);
     if (level_nt_ == cap_nt_) frac_nt_ = 0;
     uint64_t g = granted_.load(std::memory_order_relaxed);

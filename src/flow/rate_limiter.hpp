@@ -137,7 +137,8 @@ private:
     uint32_t burst_;
     int32_t mode_ = FLUXUS_RATE_TOKEN_BUCKET;
     int64_t cap_nt_ = 0;           // capacity in nano-tokens (burst + rate x 1 ms)
-    int64_t level_nt_ = 0;         // tokens held, in nano-tokens; 0 <= level_nt_ <= cap_nt_
+    int64_t level_nt_ = 0;         // tokens held, in nano-tokens; <= cap_nt_ unless backlogged
+    bool backlogged_ = false;      // the last take (not all-or-nothing) got less than it asked
     double frac_nt_ = 0;           // refill remainder below one nano-token, in [0, 1)
     uint64_t last_ns_ = 0;         // clock reading the bucket was last refilled to
     uint32_t host_waiters_ = 0;    // threads inside acquire()

@@ -1581,7 +1581,14 @@ static void test_concurrency_limiter_set_max_at_run_time_lets_more_run(void **s)
 
 static int32_t limited_sync_map(void *user, uint64_t in, uint64_t *out) {
     conc_ctx *cc = (conc_ctx *)user;
+    int i;
     conc_enter(cc);
+    /* Until the limit has been reached once, wait (up to 2 s) for a partner, so that reaching
+     * it does not depend on how a loaded machine schedules the workers. */
+    for (i = 0; i < 2000 && __atomic_load_n(&cc->max_active, __ATOMIC_SEQ_CST) < (int64_t)cc->limit;
+         ++i) {
+        tu_sleep_us(1000);
+    }
     tu_sleep_us(1000);
     conc_leave(cc);
     *out = in;
