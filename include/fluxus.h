@@ -1164,7 +1164,8 @@ typedef struct fluxus_stage_stats {
     uint64_t queue_depth;     /* items in its input queue now */
     uint64_t queue_peak;      /* highest queue depth seen */
     uint64_t queue_capacity;  /* total capacity of its input queue (0 if fused: no queue) */
-    uint64_t busy_ns;         /* time spent in its callbacks, summed over workers */
+    uint64_t busy_ns;         /* time spent in its callbacks, summed over workers (sampled:
+                                 one batch in 16 is timed and counted 16 times) */
     uint64_t held_at_deadline;/* items it held when a drain deadline passed */
     uint64_t dedup_keys;      /* dedup: keys currently remembered */
     uint64_t dedup_forgotten; /* dedup: keys forgotten by the bounded mode */

@@ -19,6 +19,9 @@ namespace {
 // Batches a worker runs before it yields its thread, if other tasks are waiting for one.
 constexpr int kRoundsPerRun = 16;
 
+// One batch in this many has its callback time measured (see process()).
+constexpr uint64_t kBusySample = 16;
+
 uint32_t lane_for_hash(uint64_t h, uint32_t lanes) {
     // High bits pick the lane: dedup sets index their tables with the low bits of the same hash.
     return uint32_t(((h >> 32) * uint64_t(lanes)) >> 32);
@@ -441,13 +444,17 @@ void SegmentWorker::process(size_t n, size_t first) {
     Pipeline &p = *seg->p;
     std::vector<uint64_t> *in = &a_, *out = &b_;
     size_t cur = n;
+    // Callback time is sampled: one batch in kBusySample is timed and counted kBusySample
+    // times. Reading the clock around every stage of every batch cost 7 % of a three-stage
+    // fused chain on this VM (its clock_gettime is ~40 ns).
+    bool timed = (batches_++ % kBusySample) == 0;
     for (size_t k = first; k < seg->stages.size() && cur > 0; ++k) {
         Stage &st = *seg->stages[k];
         StageTally &t = tally_[k];
         if (k > 0 || seg->pull_input) t.in += cur;  // a queue head counted them on arrival
-        uint64_t t0 = now_ns();
+        uint64_t t0 = timed ? now_ns() : 0;
         size_t m = apply_stage(p, st, state_[k], in->data(), cur, *out, t);
-        t.busy_ns += now_ns() - t0;
+        if (timed) t.busy_ns += (now_ns() - t0) * kBusySample;
         if (!st.is_sink()) t.out += m;
         std::swap(in, out);
         cur = m;

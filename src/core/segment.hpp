@@ -154,6 +154,7 @@ private:
     std::vector<uint64_t> a_, b_;  // batch buffers: input, then output of each stage in turn
     size_t out_n_ = 0;             // items of the last processed batch, in a_
     uint64_t ticket_ = 0;
+    uint64_t batches_ = 0;  // batches processed (busy-time sampling)
     std::vector<WorkerStageState> state_;
     std::vector<StageTally> tally_;
     bool initialized_ = false;
