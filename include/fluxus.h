@@ -645,6 +645,57 @@ FLUXUS_API int32_t fluxus_stage_set_in_flight(fluxus_pipeline *p, uint32_t stage
 FLUXUS_API int32_t fluxus_stage_set_timeout_us(fluxus_pipeline *p, uint32_t stage,
                                                uint64_t timeout_us);
 
+/* ----- Retry ----- */
+
+/* Backoff between attempts. */
+#define FLUXUS_BACKOFF_CONSTANT 0           /* base_us every time */
+#define FLUXUS_BACKOFF_EXPONENTIAL 1        /* base_us, 2 x base_us, 4 x ..., at most max_us */
+#define FLUXUS_BACKOFF_EXPONENTIAL_JITTER 2 /* uniform in [0, the exponential delay] ("full
+                                               jitter"), reproducible from the seed */
+
+/**
+ * Retry predicate: return 1 to retry the item after the failure `status` of attempt `attempt`
+ * (1 for the first call), 0 to let it fail now. Called on the worker thread; must not block.
+ */
+typedef int32_t (*fluxus_retry_fn)(void *user, uint64_t item, int32_t status, uint32_t attempt);
+
+/**
+ * Retry items whose callback fails at this stage (a nonzero return or a thrown exception; for
+ * async stages also a refusal or a completion with a nonzero status), up to `max_attempts`
+ * calls in all. Between attempts the item waits for its backoff on a timer: no worker thread
+ * blocks, the item still counts as in flight, and the stage goes on with other items (so a
+ * retried item may come out after items that passed meanwhile). When the attempts are used up,
+ * or the predicate says no, the item fails as the stage's error policy says, and the
+ * dead-letter callback's fluxus_failure_attempts() tells how many calls it had. Queue overflow,
+ * key-function failures and async timeouts (the host still holds a timed-out item) are not
+ * retried. A retrying stage heads its own task; with several workers it must be unordered or
+ * per-key (checked at start). Stage stats count `retries` and the items `retry_waiting` now.
+ * @param max_attempts  1 (no retry, the default) .. 1000.
+ * @param backoff       FLUXUS_BACKOFF_*.
+ * @param base_us       First delay, 0 .. one day.
+ * @param max_us        Largest delay, base_us .. one day.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ERANGE, FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_stage_set_retry(fluxus_pipeline *p, uint32_t stage,
+                                          uint32_t max_attempts, int32_t backoff,
+                                          uint64_t base_us, uint64_t max_us);
+
+/**
+ * Decide per failure whether to retry (see fluxus_retry_fn); NULL retries every failure.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_stage_set_retry_predicate(fluxus_pipeline *p, uint32_t stage,
+                                                    fluxus_retry_fn fn, void *user,
+                                                    fluxus_user_free_fn user_free);
+
+/**
+ * Seed of the jitter of FLUXUS_BACKOFF_EXPONENTIAL_JITTER (default 0). Worker w of the stage
+ * draws its n-th delay (n = 1, 2, ...) as splitmix64(seed + w + n x 0x9E3779B97F4A7C15) mod
+ * (d + 1), where d is the exponential delay, so a schedule can be checked exactly.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_stage_set_retry_seed(fluxus_pipeline *p, uint32_t stage, uint64_t seed);
+
 /* ----- Per-key timing: debounce and throttle ----- */
 
 /**
@@ -1173,6 +1224,8 @@ typedef struct fluxus_stage_stats {
     uint64_t timed_out;       /* items failed by the stage timeout, or (sinks, flat maps)
                                  callbacks that overran it (0.2) */
     uint64_t late;            /* async: completions that arrived after their timeout (0.2) */
+    uint64_t retries;         /* retry attempts scheduled (0.2) */
+    uint64_t retry_waiting;   /* items waiting for their retry now (0.2) */
 } fluxus_stage_stats;
 
 /**

@@ -303,3 +303,53 @@ FLUXUS_API int32_t fluxus_stage_set_concurrency_limiter(fluxus_pipeline *h, uint
 }
 
 }  // extern "C"
+
+// Retry.
+extern "C" {
+
+FLUXUS_API int32_t fluxus_stage_set_retry(fluxus_pipeline *p, uint32_t stage,
+                                          uint32_t max_attempts, int32_t backoff,
+                                          uint64_t base_us, uint64_t max_us) {
+    return with_stage(p, stage, "fluxus_stage_set_retry", [&](Stage &st) {
+        const uint64_t day_us = 86400ull * 1000000ull;
+        if (max_attempts < 1 || max_attempts > 1000)
+            return set_errorf(FLUXUS_ERANGE,
+                              "fluxus_stage_set_retry: stage '%s': %u attempts is not in 1..1000",
+                              st.name.c_str(), max_attempts);
+        if (backoff < FLUXUS_BACKOFF_CONSTANT || backoff > FLUXUS_BACKOFF_EXPONENTIAL_JITTER)
+            return set_errorf(FLUXUS_ERANGE, "fluxus_stage_set_retry: stage '%s': unknown backoff %d",
+                              st.name.c_str(), backoff);
+        if (base_us > day_us || max_us > day_us || max_us < base_us)
+            return set_errorf(FLUXUS_ERANGE,
+                              "fluxus_stage_set_retry: stage '%s': need base_us <= max_us <= one "
+                              "day (got %llu, %llu)",
+                              st.name.c_str(), (unsigned long long)base_us,
+                              (unsigned long long)max_us);
+        st.retry.max_attempts = max_attempts;
+        st.retry.backoff = backoff;
+        st.retry.base_ns = base_us * 1000u;
+        st.retry.max_ns = max_us * 1000u;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_retry_predicate(fluxus_pipeline *p, uint32_t stage,
+                                                    fluxus_retry_fn fn, void *user,
+                                                    fluxus_user_free_fn user_free) {
+    return with_stage(p, stage, "fluxus_stage_set_retry_predicate", [&](Stage &st) {
+        st.retry.predicate_user.release();
+        st.retry.predicate = fn;
+        st.retry.predicate_user = UserRef{user, user_free};
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_retry_seed(fluxus_pipeline *p, uint32_t stage,
+                                               uint64_t seed) {
+    return with_stage(p, stage, "fluxus_stage_set_retry_seed", [&](Stage &st) {
+        st.retry.seed = seed;
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

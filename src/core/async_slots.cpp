@@ -63,7 +63,7 @@ void AsyncSlots::set_worker(Task *t) {
     worker_ = t;
 }
 
-uint64_t AsyncSlots::begin(uint64_t item, uint64_t now) {
+uint64_t AsyncSlots::begin(uint64_t item, uint64_t now, uint32_t attempt) {
     std::lock_guard<std::mutex> lock(mu_);
     uint32_t i = free_.back();
     free_.pop_back();
@@ -71,6 +71,7 @@ uint64_t AsyncSlots::begin(uint64_t item, uint64_t now) {
     s.state = State::pending;
     s.item = item;
     s.start = now;
+    s.attempt = attempt;
     started_.push_back(Started{i, s.gen});
     if (started_.size() > 2 * slots_.size() + 64) compact_started();
     return token_of(i);
@@ -171,7 +172,8 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
     std::lock_guard<std::mutex> lock(mu_);
     auto take_done = [&](uint32_t i) {
         Slot &s = slots_[i];
-        out.push_back(Ended{s.out, s.status, s.status == 0 ? End::completed : End::failed});
+        out.push_back(
+            Ended{s.out, s.status, s.status == 0 ? End::completed : End::failed, s.attempt});
         release(i, Reason::completed);
     };
     if (!ordered_) {
@@ -194,7 +196,7 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
             continue;
         }
         if (timeout_ns_ && now >= s.start + timeout_ns_) {
-            out.push_back(Ended{s.item, FLUXUS_ETIMEDOUT, End::timed_out});
+            out.push_back(Ended{s.item, FLUXUS_ETIMEDOUT, End::timed_out, s.attempt});
             timed_out.fetch_add(1, std::memory_order_relaxed);
             remember_timeout(token_of(e.slot));
             release(e.slot, Reason::timed_out);

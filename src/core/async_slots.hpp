@@ -29,6 +29,7 @@ public:
         uint64_t item;  // the completion's item (completed/failed) or the started one (timed out)
         int32_t status;
         End how;
+        uint32_t attempt;  // 1 for the first call of the stage on this item
     };
 
     AsyncSlots(uint32_t stage_index, uint32_t capacity, bool ordered, uint64_t timeout_ns);
@@ -37,7 +38,7 @@ public:
     uint32_t room();
     uint32_t in_use();
     // Takes a free slot for `item` (there must be room) and returns its completion token.
-    uint64_t begin(uint64_t item, uint64_t now);
+    uint64_t begin(uint64_t item, uint64_t now, uint32_t attempt = 1);
     // The callback refused the item: frees its slot unless the host already completed it.
     // Returns true if freed (the caller then fails the item, which fluxus still owns).
     bool abort(uint64_t token);
@@ -71,6 +72,7 @@ private:
         uint64_t item = 0;   // started item
         uint64_t out = 0;    // completion's item
         uint64_t start = 0;
+        uint32_t attempt = 1;
         uint32_t ended_gen = 0;  // the generation that ended last, and how
         Reason ended_how = Reason::none;
     };

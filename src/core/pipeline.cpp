@@ -44,6 +44,7 @@ Pipeline::~Pipeline() {
     for (auto &st : stages_) {
         st->user.release();
         st->key_user.release();
+        st->retry.predicate_user.release();
         if (st->rate_limiter) st->rate_limiter->release();
         if (st->concurrency) st->concurrency->release();
     }
@@ -307,6 +308,11 @@ int32_t Pipeline::validate() {
                               "start: stage '%s': its rate limiter and the pipeline's runtime use "
                               "different clocks (create the limiter on the same runtime)",
                               st.name.c_str());
+        if (st.retry.enabled() && st.workers > 1 && st.order == FLUXUS_ORDER_ORDERED)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: stage '%s' retries with %u ordered workers; make it "
+                              "unordered or per-key, or use one worker",
+                              st.name.c_str(), st.workers);
         if (st.is_async() && st.order == FLUXUS_ORDER_PER_KEY)
             return set_errorf(FLUXUS_EINVAL,
                               "start: async stage '%s' cannot be per-key ordered (use ordered or "
@@ -340,10 +346,16 @@ void Pipeline::destroy_item(uint64_t item) {
 
 void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char *message,
                          StageTally *tally, bool destroy) {
+    // A callback failure at a retrying stage, seen by the worker running it, may get another
+    // attempt instead of ending here.
+    if (t_retry_scope && t_retry_scope->stage == &stage && destroy &&
+        t_retry_scope->worker->park_retry(item, status))
+        return;
     StageTally local;
     StageTally &t = tally ? *tally : local;
+    uint32_t attempts = t_retry_scope && t_retry_scope->stage == &stage ? t_retry_scope->attempt : 1;
     if (stage.error_policy == FLUXUS_ERROR_DEAD_LETTER && dead_letter_) {
-        fluxus_failure f{stage.name.c_str(), stage.index, status, message, 1};
+        fluxus_failure f{stage.name.c_str(), stage.index, status, message, attempts};
         try {
             dead_letter_(dead_letter_user_.user, item, &f);
         } catch (...) {
@@ -671,6 +683,8 @@ void Pipeline::fill_stage_stats(const Stage &st, fluxus_stage_stats &s) const {
     s.in_flight = st.async ? st.async->in_use() : 0;
     s.timed_out = c.timed_out.load() + (st.async ? st.async->timed_out.load() : 0);
     s.late = st.async ? st.async->late.load() : 0;
+    s.retries = c.retries.load();
+    s.retry_waiting = c.retry_waiting.load();
 }
 
 }  // namespace fluxus

@@ -95,6 +95,15 @@ public:
     void try_close_output();
 };
 
+// Set by a worker while callbacks of its retrying head stage run (and while it settles their
+// failures), so Pipeline::fail_item can hand a failure back to it for another attempt.
+struct RetryScope {
+    SegmentWorker *worker;
+    Stage *stage;
+    uint32_t attempt;  // of the item whose callback is running (1 = first call)
+};
+extern thread_local RetryScope *t_retry_scope;
+
 // Per-worker state of one fused stage.
 struct WorkerStageState {
 public:
@@ -120,6 +129,13 @@ class SegmentWorker : public Task {
 public:
     SegmentWorker(Runtime *rt, Segment *seg, uint32_t index);
     void run() override;
+    // Schedules another attempt of `item` after a callback failure with `status`, if the head
+    // stage's retry policy allows one. False: the item fails now.
+    bool park_retry(uint64_t item, int32_t status);
+    struct RetryEntry {
+        uint64_t due, seq, item;
+        uint32_t attempt;
+    };
 
     Segment *seg;
     uint32_t index;
@@ -132,7 +148,7 @@ private:
     void process(size_t n, size_t first = 0);
     // Async head: completions go on, new items start, timeouts fire (see run_async).
     void run_async();
-    void start_async(size_t n, uint64_t now);
+    void start_async(size_t n, uint64_t now, const uint32_t *attempts = nullptr);
     size_t settle_async();
     // Debounce head: held items go on once their key is quiet (see run_debounce).
     void run_debounce();
@@ -171,6 +187,14 @@ private:
     size_t held_head_ = 0;
     uint64_t held_since_ = 0;
     uint32_t permits_ = 0;  // concurrency permits held (async head)
+    // Items waiting for a retry: a min-heap by due time (then arrival), woken by arm_timer.
+    std::vector<RetryEntry> retries_;
+    uint64_t retry_seq_ = 0, retry_draws_ = 0;
+    uint32_t attempt_ = 1;  // attempt of the item being run (retries run one at a time)
+    // Takes up to `max` retries due at `now` into `out` (item, attempt).
+    size_t take_due_retries(uint64_t now, size_t max, std::vector<RetryEntry> &out);
+    void cancel_retries();
+    std::vector<RetryEntry> due_;
 };
 
 // Calls the stage's key function and digests the bytes it returns. Returns 0, the callback's

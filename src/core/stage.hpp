@@ -8,6 +8,8 @@
 #include <string>
 
 #include "core/async_slots.hpp"
+#include "flow/retry_policy.hpp"
+#include "util/user_ref.hpp"
 
 #include "fluxus.h"
 
@@ -43,23 +45,13 @@ enum class StageKind : uint8_t {
 
 const char *stage_kind_name(StageKind kind);
 
-// A host `user` pointer with its destructor, released exactly once by the pipeline.
-struct UserRef {
-    void *user = nullptr;
-    fluxus_user_free_fn user_free = nullptr;
-    void release() {
-        if (user_free) user_free(user);
-        user_free = nullptr;
-        user = nullptr;
-    }
-};
 
 // Outcome counters of one stage. Workers add their per-batch tallies with relaxed atomics, so a
 // reader sees each batch's effect whole or not at all per counter.
 struct StageCounters {
     std::atomic<uint64_t> in{0}, out{0}, filtered{0}, failed{0}, dead_lettered{0}, cancelled{0},
         dropped{0}, spawned{0}, busy_ns{0}, held_at_deadline{0}, dedup_keys{0},
-        dedup_forgotten{0}, timed_out{0};
+        dedup_forgotten{0}, timed_out{0}, retries{0}, retry_waiting{0};
 
     uint64_t ended() const {
         return out.load() + filtered.load() + failed.load() + dead_lettered.load() +
@@ -94,6 +86,7 @@ struct Stage {
     RateLimiter *rate_limiter = nullptr;        // retained; tokens per item taken in
     uint32_t rate_wait_timeout_ms = UINT32_MAX;  // longest wait for a token (UINT32_MAX: none)
     ConcurrencyLimiter *concurrency = nullptr;  // retained; permits per running call/item
+    RetryPolicy retry;
 
     StageCounters c;
     ItemQueue *queue = nullptr;  // its input queue once started; null when fused behind another
@@ -103,7 +96,8 @@ struct Stage {
     bool is_async() const { return kind == StageKind::async_map; }
     // Stages that must head their own segment: their worker does more than run a batch.
     bool needs_own_segment() const {
-        return is_async() || kind == StageKind::debounce || rate_limiter || concurrency;
+        return is_async() || kind == StageKind::debounce || rate_limiter || concurrency ||
+               retry.enabled();
     }
     // Stages whose state is per key: with several workers they shard keys across them.
     bool keyed_state() const {
