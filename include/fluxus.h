@@ -77,6 +77,7 @@ extern "C" {
 #define FLUXUS_ESOURCE (-15)    /* the source callback reported an error */
 #define FLUXUS_ELIMITED (-16)   /* no token or permit available in time (rate or concurrency
                                    limiter) */
+#define FLUXUS_ECIRCUITOPEN (-17) /* refused by an open circuit breaker */
 
 /**
  * Version of the library actually loaded, as "MAJOR.MINOR.PATCH".
@@ -1116,6 +1117,118 @@ FLUXUS_API int32_t fluxus_concurrency_limiter_in_use(fluxus_concurrency_limiter 
  * Thread safety: any thread, also from inside callbacks; the handle is invalid afterwards.
  */
 FLUXUS_API int32_t fluxus_concurrency_limiter_free(fluxus_concurrency_limiter *l);
+
+/* ----- Circuit breakers ----- */
+
+typedef struct fluxus_circuit_breaker fluxus_circuit_breaker;
+
+/* Circuit breaker states. */
+#define FLUXUS_BREAKER_CLOSED 0    /* calls pass; outcomes are counted */
+#define FLUXUS_BREAKER_OPEN 1      /* calls are refused until the reset timeout has passed */
+#define FLUXUS_BREAKER_HALF_OPEN 2 /* a few trial calls pass; enough successes close it, one
+                                      failure opens it again */
+
+/** State-change callback: `from` and `to` are FLUXUS_BREAKER_* states. Must not block. */
+typedef void (*fluxus_breaker_state_fn)(void *user, int32_t from, int32_t to);
+
+/**
+ * Create a circuit breaker, closed, that opens after 5 consecutive failures, stays open for
+ * 1 s, then lets 1 trial call through and closes after 1 success. It reads the clock of `rt`
+ * (NULL: the real clock), so on a virtual clock its timing is exact. It can be shared by stages
+ * of several pipelines (fluxus_stage_set_circuit_breaker()) and used on its own
+ * (fluxus_circuit_breaker_allow() / _record()). Outcomes count for the state they were allowed
+ * in: a slow call that started before the breaker opened cannot close or reopen it.
+ * @param[out] out  Receives the breaker; release it with fluxus_circuit_breaker_free().
+ * @return FLUXUS_OK, FLUXUS_EINVAL (out NULL, bad runtime handle), FLUXUS_ENOMEM.
+ * Thread safety: every fluxus_circuit_breaker_* function may be called from any thread, also
+ * from callbacks; none blocks.
+ */
+FLUXUS_API int32_t fluxus_circuit_breaker_new(fluxus_circuit_breaker **out, fluxus_runtime *rt);
+
+/**
+ * Open after `n` consecutive failures while closed (0 turns this trigger off; default 5).
+ * @return FLUXUS_OK, FLUXUS_EINVAL.
+ */
+FLUXUS_API int32_t fluxus_circuit_breaker_set_consecutive_failures(fluxus_circuit_breaker *cb,
+                                                                   uint32_t n);
+
+/**
+ * Open when, among the last `window` calls while closed (and at least `min_calls` of them),
+ * the share of failures is at least `ratio` (0 < ratio <= 1; ratio 0 turns this trigger off,
+ * the default). Both triggers may be on at once.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (ratio not in 0..1, window 0 or above 65536
+ *         with ratio > 0, min_calls > window).
+ */
+FLUXUS_API int32_t fluxus_circuit_breaker_set_failure_ratio(fluxus_circuit_breaker *cb,
+                                                            double ratio, uint32_t window,
+                                                            uint32_t min_calls);
+
+/**
+ * How long the breaker stays open before it lets trial calls through (default 1 s; at most one
+ * day). @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE.
+ */
+FLUXUS_API int32_t fluxus_circuit_breaker_set_reset_timeout_us(fluxus_circuit_breaker *cb,
+                                                               uint64_t timeout_us);
+
+/**
+ * Half-open behaviour: at most `max_trial_calls` trial calls in progress at once, and
+ * `success_threshold` successful trials to close (defaults 1 and 1; each at least 1).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE.
+ */
+FLUXUS_API int32_t fluxus_circuit_breaker_set_half_open(fluxus_circuit_breaker *cb,
+                                                        uint32_t max_trial_calls,
+                                                        uint32_t success_threshold);
+
+/**
+ * Install the state-change callback (replacing any previous one, whose user_free then runs).
+ * It runs on the thread whose call or outcome caused the change, with no fluxus lock held
+ * except the breaker's own callback lock (callbacks of one breaker never overlap).
+ * @return FLUXUS_OK, FLUXUS_EINVAL.
+ */
+FLUXUS_API int32_t fluxus_circuit_breaker_set_state_callback(fluxus_circuit_breaker *cb,
+                                                             fluxus_breaker_state_fn fn,
+                                                             void *user,
+                                                             fluxus_user_free_fn user_free);
+
+/** Read the state (FLUXUS_BREAKER_*). @return FLUXUS_OK, FLUXUS_EINVAL. */
+FLUXUS_API int32_t fluxus_circuit_breaker_get_state(fluxus_circuit_breaker *cb, int32_t *state);
+
+/**
+ * Standalone use: may a call start now? On FLUXUS_OK, *ticket identifies the state it was
+ * allowed in; report the call's outcome with fluxus_circuit_breaker_record().
+ * @return FLUXUS_OK, FLUXUS_ECIRCUITOPEN (open, or half-open with every trial slot in use),
+ *         FLUXUS_EINVAL.
+ */
+FLUXUS_API int32_t fluxus_circuit_breaker_allow(fluxus_circuit_breaker *cb, uint64_t *ticket);
+
+/**
+ * Standalone use: the outcome of a call allowed with `ticket` (success 1 or 0).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (success not 0/1).
+ */
+FLUXUS_API int32_t fluxus_circuit_breaker_record(fluxus_circuit_breaker *cb, uint64_t ticket,
+                                                 int32_t success);
+
+/** Release the handle; stages using the breaker keep it alive. NULL is accepted. */
+FLUXUS_API int32_t fluxus_circuit_breaker_free(fluxus_circuit_breaker *cb);
+
+/* What a stage does with items while its breaker refuses calls. */
+#define FLUXUS_BREAKER_FAIL 0 /* they fail at once with FLUXUS_ECIRCUITOPEN (error policy) */
+#define FLUXUS_BREAKER_WAIT 1 /* they wait (in the stage's queue, backpressure) until calls
+                                 are allowed again */
+
+/**
+ * Guard a stage with a breaker: before each callback call the breaker is asked, and the call's
+ * outcome is recorded (a nonzero return, an exception, an async error completion or timeout
+ * is a failure). A guarded stage heads its own task and runs its items one call at a time.
+ * @param cb         The breaker (retained until replaced or the pipeline is freed), or NULL
+ *                   to remove it. It must use the pipeline runtime's clock.
+ * @param when_open  FLUXUS_BREAKER_FAIL or FLUXUS_BREAKER_WAIT.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ERANGE, FLUXUS_ESTATE (after
+ *         start).
+ */
+FLUXUS_API int32_t fluxus_stage_set_circuit_breaker(fluxus_pipeline *p, uint32_t stage,
+                                                    fluxus_circuit_breaker *cb,
+                                                    int32_t when_open);
 
 /* ----- Limiters on stages and sources ----- */
 

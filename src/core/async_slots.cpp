@@ -63,7 +63,7 @@ void AsyncSlots::set_worker(Task *t) {
     worker_ = t;
 }
 
-uint64_t AsyncSlots::begin(uint64_t item, uint64_t now, uint32_t attempt) {
+uint64_t AsyncSlots::begin(uint64_t item, uint64_t now, uint32_t attempt, uint64_t epoch) {
     std::lock_guard<std::mutex> lock(mu_);
     uint32_t i = free_.back();
     free_.pop_back();
@@ -72,6 +72,7 @@ uint64_t AsyncSlots::begin(uint64_t item, uint64_t now, uint32_t attempt) {
     s.item = item;
     s.start = now;
     s.attempt = attempt;
+    s.epoch = epoch;
     started_.push_back(Started{i, s.gen});
     if (started_.size() > 2 * slots_.size() + 64) compact_started();
     return token_of(i);
@@ -173,7 +174,8 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
     auto take_done = [&](uint32_t i) {
         Slot &s = slots_[i];
         out.push_back(
-            Ended{s.out, s.status, s.status == 0 ? End::completed : End::failed, s.attempt});
+            Ended{s.out, s.status, s.status == 0 ? End::completed : End::failed, s.attempt,
+                  s.epoch});
         release(i, Reason::completed);
     };
     if (!ordered_) {
@@ -196,7 +198,7 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
             continue;
         }
         if (timeout_ns_ && now >= s.start + timeout_ns_) {
-            out.push_back(Ended{s.item, FLUXUS_ETIMEDOUT, End::timed_out, s.attempt});
+            out.push_back(Ended{s.item, FLUXUS_ETIMEDOUT, End::timed_out, s.attempt, s.epoch});
             timed_out.fetch_add(1, std::memory_order_relaxed);
             remember_timeout(token_of(e.slot));
             release(e.slot, Reason::timed_out);

@@ -30,6 +30,7 @@ public:
         int32_t status;
         End how;
         uint32_t attempt;  // 1 for the first call of the stage on this item
+        uint64_t epoch;    // circuit breaker epoch the call was allowed in (0: none)
     };
 
     AsyncSlots(uint32_t stage_index, uint32_t capacity, bool ordered, uint64_t timeout_ns);
@@ -38,7 +39,7 @@ public:
     uint32_t room();
     uint32_t in_use();
     // Takes a free slot for `item` (there must be room) and returns its completion token.
-    uint64_t begin(uint64_t item, uint64_t now, uint32_t attempt = 1);
+    uint64_t begin(uint64_t item, uint64_t now, uint32_t attempt = 1, uint64_t epoch = 0);
     // The callback refused the item: frees its slot unless the host already completed it.
     // Returns true if freed (the caller then fails the item, which fluxus still owns).
     bool abort(uint64_t token);
@@ -73,6 +74,7 @@ private:
         uint64_t out = 0;    // completion's item
         uint64_t start = 0;
         uint32_t attempt = 1;
+        uint64_t epoch = 0;
         uint32_t ended_gen = 0;  // the generation that ended last, and how
         Reason ended_how = Reason::none;
     };

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "core/segment.hpp"
+#include "flow/circuit_breaker.hpp"
 #include "flow/concurrency_limiter.hpp"
 #include "flow/rate_limiter.hpp"
 #include "runtime/runtime.hpp"
@@ -47,6 +48,7 @@ Pipeline::~Pipeline() {
         st->retry.predicate_user.release();
         if (st->rate_limiter) st->rate_limiter->release();
         if (st->concurrency) st->concurrency->release();
+        if (st->breaker) st->breaker->release();
     }
     if (source_.rate_limiter) source_.rate_limiter->release();
     source_.user.release();
@@ -313,6 +315,16 @@ int32_t Pipeline::validate() {
                               "start: stage '%s' retries with %u ordered workers; make it "
                               "unordered or per-key, or use one worker",
                               st.name.c_str(), st.workers);
+        if (st.breaker && !st.breaker->same_clock(rt_))
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: stage '%s': its circuit breaker and the pipeline's runtime "
+                              "use different clocks",
+                              st.name.c_str());
+        if (st.breaker && st.workers > 1 && st.order == FLUXUS_ORDER_ORDERED)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: stage '%s' has a circuit breaker and %u ordered workers; "
+                              "make it unordered or per-key, or use one worker",
+                              st.name.c_str(), st.workers);
         if (st.is_async() && st.order == FLUXUS_ORDER_PER_KEY)
             return set_errorf(FLUXUS_EINVAL,
                               "start: async stage '%s' cannot be per-key ordered (use ordered or "
@@ -348,9 +360,10 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
                          StageTally *tally, bool destroy) {
     // A callback failure at a retrying stage, seen by the worker running it, may get another
     // attempt instead of ending here.
-    if (t_retry_scope && t_retry_scope->stage == &stage && destroy &&
-        t_retry_scope->worker->park_retry(item, status))
-        return;
+    if (t_retry_scope && t_retry_scope->stage == &stage) {
+        ++t_retry_scope->worker->head_failures;  // the breaker's view of the call
+        if (destroy && t_retry_scope->worker->park_retry(item, status)) return;
+    }
     StageTally local;
     StageTally &t = tally ? *tally : local;
     uint32_t attempts = t_retry_scope && t_retry_scope->stage == &stage ? t_retry_scope->attempt : 1;
@@ -621,6 +634,7 @@ void Pipeline::shut_down() {
         for (auto &st : stages_) {
             if (st->rate_limiter) st->rate_limiter->remove_owner(this);
             if (st->concurrency) st->concurrency->remove_owner(this);
+            if (st->breaker) st->breaker->remove_owner(this);
         }
         if (source_.rate_limiter) source_.rate_limiter->remove_owner(this);
     }

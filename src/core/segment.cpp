@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "flow/circuit_breaker.hpp"
 #include "flow/concurrency_limiter.hpp"
 #include "flow/rate_limiter.hpp"
 #include "runtime/runtime.hpp"
@@ -22,10 +23,14 @@ class RetryScopeGuard {
 public:
     RetryScopeGuard(SegmentWorker *w, Stage *head, uint32_t attempt)
         : scope_{w, head, attempt}, saved_(t_retry_scope) {
-        if (head && head->retry.enabled()) t_retry_scope = &scope_;
+        if (head && (head->retry.enabled() || head->breaker)) t_retry_scope = &scope_;
     }
     ~RetryScopeGuard() { t_retry_scope = saved_; }
     void set_attempt(uint32_t a) { scope_.attempt = a; }
+    void reinstall() {
+        if (scope_.stage && (scope_.stage->retry.enabled() || scope_.stage->breaker))
+            t_retry_scope = &scope_;
+    }
 
 private:
     RetryScope scope_;
@@ -365,12 +370,33 @@ void SegmentWorker::run() {
 void SegmentWorker::run_batches() {
     Pipeline &p = *seg->p;
     bool limited = seg->head() && seg->head()->rate_limiter;
+    bool guarded = seg->head() && seg->head()->breaker;
     for (int round = 0;; ++round) {
         if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
             notify();  // others are waiting for a thread: run again after them
             return;
         }
-        if (!retries_.empty()) {
+        if (guarded && !blocked_.empty()) {
+            // Items a breaker refused (wait mode) or a full queue stopped go first, in order.
+            size_t n = std::min<size_t>(blocked_.size(), p.batch_size());
+            std::vector<uint32_t> attempts(n);
+            for (size_t i = 0; i < n; ++i) {
+                a_[i] = blocked_[i].item;
+                attempts[i] = blocked_[i].attempt;
+            }
+            blocked_.erase(blocked_.begin(), blocked_.begin() + n);
+            if (!run_guarded(n, attempts.data())) return;
+            continue;
+        }
+        if (!retries_.empty() && guarded) {
+            take_due_retries(rt_->now(), p.batch_size(), due_);
+            std::vector<uint32_t> attempts(due_.size());
+            for (size_t i = 0; i < due_.size(); ++i) {
+                a_[i] = due_[i].item;
+                attempts[i] = due_[i].attempt;
+            }
+            if (!due_.empty() && !run_guarded(due_.size(), attempts.data())) return;
+        } else if (!retries_.empty()) {
             // Retries due now run first, one item at a time (each has its own attempt count).
             take_due_retries(rt_->now(), p.batch_size(), due_);
             for (const RetryEntry &e : due_) {
@@ -406,6 +432,10 @@ void SegmentWorker::run_batches() {
             }
             if (drained) exhaust();
             return;
+        }
+        if (guarded) {
+            if (!run_guarded(n, nullptr)) return;
+            continue;
         }
         process(n);
         deliver();
@@ -544,7 +574,23 @@ void SegmentWorker::run_async() {
             }
             if (!pending.empty()) return;  // parked until the next queue has room
         }
-        if (!retries_.empty() && slots.room()) {
+        if (!blocked_.empty() && slots.room()) {
+            size_t k = std::min<size_t>({blocked_.size(), slots.room(), p.batch_size()});
+            std::vector<uint32_t> attempts(k);
+            for (size_t i = 0; i < k; ++i) {
+                a_[i] = blocked_[i].item;
+                attempts[i] = blocked_[i].attempt;
+            }
+            blocked_.erase(blocked_.begin(), blocked_.begin() + k);
+            size_t before = blocked_.size();
+            start_async(k, now, attempts.data());
+            if (blocked_.size() - before < k) progress = true;  // some started
+            if (blocked_.size() > before) {
+                // start_async appended what the breaker refused; put it back in front.
+                std::rotate(blocked_.begin(), blocked_.begin() + before, blocked_.end());
+            }
+        }
+        if (!retries_.empty() && slots.room() && blocked_.empty()) {
             // Retries due now start first, each with its attempt count, when there is room.
             take_due_retries(now, std::min<size_t>(slots.room(), p.batch_size()), due_);
             if (!due_.empty()) {
@@ -558,7 +604,7 @@ void SegmentWorker::run_async() {
             }
         }
         bool holding = held_head_ < held_.size();
-        if (!input_drained_ || holding) {
+        if ((!input_drained_ || holding) && blocked_.empty()) {
             uint32_t room = std::min<uint32_t>(slots.room(), p.batch_size());
             if (ConcurrencyLimiter *cl = seg->head()->concurrency) {
                 // One permit per item in flight, taken before the item starts.
@@ -579,7 +625,7 @@ void SegmentWorker::run_async() {
             reconcile_permits();
         }
         if (input_drained_ && held_head_ == held_.size() && slots.in_use() == 0 &&
-            retries_.empty()) {
+            retries_.empty() && blocked_.empty()) {
             reconcile_permits();
             exhaust();
             return;
@@ -636,6 +682,62 @@ void SegmentWorker::cancel_retries() {
     head.c.retry_waiting.fetch_sub(retries_.size(), std::memory_order_relaxed);
     retries_.clear();
     seg->p->cancel_items(head, items.data(), items.size(), false);
+}
+
+bool SegmentWorker::breaker_allows(uint64_t now, uint64_t *epoch, bool *wait) {
+    Stage &head = *seg->head();
+    uint64_t retry_at = UINT64_MAX;
+    *wait = false;
+    if (head.breaker->allow(now, epoch, &retry_at, head.breaker_wait ? this : nullptr, seg->p))
+        return true;
+    if (head.breaker_wait) {
+        *wait = true;
+        arm_timer(retry_at, now);  // open: at the reset time; half-open: a change wakes us
+    }
+    return false;
+}
+
+bool SegmentWorker::run_guarded(size_t n, const uint32_t *attempts) {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    std::vector<uint64_t> items(a_.begin(), a_.begin() + n);
+    auto keep_rest = [&](size_t from) {
+        std::vector<RetryEntry> rest;
+        for (size_t j = from; j < n; ++j)
+            rest.push_back(RetryEntry{0, 0, items[j], attempts ? attempts[j] : 1});
+        blocked_.insert(blocked_.begin(), rest.begin(), rest.end());
+    };
+    for (size_t i = 0; i < n; ++i) {
+        uint64_t now = rt_->now(), epoch = 0;
+        bool wait = false;
+        if (!breaker_allows(now, &epoch, &wait)) {
+            if (wait) {
+                keep_rest(i);
+                return false;
+            }
+            StageTally &t = tally_[0];
+            p.fail_item(head, items[i], FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
+            t.flush_to(head.c);
+            continue;
+        }
+        a_[0] = items[i];
+        attempt_ = attempts ? attempts[i] : 1;
+        uint64_t failures = head_failures;
+        process(1);
+        attempt_ = 1;
+        head.breaker->record(epoch, head_failures == failures, rt_->now());
+        deliver();
+        if (p.cancelling()) {
+            keep_rest(i + 1);
+            cancel_all();
+            return false;
+        }
+        if (!pending.empty()) {
+            keep_rest(i + 1);
+            return false;
+        }
+    }
+    return true;
 }
 
 void SegmentWorker::reconcile_permits() {
@@ -804,7 +906,22 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
         uint64_t x = a_[i];
         attempt_ = attempts ? attempts[i] : 1;
         retry_scope.set_attempt(attempt_);
-        uint64_t token = slots.begin(x, now, attempt_);
+        uint64_t epoch = 0;
+        if (head.breaker) {
+            bool wait = false;
+            if (!breaker_allows(now, &epoch, &wait)) {
+                if (wait) {
+                    for (size_t j = i; j < n; ++j)
+                        blocked_.push_back(RetryEntry{0, 0, a_[j], attempts ? attempts[j] : 1});
+                    break;
+                }
+                t_retry_scope = nullptr;  // a refusal by the breaker is not a callback failure
+                p.fail_item(head, x, FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
+                retry_scope.reinstall();
+                continue;
+            }
+        }
+        uint64_t token = slots.begin(x, now, attempt_, epoch);
         int32_t rc;
         try {
             rc = fn(u, x, token);
@@ -813,8 +930,10 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
         }
         // A refusal after the host already completed the item is too late: the completion
         // stands and the item goes on.
-        if (rc != 0 && slots.abort(token))
+        if (rc != 0 && slots.abort(token)) {
+            if (epoch) head.breaker->record(epoch, false, rt_->now());
             p.fail_item(head, x, rc, "async callback refused the item", &t);
+        }
     }
     attempt_ = 1;
     t.busy_ns += now_ns() - t0;
@@ -834,6 +953,8 @@ size_t SegmentWorker::settle_async() {
     for (const AsyncSlots::Ended &e : ended_) {
         attempt_ = e.attempt;
         retry_scope.set_attempt(e.attempt);
+        if (e.epoch)
+            head.breaker->record(e.epoch, e.how == AsyncSlots::End::completed, rt_->now());
         switch (e.how) {
         case AsyncSlots::End::completed:
             a_[m++] = e.item;
@@ -878,6 +999,12 @@ void SegmentWorker::cancel_all() {
     if (is_exhausted_) return;
     if (Stage *h = seg->head()) {
         cancel_retries();
+        if (!blocked_.empty()) {
+            std::vector<uint64_t> items;
+            for (const RetryEntry &e : blocked_) items.push_back(e.item);
+            blocked_.clear();
+            p.cancel_items(*h, items.data(), items.size(), false);
+        }
         if (held_head_ < held_.size())
             p.cancel_items(*h, held_.data() + held_head_, held_.size() - held_head_, false);
         held_.clear();

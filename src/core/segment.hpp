@@ -136,6 +136,7 @@ public:
         uint64_t due, seq, item;
         uint32_t attempt;
     };
+    uint64_t head_failures = 0;  // callback failures of the head stage (circuit breaker)
 
     Segment *seg;
     uint32_t index;
@@ -195,6 +196,14 @@ private:
     size_t take_due_retries(uint64_t now, size_t max, std::vector<RetryEntry> &out);
     void cancel_retries();
     std::vector<RetryEntry> due_;
+    // Circuit breaker: items taken but not yet run (refused in wait mode, or stopped by a full
+    // queue downstream), in order, with their attempt counts.
+    std::vector<RetryEntry> blocked_;
+    // Runs a_[0..n) (attempts[i] or 1) one guarded call at a time. False: stop this run.
+    bool run_guarded(size_t n, const uint32_t *attempts);
+    // Asks the head's breaker for one call. False: refused (the item was failed, or the caller
+    // must block it when `*wait`).
+    bool breaker_allows(uint64_t now, uint64_t *epoch, bool *wait);
 };
 
 // Calls the stage's key function and digests the bytes it returns. Returns 0, the callback's

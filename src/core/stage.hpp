@@ -27,6 +27,7 @@ namespace fluxus {
 class ItemQueue;
 class RateLimiter;
 class ConcurrencyLimiter;
+class CircuitBreaker;
 
 enum class StageKind : uint8_t {
     map,
@@ -87,6 +88,8 @@ struct Stage {
     uint32_t rate_wait_timeout_ms = UINT32_MAX;  // longest wait for a token (UINT32_MAX: none)
     ConcurrencyLimiter *concurrency = nullptr;  // retained; permits per running call/item
     RetryPolicy retry;
+    CircuitBreaker *breaker = nullptr;  // retained; asked before every call
+    bool breaker_wait = false;          // refused items wait (else they fail)
 
     StageCounters c;
     ItemQueue *queue = nullptr;  // its input queue once started; null when fused behind another
@@ -97,7 +100,7 @@ struct Stage {
     // Stages that must head their own segment: their worker does more than run a batch.
     bool needs_own_segment() const {
         return is_async() || kind == StageKind::debounce || rate_limiter || concurrency ||
-               retry.enabled();
+               retry.enabled() || breaker;
     }
     // Stages whose state is per key: with several workers they shard keys across them.
     bool keyed_state() const {

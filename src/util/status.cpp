@@ -35,6 +35,7 @@ const StatusInfo kStatusTable[] = {
     {FLUXUS_ENOTFOUND, "FLUXUS_ENOTFOUND", "no such stage"},
     {FLUXUS_ESOURCE, "FLUXUS_ESOURCE", "the source reported an error"},
     {FLUXUS_ELIMITED, "FLUXUS_ELIMITED", "no token or permit available in time"},
+    {FLUXUS_ECIRCUITOPEN, "FLUXUS_ECIRCUITOPEN", "refused by an open circuit breaker"},
 };
 
 const StatusInfo *find_status(int32_t code) {
