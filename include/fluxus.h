@@ -1230,6 +1230,28 @@ FLUXUS_API int32_t fluxus_stage_set_circuit_breaker(fluxus_pipeline *p, uint32_t
                                                     fluxus_circuit_breaker *cb,
                                                     int32_t when_open);
 
+/**
+ * Pause the source automatically when `failures` items fail at this stage (after their
+ * retries, whatever the error policy) within `window_us`, for `pause_us`; then it resumes by
+ * itself. Meanwhile a pull source is not called and pushes wait (try-push says FLUXUS_EFULL);
+ * items already admitted keep flowing. Each pause is logged (FLUXUS_LOG_WARN) and counted in
+ * the pipeline's `source_pauses`. `failures` 0 turns it off.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ERANGE (window or pause 0 or above
+ *         one day), FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_stage_set_pause_source_on_errors(fluxus_pipeline *p, uint32_t stage,
+                                                           uint32_t failures, uint64_t window_us,
+                                                           uint64_t pause_us);
+
+/**
+ * Hold the source while `cb` is open (NULL removes it): instead of pouring items into a failing
+ * stage, the source waits until the breaker lets trial calls through. Usually the same breaker
+ * guards the failing stage. It must use the pipeline runtime's clock.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_source_breaker(fluxus_pipeline *p,
+                                                      fluxus_circuit_breaker *cb);
+
 /* ----- Limiters on stages and sources ----- */
 
 /**
@@ -1306,6 +1328,7 @@ typedef struct fluxus_pipeline_stats {
     uint64_t dropped;       /* subset of failed: dropped by overflow policies */
     int32_t balanced;       /* 1 when the conservation equation holds now */
     int32_t result;         /* what fluxus_pipeline_wait() returns once finished, else 0 */
+    uint64_t source_pauses; /* automatic pauses after failures (0.2) */
 } fluxus_pipeline_stats;
 
 /**

@@ -176,3 +176,39 @@ FLUXUS_API int32_t fluxus_stage_set_circuit_breaker(fluxus_pipeline *ph, uint32_
 }
 
 }  // extern "C"
+
+extern "C" {
+
+FLUXUS_API int32_t fluxus_stage_set_pause_source_on_errors(fluxus_pipeline *ph, uint32_t stage,
+                                                           uint32_t failures, uint64_t window_us,
+                                                           uint64_t pause_us) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, ph, "fluxus_stage_set_pause_source_on_errors");
+        Stage *st = nullptr;
+        if (int32_t rc = p->stage_for_option(stage, "fluxus_stage_set_pause_source_on_errors",
+                                             &st))
+            return rc;
+        const uint64_t day_us = 86400ull * 1000000ull;
+        if (failures && (window_us == 0 || window_us > day_us || pause_us == 0 || pause_us > day_us))
+            return set_error(FLUXUS_ERANGE, "fluxus_stage_set_pause_source_on_errors: window and "
+                                            "pause must be in 1 us .. one day");
+        st->pause_threshold = failures;
+        st->pause_window_ns = window_us * 1000u;
+        st->pause_ns = pause_us * 1000u;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_set_source_breaker(fluxus_pipeline *ph,
+                                                      fluxus_circuit_breaker *h) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, ph, "fluxus_pipeline_set_source_breaker");
+        CircuitBreaker *cb = nullptr;
+        if (h && !(cb = circuit_breaker_of(h)))
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_pipeline_set_source_breaker: not a live circuit breaker");
+        return p->set_source_breaker(cb);
+    });
+}
+
+}  // extern "C"

@@ -3,6 +3,7 @@
 #include "core/pipeline.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <chrono>
 #include <new>
 #include <thread>
@@ -51,6 +52,7 @@ Pipeline::~Pipeline() {
         if (st->breaker) st->breaker->release();
     }
     if (source_.rate_limiter) source_.rate_limiter->release();
+    if (source_breaker_) source_breaker_->release();
     source_.user.release();
     item_free_user_.release();
     dead_letter_user_.release();
@@ -141,6 +143,37 @@ int32_t Pipeline::set_stage_rate_limiter(Stage &st, RateLimiter *l, uint32_t wai
     st.rate_limiter = l;
     st.rate_wait_timeout_ms = wait_timeout_ms;
     return FLUXUS_OK;
+}
+
+int32_t Pipeline::set_source_breaker(CircuitBreaker *cb) {
+    if (int32_t rc = check_building("set_source_breaker")) return rc;
+    if (cb) cb->retain();
+    if (source_breaker_) source_breaker_->release();
+    source_breaker_ = cb;
+    return FLUXUS_OK;
+}
+
+uint64_t Pipeline::source_held_until(uint64_t now, Task *waiter) {
+    uint64_t until = auto_pause_until_.load(std::memory_order_acquire);
+    if (until > now) return until;
+    if (source_breaker_) return source_breaker_->open_until(now, waiter, this);
+    return 0;
+}
+
+void Pipeline::pause_source_for(uint64_t ns, const Stage &why) {
+    uint64_t until = rt_->now() + ns;
+    uint64_t cur = auto_pause_until_.load();
+    while (cur < until && !auto_pause_until_.compare_exchange_weak(cur, until)) {
+    }
+    source_pauses_.fetch_add(1, std::memory_order_relaxed);
+    char msg[160];
+    snprintf(msg, sizeof msg, "source paused for %llu us: too many failures at this stage",
+             (unsigned long long)(ns / 1000));
+    log(FLUXUS_LOG_WARN, &why, msg);
+    // A pull source learns about the pause when it next runs, and arms its own wake-up; push
+    // sources hold their pushes (re-checking every millisecond) until the time has passed.
+    if (source_.kind != SourceKind::push && !segments_.empty())
+        segments_[0]->tasks[0]->notify();
 }
 
 int32_t Pipeline::set_stage_concurrency(Stage &st, ConcurrencyLimiter *l) {
@@ -279,6 +312,11 @@ int32_t Pipeline::validate() {
                           "start: pipeline '%s' has a source rate limiter but a push source (rate "
                           "limit the first stage, or acquire from the limiter before pushing)",
                           name_.c_str());
+    if (source_breaker_ && !source_breaker_->same_clock(rt_))
+        return set_errorf(FLUXUS_EINVAL,
+                          "start: pipeline '%s': its source breaker and its runtime use "
+                          "different clocks",
+                          name_.c_str());
     if (source_.rate_limiter && !source_.rate_limiter->same_clock(rt_))
         return set_errorf(FLUXUS_EINVAL,
                           "start: pipeline '%s': its source rate limiter and its runtime use "
@@ -363,6 +401,22 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
     if (t_retry_scope && t_retry_scope->stage == &stage) {
         ++t_retry_scope->worker->head_failures;  // the breaker's view of the call
         if (destroy && t_retry_scope->worker->park_retry(item, status)) return;
+    }
+    if (stage.pause_threshold) {
+        uint64_t now = rt_->now();
+        bool trip = false;
+        {
+            std::lock_guard<std::mutex> lock(stage.pause_mu);
+            stage.recent_failures.push_back(now);
+            if (stage.recent_failures.size() > stage.pause_threshold)
+                stage.recent_failures.pop_front();
+            if (stage.recent_failures.size() == stage.pause_threshold &&
+                now - stage.recent_failures.front() <= stage.pause_window_ns) {
+                stage.recent_failures.clear();
+                trip = true;
+            }
+        }
+        if (trip) pause_source_for(stage.pause_ns, stage);
     }
     StageTally local;
     StageTally &t = tally ? *tally : local;
@@ -567,6 +621,9 @@ int32_t Pipeline::push(const uint64_t *items, uint32_t count, uint32_t timeout_m
     if (count == 0) return FLUXUS_OK;
     if (try_only && paused_.load())
         return set_error(FLUXUS_EFULL, "try_push: the source is paused");
+    if (try_only && source_held_until(rt_->now(), nullptr))
+        return set_error(FLUXUS_EFULL, "try_push: the source is paused after failures (or its "
+                                       "breaker is open)");
 
     // From here on the key function, the dead-letter callback and the item destructor may run
     // on this host thread: inside them, blocking calls and freeing this pipeline are refused.
@@ -594,7 +651,8 @@ int32_t Pipeline::push(const uint64_t *items, uint32_t count, uint32_t timeout_m
         head.c.in.fetch_add(offered, std::memory_order_relaxed);
         seg.input->push_wait(pend, deadline, [this] {
             if (cancelling() || input_closed_.load(std::memory_order_relaxed)) return 1;
-            return paused_.load(std::memory_order_relaxed) ? 2 : 0;
+            if (paused_.load(std::memory_order_relaxed)) return 2;
+            return source_held_until(rt_->now(), nullptr) ? 3 : 0;
         });
         size_t left = pend.size();
         if (left) {
@@ -637,6 +695,7 @@ void Pipeline::shut_down() {
             if (st->breaker) st->breaker->remove_owner(this);
         }
         if (source_.rate_limiter) source_.rate_limiter->remove_owner(this);
+        if (source_breaker_) source_breaker_->remove_owner(this);
     }
     // Completions may still arrive from host threads: they must not notify freed tasks.
     for (auto &st : stages_)
@@ -672,6 +731,7 @@ void Pipeline::fill_stats(fluxus_pipeline_stats &s) const {
     s.in_flight = admitted > ended ? admitted - ended : 0;
     s.dropped = dropped;
     s.balanced = admitted == ended ? 1 : 0;
+    s.source_pauses = source_pauses_.load();
     std::lock_guard<std::mutex> lock(mu_);
     s.result = finished_.load() ? result_ : 0;
 }

@@ -23,6 +23,7 @@ class Segment;
 class ItemQueue;
 class RateLimiter;
 class ConcurrencyLimiter;
+class CircuitBreaker;
 struct PendingItems;
 
 // Per-batch outcome tally of one stage, added to its counters once per batch.
@@ -87,6 +88,12 @@ public:
     bool cancelling() const { return cancel_requested_.load(std::memory_order_relaxed); }
     bool draining() const { return drain_requested_.load(std::memory_order_relaxed); }
     bool paused() const { return paused_.load(std::memory_order_relaxed); }
+    // Automatic pauses: after too many failures at a stage, and while the source breaker is
+    // open. held_until() is 0 when the source may run, else when to look again (UINT64_MAX:
+    // when the breaker changes; `waiter` is then notified).
+    uint64_t source_held_until(uint64_t now, Task *waiter);
+    void pause_source_for(uint64_t ns, const Stage &why);
+    int32_t set_source_breaker(CircuitBreaker *cb);
     bool finished() const { return finished_.load(std::memory_order_acquire); }
     void fill_stats(fluxus_pipeline_stats &s) const;
     void fill_stage_stats(const Stage &st, fluxus_stage_stats &s) const;
@@ -138,6 +145,9 @@ private:
     std::atomic<bool> finished_{false};
     std::atomic<bool> shut_down_{false};
     std::atomic<uint64_t> source_admitted_{0};
+    std::atomic<uint64_t> auto_pause_until_{0};
+    std::atomic<uint64_t> source_pauses_{0};
+    CircuitBreaker *source_breaker_ = nullptr;  // retained
 
     mutable std::mutex mu_;  // guards result_, failure details, start/shut_down transitions
     int32_t result_ = FLUXUS_OK;

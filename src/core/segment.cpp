@@ -467,6 +467,14 @@ size_t SegmentWorker::pull(bool *drained) {
         return 0;
     }
     if (p.paused()) return 0;  // resume() notifies us
+    {
+        uint64_t t = rt_->now();
+        uint64_t until = p.source_held_until(t, this);
+        if (until) {
+            arm_timer(until, t);  // UINT64_MAX: the breaker's change notifies us instead
+            return 0;
+        }
+    }
     size_t max = p.batch_size();
     RateLimiter *rl = src.rate_limiter;
     uint32_t granted = 0;

@@ -4,7 +4,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "core/async_slots.hpp"
@@ -90,6 +92,11 @@ struct Stage {
     RetryPolicy retry;
     CircuitBreaker *breaker = nullptr;  // retained; asked before every call
     bool breaker_wait = false;          // refused items wait (else they fail)
+    // Pause the source when `pause_threshold` items fail here within `pause_window_ns`.
+    uint32_t pause_threshold = 0;
+    uint64_t pause_window_ns = 0, pause_ns = 0;
+    std::mutex pause_mu;
+    std::deque<uint64_t> recent_failures;  // times of the last failures (at most threshold)
 
     StageCounters c;
     ItemQueue *queue = nullptr;  // its input queue once started; null when fused behind another

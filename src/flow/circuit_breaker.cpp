@@ -177,6 +177,17 @@ int32_t CircuitBreaker::state(uint64_t now) {
     return s;
 }
 
+uint64_t CircuitBreaker::open_until(uint64_t now, Task *waiter, TaskOwner *owner) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_ != FLUXUS_BREAKER_OPEN || now >= opened_at_ + reset_ns_) return 0;
+    if (waiter) {
+        bool present = false;
+        for (const Waiter &w : waiters_) present = present || w.task == waiter;
+        if (!present) waiters_.push_back(Waiter{waiter, owner});
+    }
+    return opened_at_ + reset_ns_;
+}
+
 void CircuitBreaker::remove_owner(TaskOwner *owner) {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<Waiter> keep;

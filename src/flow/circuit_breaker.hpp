@@ -51,6 +51,9 @@ public:
     // The outcome of a call allowed in `epoch`.
     void record(uint64_t epoch, bool success, uint64_t now);
     int32_t state(uint64_t now);
+    // 0 if not open at `now`; else when it may let calls through again, and `waiter` (if set)
+    // is notified on the next change.
+    uint64_t open_until(uint64_t now, Task *waiter, TaskOwner *owner);
     void remove_owner(TaskOwner *owner);
 
     std::atomic<uint64_t> rejected{0};  // calls refused while open (or half-open and full)

@@ -6,6 +6,7 @@
 // source block on a condition variable instead.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -57,7 +58,9 @@ public:
 
     // Host push: like push(), but waits on a condition variable until all of `pend` moved, the
     // deadline passes, the queue closes, or `gate()` returns 1 (stop). While `gate()` returns 2
-    // (hold, e.g. paused) nothing is pushed but the wait goes on. Returns the number moved.
+    // (hold, e.g. paused) nothing is pushed but the wait goes on; 3 holds too, but re-asks the
+    // gate every millisecond (a hold that ends by time, with nobody to wake the host).
+    // Returns the number moved.
     template <class Gate>
     size_t push_wait(PendingItems &pend, uint64_t deadline_ns, Gate gate);
 
@@ -124,10 +127,12 @@ size_t ItemQueue::push_wait(PendingItems &pend, uint64_t deadline_ns, Gate gate)
         uint64_t now = now_ns();
         if (now >= deadline_ns) break;
         ++host_waiters_;
-        if (deadline_ns == UINT64_MAX)
+        uint64_t wait_ns = deadline_ns == UINT64_MAX ? UINT64_MAX : deadline_ns - now;
+        if (g == 3) wait_ns = std::min<uint64_t>(wait_ns, 1000000);
+        if (wait_ns == UINT64_MAX)
             host_cv_.wait(lock);
         else
-            host_cv_.wait_for(lock, std::chrono::nanoseconds(deadline_ns - now));
+            host_cv_.wait_for(lock, std::chrono::nanoseconds(wait_ns));
         --host_waiters_;
     }
     lock.unlock();
