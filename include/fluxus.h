@@ -402,6 +402,63 @@ FLUXUS_API int32_t fluxus_pipeline_set_pull_source_batch(fluxus_pipeline *p, con
                                                          fluxus_user_free_fn user_free);
 
 /**
+ * Cursor source read: read the page that starts at `cursor` (a page number, a file offset, an
+ * API's continuation token id...), fill up to `capacity` items, set *count and set
+ * *next_cursor to where the next read starts. Return FLUXUS_PULL_ITEM (a page was read; it may
+ * be empty), FLUXUS_PULL_END (this was the last page; its `count` items still count),
+ * FLUXUS_PULL_LATER (nothing now; the same cursor is read again after the poll interval) or an
+ * error (the pipeline stops with FLUXUS_ESOURCE). Every read must use a cursor value no other
+ * read of this run used.
+ */
+typedef int32_t (*fluxus_cursor_read_fn)(void *user, uint64_t cursor, uint64_t *items,
+                                         uint32_t capacity, uint32_t *count,
+                                         uint64_t *next_cursor);
+/**
+ * The page an item came from: the cursor its read was called with. Items a map returns and
+ * items a flat map emits must answer with the page of the item they came from (hosts usually
+ * keep it in the item). Called on any fluxus thread, often; must be cheap and not block.
+ */
+typedef uint64_t (*fluxus_cursor_page_fn)(void *user, uint64_t item);
+/**
+ * Commit: every item of every page read before `cursor` is finished (delivered, filtered,
+ * dead-lettered, or failed under FLUXUS_ERROR_SKIP). Store it; after a crash or restart, start
+ * the source again from it. Called in order, one call at a time, on a fluxus thread.
+ */
+typedef void (*fluxus_cursor_commit_fn)(void *user, uint64_t cursor);
+
+/**
+ * Make the pipeline's source a resumable cursor source. fluxus reads pages from
+ * `start_cursor` on (the batch size caps a page; a source rate limiter caps it further), counts
+ * for each page the items that are not finished yet (wherever they are: queues, parallel
+ * unordered stages, retries, async calls, flat-map children), and calls `commit` with the low
+ * watermark: the cursor after the newest page that is finished together with every page
+ * before it. Restarting from the last committed cursor processes no item before it twice and
+ * loses none. An item that ends unfinished (cancelled, dropped by an overflow policy, failed
+ * under fail-fast) holds the watermark at its page for good, so that page is read again after
+ * a restart (items after the watermark may be processed again: at-least-once).
+ * @param read, page_of  Required. `commit` may be NULL (poll
+ *                       fluxus_pipeline_get_committed_cursor() instead).
+ * @param user           Passed to all three; `user_free` runs once when the pipeline is freed.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (NULL read or page_of), FLUXUS_ESTATE (source already set,
+ *         or started).
+ * Thread safety: any thread, before start.
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_cursor_source(fluxus_pipeline *p, const char *name,
+                                                     uint64_t start_cursor,
+                                                     fluxus_cursor_read_fn read,
+                                                     fluxus_cursor_page_fn page_of,
+                                                     fluxus_cursor_commit_fn commit, void *user,
+                                                     fluxus_user_free_fn user_free);
+
+/**
+ * The cursor last committed by a cursor source (see fluxus_pipeline_set_cursor_source()).
+ * @return FLUXUS_OK, FLUXUS_ENOTFOUND (nothing committed yet), FLUXUS_EINVAL (bad handle, NULL
+ *         out, or not a cursor source).
+ * Thread safety: any thread.
+ */
+FLUXUS_API int32_t fluxus_pipeline_get_committed_cursor(fluxus_pipeline *p, uint64_t *cursor);
+
+/**
  * How long to wait before calling a pull source again after FLUXUS_PULL_LATER
  * (default 1000 µs, range 1..60000000).
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE, FLUXUS_ESTATE (after start).

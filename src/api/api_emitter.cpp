@@ -12,6 +12,8 @@ extern "C" FLUXUS_API int32_t fluxus_emit(fluxus_emitter *em, uint64_t item) {
     } catch (...) {
         return fluxus::set_error(FLUXUS_ENOMEM, "fluxus_emit: out of memory");
     }
+    // Counted before the parent can end, so its page cannot look finished in between.
+    if (em->cursor) em->cursor->items_spawned(&item, 1);
     return FLUXUS_OK;
 }
 

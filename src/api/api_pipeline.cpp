@@ -275,3 +275,36 @@ FLUXUS_API const char *fluxus_failure_message(const fluxus_failure *f) {
 FLUXUS_API uint32_t fluxus_failure_attempts(const fluxus_failure *f) { return f ? f->attempts : 0; }
 
 }  // extern "C"
+
+extern "C" {
+
+FLUXUS_API int32_t fluxus_pipeline_set_cursor_source(fluxus_pipeline *h, const char *name,
+                                                     uint64_t start_cursor,
+                                                     fluxus_cursor_read_fn read,
+                                                     fluxus_cursor_page_fn page_of,
+                                                     fluxus_cursor_commit_fn commit, void *user,
+                                                     fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_cursor_source");
+        return p->set_cursor_source(name, start_cursor, read, page_of, commit, user, user_free);
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_get_committed_cursor(fluxus_pipeline *h, uint64_t *cursor) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_get_committed_cursor");
+        if (!cursor)
+            return set_error(FLUXUS_EINVAL, "fluxus_pipeline_get_committed_cursor: out is NULL");
+        CursorTracker *cur = p->cursor();
+        if (!cur)
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_pipeline_get_committed_cursor: not a cursor source");
+        if (!cur->has_committed())
+            return set_error(FLUXUS_ENOTFOUND,
+                             "fluxus_pipeline_get_committed_cursor: nothing committed yet");
+        *cursor = cur->committed();
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

@@ -145,6 +145,22 @@ int32_t Pipeline::set_stage_rate_limiter(Stage &st, RateLimiter *l, uint32_t wai
     return FLUXUS_OK;
 }
 
+int32_t Pipeline::set_cursor_source(const char *name, uint64_t start, fluxus_cursor_read_fn read,
+                                    fluxus_cursor_page_fn page_of,
+                                    fluxus_cursor_commit_fn commit, void *user,
+                                    fluxus_user_free_fn user_free) {
+    if (!read || !page_of)
+        return set_error(FLUXUS_EINVAL, "set_cursor_source: read and page_of are required");
+    if (int32_t rc = set_source(SourceKind::cursor, name, reinterpret_cast<void (*)()>(read), user,
+                                user_free))
+        return rc;
+    source_.cursor = start;
+    source_.page_of = page_of;
+    source_.commit = commit;
+    cursor_.reset(new CursorTracker(page_of, commit, user));
+    return FLUXUS_OK;
+}
+
 int32_t Pipeline::set_source_breaker(CircuitBreaker *cb) {
     if (int32_t rc = check_building("set_source_breaker")) return rc;
     if (cb) cb->retain();
@@ -385,7 +401,8 @@ void Pipeline::notify_all_tasks() {
 // ---------------------------------------------------------------------------------------------
 // Ending items
 
-void Pipeline::destroy_item(uint64_t item) {
+void Pipeline::release_item(uint64_t item, bool finished) {
+    if (cursor_) cursor_->item_ended(item, finished);
     if (!item_free_) return;
     try {
         item_free_(item_free_user_.user, item);
@@ -432,7 +449,11 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
     } else {
         ++t.failed;
     }
-    if (destroy) destroy_item(item);
+    bool finished = stage.error_policy != FLUXUS_ERROR_FAIL_FAST;
+    if (destroy)
+        release_item(item, finished);
+    else if (cursor_)
+        cursor_->item_ended(item, finished);  // the host still holds it, but it has ended
     if (!tally) local.flush_to(stage.c);
     if (stage.error_policy == FLUXUS_ERROR_FAIL_FAST) {
         char buf[256];
@@ -446,14 +467,14 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
 void Pipeline::cancel_items(Stage &stage, const uint64_t *items, size_t n, bool count_in) {
     if (n == 0) return;
     if (count_in) stage.c.in.fetch_add(n, std::memory_order_relaxed);
-    for (size_t i = 0; i < n; ++i) destroy_item(items[i]);
+    for (size_t i = 0; i < n; ++i) release_item(items[i], false);
     stage.c.cancelled.fetch_add(n, std::memory_order_relaxed);
 }
 
 void Pipeline::drop_items(Stage &stage, const uint64_t *items, size_t n, bool count_in) {
     if (n == 0) return;
     if (count_in) stage.c.in.fetch_add(n, std::memory_order_relaxed);
-    for (size_t i = 0; i < n; ++i) destroy_item(items[i]);
+    for (size_t i = 0; i < n; ++i) release_item(items[i], false);
     stage.c.dropped.fetch_add(n, std::memory_order_relaxed);
     stage.c.failed.fetch_add(n, std::memory_order_relaxed);
 }

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cursor_tracker.hpp"
 #include "core/stage.hpp"
 #include "fluxus.h"
 #include "runtime/task.hpp"
@@ -33,7 +34,7 @@ struct StageTally {
     void flush_to(StageCounters &c);
 };
 
-enum class SourceKind : uint8_t { none, pull, pull_batch, push };
+enum class SourceKind : uint8_t { none, pull, pull_batch, push, cursor };
 
 struct SourceSpec {
     SourceKind kind = SourceKind::none;
@@ -42,6 +43,11 @@ struct SourceSpec {
     UserRef user;
     uint32_t poll_interval_us = 1000;
     RateLimiter *rate_limiter = nullptr;  // pull sources: tokens per item pulled (retained)
+    // Cursor sources: where the next read starts (the source's worker only), and the host's
+    // page and commit callbacks (they share `user`).
+    uint64_t cursor = 0;
+    fluxus_cursor_page_fn page_of = nullptr;
+    fluxus_cursor_commit_fn commit = nullptr;
 };
 
 class Pipeline : public TaskOwner {
@@ -101,7 +107,14 @@ public:
     // ---- used by segments ----
     uint32_t batch_size() const { return batch_; }
     const SourceSpec &source() const { return source_; }
-    void destroy_item(uint64_t item);
+    void destroy_item(uint64_t item) { release_item(item, true); }
+    // Ends an item fluxus owns: the cursor watermark hears of it, the destructor releases it.
+    void release_item(uint64_t item, bool finished);
+    // Cursor sources only (null otherwise): the watermark.
+    CursorTracker *cursor() const { return cursor_.get(); }
+    int32_t set_cursor_source(const char *name, uint64_t start, fluxus_cursor_read_fn read,
+                              fluxus_cursor_page_fn page_of, fluxus_cursor_commit_fn commit,
+                              void *user, fluxus_user_free_fn user_free);
     // Ends `item` at `stage` as its error policy says. `tally` is the caller's per-batch tally
     // of that stage, or null to update the counters directly.
     // `destroy` false: the item is not fluxus's to destroy (an async item the host still owns).
@@ -148,6 +161,7 @@ private:
     std::atomic<uint64_t> auto_pause_until_{0};
     std::atomic<uint64_t> source_pauses_{0};
     CircuitBreaker *source_breaker_ = nullptr;  // retained
+    std::unique_ptr<CursorTracker> cursor_;
 
     mutable std::mutex mu_;  // guards result_, failure details, start/shut_down transitions
     int32_t result_ = FLUXUS_OK;

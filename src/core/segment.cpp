@@ -291,6 +291,7 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
     }
     if (Stage *h = s->head())
         if (h->async) h->async->set_worker(this);
+    cursor_pos_ = s->p->source().cursor;
 }
 
 bool SegmentWorker::init_hooks() {
@@ -501,6 +502,17 @@ size_t SegmentWorker::pull(bool *drained) {
                 rc = fn(user, &buf[n]);
                 if (rc != FLUXUS_PULL_ITEM) break;
                 ++n;
+            }
+        } else if (src.kind == SourceKind::cursor) {
+            auto fn = reinterpret_cast<fluxus_cursor_read_fn>(src.fn);
+            uint32_t count = 0;
+            uint64_t next = cursor_pos_;
+            rc = fn(src.user.user, cursor_pos_, a_.data(), uint32_t(max), &count, &next);
+            if (rc == FLUXUS_PULL_ITEM || rc == FLUXUS_PULL_END) {
+                // A page, possibly empty: the watermark counts its items before any can end.
+                n = std::min<size_t>(count, max);
+                p.cursor()->page_read(cursor_pos_, next, n);
+                cursor_pos_ = next;
             }
         } else {
             auto fn = reinterpret_cast<fluxus_pull_batch_fn>(src.fn);

@@ -21,6 +21,7 @@ struct fluxus_emitter {
     uint32_t magic;
     std::vector<uint64_t> *out;
     bool keep_input;
+    fluxus::CursorTracker *cursor;  // cursor sources: children join their page as emitted
 };
 
 namespace fluxus {
@@ -172,6 +173,7 @@ private:
     size_t out_n_ = 0;             // items of the last processed batch, in a_
     uint64_t ticket_ = 0;
     uint64_t batches_ = 0;  // batches processed (busy-time sampling)
+    uint64_t cursor_pos_ = 0;  // cursor source: where the next read starts
     std::vector<WorkerStageState> state_;
     std::vector<StageTally> tally_;
     bool initialized_ = false;

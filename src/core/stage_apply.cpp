@@ -140,9 +140,13 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
     case StageKind::sink: {
         auto fn = reinterpret_cast<fluxus_sink_fn>(st.fn);
         // per_item counts the delivered items in its output counter; nothing is written.
+        CursorTracker *cur = p.cursor();
         t.out += per_item(p, st, in, n, t, "sink callback threw", [&](uint64_t x, size_t &m) {
+            // The sink owns the item once it accepts it: ask its page before.
+            uint64_t page = cur ? cur->page_of(x) : 0;
             clock.start();
             int32_t rc = fn(u, x);
+            if (cur && rc == 0) cur->page_ended(page, true);
             clock.check(st);  // the sink owns the item now: an overrun is only counted
             if (__builtin_expect(rc == 0, 1))
                 ++m;
@@ -154,7 +158,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
     case StageKind::flat_map: {
         auto fn = reinterpret_cast<fluxus_flat_map_fn>(st.fn);
         out.clear();
-        fluxus_emitter em{kEmitterMagic, &out, false};
+        fluxus_emitter em{kEmitterMagic, &out, false, p.cursor()};
         EmitterScope live(&em);
         size_t before = 0;
         per_item(p, st, in, n, t, "flat-map callback threw", [&](uint64_t x, size_t &) {
@@ -165,7 +169,10 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             clock.check(st);  // emitted items are already admitted: only counted
             if (rc == 0) {
                 ++t.filtered;  // the input is consumed; its outputs are new items
-                if (!em.keep_input) p.destroy_item(x);
+                if (!em.keep_input)
+                    p.destroy_item(x);
+                else if (CursorTracker *cur = p.cursor())
+                    cur->item_ended(x, true);
             } else {
                 p.fail_item(st, x, rc, "flat-map callback failed", &t);
             }
@@ -260,7 +267,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
     case StageKind::flat_map_batch: {
         auto fn = reinterpret_cast<fluxus_flat_map_batch_fn>(st.fn);
         out.clear();
-        fluxus_emitter em{kEmitterMagic, &out, false};
+        fluxus_emitter em{kEmitterMagic, &out, false, p.cursor()};
         EmitterScope live(&em);
         int32_t rc;
         clock.start();
@@ -276,14 +283,22 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
                 p.fail_item(st, in[i], rc, "batch flat-map callback failed", &t);
         } else {
             t.filtered += n;
-            if (!em.keep_input)
-                for (size_t i = 0; i < n; ++i) p.destroy_item(in[i]);
+            for (size_t i = 0; i < n; ++i) {
+                if (!em.keep_input)
+                    p.destroy_item(in[i]);
+                else if (CursorTracker *cur = p.cursor())
+                    cur->item_ended(in[i], true);
+            }
         }
         return out.size();
     }
     case StageKind::sink_batch: {
         auto fn = reinterpret_cast<fluxus_sink_batch_fn>(st.fn);
         int32_t *status = ws.zeroed_status(n);
+        CursorTracker *cur = p.cursor();
+        std::vector<uint64_t> pages;
+        if (cur)
+            for (size_t i = 0; i < n; ++i) pages.push_back(cur->page_of(in[i]));
         int32_t rc;
         clock.start();
         try {
@@ -299,9 +314,10 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         }
         size_t delivered = 0;
         for (size_t i = 0; i < n; ++i) {
-            if (status[i] == 0)
+            if (status[i] == 0) {
                 ++delivered;
-            else
+                if (cur) cur->page_ended(pages[i], true);
+            } else
                 p.fail_item(st, in[i], status[i], "batch sink callback failed", &t);
         }
         t.out += delivered;
