@@ -178,6 +178,19 @@ FLUXUS_API int32_t fluxus_runtime_get_workers(fluxus_runtime *rt, uint32_t *out)
 FLUXUS_API int32_t fluxus_runtime_set_spin_us(fluxus_runtime *rt, uint32_t spin_us);
 
 /**
+ * Stall watchdog: when a worker thread has been inside one callback for about `ms`
+ * milliseconds (a callback that blocks, or loops), the runtime starts a stand-in worker so the
+ * other stages and pipelines keep running, and logs a warning. At most one stand-in per stuck
+ * worker, and at most max(workers, 4) in all; stand-ins stay until the runtime is freed. The
+ * check runs on the loop thread twice per threshold. 0 turns it off; default 1000 ms. A
+ * callback that never returns still holds its own stage (and its worker thread).
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (not 0 or 10..3600000), FLUXUS_ESTATE
+ *         (started).
+ * Thread safety: any thread, before the runtime starts. No effect in host-driven mode.
+ */
+FLUXUS_API int32_t fluxus_runtime_set_stall_threshold_ms(fluxus_runtime *rt, uint32_t ms);
+
+/**
  * Install the log callback (replacing any previous one, whose user_free is then called).
  * `fn` NULL removes it. Only messages whose level is <= `max_level` are passed on (the default
  * is FLUXUS_LOG_WARN: errors and warnings); `max_level` 0 passes nothing.

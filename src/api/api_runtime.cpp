@@ -45,6 +45,13 @@ FLUXUS_API int32_t fluxus_runtime_set_spin_us(fluxus_runtime *h, uint32_t spin_u
     });
 }
 
+FLUXUS_API int32_t fluxus_runtime_set_stall_threshold_ms(fluxus_runtime *h, uint32_t ms) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_set_stall_threshold_ms");
+        return rt->set_stall_threshold_ms(ms);
+    });
+}
+
 FLUXUS_API int32_t fluxus_runtime_set_log(fluxus_runtime *h, int32_t max_level, fluxus_log_fn fn,
                                           void *user, fluxus_user_free_fn user_free) {
     FLUXUS_API_GUARD({

@@ -412,11 +412,13 @@ void SegmentWorker::run_batches() {
                 }
                 if (!pending.empty()) {
                     // Parked downstream: what is left of this round goes back to the heap.
-                    for (size_t i = size_t(&e - due_.data()) + 1; i < due_.size(); ++i) {
+                    size_t back = 0;
+                    for (size_t i = size_t(&e - due_.data()) + 1; i < due_.size(); ++i, ++back) {
                         retries_.push_back(due_[i]);
                         std::push_heap(retries_.begin(), retries_.end(), retry_later);
-                        seg->head()->c.retry_waiting.fetch_add(1, std::memory_order_relaxed);
                     }
+                    if (Stage *h = seg->head())
+                        h->c.retry_waiting.fetch_add(back, std::memory_order_relaxed);
                     return;
                 }
             }

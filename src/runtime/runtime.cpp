@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 
 #if defined(__linux__)
 #include <sys/timerfd.h>
@@ -62,6 +63,17 @@ int32_t Runtime::set_spin_us(uint32_t us) {
     if (state_.load() != kCreated)
         return set_error(FLUXUS_ESTATE, "runtime spin: the runtime has already started");
     spin_us_ = us;
+    return FLUXUS_OK;
+}
+
+int32_t Runtime::set_stall_threshold_ms(uint32_t ms) {
+    if (ms != 0 && (ms < 10 || ms > 3600000))
+        return set_errorf(FLUXUS_ERANGE, "runtime stall threshold: %u ms is not 0 or 10..3600000",
+                          ms);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_.load() != kCreated)
+        return set_error(FLUXUS_ESTATE, "runtime stall threshold: the runtime has already started");
+    stall_ms_ = ms;
     return FLUXUS_OK;
 }
 
@@ -149,8 +161,20 @@ int32_t Runtime::start() {
     loop_ready_ = true;
     try {
         if (!host_driven()) {
+            // Room for one stand-in per configured worker (at least 4).
+            slot_count_ = workers_ + std::max<uint32_t>(workers_, 4);
+            slots_.reset(new WorkerSlot[slot_count_]);
+            if (stall_ms_) {
+                uv_timer_init(&loop_, &watchdog_);
+                watchdog_.data = this;
+                uint64_t period = std::max<uint64_t>(stall_ms_ / 2, 5);
+                uv_timer_start(&watchdog_, &Runtime::on_watchdog, period, period);
+                uv_unref(reinterpret_cast<uv_handle_t *>(&watchdog_));
+            }
             loop_thread_ = std::thread([this] { loop_main(); });
-            for (uint32_t i = 0; i < workers_; ++i) threads_.emplace_back([this] { worker_main(); });
+            std::lock_guard<std::mutex> lock(threads_mu_);
+            for (uint32_t i = 0; i < workers_; ++i)
+                threads_.emplace_back([this, i] { worker_main(i); });
         }
     } catch (...) {
         // Could not create every thread: stop those that exist and report.
@@ -196,8 +220,13 @@ void Runtime::shutdown() {
         stopping_ = true;
     }
     rq_cv_.notify_all();
-    for (std::thread &t : threads_) t.join();
-    threads_.clear();
+    std::vector<std::thread> joining;
+    {
+        std::lock_guard<std::mutex> lock(threads_mu_);
+        no_more_threads_.store(true);
+        joining.swap(threads_);
+    }
+    for (std::thread &t : joining) t.join();
     if (loop_thread_.joinable()) {
         loop_stop_.store(true);
         uv_async_send(&wake_);
@@ -262,7 +291,8 @@ void Runtime::execute(Task *task) {
     task->execute();
 }
 
-void Runtime::worker_main() {
+void Runtime::worker_main(uint32_t slot_index) {
+    WorkerSlot &slot = slots_[slot_index];
     for (;;) {
         Task *task = try_pop();
         if (!task && spin_us_ > 0) {
@@ -288,8 +318,61 @@ void Runtime::worker_main() {
             task = pop_locked();
         }
         wake_one_if_backlog();
+        slot.seq.fetch_add(1, std::memory_order_relaxed);
+        slot.busy.store(true, std::memory_order_relaxed);
         execute(task);
+        slot.busy.store(false, std::memory_order_relaxed);
     }
+}
+
+void Runtime::on_watchdog(uv_timer_t *handle) {
+    static_cast<Runtime *>(handle->data)->check_stalls();
+}
+
+void Runtime::check_stalls() {
+    // Two ticks per threshold: a worker seen busy with the same task on three ticks in a row
+    // has been in it for at least the threshold.
+    uint32_t running;
+    {
+        std::lock_guard<std::mutex> lock(threads_mu_);
+        running = uint32_t(threads_.size());
+    }
+    uint32_t stalled = 0;
+    for (uint32_t i = 0; i < running; ++i) {
+        WorkerSlot &s = slots_[i];
+        uint64_t seq = s.seq.load(std::memory_order_relaxed);
+        bool busy = s.busy.load(std::memory_order_relaxed);
+        if (!busy || seq != s.seen_seq) {
+            s.seen_seq = seq;
+            s.stalled_ticks = 0;
+            s.compensated = false;
+            continue;
+        }
+        if (++s.stalled_ticks < 2) continue;
+        ++stalled;
+        if (s.compensated) continue;
+        std::lock_guard<std::mutex> lock(threads_mu_);
+        if (no_more_threads_.load() || threads_.size() >= slot_count_) break;
+        if (!spawn_worker_locked(uint32_t(threads_.size()))) break;
+        s.compensated = true;
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "a worker has been inside one callback for over %u ms; started a stand-in "
+                 "worker so other stages keep running (%u stand-ins now)",
+                 stall_ms_, extra_workers_.load());
+        log(FLUXUS_LOG_WARN, "", "", msg);
+    }
+    (void)stalled;
+}
+
+bool Runtime::spawn_worker_locked(uint32_t slot) {
+    try {
+        threads_.emplace_back([this, slot] { worker_main(slot); });
+    } catch (...) {
+        return false;
+    }
+    extra_workers_.fetch_add(1, std::memory_order_relaxed);
+    return true;
 }
 
 void Runtime::add_timer(uint64_t deadline_ns, Task *task, TaskOwner *owner) {
@@ -353,6 +436,7 @@ void Runtime::fire_timers_and_rearm() {
 void Runtime::close_loop_handles() {
     uv_close(reinterpret_cast<uv_handle_t *>(&wake_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t *>(&timer_), nullptr);
+    if (slots_ && stall_ms_) uv_close(reinterpret_cast<uv_handle_t *>(&watchdog_), nullptr);
     if (timerfd_ >= 0) uv_close(reinterpret_cast<uv_handle_t *>(&timerfd_poll_), nullptr);
 }
 

@@ -50,6 +50,8 @@ public:
     // Configuration (before start).
     int32_t set_workers(uint32_t n);
     int32_t set_spin_us(uint32_t us);
+    int32_t set_stall_threshold_ms(uint32_t ms);
+    uint32_t extra_workers() const { return extra_workers_.load(std::memory_order_relaxed); }
     uint32_t workers() const { return workers_; }
     bool host_driven() const { return workers_ == 0; }
     int32_t set_log(int32_t max_level, fluxus_log_fn fn, void *user, fluxus_user_free_fn user_free);
@@ -110,7 +112,12 @@ private:
         }
     };
 
-    void worker_main();
+    void worker_main(uint32_t slot);
+    // Stall watchdog (loop thread): a worker that has been inside one task for the threshold
+    // gets a stand-in, so a callback that blocks cannot starve every other pipeline.
+    static void on_watchdog(uv_timer_t *handle);
+    void check_stalls();
+    bool spawn_worker_locked(uint32_t slot);
     void loop_main();
     Task *try_pop();
     Task *pop_locked();  // rq_mu_ held, rq_ not empty
@@ -139,6 +146,22 @@ private:
     bool stopping_ = false;
 
     std::vector<std::thread> threads_;
+    std::mutex threads_mu_;  // threads_ grows from the loop thread (watchdog)
+    // One per worker thread (the configured ones, then room for as many stand-ins): which task
+    // it is running. `seq` changes at every task start, so the watchdog needs no clock here.
+    struct WorkerSlot {
+        std::atomic<uint64_t> seq{0};
+        std::atomic<bool> busy{false};
+        uint64_t seen_seq = 0;    // watchdog only
+        uint32_t stalled_ticks = 0;
+        bool compensated = false;
+    };
+    std::unique_ptr<WorkerSlot[]> slots_;
+    uint32_t slot_count_ = 0;
+    std::atomic<uint32_t> extra_workers_{0};
+    std::atomic<bool> no_more_threads_{false};
+    uint32_t stall_ms_ = 1000;  // 0: watchdog off
+    uv_timer_t watchdog_;
     std::thread loop_thread_;
     uv_loop_t loop_;
     uv_async_t wake_;
