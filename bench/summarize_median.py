@@ -102,6 +102,33 @@ def main(path):
                     out.append(f"- {impl} 1 worker vs plain loop: {r1 / pr1:.3f} of plain rate, "
                                f"{1e9 / r1 - 1e9 / pr1:.0f} ns/item overhead")
 
+    ks = [k for k in groups if k[0] == "W3"]
+    if ks:
+        n_items = ",".join(sorted({groups[k][0].get("items", "?") for k in ks}))
+        out.append(f"\n### W3 io-tail ({n_items} items, lognormal latencies, K = 256 in flight)\n")
+        out.append("| impl | mode | n | median s | min–max s | eff (Little) | eff_ideal median | "
+                   "eff_ideal min–max | overshoot mean / p99 / min us | max in flight | threads | "
+                   "user s | sys s | rss MB |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for k in ks:
+            ds = groups[k]
+            secs = [float(d["seconds"]) for d in ds]
+            effi = [float(d["eff_ideal"]) for d in ds if "eff_ideal" in d]
+            effi_rng = f"{min(effi):.4f}–{max(effi):.4f}" if effi else "-"
+            thr = ",".join(sorted({d.get("threads", "") for d in ds}))
+            mif = ",".join(sorted({d.get("max_in_flight", "") for d in ds}))
+            rss = med(ds, "rss_kb")
+            out.append(f"| {k[1]} | {ds[0].get('mode', '')} | {len(ds)} | {fmt(med(ds, 'seconds'), 4)} | "
+                       f"{min(secs):.4f}–{max(secs):.4f} | {fmt(med(ds, 'eff'), 4)} | "
+                       f"{fmt(med(ds, 'eff_ideal'), 4)} | {effi_rng} | "
+                       f"{fmt(med(ds, 'overshoot_mean_us'), 1)} / {fmt(med(ds, 'overshoot_p99_us'), 1)} / "
+                       f"{fmt(med(ds, 'overshoot_min_us'), 1)} | {mif} | {thr} | "
+                       f"{fmt(med(ds, 'user_s'), 2)} | {fmt(med(ds, 'sys_s'), 2)} | "
+                       f"{fmt(rss / 1024 if rss else None, 0)} |")
+        sums = sorted({d.get("sum_lat_us", "") for d in rows if d.get("workload") == "W3"})
+        out.append(f"\nsum_lat_us={','.join(sums)}; eff = (sum_lat / K) / wall, "
+                   "eff_ideal = ideal_s / wall (medians of the per-run values).")
+
     ks = [k for k in groups if k[0] == "latency"]
     if ks:
         out.append("\n### latency (push -> map -> map -> sink, per item)\n")

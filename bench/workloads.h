@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -75,7 +76,7 @@ static inline uint64_t w2_expected(uint64_t n) {
     return s;
 }
 
-/* ---------------- W3 io-tail (definition only: fluxus has no async stages yet) ---------------- */
+/* ---------------- W3 io-tail: simulated async I/O, lognormal latencies, K in flight ---------------- */
 constexpr uint64_t W3_N = 20000;
 constexpr int W3_MAX_INFLIGHT = 256;
 constexpr uint64_t W3_SEED = 0x5EED000000000003ULL;
@@ -91,6 +92,45 @@ static inline uint64_t w3_latency_us(uint64_t i) {
     double v = W3_MEDIAN_US * std::exp(W3_SIGMA * n);
     long long r = std::llround(v);
     return r < 1 ? 1 : (uint64_t)r;
+}
+/* Published reference figures of the zero-overhead ideal (WORKLOADS.md), for the full N. */
+constexpr double W3_IDEAL_UNORDERED_S = 1.1587;
+constexpr double W3_IDEAL_ORDERED_S = 7.7371;
+static inline std::vector<uint64_t> w3_latencies(uint64_t n) {
+    std::vector<uint64_t> v(n);
+    for (uint64_t i = 0; i < n; ++i) v[i] = w3_latency_us(i);
+    return v;
+}
+/* Zero-overhead ideal wall time (seconds) of the admission rule "at most K in flight, an item is
+ * in flight from its start until the sink consumes it", by discrete-event simulation; the same
+ * computation as W3Stats::ideal_s of the peers' workloads_reference.h. Ordered: item i starts
+ * when item i-K has been consumed, and is consumed once it completed and i-1 was consumed.
+ * Unordered: each start takes the slot of the earliest completion. */
+static inline double w3_ideal_s(const std::vector<uint64_t> &lat, bool ordered,
+                                uint64_t k = (uint64_t)W3_MAX_INFLIGHT) {
+    const uint64_t n = lat.size();
+    if (n == 0) return 0;
+    if (ordered) {
+        std::vector<double> cons(n);
+        for (uint64_t i = 0; i < n; ++i) {
+            double st = i >= k ? cons[i - k] : 0.0;
+            cons[i] = std::max(st + (double)lat[i], i ? cons[i - 1] : 0.0);
+        }
+        return cons[n - 1] / 1e6;
+    }
+    std::vector<double> h; /* min-heap of completion times */
+    double now = 0, end = 0;
+    for (uint64_t i = 0; i < n; ++i) {
+        if (h.size() >= k) {
+            std::pop_heap(h.begin(), h.end(), std::greater<double>());
+            now = h.back();
+            h.pop_back();
+        }
+        h.push_back(now + (double)lat[i]);
+        std::push_heap(h.begin(), h.end(), std::greater<double>());
+        end = std::max(end, now + (double)lat[i]);
+    }
+    return end / 1e6;
 }
 
 /* ---------------- W4 dedup: 10 M keys over a 5 M key space ---------------- */

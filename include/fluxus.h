@@ -767,6 +767,23 @@ FLUXUS_API int32_t fluxus_stage_set_retry_predicate(fluxus_pipeline *p, uint32_t
  */
 FLUXUS_API int32_t fluxus_stage_set_retry_seed(fluxus_pipeline *p, uint32_t stage, uint64_t seed);
 
+/**
+ * Error route: the stage's failed items (after its retries) go to `target`, a pipeline with a
+ * push source (a dead-letter pipeline, or a repair pipeline), instead of ending under the error
+ * policy. Here they count as dead-lettered; in `target` they are admitted like pushed items and
+ * owned by it. A full `target` applies backpressure: the stage holds its routed items and takes
+ * no input until they fit (it re-tries every millisecond, without a thread). If `target` is
+ * closed, cancelled or freed, routed items fail here (counted failed, destroyed) and a warning
+ * is logged. Routes between branches of one pipeline come with the graph topologies.
+ * Freeing `target` while items are being routed to it is safe: the free waits for the push in
+ * progress. A routing stage heads its own task.
+ * @param target  A live pipeline with a push source, not `p` itself; NULL removes the route.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handles, target == p, target has no push source),
+ *         FLUXUS_ENOTFOUND, FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_stage_set_error_route(fluxus_pipeline *p, uint32_t stage,
+                                                fluxus_pipeline *target);
+
 /* ----- Per-key timing: debounce and throttle ----- */
 
 /**

@@ -43,8 +43,8 @@ FLUXUS_API int32_t fluxus_pipeline_free(fluxus_pipeline *h) {
             return set_error(FLUXUS_EINCALLBACK,
                              "fluxus_pipeline_free: not allowed from inside a callback; cancel "
                              "it there and free it from a host thread");
-        Pipeline *p = static_cast<Pipeline *>(
-            handle_unregister(HandleKind::pipeline, reinterpret_cast<uintptr_t>(h)));
+        // Waits for error routes of other pipelines that are pushing into this one right now.
+        Pipeline *p = Pipeline::unregister_for_free(reinterpret_cast<uintptr_t>(h));
         if (!p) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_free: already freed");
         delete p;
         return FLUXUS_OK;

@@ -353,3 +353,33 @@ FLUXUS_API int32_t fluxus_stage_set_retry_seed(fluxus_pipeline *p, uint32_t stag
 }
 
 }  // extern "C"
+
+// Error routes.
+extern "C" {
+
+FLUXUS_API int32_t fluxus_stage_set_error_route(fluxus_pipeline *h, uint32_t stage,
+                                                fluxus_pipeline *target) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_set_error_route");
+        Pipeline *t = nullptr;
+        if (target) {
+            t = pipeline_of(target);
+            if (!t)
+                return set_error(FLUXUS_EINVAL,
+                                 "fluxus_stage_set_error_route: target is not a live pipeline");
+            if (t == p)
+                return set_error(FLUXUS_EINVAL,
+                                 "fluxus_stage_set_error_route: a pipeline cannot route to itself");
+            if (t->source().kind != SourceKind::push)
+                return set_error(FLUXUS_EINVAL,
+                                 "fluxus_stage_set_error_route: the target needs a push source");
+        }
+        Stage *st = nullptr;
+        if (int32_t rc = p->stage_for_option(stage, "fluxus_stage_set_error_route", &st))
+            return rc;
+        st->error_route = reinterpret_cast<uintptr_t>(target);
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

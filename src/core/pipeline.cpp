@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <shared_mutex>
 #include <chrono>
 #include <new>
 #include <thread>
@@ -14,6 +15,7 @@
 #include "flow/rate_limiter.hpp"
 #include "runtime/runtime.hpp"
 #include "util/clock.hpp"
+#include "util/handle_registry.hpp"
 #include "util/status.hpp"
 
 namespace fluxus {
@@ -159,6 +161,30 @@ int32_t Pipeline::set_cursor_source(const char *name, uint64_t start, fluxus_cur
     source_.commit = commit;
     cursor_.reset(new CursorTracker(page_of, commit, user));
     return FLUXUS_OK;
+}
+
+namespace {
+// Pins take it shared around lookup + pin; a free takes it exclusively around unregistering,
+// so a pin either happens before the handle dies (and the free waits for it) or fails.
+std::shared_mutex g_route_mu;
+}  // namespace
+
+Pipeline *Pipeline::pin_route_target(uintptr_t handle) {
+    std::shared_lock<std::shared_mutex> lock(g_route_mu);
+    Pipeline *t = static_cast<Pipeline *>(handle_lookup(HandleKind::pipeline, handle));
+    if (t) t->pins_.fetch_add(1, std::memory_order_acq_rel);
+    return t;
+}
+
+Pipeline *Pipeline::unregister_for_free(uintptr_t handle) {
+    Pipeline *p;
+    {
+        std::unique_lock<std::shared_mutex> lock(g_route_mu);
+        p = static_cast<Pipeline *>(handle_unregister(HandleKind::pipeline, handle));
+    }
+    if (p)
+        while (p->pins_.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+    return p;
 }
 
 int32_t Pipeline::set_source_breaker(CircuitBreaker *cb) {
@@ -418,6 +444,11 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
     if (t_retry_scope && t_retry_scope->stage == &stage) {
         ++t_retry_scope->worker->head_failures;  // the breaker's view of the call
         if (destroy && t_retry_scope->worker->park_retry(item, status)) return;
+        // Out of retries: an error route takes the item instead of the error policy.
+        if (destroy && stage.error_route) {
+            t_retry_scope->worker->route_failed(item);
+            return;
+        }
     }
     if (stage.pause_threshold) {
         uint64_t now = rt_->now();

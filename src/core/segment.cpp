@@ -10,6 +10,7 @@
 #include "flow/rate_limiter.hpp"
 #include "runtime/runtime.hpp"
 #include "util/clock.hpp"
+#include "util/status.hpp"
 
 namespace fluxus {
 
@@ -23,13 +24,14 @@ class RetryScopeGuard {
 public:
     RetryScopeGuard(SegmentWorker *w, Stage *head, uint32_t attempt)
         : scope_{w, head, attempt}, saved_(t_retry_scope) {
-        if (head && (head->retry.enabled() || head->breaker)) t_retry_scope = &scope_;
+        if (head && (head->retry.enabled() || head->breaker || head->error_route))
+            t_retry_scope = &scope_;
     }
     ~RetryScopeGuard() { t_retry_scope = saved_; }
     void set_attempt(uint32_t a) { scope_.attempt = a; }
     void reinstall() {
-        if (scope_.stage && (scope_.stage->retry.enabled() || scope_.stage->breaker))
-            t_retry_scope = &scope_;
+        Stage *h = scope_.stage;
+        if (h && (h->retry.enabled() || h->breaker || h->error_route)) t_retry_scope = &scope_;
     }
 
 private:
@@ -377,6 +379,7 @@ void SegmentWorker::run_batches() {
             notify();  // others are waiting for a thread: run again after them
             return;
         }
+        if (!route_pending_.empty() && !flush_routes()) return;
         if (guarded && !blocked_.empty()) {
             // Items a breaker refused (wait mode) or a full queue stopped go first, in order.
             size_t n = std::min<size_t>(blocked_.size(), p.batch_size());
@@ -433,6 +436,7 @@ void SegmentWorker::run_batches() {
                 if (retries_.front().due <= rt_->now()) continue;
                 return;
             }
+            if (!route_pending_.empty()) continue;  // failed retries to route: flush first
             if (drained) exhaust();
             return;
         }
@@ -581,6 +585,7 @@ void SegmentWorker::run_async() {
             notify();
             return;
         }
+        if (!route_pending_.empty() && !flush_routes()) return;
         bool progress = false;
         uint64_t now = rt_->now();
         ended_.clear();
@@ -647,7 +652,7 @@ void SegmentWorker::run_async() {
             reconcile_permits();
         }
         if (input_drained_ && held_head_ == held_.size() && slots.in_use() == 0 &&
-            retries_.empty() && blocked_.empty()) {
+            retries_.empty() && blocked_.empty() && route_pending_.empty()) {
             reconcile_permits();
             exhaust();
             return;
@@ -704,6 +709,45 @@ void SegmentWorker::cancel_retries() {
     head.c.retry_waiting.fetch_sub(retries_.size(), std::memory_order_relaxed);
     retries_.clear();
     seg->p->cancel_items(head, items.data(), items.size(), false);
+}
+
+bool SegmentWorker::flush_routes() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    StageTally &t = tally_[0];
+    Pipeline *target = Pipeline::pin_route_target(head.error_route);
+    uint32_t pushed = 0;
+    int32_t rc = FLUXUS_EINVAL;
+    if (target) {
+        rc = target->push(route_pending_.data(), uint32_t(route_pending_.size()), 0, true,
+                          &pushed);
+        target->unpin();
+    }
+    // Handed over: they end here as dead-lettered, and the route's pipeline admitted them.
+    t.dead_lettered += pushed;
+    route_pending_.erase(route_pending_.begin(), route_pending_.begin() + pushed);
+    if (!route_pending_.empty()) {
+        if (rc == FLUXUS_EFULL) {
+            // Full (or paused): wait without a thread and try again; meanwhile this stage takes
+            // no input, so the backpressure reaches our producers too.
+            t.flush_to(head.c);
+            uint64_t now = rt_->now();
+            arm_timer(now + 1000000, now);
+            return false;
+        }
+        // The route's pipeline is gone, closed or cancelled: the items fail here.
+        char msg[160];
+        snprintf(msg, sizeof msg, "error route unavailable (%s): failed items end here",
+                 status_name(rc));
+        p.log(FLUXUS_LOG_WARN, &head, msg);
+        for (uint64_t x : route_pending_) {
+            ++t.failed;
+            p.release_item(x, false);
+        }
+        route_pending_.clear();
+    }
+    t.flush_to(head.c);
+    return true;
 }
 
 bool SegmentWorker::breaker_allows(uint64_t now, uint64_t *epoch, bool *wait) {
@@ -1021,6 +1065,10 @@ void SegmentWorker::cancel_all() {
     if (is_exhausted_) return;
     if (Stage *h = seg->head()) {
         cancel_retries();
+        if (!route_pending_.empty()) {
+            p.cancel_items(*h, route_pending_.data(), route_pending_.size(), false);
+            route_pending_.clear();
+        }
         if (!blocked_.empty()) {
             std::vector<uint64_t> items;
             for (const RetryEntry &e : blocked_) items.push_back(e.item);

@@ -133,6 +133,8 @@ public:
     // Schedules another attempt of `item` after a callback failure with `status`, if the head
     // stage's retry policy allows one. False: the item fails now.
     bool park_retry(uint64_t item, int32_t status);
+    // Takes a failed item for the head stage's error route (sent by flush_routes()).
+    void route_failed(uint64_t item) { route_pending_.push_back(item); }
     struct RetryEntry {
         uint64_t due, seq, item;
         uint32_t attempt;
@@ -201,6 +203,11 @@ private:
     // Circuit breaker: items taken but not yet run (refused in wait mode, or stopped by a full
     // queue downstream), in order, with their attempt counts.
     std::vector<RetryEntry> blocked_;
+    // Failed items on their way to the error route's pipeline, in order.
+    std::vector<uint64_t> route_pending_;
+    // Pushes route_pending_ into the route's pipeline. False: it is full, try again later (a
+    // timer is armed); the caller stops taking input meanwhile (backpressure).
+    bool flush_routes();
     // Runs a_[0..n) (attempts[i] or 1) one guarded call at a time. False: stop this run.
     bool run_guarded(size_t n, const uint32_t *attempts);
     // Asks the head's breaker for one call. False: refused (the item was failed, or the caller

@@ -90,6 +90,7 @@ struct Stage {
     uint32_t rate_wait_timeout_ms = UINT32_MAX;  // longest wait for a token (UINT32_MAX: none)
     ConcurrencyLimiter *concurrency = nullptr;  // retained; permits per running call/item
     RetryPolicy retry;
+    uintptr_t error_route = 0;  // handle of the pipeline that takes failed items (0: none)
     CircuitBreaker *breaker = nullptr;  // retained; asked before every call
     bool breaker_wait = false;          // refused items wait (else they fail)
     // Pause the source when `pause_threshold` items fail here within `pause_window_ns`.
@@ -107,7 +108,7 @@ struct Stage {
     // Stages that must head their own segment: their worker does more than run a batch.
     bool needs_own_segment() const {
         return is_async() || kind == StageKind::debounce || rate_limiter || concurrency ||
-               retry.enabled() || breaker;
+               retry.enabled() || breaker || error_route;
     }
     // Stages whose state is per key: with several workers they shard keys across them.
     bool keyed_state() const {
