@@ -737,8 +737,9 @@ typedef int32_t (*fluxus_retry_fn)(void *user, uint64_t item, int32_t status, ui
  * blocks, the item still counts as in flight, and the stage goes on with other items (so a
  * retried item may come out after items that passed meanwhile). When the attempts are used up,
  * or the predicate says no, the item fails as the stage's error policy says, and the
- * dead-letter callback's fluxus_failure_attempts() tells how many calls it had. Queue overflow,
- * key-function failures and async timeouts (the host still holds a timed-out item) are not
+ * dead-letter callback's fluxus_failure_attempts() tells how many attempts it had (its calls,
+ * plus a last attempt a circuit breaker refused, if so). Queue overflow, key-function failures,
+ * circuit-breaker refusals and async timeouts (the host still holds a timed-out item) are not
  * retried. A retrying stage heads its own task; with several workers it must be unordered or
  * per-key (checked at start). Stage stats count `retries` and the items `retry_waiting` now.
  * @param max_attempts  1 (no retry, the default) .. 1000.
@@ -762,7 +763,8 @@ FLUXUS_API int32_t fluxus_stage_set_retry_predicate(fluxus_pipeline *p, uint32_t
 /**
  * Seed of the jitter of FLUXUS_BACKOFF_EXPONENTIAL_JITTER (default 0). Worker w of the stage
  * draws its n-th delay (n = 1, 2, ...) as splitmix64(seed + w + n x 0x9E3779B97F4A7C15) mod
- * (d + 1), where d is the exponential delay, so a schedule can be checked exactly.
+ * (d + 1) nanoseconds, where d is the exponential delay in nanoseconds, so a schedule can be
+ * checked exactly.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ESTATE (after start).
  */
 FLUXUS_API int32_t fluxus_stage_set_retry_seed(fluxus_pipeline *p, uint32_t stage, uint64_t seed);

@@ -441,7 +441,7 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
                          StageTally *tally, bool destroy) {
     // A callback failure at a retrying stage, seen by the worker running it, may get another
     // attempt instead of ending here.
-    if (t_retry_scope && t_retry_scope->stage == &stage) {
+    if (t_retry_scope && t_retry_scope->stage == &stage && !t_retry_scope->refusal) {
         ++t_retry_scope->worker->head_failures;  // the breaker's view of the call
         if (destroy && t_retry_scope->worker->park_retry(item, status)) return;
         // Out of retries: an error route takes the item instead of the error policy.

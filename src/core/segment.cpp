@@ -22,17 +22,14 @@ namespace {
 // Installs a RetryScope for the current thread while a retrying head stage's callbacks run.
 class RetryScopeGuard {
 public:
-    RetryScopeGuard(SegmentWorker *w, Stage *head, uint32_t attempt)
-        : scope_{w, head, attempt}, saved_(t_retry_scope) {
+    RetryScopeGuard(SegmentWorker *w, Stage *head, uint32_t attempt, bool refusal = false)
+        : scope_{w, head, attempt, refusal}, saved_(t_retry_scope) {
         if (head && (head->retry.enabled() || head->breaker || head->error_route))
             t_retry_scope = &scope_;
     }
     ~RetryScopeGuard() { t_retry_scope = saved_; }
     void set_attempt(uint32_t a) { scope_.attempt = a; }
-    void reinstall() {
-        Stage *h = scope_.stage;
-        if (h && (h->retry.enabled() || h->breaker || h->error_route)) t_retry_scope = &scope_;
-    }
+    void set_refusal(bool r) { scope_.refusal = r; }
 
 private:
     RetryScope scope_;
@@ -782,7 +779,10 @@ bool SegmentWorker::run_guarded(size_t n, const uint32_t *attempts) {
                 return false;
             }
             StageTally &t = tally_[0];
-            p.fail_item(head, items[i], FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
+            {
+                RetryScopeGuard refused(this, &head, attempts ? attempts[i] : 1, true);
+                p.fail_item(head, items[i], FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
+            }
             t.flush_to(head.c);
             continue;
         }
@@ -981,9 +981,9 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
                         blocked_.push_back(RetryEntry{0, 0, a_[j], attempts ? attempts[j] : 1});
                     break;
                 }
-                t_retry_scope = nullptr;  // a refusal by the breaker is not a callback failure
+                retry_scope.set_refusal(true);  // reported with its attempt, never retried
                 p.fail_item(head, x, FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
-                retry_scope.reinstall();
+                retry_scope.set_refusal(false);
                 continue;
             }
         }

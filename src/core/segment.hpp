@@ -102,6 +102,7 @@ struct RetryScope {
     SegmentWorker *worker;
     Stage *stage;
     uint32_t attempt;  // of the item whose callback is running (1 = first call)
+    bool refusal;      // a circuit breaker refused the attempt: report it, never retry it
 };
 extern thread_local RetryScope *t_retry_scope;
 

@@ -67,8 +67,9 @@ void CircuitBreaker::set_callback(fluxus_breaker_state_fn fn, void *user,
 
 void CircuitBreaker::transition_locked(int32_t to, uint64_t now, std::vector<int32_t> &changes) {
     if (to == state_) return;
-    changes.push_back(state_);
+    changes.push_back(state_);  // marks that something changed; the queue keeps the order
     changes.push_back(to);
+    transitions_.push_back(std::make_pair(state_, to));
     state_ = to;
     wake_waiters_locked();
     ++epoch_;  // outcomes of calls allowed before this change no longer count
@@ -86,13 +87,23 @@ void CircuitBreaker::wake_waiters_locked() {
 
 void CircuitBreaker::notify_changes(const std::vector<int32_t> &changes) {
     if (changes.empty()) return;
+    // Transitions were queued in order under mu_; whoever holds cb_mu_ delivers them all, so a
+    // later change on another thread can never be reported before an earlier one.
     std::lock_guard<std::mutex> lock(cb_mu_);
-    if (!cb_) return;
-    for (size_t i = 0; i + 1 < changes.size(); i += 2) {
-        try {
-            cb_(cb_user_.user, changes[i], changes[i + 1]);
-        } catch (...) {
-            // A state callback that throws loses only that notification.
+    for (;;) {
+        std::deque<std::pair<int32_t, int32_t>> batch;
+        {
+            std::lock_guard<std::mutex> state(mu_);
+            batch.swap(transitions_);
+        }
+        if (batch.empty()) return;
+        if (!cb_) continue;
+        for (const auto &t : batch) {
+            try {
+                cb_(cb_user_.user, t.first, t.second);
+            } catch (...) {
+                // A state callback that throws loses only that notification.
+            }
         }
     }
 }

@@ -11,7 +11,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "fluxus.h"
@@ -86,6 +88,7 @@ private:
     uint32_t trials_ = 0;     // half-open: trial calls in progress
     uint32_t successes_ = 0;  // half-open: trial calls that succeeded
     std::vector<Waiter> waiters_;
+    std::deque<std::pair<int32_t, int32_t>> transitions_;  // not yet reported, oldest first
     std::mutex cb_mu_;  // serialises state callbacks, outside mu_
     fluxus_breaker_state_fn cb_ = nullptr;
     UserRef cb_user_;
