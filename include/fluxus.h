@@ -674,6 +674,11 @@ FLUXUS_API int32_t fluxus_pipeline_add_async_map(uint32_t *out_stage, fluxus_pip
  * status at the async stage and follows its error policy; fluxus owns `item` then too (the
  * dead-letter callback sees it, the item destructor releases it).
  * On any error return fluxus took nothing: the caller still owns `item`.
+ * Timeouts are decided when the stage's worker handles them, one item at a time: a completion
+ * that arrives after the deadline but before that is accepted (the item goes on). While the
+ * worker fails a timed-out item (its dead-letter callback may run), a completion of it from
+ * another thread waits until fluxus is done with the item and is then refused with
+ * FLUXUS_ETIMEDOUT; after that refusal fluxus never touches the item again.
  * @return FLUXUS_OK; FLUXUS_ETIMEDOUT (the item had already timed out: the late completion is
  *         ignored and counted in the stage's `late` stat, even after its slot was reused, up to
  *         the last 4096 or 4 x in-flight timeouts); FLUXUS_ECANCELED (the pipeline was

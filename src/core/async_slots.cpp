@@ -118,12 +118,28 @@ bool AsyncSlots::abort(uint64_t token) {
 int32_t AsyncSlots::complete(uint64_t token, int32_t status, uint64_t out, const char **why) {
     uint32_t i = uint32_t((token >> 32) & ((1u << kSlotBits) - 1));
     uint32_t gen = uint32_t(token);
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
+    if (i < slots_.size() && slots_[i].gen == gen && slots_[i].state == State::timing_out &&
+        timeout_thread_ != std::this_thread::get_id()) {
+        // The worker is still failing this item (the host's, until we say so): wait until it is
+        // done with it, so that the refusal below really hands the item back.
+        while (slots_[i].gen == gen && slots_[i].state == State::timing_out) {
+            lock.unlock();
+            std::this_thread::yield();
+            lock.lock();
+        }
+    }
     if ((token & (uint64_t(0xfff) << 52)) != stage_bits_ || i >= slots_.size() || gen == 0) {
         *why = "not a completion handle of this stage";
         return FLUXUS_EINVAL;
     }
     Slot &s = slots_[i];
+    if (s.gen == gen && s.state == State::timing_out) {
+        // From the dead-letter callback of this very item: fluxus will not touch it again.
+        late.fetch_add(1, std::memory_order_relaxed);
+        *why = "the item had already timed out (late completion ignored)";
+        return FLUXUS_ETIMEDOUT;
+    }
     if (s.gen == gen) {
         if (s.state == State::pending) {
             s.state = State::done;
@@ -175,7 +191,7 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
         Slot &s = slots_[i];
         out.push_back(
             Ended{s.out, s.status, s.status == 0 ? End::completed : End::failed, s.attempt,
-                  s.epoch});
+                  s.epoch, i});
         release(i, Reason::completed);
     };
     if (!ordered_) {
@@ -198,12 +214,16 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
             continue;
         }
         if (timeout_ns_ && now >= s.start + timeout_ns_) {
-            out.push_back(Ended{s.item, FLUXUS_ETIMEDOUT, End::timed_out, s.attempt, s.epoch});
+            // One at a time: while the worker fails it (dead-letter callback...), no other item
+            // is half-way through timing out, so a callback that completes another item finds
+            // it simply pending.
+            out.push_back(
+                Ended{s.item, FLUXUS_ETIMEDOUT, End::timed_out, s.attempt, s.epoch, e.slot});
             timed_out.fetch_add(1, std::memory_order_relaxed);
-            remember_timeout(token_of(e.slot));
-            release(e.slot, Reason::timed_out);
+            s.state = State::timing_out;
+            timeout_thread_ = std::this_thread::get_id();
             started_.pop_front();
-            continue;
+            break;
         }
         break;
     }
@@ -217,6 +237,14 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
     return UINT64_MAX;
 }
 
+void AsyncSlots::finish_timeout(uint32_t slot) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Slot &s = slots_[slot];
+    if (s.state != State::timing_out) return;
+    remember_timeout(token_of(slot));
+    release(slot, Reason::timed_out);
+}
+
 size_t AsyncSlots::cancel_all(std::vector<uint64_t> &owned) {
     std::lock_guard<std::mutex> lock(mu_);
     size_t pending = 0;
@@ -225,6 +253,10 @@ size_t AsyncSlots::cancel_all(std::vector<uint64_t> &owned) {
         if (s.state == State::free) continue;
         // A completed item's completion stood (a second one is "already completed"); only the
         // pending ones were cut short by the cancel.
+        if (s.state == State::timing_out) {
+            release(i, Reason::timed_out);  // already counted as failed
+            continue;
+        }
         if (s.state == State::done) {
             owned.push_back(s.out);
             release(i, Reason::completed);

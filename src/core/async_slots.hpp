@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
+#include <thread>
 #include <unordered_set>
 #include <vector>
 
@@ -31,6 +32,7 @@ public:
         End how;
         uint32_t attempt;  // 1 for the first call of the stage on this item
         uint64_t epoch;    // circuit breaker epoch the call was allowed in (0: none)
+        uint32_t slot;     // timed out: the slot to pass to finish_timeout()
     };
 
     AsyncSlots(uint32_t stage_index, uint32_t capacity, bool ordered, uint64_t timeout_ns);
@@ -46,6 +48,11 @@ public:
     // Moves completed items (in start order when ordered) and items whose timeout passed at
     // `now` into `out`. Returns the earliest pending timeout deadline, or UINT64_MAX.
     uint64_t collect(uint64_t now, std::vector<Ended> &out);
+    // A timed-out item stays in its slot ("timing out") while the worker fails it, since the
+    // host still owns it; this frees the slot. A completion from another thread meanwhile waits
+    // for this, then is refused; from the worker's own thread (a dead-letter callback) it is
+    // refused at once.
+    void finish_timeout(uint32_t slot);
     // Ends everything in flight as cancelled. Completed items not yet collected (owned by fluxus
     // again) are appended to `owned`; returns how many host-owned items were pending.
     size_t cancel_all(std::vector<uint64_t> &owned);
@@ -64,7 +71,7 @@ public:
     std::atomic<uint64_t> late{0};       // completions that arrived after their timeout
 
 private:
-    enum class State : uint8_t { free, pending, done };
+    enum class State : uint8_t { free, pending, done, timing_out };
     enum class Reason : uint8_t { none, completed, timed_out, cancelled, refused };
     struct Slot {
         uint32_t gen = 0;
@@ -101,6 +108,7 @@ private:
     std::unordered_set<uint64_t> timed_out_tokens_;
     std::deque<uint64_t> timed_out_order_;
     Task *worker_ = nullptr;
+    std::thread::id timeout_thread_;  // the thread handling the item that is timing out
 };
 
 }  // namespace fluxus

@@ -7,7 +7,8 @@
 namespace fluxus {
 
 namespace {
-thread_local bool t_in_commit = false;
+// The tracker whose commit callback runs on this thread (its re-entrant commits are deferred).
+thread_local const CursorTracker *t_committing = nullptr;
 }
 
 uint64_t CursorTracker::page_of(uint64_t item) const {
@@ -57,7 +58,7 @@ void CursorTracker::page_ended(uint64_t page, bool finished) {
 }
 
 void CursorTracker::maybe_commit() {
-    if (t_in_commit) {
+    if (t_committing == this) {
         dirty_.store(true);
         return;
     }
@@ -85,13 +86,14 @@ void CursorTracker::maybe_commit() {
             committed_.store(cursor, std::memory_order_release);
             has_committed_.store(true, std::memory_order_release);
             if (commit_) {
-                t_in_commit = true;
+                const CursorTracker *saved = t_committing;
+                t_committing = this;
                 try {
                     commit_(user_, cursor);
                 } catch (...) {
                     // A commit callback that throws loses only that notification.
                 }
-                t_in_commit = false;
+                t_committing = saved;
             }
         }
         commit_mu_.unlock();

@@ -466,6 +466,9 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
         }
         if (trip) pause_source_for(stage.pause_ns, stage);
     }
+    // An item fluxus does not own (a timed-out async item) is not touched after the dead-letter
+    // callback: its page is asked before.
+    uint64_t page = cursor_ && !destroy ? cursor_->page_of(item) : 0;
     StageTally local;
     StageTally &t = tally ? *tally : local;
     uint32_t attempts = t_retry_scope && t_retry_scope->stage == &stage ? t_retry_scope->attempt : 1;
@@ -484,7 +487,7 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
     if (destroy)
         release_item(item, finished);
     else if (cursor_)
-        cursor_->item_ended(item, finished);  // the host still holds it, but it has ended
+        cursor_->page_ended(page, finished);  // the host still holds it, but it has ended
     if (!tally) local.flush_to(stage.c);
     if (stage.error_policy == FLUXUS_ERROR_FAIL_FAST) {
         char buf[256];

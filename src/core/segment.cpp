@@ -516,6 +516,7 @@ size_t SegmentWorker::pull(bool *drained) {
                 n = std::min<size_t>(count, max);
                 p.cursor()->page_read(cursor_pos_, next, n);
                 cursor_pos_ = next;
+                if (n == 0 && rc == FLUXUS_PULL_ITEM) notify();  // empty page: read the next one
             }
         } else {
             auto fn = reinterpret_cast<fluxus_pull_batch_fn>(src.fn);
@@ -1030,6 +1031,7 @@ size_t SegmentWorker::settle_async() {
             break;
         case AsyncSlots::End::timed_out:
             p.fail_item(head, e.item, FLUXUS_ETIMEDOUT, "async item timed out", &t, false);
+            head.async->finish_timeout(e.slot);  // only now may a late completion hand it back
             break;
         }
     }
