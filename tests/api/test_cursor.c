@@ -182,11 +182,11 @@ static void ctx_new_run(cctx *c, uint32_t start_page) {
     c->dl_calls = c->dl_wrong_status = 0;
 }
 
-static uint64_t clock_now(fluxus_runtime *rt) {
-    uint64_t t = 0;
-    TU_OK(fluxus_runtime_now_ns(rt, &t));
-    return t;
-}
+
+/* Virtual-clock helpers from test_util.h, on this file's clock origin T0. */
+static fluxus_runtime *vruntime(void) { return tu_vruntime(T0); }
+static void drive(fluxus_runtime *rt) { tu_drive(rt); }
+static void step_to(fluxus_runtime *rt, uint64_t at_ns) { tu_step_to(rt, T0 + at_ns); }
 
 static int item_done(const citem *it) {
     return TU_LOAD(&it->delivered) + TU_LOAD(&it->finished) > 0;
@@ -537,28 +537,8 @@ static int32_t complete(cctx *c, citem *it) {
 
 /* ----- runtime helpers ----- */
 
-static fluxus_runtime *vruntime(void) {
-    fluxus_runtime *rt = tu_runtime(0);
-    TU_OK(fluxus_runtime_set_virtual_clock(rt, 1, T0));
-    return rt;
-}
 
-static void drive(fluxus_runtime *rt) {
-    uint32_t ran = 1, rounds = 0;
-    while (ran != 0) {
-        TU_OK(fluxus_runtime_run_once(rt, &ran));
-        if (++rounds > 1000000u) {
-            fail_msg("runtime never became idle");
-        }
-    }
-}
 
-static void step_to(fluxus_runtime *rt, uint64_t at_ns) {
-    uint64_t now = clock_now(rt);
-    assert_true(T0 + at_ns >= now);
-    TU_OK(fluxus_runtime_advance_clock(rt, T0 + at_ns - now));
-    drive(rt);
-}
 
 static int32_t state_of(fluxus_pipeline *p) {
     int32_t st = -1;

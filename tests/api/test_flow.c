@@ -45,11 +45,12 @@ static void ctx_free(flow_ctx *c) {
     free(c);
 }
 
-static uint64_t clock_now(fluxus_runtime *rt) {
-    uint64_t t = 0;
-    TU_OK(fluxus_runtime_now_ns(rt, &t));
-    return t;
-}
+
+/* Virtual-clock helpers from test_util.h, on this file's clock origin T0. */
+static fluxus_runtime *vruntime(void) { return tu_vruntime(T0); }
+static void drive(fluxus_runtime *rt) { tu_drive(rt); }
+static void step(fluxus_runtime *rt, uint64_t ns) { tu_step(rt, ns); }
+static void step_to(fluxus_runtime *rt, uint64_t at_ns) { tu_step_to(rt, T0 + at_ns); }
 
 /* Sink: records the item and the clock. A single-worker sink never runs concurrently with
  * itself; the count is published after the entry so the test thread can read both. */
@@ -105,37 +106,9 @@ static void init_key_words(void) {
 
 /* ----- host-driven virtual-clock helpers ----- */
 
-/* A host-driven runtime (no threads) with a virtual clock at T0. */
-static fluxus_runtime *vruntime(void) {
-    fluxus_runtime *rt = tu_runtime(0);
-    TU_OK(fluxus_runtime_set_virtual_clock(rt, 1, T0));
-    return rt;
-}
 
-/* Runs the ready work until the runtime is idle. */
-static void drive(fluxus_runtime *rt) {
-    uint32_t ran = 1, rounds = 0;
-    while (ran != 0) {
-        TU_OK(fluxus_runtime_run_once(rt, &ran));
-        if (++rounds > 1000000u) {
-            fail_msg("runtime never became idle");
-        }
-    }
-}
 
-/* Moves the virtual clock by `ns` and runs what became ready. */
-static void step(fluxus_runtime *rt, uint64_t ns) {
-    TU_OK(fluxus_runtime_advance_clock(rt, ns));
-    drive(rt);
-}
 
-/* Moves the virtual clock to exactly T0 + `at_ns` (which must not be in the past). */
-static void step_to(fluxus_runtime *rt, uint64_t at_ns) {
-    uint64_t now = clock_now(rt);
-    assert_true(T0 + at_ns >= now);
-    step(rt, T0 + at_ns - now);
-    assert_int_equal(clock_now(rt), T0 + at_ns);
-}
 
 static void push(fluxus_pipeline *p, uint64_t item) { TU_OK(fluxus_pipeline_push(p, item, 0)); }
 

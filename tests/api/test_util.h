@@ -357,6 +357,46 @@ static inline void tu_free_all(fluxus_pipeline *p, fluxus_runtime *rt) {
 
 /* Runs a cmocka group. FLUXUS_TEST_FILTER / FLUXUS_TEST_SKIP (glob patterns on test names) select
  * tests when debugging one case, e.g. FLUXUS_TEST_FILTER='*per_key*' ./test_order. */
+/* ----- virtual clock on a host-driven runtime: exact timing without threads ----- */
+
+static inline uint64_t tu_clock_now(fluxus_runtime *rt) {
+    uint64_t now = 0;
+    TU_OK(fluxus_runtime_now_ns(rt, &now));
+    return now;
+}
+
+/* A host-driven runtime (no threads) whose virtual clock starts at `start_ns`. */
+static inline fluxus_runtime *tu_vruntime(uint64_t start_ns) {
+    fluxus_runtime *rt = tu_runtime(0);
+    TU_OK(fluxus_runtime_set_virtual_clock(rt, 1, start_ns));
+    return rt;
+}
+
+/* Runs the ready work until the runtime is idle. */
+static inline void tu_drive(fluxus_runtime *rt) {
+    uint32_t ran = 1, rounds = 0;
+    while (ran != 0) {
+        TU_OK(fluxus_runtime_run_once(rt, &ran));
+        if (++rounds > 1000000u) {
+            fail_msg("runtime never became idle");
+        }
+    }
+}
+
+/* Moves the virtual clock by `ns` and runs what became ready. */
+static inline void tu_step(fluxus_runtime *rt, uint64_t ns) {
+    TU_OK(fluxus_runtime_advance_clock(rt, ns));
+    tu_drive(rt);
+}
+
+/* Moves the virtual clock to exactly `at_ns` (not in the past) and runs what became ready. */
+static inline void tu_step_to(fluxus_runtime *rt, uint64_t at_ns) {
+    uint64_t now = tu_clock_now(rt);
+    assert_true(at_ns >= now);
+    tu_step(rt, at_ns - now);
+    assert_int_equal(tu_clock_now(rt), at_ns);
+}
+
 static inline void tu_apply_filters(void) {
     const char *only = getenv("FLUXUS_TEST_FILTER");
     const char *skip = getenv("FLUXUS_TEST_SKIP");
