@@ -705,8 +705,9 @@ FLUXUS_API int32_t fluxus_stage_set_in_flight(fluxus_pipeline *p, uint32_t stage
 /**
  * Per-item time limit at a stage, in microseconds (0 = none, the default; at most one day),
  * measured on the runtime's clock from the moment the stage starts the item.
- *  - Async stages: an item not completed when the limit has passed (at start + limit exactly)
- *    fails with FLUXUS_ETIMEDOUT and follows the
+ *  - Async stages: an item not completed when the limit has passed fails with
+ *    FLUXUS_ETIMEDOUT when the stage's worker next handles it (at start + limit exactly while
+ *    the worker is free; later while it is parked on a full queue downstream) and follows the
  *    stage's error policy (the dead-letter callback sees the item, but the host still owns it:
  *    the item destructor is not called, and the late completion is refused with
  *    FLUXUS_ETIMEDOUT so the host releases it). The timeouts cost one timer per stage, not per
@@ -1275,8 +1276,10 @@ FLUXUS_API int32_t fluxus_circuit_breaker_set_half_open(fluxus_circuit_breaker *
 
 /**
  * Install the state-change callback (replacing any previous one, whose user_free then runs).
- * It runs on the thread whose call or outcome caused the change, with no fluxus lock held
- * except the breaker's own callback lock (callbacks of one breaker never overlap).
+ * Changes are reported in the order they happened, one at a time (callbacks of one breaker
+ * never overlap), on a thread that was using the breaker when or after the change happened,
+ * with no fluxus lock held except the breaker's own callback lock. The callback may call this
+ * breaker's functions (a change they cause is reported after the callback returns).
  * @return FLUXUS_OK, FLUXUS_EINVAL.
  */
 FLUXUS_API int32_t fluxus_circuit_breaker_set_state_callback(fluxus_circuit_breaker *cb,

@@ -400,25 +400,29 @@ void SegmentWorker::run_batches() {
         } else if (!retries_.empty()) {
             // Retries due now run first, one item at a time (each has its own attempt count).
             take_due_retries(rt_->now(), p.batch_size(), due_);
-            for (const RetryEntry &e : due_) {
-                a_[0] = e.item;
-                attempt_ = e.attempt;
+            // What is left of this round goes back to the heap (then parked or cancelled there).
+            auto requeue_after = [&](size_t done) {
+                size_t back = 0;
+                for (size_t i = done + 1; i < due_.size(); ++i, ++back) {
+                    retries_.push_back(due_[i]);
+                    std::push_heap(retries_.begin(), retries_.end(), retry_later);
+                }
+                if (Stage *h = seg->head())
+                    h->c.retry_waiting.fetch_add(back, std::memory_order_relaxed);
+            };
+            for (size_t k = 0; k < due_.size(); ++k) {
+                a_[0] = due_[k].item;
+                attempt_ = due_[k].attempt;
                 process(1);
                 attempt_ = 1;
                 deliver();
                 if (p.cancelling()) {
+                    requeue_after(k);
                     cancel_all();
                     return;
                 }
                 if (!pending.empty()) {
-                    // Parked downstream: what is left of this round goes back to the heap.
-                    size_t back = 0;
-                    for (size_t i = size_t(&e - due_.data()) + 1; i < due_.size(); ++i, ++back) {
-                        retries_.push_back(due_[i]);
-                        std::push_heap(retries_.begin(), retries_.end(), retry_later);
-                    }
-                    if (Stage *h = seg->head())
-                        h->c.retry_waiting.fetch_add(back, std::memory_order_relaxed);
+                    requeue_after(k);  // parked downstream
                     return;
                 }
             }

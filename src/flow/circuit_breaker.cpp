@@ -8,6 +8,12 @@
 
 namespace fluxus {
 
+namespace {
+// The breaker whose state callbacks this thread is delivering: a callback that calls into the
+// same breaker (and so queues another transition) leaves the delivery to this outer loop.
+thread_local const CircuitBreaker *t_delivering = nullptr;
+}  // namespace
+
 CircuitBreaker::CircuitBreaker(Runtime *rt) : rt_(rt) {
     if (rt_) rt_->retain();
 }
@@ -86,10 +92,15 @@ void CircuitBreaker::wake_waiters_locked() {
 }
 
 void CircuitBreaker::notify_changes(const std::vector<int32_t> &changes) {
-    if (changes.empty()) return;
+    if (changes.empty() || t_delivering == this) return;
     // Transitions were queued in order under mu_; whoever holds cb_mu_ delivers them all, so a
     // later change on another thread can never be reported before an earlier one.
     std::lock_guard<std::mutex> lock(cb_mu_);
+    struct Delivering {
+        const CircuitBreaker *saved;
+        explicit Delivering(const CircuitBreaker *b) : saved(t_delivering) { t_delivering = b; }
+        ~Delivering() { t_delivering = saved; }
+    } delivering(this);
     for (;;) {
         std::deque<std::pair<int32_t, int32_t>> batch;
         {
