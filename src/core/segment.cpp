@@ -22,18 +22,26 @@ namespace {
 // Installs a RetryScope for the current thread while a retrying head stage's callbacks run.
 class RetryScopeGuard {
 public:
+    // Touches the thread-local only for stages that need it: in a shared library every access
+    // is a call, and this runs once per batch on the hot path.
     RetryScopeGuard(SegmentWorker *w, Stage *head, uint32_t attempt, bool refusal = false)
-        : scope_{w, head, attempt, refusal}, saved_(t_retry_scope) {
-        if (head && (head->retry.enabled() || head->breaker || head->error_route))
+        : scope_{w, head, attempt, refusal},
+          active_(head && (head->retry.enabled() || head->breaker || head->error_route)) {
+        if (active_) {
+            saved_ = t_retry_scope;
             t_retry_scope = &scope_;
+        }
     }
-    ~RetryScopeGuard() { t_retry_scope = saved_; }
+    ~RetryScopeGuard() {
+        if (active_) t_retry_scope = saved_;
+    }
     void set_attempt(uint32_t a) { scope_.attempt = a; }
     void set_refusal(bool r) { scope_.refusal = r; }
 
 private:
     RetryScope scope_;
-    RetryScope *saved_;
+    bool active_;
+    RetryScope *saved_ = nullptr;
 };
 
 bool retry_later(const SegmentWorker::RetryEntry &a, const SegmentWorker::RetryEntry &b) {
