@@ -22,8 +22,9 @@
  *
  * An item is one 64-bit word: an integer, or a pointer cast to uint64_t. fluxus never looks
  * inside it; a pipeline may be given an item destructor that is called exactly once for every
- * item that does not reach the sink (except flat-map inputs whose callback took ownership with
- * fluxus_emitter_keep_input()).
+ * item that does not reach the sink (except items whose ownership went elsewhere: flat-map
+ * inputs kept with fluxus_emitter_keep_input(), async items that timed out while the host held
+ * them, and items handed to another pipeline by an error route).
  */
 #ifndef FLUXUS_H
 #define FLUXUS_H
@@ -328,7 +329,10 @@ typedef void (*fluxus_item_free_fn)(void *user, uint64_t item);
 /**
  * Set the item destructor, called exactly once for every admitted item that does not reach the
  * sink (filtered, deduplicated away, failed, dead-lettered after its callback, dropped,
- * cancelled). Runs on whichever thread ended the item.
+ * cancelled). Runs on whichever thread ended the item. Not called for items whose ownership
+ * went elsewhere: flat-map inputs kept with fluxus_emitter_keep_input(), async items that timed
+ * out or were cancelled while the host held them (the host keeps them; see
+ * fluxus_async_complete()), and items an error route handed to another pipeline.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (after start).
  * Thread safety: any thread, before start.
  */
