@@ -726,6 +726,25 @@ FLUXUS_API int32_t fluxus_stage_set_in_flight(fluxus_pipeline *p, uint32_t stage
 FLUXUS_API int32_t fluxus_stage_set_timeout_us(fluxus_pipeline *p, uint32_t stage,
                                                uint64_t timeout_us);
 
+/* ----- Batching ----- */
+
+/**
+ * Batch: group items and hand each group to `fn` as an array — for example to insert 500 rows
+ * in one statement. A group goes to `fn` when it holds `max_items` items, when its first item
+ * has waited `linger_us` (on the runtime's clock), and at the end of input or on drain (the
+ * tail). `fn` has the batch flat-map contract: it emits zero or more items with fluxus_emit()
+ * (new admitted items going on), its inputs are consumed (counted as filtered and destroyed
+ * unless it calls fluxus_emitter_keep_input()), and a nonzero return fails every item of the
+ * group. Unbatching is a flat map. A batch stage runs on one worker and heads its own task.
+ * @param max_items  1..65536.
+ * @param linger_us  0 (a group goes as soon as no more input is ready) .. one day.
+ * @return as the other fluxus_pipeline_add_* functions, and FLUXUS_ERANGE.
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_batch(uint32_t *out_stage, fluxus_pipeline *p,
+                                             const char *name, uint32_t max_items,
+                                             uint64_t linger_us, fluxus_flat_map_batch_fn fn,
+                                             void *user, fluxus_user_free_fn user_free);
+
 /* ----- Retry ----- */
 
 /* Backoff between attempts. */

@@ -383,3 +383,30 @@ FLUXUS_API int32_t fluxus_stage_set_error_route(fluxus_pipeline *h, uint32_t sta
 }
 
 }  // extern "C"
+
+// Batching.
+extern "C" {
+
+FLUXUS_API int32_t fluxus_pipeline_add_batch(uint32_t *out, fluxus_pipeline *h, const char *name,
+                                             uint32_t max_items, uint64_t linger_us,
+                                             fluxus_flat_map_batch_fn fn, void *user,
+                                             fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_add_batch");
+        if (max_items < 1 || max_items > 65536)
+            return set_errorf(FLUXUS_ERANGE, "fluxus_pipeline_add_batch: %u items is not in "
+                                             "1..65536", max_items);
+        if (linger_us > 86400ull * 1000000ull)
+            return set_error(FLUXUS_ERANGE, "fluxus_pipeline_add_batch: linger above one day");
+        uint32_t index = 0;
+        if (int32_t rc = p->add_stage(&index, StageKind::batch, name,
+                                      reinterpret_cast<void (*)()>(fn), user, user_free))
+            return rc;
+        p->stage(index)->batch_max = max_items;
+        p->stage(index)->batch_linger_ns = linger_us * 1000u;
+        if (out) *out = index;
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

@@ -34,6 +34,7 @@ const char *stage_kind_name(StageKind kind) {
     case StageKind::async_map: return "async_map";
     case StageKind::debounce: return "debounce";
     case StageKind::throttle: return "throttle";
+    case StageKind::batch: return "batch";
     }
     return "stage";
 }
@@ -405,6 +406,11 @@ int32_t Pipeline::validate() {
                               "start: stage '%s' has a circuit breaker and %u ordered workers; "
                               "make it unordered or per-key, or use one worker",
                               st.name.c_str(), st.workers);
+        if (st.kind == StageKind::batch && st.workers > 1)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: batch stage '%s' has %u workers; a batch stage groups on "
+                              "one worker",
+                              st.name.c_str(), st.workers);
         if (st.is_async() && st.order == FLUXUS_ORDER_PER_KEY)
             return set_errorf(FLUXUS_EINVAL,
                               "start: async stage '%s' cannot be per-key ordered (use ordered or "
@@ -609,7 +615,8 @@ int32_t Pipeline::drain(uint32_t timeout_ms) {
         Stage &st = *sp;
         uint64_t in = st.c.in.load(), ended = st.c.ended();
         uint64_t h = in > ended ? in - ended : 0;
-        if (st.kind == StageKind::flat_map || st.kind == StageKind::flat_map_batch) {
+        if (st.kind == StageKind::flat_map || st.kind == StageKind::flat_map_batch ||
+            st.kind == StageKind::batch) {
             // out counts emitted items, not ended inputs
             uint64_t done = st.c.filtered.load() + st.c.failed.load() +
                             st.c.dead_lettered.load() + st.c.cancelled.load();

@@ -363,6 +363,10 @@ void SegmentWorker::run() {
             run_debounce();
             return;
         }
+        if (h->kind == StageKind::batch) {
+            run_batching();
+            return;
+        }
         if (ConcurrencyLimiter *cl = h->concurrency) {
             // One permit while this worker runs callbacks (one at a time); without one it waits
             // for a release, which notifies it.
@@ -896,6 +900,58 @@ size_t SegmentWorker::take_input(size_t max, uint64_t now, bool *drained) {
     }
 }
 
+// The batch head's loop: input joins the open group; a group goes to the callback when it is
+// full, when its first item has waited the linger time, or at end of input (a drain too). The
+// callback's output then runs through the stages fused behind.
+void SegmentWorker::run_batching() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        uint64_t now = rt_->now();
+        bool due = !group_.empty() && (group_.size() >= head.batch_max || input_drained_ ||
+                                       now >= group_since_ + head.batch_linger_ns);
+        if (due) {
+            size_t n = std::min<size_t>(group_.size(), head.batch_max);
+            if (a_.size() < n) a_.resize(n);
+            std::copy(group_.begin(), group_.begin() + n, a_.begin());
+            group_.erase(group_.begin(), group_.begin() + n);
+            group_since_ = now;  // what is left (input of this round) starts a new group now
+            // Counted as arrived at the head when queued; process() runs the head from here.
+            process(n);
+            deliver();
+            if (p.cancelling()) {
+                cancel_all();
+                return;
+            }
+            if (!pending.empty()) return;
+            continue;
+        }
+        if (!input_drained_ && group_.size() < head.batch_max) {
+            bool drained = false;
+            size_t room = head.batch_max - group_.size();
+            if (a_.size() < room) a_.resize(room);
+            size_t n = seg->input->pop(0, a_.data(), room, this, &drained);
+            input_drained_ = drained;
+            if (n) {
+                if (group_.empty()) group_since_ = now;
+                group_.insert(group_.end(), a_.begin(), a_.begin() + n);
+                continue;
+            }
+            if (drained) continue;  // flush the tail
+        }
+        if (input_drained_ && group_.empty()) {
+            exhaust();
+            return;
+        }
+        if (!group_.empty()) arm_timer(group_since_ + head.batch_linger_ns, now);
+        return;
+    }
+}
+
 void SegmentWorker::arm_timer(uint64_t deadline, uint64_t now) {
     if (deadline == UINT64_MAX) return;
     if (timer_at_ != 0 && timer_at_ > now && timer_at_ <= deadline) return;  // armed earlier
@@ -1101,6 +1157,10 @@ void SegmentWorker::cancel_all() {
             if (!owned.empty()) p.cancel_items(*h, owned.data(), owned.size(), false);
             h->c.cancelled.fetch_add(host_owned, std::memory_order_relaxed);
             reconcile_permits();
+        }
+        if (!group_.empty()) {
+            p.cancel_items(*h, group_.data(), group_.size(), false);
+            group_.clear();
         }
         if (h->kind == StageKind::debounce) {
             std::vector<uint64_t> held;

@@ -157,6 +157,10 @@ private:
     size_t settle_async();
     // Debounce head: held items go on once their key is quiet (see run_debounce).
     void run_debounce();
+    // Batch head: groups input by size and linger, then runs the group (see run_batching).
+    void run_batching();
+    std::vector<uint64_t> group_;
+    uint64_t group_since_ = 0;  // when the group's first item arrived
     // Arms one wake-up for `deadline` unless an earlier one is already armed.
     void arm_timer(uint64_t deadline, uint64_t now);
     // The batch loop of ordinary segments (run() holds a concurrency permit around it).

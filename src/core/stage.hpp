@@ -44,6 +44,7 @@ enum class StageKind : uint8_t {
     async_map,
     debounce,
     throttle,
+    batch,  // groups by size and linger, then a flat-map-batch callback
 };
 
 const char *stage_kind_name(StageKind kind);
@@ -86,6 +87,8 @@ struct Stage {
     std::unique_ptr<AsyncSlots> async;  // async stages, once started
     uint64_t period_ns = 0;             // debounce: quiet period; throttle: period
     uint64_t debounce_max_keys = 1u << 20;
+    uint32_t batch_max = 0;       // batch: items per group
+    uint64_t batch_linger_ns = 0;  // batch: longest wait of a group's first item
     RateLimiter *rate_limiter = nullptr;        // retained; tokens per item taken in
     uint32_t rate_wait_timeout_ms = UINT32_MAX;  // longest wait for a token (UINT32_MAX: none)
     ConcurrencyLimiter *concurrency = nullptr;  // retained; permits per running call/item
@@ -107,7 +110,8 @@ struct Stage {
     bool is_async() const { return kind == StageKind::async_map; }
     // Stages that must head their own segment: their worker does more than run a batch.
     bool needs_own_segment() const {
-        return is_async() || kind == StageKind::debounce || rate_limiter || concurrency ||
+        return is_async() || kind == StageKind::debounce || kind == StageKind::batch ||
+               rate_limiter || concurrency ||
                retry.enabled() || breaker || error_route;
     }
     // Stages whose state is per key: with several workers they shard keys across them.

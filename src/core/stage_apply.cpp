@@ -264,6 +264,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         }
         return m;
     }
+    case StageKind::batch:  // a formed group: the same contract as a batch flat map
     case StageKind::flat_map_batch: {
         auto fn = reinterpret_cast<fluxus_flat_map_batch_fn>(st.fn);
         out.clear();
