@@ -949,6 +949,26 @@ FLUXUS_API int32_t fluxus_stage_set_key_fn(fluxus_pipeline *p, uint32_t stage, f
 FLUXUS_API int32_t fluxus_stage_set_dedup_max_keys(fluxus_pipeline *p, uint32_t stage,
                                                    uint64_t max_keys);
 
+/**
+ * Windowed dedup, for streams that never end: remember a key only for `ttl_us` after it passed
+ * (on the runtime's clock; a repeat within that time is filtered, one after it passes again).
+ * Memory follows the keys seen within one ttl. 0 turns it off (the default). Not with the other
+ * dedup bounds (checked at start). With several workers each keeps its own shard of the keys.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a dedup stage), FLUXUS_ENOTFOUND, FLUXUS_ERANGE (above
+ *         one day), FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_dedup_ttl_us(fluxus_pipeline *p, uint32_t stage,
+                                                 uint64_t ttl_us);
+
+/**
+ * Windowed dedup: remember exactly the last `keys` distinct keys (a sliding window over keys);
+ * a key repeated while among them is filtered, the oldest is forgotten when a new one comes
+ * (counted in `dedup_forgotten`). 0 turns it off. Not with the other dedup bounds.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a dedup stage), FLUXUS_ENOTFOUND, FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_dedup_window(fluxus_pipeline *p, uint32_t stage,
+                                                 uint64_t keys);
+
 /* ---------------------------------------------------------------------------------------------
  * Pipeline: running
  * ------------------------------------------------------------------------------------------- */

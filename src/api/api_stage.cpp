@@ -410,3 +410,34 @@ FLUXUS_API int32_t fluxus_pipeline_add_batch(uint32_t *out, fluxus_pipeline *h, 
 }
 
 }  // extern "C"
+
+// Windowed dedup.
+extern "C" {
+
+FLUXUS_API int32_t fluxus_stage_set_dedup_ttl_us(fluxus_pipeline *p, uint32_t stage,
+                                                 uint64_t ttl_us) {
+    return with_stage(p, stage, "fluxus_stage_set_dedup_ttl_us", [&](Stage &st) {
+        if (st.kind != StageKind::dedup)
+            return set_errorf(FLUXUS_EINVAL,
+                              "fluxus_stage_set_dedup_ttl_us: stage '%s' is not a dedup stage",
+                              st.name.c_str());
+        if (ttl_us > 86400ull * 1000000ull)
+            return set_error(FLUXUS_ERANGE, "fluxus_stage_set_dedup_ttl_us: above one day");
+        st.dedup_ttl_ns = ttl_us * 1000u;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_dedup_window(fluxus_pipeline *p, uint32_t stage,
+                                                 uint64_t keys) {
+    return with_stage(p, stage, "fluxus_stage_set_dedup_window", [&](Stage &st) {
+        if (st.kind != StageKind::dedup)
+            return set_errorf(FLUXUS_EINVAL,
+                              "fluxus_stage_set_dedup_window: stage '%s' is not a dedup stage",
+                              st.name.c_str());
+        st.dedup_window = keys;
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

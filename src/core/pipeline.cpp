@@ -406,6 +406,12 @@ int32_t Pipeline::validate() {
                               "start: stage '%s' has a circuit breaker and %u ordered workers; "
                               "make it unordered or per-key, or use one worker",
                               st.name.c_str(), st.workers);
+        if (st.kind == StageKind::dedup &&
+            (st.dedup_max_keys != 0) + (st.dedup_ttl_ns != 0) + (st.dedup_window != 0) > 1)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: dedup stage '%s' has more than one memory bound (max keys, "
+                              "time-to-live, last N keys); choose one",
+                              st.name.c_str());
         if (st.kind == StageKind::batch && st.workers > 1)
             return set_errorf(FLUXUS_EINVAL,
                               "start: batch stage '%s' has %u workers; a batch stage groups on "

@@ -291,7 +291,14 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
     for (size_t k = 0; k < s->stages.size(); ++k)
     {
         Stage &st = *s->stages[k];
-        if (st.kind == StageKind::dedup) state_[k].keys.reset(new KeySet(st.dedup_max_keys));
+        if (st.kind == StageKind::dedup) {
+            if (st.dedup_ttl_ns)
+                state_[k].throttle.reset(new Throttler(st.dedup_ttl_ns));
+            else if (st.dedup_window)
+                state_[k].window.reset(new KeyWindow(st.dedup_window));
+            else
+                state_[k].keys.reset(new KeySet(st.dedup_max_keys));
+        }
         if (st.kind == StageKind::throttle) state_[k].throttle.reset(new Throttler(st.period_ns));
         if (st.kind == StageKind::debounce)
             state_[k].debounce.reset(new Debouncer(st.period_ns, st.debounce_max_keys));

@@ -13,6 +13,7 @@
 #include "core/pipeline.hpp"
 #include "dedup/key_set.hpp"
 #include "flow/debouncer.hpp"
+#include "flow/key_window.hpp"
 #include "flow/throttler.hpp"
 #include "queue/item_queue.hpp"
 #include "runtime/task.hpp"
@@ -110,7 +111,8 @@ extern thread_local RetryScope *t_retry_scope;
 struct WorkerStageState {
 public:
     std::unique_ptr<KeySet> keys;  // dedup only
-    std::unique_ptr<Throttler> throttle;
+    std::unique_ptr<Throttler> throttle;  // throttle, and dedup with a time-to-live
+    std::unique_ptr<KeyWindow> window;     // dedup of the last N keys
     std::unique_ptr<Debouncer> debounce;
     std::vector<int8_t> verdict;   // dedup: per-item result of the batch insert
     std::vector<int32_t> status, keep;  // batch callbacks: per-item out-arrays

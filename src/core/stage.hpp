@@ -82,6 +82,8 @@ struct Stage {
     fluxus_key_fn key_fn = nullptr;
     UserRef key_user;
     uint64_t dedup_max_keys = 0;
+    uint64_t dedup_ttl_ns = 0;   // windowed dedup: a key is remembered this long after it passed
+    uint64_t dedup_window = 0;   // windowed dedup: the last N distinct keys
     uint32_t in_flight = 256;  // async: started and not yet completed (and, ordered, emitted)
     uint64_t timeout_ns = 0;   // per-item time limit in the stage; 0 = none
     std::unique_ptr<AsyncSlots> async;  // async stages, once started

@@ -181,6 +181,32 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         return out.size();
     }
     case StageKind::dedup: {
+        if (ws.throttle || ws.window) {
+            // Windowed dedup: a time-to-live (first pass + ttl) or the last N distinct keys.
+            uint64_t now = p.runtime()->now();
+            uint64_t before_keys = ws.throttle ? ws.throttle->size() : ws.window->size();
+            uint64_t before_forgotten =
+                ws.throttle ? ws.throttle->forgotten() : ws.window->forgotten();
+            size_t m = per_item(p, st, in, n, t, "dedup key callback threw",
+                                [&](uint64_t x, size_t &m) {
+                                    Key128 k;
+                                    if (int32_t rc = stage_key(st, x, &k)) {
+                                        p.fail_item(st, x, rc, "dedup key callback failed", &t);
+                                    } else if (ws.throttle ? ws.throttle->admit(k, now)
+                                                           : ws.window->admit(k)) {
+                                        o[m++] = x;
+                                    } else {
+                                        ++t.filtered;
+                                        p.destroy_item(x);
+                                    }
+                                });
+            uint64_t keys = ws.throttle ? ws.throttle->size() : ws.window->size();
+            uint64_t forgotten = ws.throttle ? ws.throttle->forgotten() : ws.window->forgotten();
+            st.c.dedup_keys.fetch_add(keys - before_keys, std::memory_order_relaxed);
+            st.c.dedup_forgotten.fetch_add(forgotten - before_forgotten,
+                                           std::memory_order_relaxed);
+            return m;
+        }
         KeySet &keys = *ws.keys;
         uint64_t before_keys = keys.size(), before_forgotten = keys.forgotten();
         // r is KeySet's verdict: 1 new (passes), 0 seen (filtered), -1 out of memory.

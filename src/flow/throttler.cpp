@@ -7,7 +7,10 @@ namespace fluxus {
 void Throttler::expire(uint64_t now) {
     while (!order_.empty() && order_.front().second + period_ <= now) {
         auto it = last_.find(order_.front().first);
-        if (it != last_.end() && it->second == order_.front().second) last_.erase(it);
+        if (it != last_.end() && it->second == order_.front().second) {
+            last_.erase(it);
+            ++forgotten_;
+        }
         order_.pop_front();
     }
 }
