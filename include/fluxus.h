@@ -745,6 +745,27 @@ FLUXUS_API int32_t fluxus_pipeline_add_batch(uint32_t *out_stage, fluxus_pipelin
                                              uint64_t linger_us, fluxus_flat_map_batch_fn fn,
                                              void *user, fluxus_user_free_fn user_free);
 
+/**
+ * Reduce callback: fold `item` into the key's accumulator `*acc` (`first` is 1 for the key's
+ * first item, when *acc is 0). The item is consumed: counted as filtered at this stage and
+ * destroyed after the call (copy what you need into the accumulator, which is usually a pointer
+ * to the host's aggregate). A nonzero return fails the item; the accumulator keeps its value.
+ */
+typedef int32_t (*fluxus_reduce_fn)(void *user, uint64_t *acc, int32_t first, uint64_t item);
+
+/**
+ * Reduce by key (the reduce half of map-reduce; put a map with several workers before it):
+ * items are grouped by key — the item word, or what fluxus_stage_set_key_fn() returns, hashed
+ * with XXH3 — and folded into one accumulator per key. At the end of input (or on drain) every
+ * accumulator goes on as a new item, in order of each key's first item; on cancel they are not
+ * emitted (their memory is the host's: `user_free` of the stage can release what is left).
+ * With several workers keys are sharded across them (per-key order), each emitting its own.
+ * @return as the other fluxus_pipeline_add_* functions.
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_reduce(uint32_t *out_stage, fluxus_pipeline *p,
+                                              const char *name, fluxus_reduce_fn fn, void *user,
+                                              fluxus_user_free_fn user_free);
+
 /* ----- Retry ----- */
 
 /* Backoff between attempts. */

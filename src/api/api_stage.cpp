@@ -441,3 +441,15 @@ FLUXUS_API int32_t fluxus_stage_set_dedup_window(fluxus_pipeline *p, uint32_t st
 }
 
 }  // extern "C"
+
+// Reduce.
+extern "C" {
+
+FLUXUS_API int32_t fluxus_pipeline_add_reduce(uint32_t *out, fluxus_pipeline *p, const char *name,
+                                              fluxus_reduce_fn fn, void *user,
+                                              fluxus_user_free_fn user_free) {
+    return add(out, p, "fluxus_pipeline_add_reduce", StageKind::reduce, name, fn, user,
+               user_free);
+}
+
+}  // extern "C"

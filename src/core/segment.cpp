@@ -374,6 +374,10 @@ void SegmentWorker::run() {
             run_batching();
             return;
         }
+        if (h->kind == StageKind::reduce) {
+            run_reduce();
+            return;
+        }
         if (ConcurrencyLimiter *cl = h->concurrency) {
             // One permit while this worker runs callbacks (one at a time); without one it waits
             // for a release, which notifies it.
@@ -955,6 +959,68 @@ void SegmentWorker::run_batching() {
             return;
         }
         if (!group_.empty()) arm_timer(group_since_ + head.batch_linger_ns, now);
+        return;
+    }
+}
+
+void SegmentWorker::run_reduce() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    StageTally &t = tally_[0];
+    auto fn = reinterpret_cast<fluxus_reduce_fn>(head.fn);
+    uint32_t lane = seg->keyed ? index : 0;
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        bool drained = false;
+        size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
+        uint64_t t0 = now_ns();
+        for (size_t i = 0; i < n; ++i) {
+            uint64_t x = a_[i];
+            Key128 k;
+            int32_t rc;
+            try {
+                rc = stage_key(head, x, &k);
+                if (rc == 0) {
+                    auto ins = acc_index_.emplace(k, accs_.size());
+                    if (ins.second) accs_.push_back(0);
+                    rc = fn(head.user.user, &accs_[ins.first->second], ins.second ? 1 : 0, x);
+                }
+            } catch (...) {
+                rc = FLUXUS_EEXCEPTION;
+            }
+            if (rc != 0) {
+                p.fail_item(head, x, rc, "reduce callback failed", &t);
+            } else {
+                ++t.filtered;  // folded into its key's accumulator
+                p.destroy_item(x);
+            }
+        }
+        if (n) t.busy_ns += now_ns() - t0;
+        t.flush_to(head.c);
+        if (n) continue;
+        if (!drained) return;  // the queue wakes us
+        // End of input: every accumulator goes on as a new item, through the stages behind.
+        size_t m = accs_.size();
+        if (m) {
+            if (a_.size() < m) a_.resize(m);
+            std::copy(accs_.begin(), accs_.end(), a_.begin());
+            accs_.clear();
+            acc_index_.clear();
+            t.spawned += m;
+            t.out += m;
+            if (CursorTracker *cur = p.cursor()) cur->items_spawned(a_.data(), m);
+            process(m, 1);
+            deliver();
+            if (p.cancelling()) {
+                cancel_all();
+                return;
+            }
+            if (!pending.empty()) return;
+        }
+        exhaust();
         return;
     }
 }

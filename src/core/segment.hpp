@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "core/pipeline.hpp"
@@ -162,6 +163,10 @@ private:
     // Batch head: groups input by size and linger, then runs the group (see run_batching).
     void run_batching();
     std::vector<uint64_t> group_;
+    // Reduce head: folds input per key; the accumulators go on at end of input.
+    void run_reduce();
+    std::unordered_map<Key128, size_t, Key128Hash> acc_index_;  // key -> position in accs_
+    std::vector<uint64_t> accs_;  // accumulators, in order of each key's first item
     uint64_t group_since_ = 0;  // when the group's first item arrived
     // Arms one wake-up for `deadline` unless an earlier one is already armed.
     void arm_timer(uint64_t deadline, uint64_t now);

@@ -45,6 +45,7 @@ enum class StageKind : uint8_t {
     debounce,
     throttle,
     batch,  // groups by size and linger, then a flat-map-batch callback
+    reduce,  // folds items into one accumulator per key, emitted at end of input
 };
 
 const char *stage_kind_name(StageKind kind);
@@ -113,13 +114,14 @@ struct Stage {
     // Stages that must head their own segment: their worker does more than run a batch.
     bool needs_own_segment() const {
         return is_async() || kind == StageKind::debounce || kind == StageKind::batch ||
+               kind == StageKind::reduce ||
                rate_limiter || concurrency ||
                retry.enabled() || breaker || error_route;
     }
     // Stages whose state is per key: with several workers they shard keys across them.
     bool keyed_state() const {
         return kind == StageKind::dedup || kind == StageKind::debounce ||
-               kind == StageKind::throttle;
+               kind == StageKind::throttle || kind == StageKind::reduce;
     }
 };
 
