@@ -766,6 +766,40 @@ FLUXUS_API int32_t fluxus_pipeline_add_reduce(uint32_t *out_stage, fluxus_pipeli
                                               const char *name, fluxus_reduce_fn fn, void *user,
                                               fluxus_user_free_fn user_free);
 
+/* Window kinds (per key). */
+#define FLUXUS_WINDOW_COUNT 0   /* tumbling: every `size` items of a key */
+#define FLUXUS_WINDOW_TIME 1    /* tumbling: aligned periods of `size` microseconds of the
+                                   runtime's clock (a window holds the items that arrived in
+                                   [k * size, (k + 1) * size)) */
+#define FLUXUS_WINDOW_SESSION 2 /* a key's window closes once `size` microseconds passed
+                                   without an item of that key */
+
+/**
+ * Window callback: aggregate one closed window of a key — `count` items, borrowed for the call,
+ * in arrival order; `start_ns` is when the window began (time windows: the period's start). Emit
+ * results with fluxus_emit(). The items are consumed as a batch flat map's inputs are (counted
+ * filtered and destroyed after the call unless fluxus_emitter_keep_input()); a nonzero return
+ * fails every item of the window.
+ */
+typedef int32_t (*fluxus_window_fn)(void *user, const uint64_t *items, uint32_t count,
+                                    uint64_t start_ns, fluxus_emitter *em);
+
+/**
+ * Windows per key (the key is the item word, or what fluxus_stage_set_key_fn() returns):
+ * tumbling by count, tumbling by time, or session windows (FLUXUS_WINDOW_*). Time and session
+ * windows close on a timer of the runtime's clock, so a quiet key's window still closes. At end
+ * of input (or on drain) every open window is closed as it is, partial ones included, in the
+ * order they opened; on cancel their items are cancelled. With several workers keys are sharded
+ * across them.
+ * @param size  Items (COUNT, 1..2^20) or microseconds (TIME, SESSION; 1 .. one day).
+ * @return as the other fluxus_pipeline_add_* functions, and FLUXUS_ERANGE for an unknown kind
+ *         or a size out of range.
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_window(uint32_t *out_stage, fluxus_pipeline *p,
+                                              const char *name, int32_t kind, uint64_t size,
+                                              fluxus_window_fn fn, void *user,
+                                              fluxus_user_free_fn user_free);
+
 /* ----- Retry ----- */
 
 /* Backoff between attempts. */

@@ -453,3 +453,31 @@ FLUXUS_API int32_t fluxus_pipeline_add_reduce(uint32_t *out, fluxus_pipeline *p,
 }
 
 }  // extern "C"
+
+// Windows.
+extern "C" {
+
+FLUXUS_API int32_t fluxus_pipeline_add_window(uint32_t *out, fluxus_pipeline *h, const char *name,
+                                              int32_t kind, uint64_t size, fluxus_window_fn fn,
+                                              void *user, fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_add_window");
+        if (kind < FLUXUS_WINDOW_COUNT || kind > FLUXUS_WINDOW_SESSION)
+            return set_errorf(FLUXUS_ERANGE, "fluxus_pipeline_add_window: unknown kind %d", kind);
+        uint64_t max = kind == FLUXUS_WINDOW_COUNT ? (1u << 20) : 86400ull * 1000000ull;
+        if (size < 1 || size > max)
+            return set_errorf(FLUXUS_ERANGE, "fluxus_pipeline_add_window: size %llu is not in "
+                                             "1..%llu",
+                              (unsigned long long)size, (unsigned long long)max);
+        uint32_t index = 0;
+        if (int32_t rc = p->add_stage(&index, StageKind::window, name,
+                                      reinterpret_cast<void (*)()>(fn), user, user_free))
+            return rc;
+        p->stage(index)->window_kind = kind;
+        p->stage(index)->window_size = kind == FLUXUS_WINDOW_COUNT ? size : size * 1000u;
+        if (out) *out = index;
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

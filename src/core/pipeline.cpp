@@ -36,6 +36,7 @@ const char *stage_kind_name(StageKind kind) {
     case StageKind::throttle: return "throttle";
     case StageKind::batch: return "batch";
     case StageKind::reduce: return "reduce";
+    case StageKind::window: return "window";
     }
     return "stage";
 }
@@ -623,7 +624,8 @@ int32_t Pipeline::drain(uint32_t timeout_ms) {
         uint64_t in = st.c.in.load(), ended = st.c.ended();
         uint64_t h = in > ended ? in - ended : 0;
         if (st.kind == StageKind::flat_map || st.kind == StageKind::flat_map_batch ||
-            st.kind == StageKind::batch || st.kind == StageKind::reduce) {
+            st.kind == StageKind::batch || st.kind == StageKind::reduce ||
+            st.kind == StageKind::window) {
             // out counts emitted items, not ended inputs
             uint64_t done = st.c.filtered.load() + st.c.failed.load() +
                             st.c.dead_lettered.load() + st.c.cancelled.load();

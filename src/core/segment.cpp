@@ -300,6 +300,8 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
                 state_[k].keys.reset(new KeySet(st.dedup_max_keys));
         }
         if (st.kind == StageKind::throttle) state_[k].throttle.reset(new Throttler(st.period_ns));
+        if (st.kind == StageKind::window)
+            state_[k].windows.reset(new KeyedWindows(st.window_kind, st.window_size));
         if (st.kind == StageKind::debounce)
             state_[k].debounce.reset(new Debouncer(st.period_ns, st.debounce_max_keys));
     }
@@ -376,6 +378,10 @@ void SegmentWorker::run() {
         }
         if (h->kind == StageKind::reduce) {
             run_reduce();
+            return;
+        }
+        if (h->kind == StageKind::window) {
+            run_windows();
             return;
         }
         if (ConcurrencyLimiter *cl = h->concurrency) {
@@ -1025,6 +1031,100 @@ void SegmentWorker::run_reduce() {
     }
 }
 
+bool SegmentWorker::fire_windows(std::vector<KeyedWindows::Closed> &closed) {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    StageTally &t = tally_[0];
+    auto fn = reinterpret_cast<fluxus_window_fn>(head.fn);
+    std::vector<uint64_t> out;
+    for (KeyedWindows::Closed &w : closed) {
+        fluxus_emitter em{kEmitterMagic, &out, false, p.cursor()};
+        t_live_emitter = &em;  // the emitter is live only during the call
+        int32_t rc;
+        try {
+            rc = fn(head.user.user, w.items.data(), uint32_t(w.items.size()), w.start_ns, &em);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        t_live_emitter = nullptr;
+        for (uint64_t x : w.items) {
+            if (rc != 0) {
+                p.fail_item(head, x, rc, "window callback failed", &t);
+                continue;
+            }
+            ++t.filtered;  // consumed by its window
+            if (!em.keep_input)
+                p.destroy_item(x);
+            else if (CursorTracker *cur = p.cursor())
+                cur->item_ended(x, true);
+        }
+    }
+    closed.clear();
+    t.spawned += out.size();
+    t.out += out.size();
+    t.flush_to(head.c);
+    if (out.empty()) return true;
+    if (a_.size() < out.size()) a_.resize(out.size());
+    std::copy(out.begin(), out.end(), a_.begin());
+    process(out.size(), 1);
+    deliver();
+    if (p.cancelling()) {
+        cancel_all();
+        return false;
+    }
+    return pending.empty();
+}
+
+// The window head's loop: new input joins its key's window (a full count window closes at
+// once); time and session windows close on the runtime's clock, woken by one timer at the
+// earliest deadline; at end of input every open window closes.
+void SegmentWorker::run_windows() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    KeyedWindows &wins = *state_[0].windows;
+    StageTally &t = tally_[0];
+    uint32_t lane = seg->keyed ? index : 0;
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        uint64_t now = rt_->now();
+        wins.close_due(now, closed_);
+        if (input_drained_) wins.close_all(closed_);
+        if (!closed_.empty()) {
+            if (!fire_windows(closed_)) return;
+            continue;
+        }
+        if (input_drained_) {
+            exhaust();
+            return;
+        }
+        bool drained = false;
+        size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
+        input_drained_ = drained;
+        std::vector<uint64_t> batch(a_.begin(), a_.begin() + n);  // a_ is reused by firing
+        for (uint64_t x : batch) {
+            Key128 k;
+            int32_t rc;
+            try {
+                rc = stage_key(head, x, &k);
+            } catch (...) {
+                rc = FLUXUS_EEXCEPTION;
+            }
+            if (rc != 0) {
+                p.fail_item(head, x, rc, "window key callback failed", &t);
+                continue;
+            }
+            wins.add(k, x, now, closed_);
+        }
+        t.flush_to(head.c);
+        if (n || drained) continue;
+        arm_timer(wins.next_deadline(), now);
+        return;
+    }
+}
+
 void SegmentWorker::arm_timer(uint64_t deadline, uint64_t now) {
     if (deadline == UINT64_MAX) return;
     if (timer_at_ != 0 && timer_at_ > now && timer_at_ <= deadline) return;  // armed earlier
@@ -1234,6 +1334,13 @@ void SegmentWorker::cancel_all() {
         if (!group_.empty()) {
             p.cancel_items(*h, group_.data(), group_.size(), false);
             group_.clear();
+        }
+        if (state_.size() && state_[0].windows) {
+            std::vector<KeyedWindows::Closed> open;
+            state_[0].windows->close_all(open);
+            for (auto &w : closed_) open.push_back(std::move(w));
+            closed_.clear();
+            for (auto &w : open) p.cancel_items(*h, w.items.data(), w.items.size(), false);
         }
         if (h->kind == StageKind::debounce) {
             std::vector<uint64_t> held;

@@ -46,6 +46,7 @@ enum class StageKind : uint8_t {
     throttle,
     batch,  // groups by size and linger, then a flat-map-batch callback
     reduce,  // folds items into one accumulator per key, emitted at end of input
+    window,  // per-key windows handed to an aggregate callback
 };
 
 const char *stage_kind_name(StageKind kind);
@@ -90,6 +91,8 @@ struct Stage {
     std::unique_ptr<AsyncSlots> async;  // async stages, once started
     uint64_t period_ns = 0;             // debounce: quiet period; throttle: period
     uint64_t debounce_max_keys = 1u << 20;
+    int32_t window_kind = 0;      // window: FLUXUS_WINDOW_*
+    uint64_t window_size = 0;     // window: items, or ns for time and session windows
     uint32_t batch_max = 0;       // batch: items per group
     uint64_t batch_linger_ns = 0;  // batch: longest wait of a group's first item
     RateLimiter *rate_limiter = nullptr;        // retained; tokens per item taken in
@@ -114,14 +117,15 @@ struct Stage {
     // Stages that must head their own segment: their worker does more than run a batch.
     bool needs_own_segment() const {
         return is_async() || kind == StageKind::debounce || kind == StageKind::batch ||
-               kind == StageKind::reduce ||
+               kind == StageKind::reduce || kind == StageKind::window ||
                rate_limiter || concurrency ||
                retry.enabled() || breaker || error_route;
     }
     // Stages whose state is per key: with several workers they shard keys across them.
     bool keyed_state() const {
         return kind == StageKind::dedup || kind == StageKind::debounce ||
-               kind == StageKind::throttle || kind == StageKind::reduce;
+               kind == StageKind::throttle || kind == StageKind::reduce ||
+               kind == StageKind::window;
     }
 };
 

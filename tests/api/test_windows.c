@@ -1,0 +1,242 @@
+/*
+ * test_windows.c — per-key windows: tumbling by count, tumbling by time and session windows,
+ * closing exactly on the virtual clock; tails at end of input; failures; cancel.
+ */
+#include "test_util.h"
+
+#define T0 1000000000ull /* a multiple of every period used here: time windows align to it */
+#define US 1000ull
+
+typedef struct wins {
+    fluxus_runtime *rt;
+    uint32_t n;
+    uint32_t count[32];
+    uint64_t first[32], start[32], at[32];
+    int32_t fail;
+} wins;
+
+/* Records the window and emits the sum of its items. */
+static int32_t aggregate(void *user, const uint64_t *items, uint32_t count, uint64_t start_ns,
+                         fluxus_emitter *em) {
+    wins *w = (wins *)user;
+    uint64_t sum = 0;
+    uint32_t i;
+    if (w->n < 32) {
+        w->count[w->n] = count;
+        w->first[w->n] = items[0];
+        w->start[w->n] = start_ns - T0;
+        w->at[w->n] = tu_clock_now(w->rt) - T0;
+    }
+    w->n++;
+    if (w->fail) return w->fail;
+    for (i = 0; i < count; i++) sum += items[i];
+    return fluxus_emit(em, sum);
+}
+
+static int32_t key_parity(void *user, uint64_t item, const void **key, size_t *len) {
+    static __thread uint64_t k;
+    (void)user;
+    k = item % 2;
+    *key = &k;
+    *len = sizeof k;
+    return 0;
+}
+
+static uint64_t sink_total;
+static int32_t total(void *user, uint64_t item) {
+    (void)user;
+    sink_total += item;
+    return 0;
+}
+
+static fluxus_pipeline *window_pipeline(fluxus_runtime *rt, wins *w, tu_tracker *t, int32_t kind,
+                                        uint64_t size) {
+    fluxus_pipeline *p = tu_pipeline(rt, "windows", t);
+    uint32_t st = 0;
+    TU_OK(fluxus_pipeline_set_push_source(p, "in"));
+    TU_OK(fluxus_pipeline_add_window(&st, p, "agg", kind, size, aggregate, w, NULL));
+    TU_OK(fluxus_stage_set_key_fn(p, st, key_parity, NULL, NULL));
+    TU_OK(fluxus_stage_set_error_policy(p, st, FLUXUS_ERROR_SKIP));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "total", total, NULL, NULL));
+    return p;
+}
+
+static void push_at(fluxus_runtime *rt, fluxus_pipeline *p, uint64_t at_ns, uint64_t item) {
+    tu_step_to(rt, T0 + at_ns);
+    TU_OK(fluxus_pipeline_push(p, item, 0));
+    tu_drive(rt);
+}
+
+static void test_count_windows_per_key_and_the_tails(void **state) {
+    fluxus_runtime *rt = tu_vruntime(T0);
+    wins w;
+    tu_tracker t;
+    uint64_t i;
+    fluxus_pipeline *p;
+    fluxus_pipeline_stats s;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    w.rt = rt;
+    sink_total = 0;
+    tu_tracker_init(&t, 64);
+    p = window_pipeline(rt, &w, &t, FLUXUS_WINDOW_COUNT, 3);
+    TU_OK(fluxus_pipeline_start(p));
+    for (i = 0; i < 10; i++) TU_OK(fluxus_pipeline_push(p, i, 0));
+    tu_drive(rt);
+    assert_int_equal(w.n, 2); /* [0 2 4] and [1 3 5] closed when full */
+    assert_int_equal(w.first[0], 0);
+    assert_int_equal(w.first[1], 1);
+    assert_int_equal(w.count[0], 3);
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_OK(tu_wait(p));
+    assert_int_equal(w.n, 4); /* tails [6 8] then [7 9], in the order they opened */
+    assert_int_equal(w.first[2], 6);
+    assert_int_equal(w.count[2], 2);
+    assert_int_equal(w.first[3], 7);
+    assert_int_equal(sink_total, 45);
+    tu_stats(p, &s);
+    assert_int_equal(s.admitted, 14);
+    assert_int_equal(s.filtered, 10);
+    assert_int_equal(s.delivered, 4);
+    assert_int_equal(s.balanced, 1);
+    assert_int_equal(t.freed_total, 10);
+    tu_free_all(p, rt);
+    tu_tracker_destroy(&t);
+}
+
+static void test_time_windows_close_exactly_at_the_period_end(void **state) {
+    fluxus_runtime *rt = tu_vruntime(T0);
+    wins w;
+    fluxus_pipeline *p;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    w.rt = rt;
+    sink_total = 0;
+    p = window_pipeline(rt, &w, NULL, FLUXUS_WINDOW_TIME, 1000);
+    TU_OK(fluxus_pipeline_start(p));
+    push_at(rt, p, 200 * US, 2);
+    push_at(rt, p, 500 * US, 4);
+    tu_step_to(rt, T0 + 1000 * US - 1);
+    assert_int_equal(w.n, 0);
+    tu_step_to(rt, T0 + 1000 * US);
+    assert_int_equal(w.n, 1);
+    assert_int_equal(w.count[0], 2);
+    assert_int_equal(w.start[0], 0); /* the aligned period [0, 1 ms) */
+    assert_int_equal(w.at[0], 1000 * US);
+    push_at(rt, p, 1500 * US, 6);
+    tu_step_to(rt, T0 + 2000 * US);
+    assert_int_equal(w.n, 2);
+    assert_int_equal(w.start[1], 1000 * US);
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_OK(tu_wait(p));
+    assert_int_equal(sink_total, 12);
+    tu_free_all(p, rt);
+}
+
+static void test_session_windows_close_after_the_gap(void **state) {
+    fluxus_runtime *rt = tu_vruntime(T0);
+    wins w;
+    fluxus_pipeline *p;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    w.rt = rt;
+    sink_total = 0;
+    p = window_pipeline(rt, &w, NULL, FLUXUS_WINDOW_SESSION, 1000);
+    TU_OK(fluxus_pipeline_start(p));
+    push_at(rt, p, 0, 2);
+    push_at(rt, p, 800 * US, 4);   /* within the gap: same session */
+    push_at(rt, p, 900 * US, 3);   /* another key: its own session */
+    tu_step_to(rt, T0 + 1800 * US - 1);
+    assert_int_equal(w.n, 0);
+    tu_step_to(rt, T0 + 1800 * US); /* key 0: 1 ms after its last item */
+    assert_int_equal(w.n, 1);
+    assert_int_equal(w.count[0], 2);
+    tu_step_to(rt, T0 + 1900 * US); /* key 1 */
+    assert_int_equal(w.n, 2);
+    assert_int_equal(w.count[1], 1);
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_OK(tu_wait(p));
+    assert_int_equal(sink_total, 9);
+    tu_free_all(p, rt);
+}
+
+static void test_a_failing_window_fails_its_items(void **state) {
+    fluxus_runtime *rt = tu_vruntime(T0);
+    wins w;
+    tu_tracker t;
+    uint64_t i;
+    fluxus_pipeline *p;
+    fluxus_pipeline_stats s;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    w.rt = rt;
+    w.fail = 31;
+    tu_tracker_init(&t, 64);
+    p = window_pipeline(rt, &w, &t, FLUXUS_WINDOW_COUNT, 2);
+    TU_OK(fluxus_pipeline_start(p));
+    for (i = 0; i < 4; i++) TU_OK(fluxus_pipeline_push(p, i, 0));
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_OK(tu_wait(p));
+    tu_stats(p, &s);
+    assert_int_equal(s.failed, 4);
+    assert_int_equal(s.delivered, 0);
+    assert_int_equal(s.balanced, 1);
+    tu_tracker_check_once(&t, 0, 4);
+    tu_free_all(p, rt);
+    tu_tracker_destroy(&t);
+}
+
+static void test_cancel_cancels_open_windows(void **state) {
+    fluxus_runtime *rt = tu_vruntime(T0);
+    wins w;
+    tu_tracker t;
+    fluxus_pipeline *p;
+    fluxus_pipeline_stats s;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    w.rt = rt;
+    tu_tracker_init(&t, 64);
+    p = window_pipeline(rt, &w, &t, FLUXUS_WINDOW_SESSION, 1000);
+    TU_OK(fluxus_pipeline_start(p));
+    push_at(rt, p, 0, 2);
+    push_at(rt, p, 10 * US, 3);
+    TU_OK(fluxus_pipeline_cancel(p));
+    TU_EXPECT(FLUXUS_ECANCELED, tu_wait(p));
+    assert_int_equal(w.n, 0);
+    tu_stats(p, &s);
+    assert_int_equal(s.cancelled, 2);
+    assert_int_equal(s.balanced, 1);
+    tu_tracker_check_once(&t, 2, 4);
+    tu_free_all(p, rt);
+    tu_tracker_destroy(&t);
+}
+
+static void test_window_option_errors(void **state) {
+    fluxus_runtime *rt = tu_runtime(1);
+    fluxus_pipeline *p = tu_pipeline(rt, "opts", NULL);
+    wins w;
+    uint32_t st = 0;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_window(&st, p, "w", 3, 10, aggregate, &w, NULL));
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_window(&st, p, "w", FLUXUS_WINDOW_COUNT, 0,
+                                                         aggregate, &w, NULL));
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_window(&st, p, "w", FLUXUS_WINDOW_TIME,
+                                                         86400000001ull, aggregate, &w, NULL));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_add_window(&st, p, "w", FLUXUS_WINDOW_COUNT, 5,
+                                                         NULL, &w, NULL));
+    TU_OK(fluxus_pipeline_add_window(&st, p, "w", FLUXUS_WINDOW_SESSION, 5, aggregate, &w, NULL));
+    tu_free_all(p, rt);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_count_windows_per_key_and_the_tails),
+        cmocka_unit_test(test_time_windows_close_exactly_at_the_period_end),
+        cmocka_unit_test(test_session_windows_close_after_the_gap),
+        cmocka_unit_test(test_a_failing_window_fails_its_items),
+        cmocka_unit_test(test_cancel_cancels_open_windows),
+        cmocka_unit_test(test_window_option_errors),
+    };
+    return TU_RUN_GROUP(tests);
+}
