@@ -53,11 +53,11 @@ extern "C" {
  * ------------------------------------------------------------------------------------------- */
 
 #define FLUXUS_VERSION_MAJOR 0
-#define FLUXUS_VERSION_MINOR 1
+#define FLUXUS_VERSION_MINOR 2
 #define FLUXUS_VERSION_PATCH 0
 #define FLUXUS_VERSION_NUMBER \
     (FLUXUS_VERSION_MAJOR * 10000 + FLUXUS_VERSION_MINOR * 100 + FLUXUS_VERSION_PATCH)
-#define FLUXUS_VERSION_STRING "0.1.0"
+#define FLUXUS_VERSION_STRING "0.2.0"
 
 /* Status codes. Values are pinned and never reused. */
 #define FLUXUS_OK 0
