@@ -1,0 +1,479 @@
+// Segment workers whose head stage does more than run a batch: async map (in-flight table,
+// completions, timeouts), debounce, batch (size + linger), reduce by key, and windows. Each
+// loop takes input, lets results go on through the stages fused behind, and parks on its queue
+// or a timer instead of blocking a thread.
+#include <algorithm>
+
+#include "core/segment.hpp"
+#include "core/segment_internal.hpp"
+#include "flow/circuit_breaker.hpp"
+#include "flow/concurrency_limiter.hpp"
+#include "flow/rate_limiter.hpp"
+#include "runtime/runtime.hpp"
+#include "util/clock.hpp"
+#include "util/status.hpp"
+
+namespace fluxus {
+
+// The async head's loop. Items start while the in-flight table has room; completions are
+// collected in batches and go on through the stages fused behind the async stage; the stage
+// timeout is one timer at the earliest pending deadline. The worker never waits: the queue wakes
+// it for input, a completion or the timer for results.
+void SegmentWorker::run_async() {
+    Pipeline &p = *seg->p;
+    AsyncSlots &slots = *seg->head()->async;
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        if (!route_pending_.empty() && !flush_routes()) return;
+        bool progress = false;
+        uint64_t now = rt_->now();
+        ended_.clear();
+        uint64_t next_deadline = slots.collect(now, ended_);
+        if (!ended_.empty()) {
+            progress = true;
+            reconcile_permits();
+            process(settle_async(), 1);
+            deliver();
+            if (p.cancelling()) {
+                cancel_all();
+                return;
+            }
+            if (!pending.empty()) return;  // parked until the next queue has room
+        }
+        if (!blocked_.empty() && slots.room()) {
+            size_t k = std::min<size_t>({blocked_.size(), slots.room(), p.batch_size()});
+            std::vector<uint32_t> attempts(k);
+            for (size_t i = 0; i < k; ++i) {
+                a_[i] = blocked_[i].item;
+                attempts[i] = blocked_[i].attempt;
+            }
+            blocked_.erase(blocked_.begin(), blocked_.begin() + k);
+            size_t before = blocked_.size();
+            start_async(k, now, attempts.data());
+            if (blocked_.size() - before < k) progress = true;  // some started
+            if (blocked_.size() > before) {
+                // start_async appended what the breaker refused; put it back in front.
+                std::rotate(blocked_.begin(), blocked_.begin() + before, blocked_.end());
+            }
+        }
+        if (!retries_.empty() && slots.room() && blocked_.empty()) {
+            // Retries due now start first, each with its attempt count, when there is room.
+            take_due_retries(now, std::min<size_t>(slots.room(), p.batch_size()), due_);
+            if (!due_.empty()) {
+                std::vector<uint32_t> attempts(due_.size());
+                for (size_t i = 0; i < due_.size(); ++i) {
+                    a_[i] = due_[i].item;
+                    attempts[i] = due_[i].attempt;
+                }
+                start_async(due_.size(), now, attempts.data());
+                progress = true;
+            }
+        }
+        bool holding = held_head_ < held_.size();
+        if ((!input_drained_ || holding) && blocked_.empty()) {
+            uint32_t room = std::min<uint32_t>(slots.room(), p.batch_size());
+            if (ConcurrencyLimiter *cl = seg->head()->concurrency) {
+                // One permit per item in flight, taken before the item starts.
+                uint32_t in_use = slots.in_use();
+                uint32_t spare = permits_ > in_use ? permits_ - in_use : 0;
+                if (room > spare) permits_ += cl->take_or_wait(room - spare, this, &p);
+                room = std::min(room, permits_ > in_use ? permits_ - in_use : 0u);
+            }
+            if (room) {
+                bool drained = false;
+                size_t n = take_input(room, now, &drained);
+                if (drained) input_drained_ = true;
+                if (n) {
+                    start_async(n, now);
+                    progress = true;
+                }
+            }
+            reconcile_permits();
+        }
+        if (input_drained_ && held_head_ == held_.size() && slots.in_use() == 0 &&
+            retries_.empty() && blocked_.empty() && route_pending_.empty()) {
+            reconcile_permits();
+            exhaust();
+            return;
+        }
+        if (!progress) {
+            // A retry already due but without room waits for a completion, not a timer.
+            if (!retries_.empty() && (slots.room() > 0 || retries_.front().due > now))
+                next_deadline = std::min(next_deadline, retries_.front().due);
+            arm_timer(next_deadline, now);
+            return;
+        }
+    }
+}
+
+// The batch head's loop: input joins the open group; a group goes to the callback when it is
+// full, when its first item has waited the linger time, or at end of input (a drain too). The
+// callback's output then runs through the stages fused behind.
+void SegmentWorker::run_batching() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        uint64_t now = rt_->now();
+        bool due = !group_.empty() && (group_.size() >= head.batch_max || input_drained_ ||
+                                       now >= group_since_ + head.batch_linger_ns);
+        if (due) {
+            size_t n = std::min<size_t>(group_.size(), head.batch_max);
+            if (a_.size() < n) a_.resize(n);
+            std::copy(group_.begin(), group_.begin() + n, a_.begin());
+            group_.erase(group_.begin(), group_.begin() + n);
+            group_since_ = now;  // what is left (input of this round) starts a new group now
+            // Counted as arrived at the head when queued; process() runs the head from here.
+            process(n);
+            deliver();
+            if (p.cancelling()) {
+                cancel_all();
+                return;
+            }
+            if (!pending.empty()) return;
+            continue;
+        }
+        if (!input_drained_ && group_.size() < head.batch_max) {
+            bool drained = false;
+            size_t room = head.batch_max - group_.size();
+            if (a_.size() < room) a_.resize(room);
+            size_t n = seg->input->pop(0, a_.data(), room, this, &drained);
+            input_drained_ = drained;
+            if (n) {
+                if (group_.empty()) group_since_ = now;
+                group_.insert(group_.end(), a_.begin(), a_.begin() + n);
+                continue;
+            }
+            if (drained) continue;  // flush the tail
+        }
+        if (input_drained_ && group_.empty()) {
+            exhaust();
+            return;
+        }
+        if (!group_.empty()) arm_timer(group_since_ + head.batch_linger_ns, now);
+        return;
+    }
+}
+
+void SegmentWorker::run_reduce() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    StageTally &t = tally_[0];
+    auto fn = reinterpret_cast<fluxus_reduce_fn>(head.fn);
+    uint32_t lane = seg->keyed ? index : 0;
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        bool drained = false;
+        size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
+        uint64_t t0 = now_ns();
+        for (size_t i = 0; i < n; ++i) {
+            uint64_t x = a_[i];
+            Key128 k;
+            int32_t rc;
+            try {
+                rc = stage_key(head, x, &k);
+                if (rc == 0) {
+                    auto ins = acc_index_.emplace(k, accs_.size());
+                    if (ins.second) accs_.push_back(0);
+                    rc = fn(head.user.user, &accs_[ins.first->second], ins.second ? 1 : 0, x);
+                }
+            } catch (...) {
+                rc = FLUXUS_EEXCEPTION;
+            }
+            if (rc != 0) {
+                p.fail_item(head, x, rc, "reduce callback failed", &t);
+            } else {
+                ++t.filtered;  // folded into its key's accumulator
+                p.destroy_item(x);
+            }
+        }
+        if (n) t.busy_ns += now_ns() - t0;
+        t.flush_to(head.c);
+        if (n) continue;
+        if (!drained) return;  // the queue wakes us
+        // End of input: every accumulator goes on as a new item, through the stages behind.
+        size_t m = accs_.size();
+        if (m) {
+            if (a_.size() < m) a_.resize(m);
+            std::copy(accs_.begin(), accs_.end(), a_.begin());
+            accs_.clear();
+            acc_index_.clear();
+            t.spawned += m;
+            t.out += m;
+            if (CursorTracker *cur = p.cursor()) cur->items_spawned(a_.data(), m);
+            process(m, 1);
+            deliver();
+            if (p.cancelling()) {
+                cancel_all();
+                return;
+            }
+            if (!pending.empty()) return;
+        }
+        exhaust();
+        return;
+    }
+}
+
+bool SegmentWorker::fire_windows(std::vector<KeyedWindows::Closed> &closed) {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    StageTally &t = tally_[0];
+    auto fn = reinterpret_cast<fluxus_window_fn>(head.fn);
+    std::vector<uint64_t> out;
+    for (KeyedWindows::Closed &w : closed) {
+        fluxus_emitter em{kEmitterMagic, &out, false, p.cursor()};
+        t_live_emitter = &em;  // the emitter is live only during the call
+        int32_t rc;
+        try {
+            rc = fn(head.user.user, w.items.data(), uint32_t(w.items.size()), w.start_ns, &em);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        t_live_emitter = nullptr;
+        for (uint64_t x : w.items) {
+            if (rc != 0) {
+                p.fail_item(head, x, rc, "window callback failed", &t);
+                continue;
+            }
+            ++t.filtered;  // consumed by its window
+            if (!em.keep_input)
+                p.destroy_item(x);
+            else if (CursorTracker *cur = p.cursor())
+                cur->item_ended(x, true);
+        }
+    }
+    closed.clear();
+    t.spawned += out.size();
+    t.out += out.size();
+    t.flush_to(head.c);
+    if (out.empty()) return true;
+    if (a_.size() < out.size()) a_.resize(out.size());
+    std::copy(out.begin(), out.end(), a_.begin());
+    process(out.size(), 1);
+    deliver();
+    if (p.cancelling()) {
+        cancel_all();
+        return false;
+    }
+    return pending.empty();
+}
+
+// The window head's loop: new input joins its key's window (a full count window closes at
+// once); time and session windows close on the runtime's clock, woken by one timer at the
+// earliest deadline; at end of input every open window closes.
+void SegmentWorker::run_windows() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    KeyedWindows &wins = *state_[0].windows;
+    StageTally &t = tally_[0];
+    uint32_t lane = seg->keyed ? index : 0;
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        uint64_t now = rt_->now();
+        wins.close_due(now, closed_);
+        if (input_drained_) wins.close_all(closed_);
+        if (!closed_.empty()) {
+            if (!fire_windows(closed_)) return;
+            continue;
+        }
+        if (input_drained_) {
+            exhaust();
+            return;
+        }
+        bool drained = false;
+        size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
+        input_drained_ = drained;
+        std::vector<uint64_t> batch(a_.begin(), a_.begin() + n);  // a_ is reused by firing
+        for (uint64_t x : batch) {
+            Key128 k;
+            int32_t rc;
+            try {
+                rc = stage_key(head, x, &k);
+            } catch (...) {
+                rc = FLUXUS_EEXCEPTION;
+            }
+            if (rc != 0) {
+                p.fail_item(head, x, rc, "window key callback failed", &t);
+                continue;
+            }
+            wins.add(k, x, now, closed_);
+        }
+        t.flush_to(head.c);
+        if (n || drained) continue;
+        arm_timer(wins.next_deadline(), now);
+        return;
+    }
+}
+
+// The debounce head's loop: items whose key has been quiet for the period (or, at end of
+// input, every held item) go on through the stages fused behind; new input replaces held items
+// of the same key. One timer at the earliest due time wakes the worker.
+void SegmentWorker::run_debounce() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    Debouncer &deb = *state_[0].debounce;
+    StageTally &t = tally_[0];
+    uint32_t lane = seg->keyed ? index : 0;
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        bool progress = false;
+        uint64_t now = rt_->now();
+        deb.collect_due(now, emit_);
+        if (input_drained_) deb.take_all(emit_);  // flushed on drain and end of stream
+        if (!emit_.empty()) {
+            progress = true;
+            size_t n = emit_.size();
+            if (a_.size() < n) a_.resize(n);
+            std::copy(emit_.begin(), emit_.end(), a_.begin());
+            emit_.clear();
+            t.out += n;
+            process(n, 1);
+            deliver();
+            if (p.cancelling()) {
+                cancel_all();
+                return;
+            }
+            if (!pending.empty()) return;
+        }
+        if (!input_drained_) {
+            bool drained = false;
+            size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
+            input_drained_ = drained;
+            for (size_t i = 0; i < n; ++i) {
+                uint64_t x = a_[i], old = 0;
+                Key128 k;
+                int32_t rc;
+                try {
+                    rc = stage_key(head, x, &k);
+                } catch (...) {
+                    rc = FLUXUS_EEXCEPTION;
+                }
+                if (rc != 0) {
+                    p.fail_item(head, x, rc, "debounce key callback failed", &t);
+                    continue;
+                }
+                if (deb.offer(k, x, now, &old, emit_)) {
+                    ++t.filtered;  // superseded by a newer item of the same key
+                    p.destroy_item(old);
+                }
+            }
+            t.flush_to(head.c);
+            if (n || drained) progress = true;
+        }
+        if (input_drained_ && deb.size() == 0 && emit_.empty()) {
+            exhaust();
+            return;
+        }
+        if (!progress) {
+            arm_timer(deb.next_deadline(), now);
+            return;
+        }
+    }
+}
+
+void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts) {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    StageTally &t = tally_[0];
+    auto fn = reinterpret_cast<fluxus_async_map_fn>(head.fn);
+    void *u = head.user.user;
+    AsyncSlots &slots = *head.async;
+    RetryScopeGuard retry_scope(this, &head, 1);
+    uint64_t t0 = now_ns();
+    for (size_t i = 0; i < n; ++i) {
+        uint64_t x = a_[i];
+        attempt_ = attempts ? attempts[i] : 1;
+        retry_scope.set_attempt(attempt_);
+        uint64_t epoch = 0;
+        if (head.breaker) {
+            bool wait = false;
+            if (!breaker_allows(now, &epoch, &wait)) {
+                if (wait) {
+                    for (size_t j = i; j < n; ++j)
+                        blocked_.push_back(RetryEntry{0, 0, a_[j], attempts ? attempts[j] : 1});
+                    break;
+                }
+                retry_scope.set_refusal(true);  // reported with its attempt, never retried
+                p.fail_item(head, x, FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
+                retry_scope.set_refusal(false);
+                continue;
+            }
+        }
+        uint64_t token = slots.begin(x, now, attempt_, epoch);
+        int32_t rc;
+        try {
+            rc = fn(u, x, token);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        // A refusal after the host already completed the item is too late: the completion
+        // stands and the item goes on.
+        if (rc != 0 && slots.abort(token)) {
+            if (epoch) head.breaker->record(epoch, false, rt_->now());
+            p.fail_item(head, x, rc, "async callback refused the item", &t);
+        }
+    }
+    attempt_ = 1;
+    t.busy_ns += now_ns() - t0;
+    t.flush_to(head.c);
+}
+
+// Turns collected results into the batch for the stages behind: completed items go on, failed
+// ones follow the error policy (fluxus owns them again), timed-out ones too, but their item
+// still belongs to the host, which keeps it when its late completion is refused.
+size_t SegmentWorker::settle_async() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    StageTally &t = tally_[0];
+    if (a_.size() < ended_.size()) a_.resize(ended_.size());
+    size_t m = 0;
+    RetryScopeGuard retry_scope(this, &head, 1);
+    for (const AsyncSlots::Ended &e : ended_) {
+        attempt_ = e.attempt;
+        retry_scope.set_attempt(e.attempt);
+        if (e.epoch)
+            head.breaker->record(e.epoch, e.how == AsyncSlots::End::completed, rt_->now());
+        switch (e.how) {
+        case AsyncSlots::End::completed:
+            a_[m++] = e.item;
+            break;
+        case AsyncSlots::End::failed:
+            p.fail_item(head, e.item, e.status, "async completion reported an error", &t);
+            break;
+        case AsyncSlots::End::timed_out:
+            p.fail_item(head, e.item, FLUXUS_ETIMEDOUT, "async item timed out", &t, false);
+            head.async->finish_timeout(e.slot);  // only now may a late completion hand it back
+            break;
+        }
+    }
+    attempt_ = 1;
+    t.out += m;
+    return m;
+}
+
+void SegmentWorker::reconcile_permits() {
+    Stage &head = *seg->head();
+    if (!head.concurrency || !head.async) return;
+    uint32_t in_use = head.async->in_use();
+    if (permits_ > in_use) {
+        head.concurrency->give(permits_ - in_use);
+        permits_ = in_use;
+    }
+}
+
+}  // namespace fluxus
