@@ -800,6 +800,26 @@ FLUXUS_API int32_t fluxus_pipeline_add_window(uint32_t *out_stage, fluxus_pipeli
                                               fluxus_window_fn fn, void *user,
                                               fluxus_user_free_fn user_free);
 
+/**
+ * Sliding windows per key: windows of `size` starting every `step` (1 <= step <= size), so an
+ * item can be in several windows. By count (`kind` FLUXUS_WINDOW_COUNT): after every `step`
+ * items of a key, its last `size` items. By time (FLUXUS_WINDOW_TIME, microseconds): the
+ * aligned periods [k * step, k * step + size) of the runtime's clock, each closing at its end
+ * with the key's items that arrived in it (a period that holds none does not fire). `fn` gets
+ * the window's items borrowed, as for fluxus_pipeline_add_window(); an item stays held while a
+ * later window may still hold it, and ends (counted filtered and destroyed) when it leaves its
+ * last window — or fails, with the callback's status, if the first window it was in (its home)
+ * failed. fluxus_emitter_keep_input() has no effect here. At end of input or on drain every
+ * window still holding items fires; on cancel held items are cancelled.
+ * @return as fluxus_pipeline_add_window(), and FLUXUS_ERANGE for a step of 0 or above `size`,
+ *         or a kind other than COUNT or TIME.
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_sliding_window(uint32_t *out_stage, fluxus_pipeline *p,
+                                                      const char *name, int32_t kind,
+                                                      uint64_t size, uint64_t step,
+                                                      fluxus_window_fn fn, void *user,
+                                                      fluxus_user_free_fn user_free);
+
 /* ----- Retry ----- */
 
 /* Backoff between attempts. */

@@ -481,3 +481,39 @@ FLUXUS_API int32_t fluxus_pipeline_add_window(uint32_t *out, fluxus_pipeline *h,
 }
 
 }  // extern "C"
+
+// Sliding windows.
+extern "C" {
+
+FLUXUS_API int32_t fluxus_pipeline_add_sliding_window(uint32_t *out, fluxus_pipeline *h,
+                                                      const char *name, int32_t kind,
+                                                      uint64_t size, uint64_t step,
+                                                      fluxus_window_fn fn, void *user,
+                                                      fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_add_sliding_window");
+        if (kind != FLUXUS_WINDOW_COUNT && kind != FLUXUS_WINDOW_TIME)
+            return set_errorf(FLUXUS_ERANGE,
+                              "fluxus_pipeline_add_sliding_window: kind %d is not COUNT or TIME",
+                              kind);
+        uint64_t max = kind == FLUXUS_WINDOW_COUNT ? (1u << 20) : 86400ull * 1000000ull;
+        if (size < 1 || size > max || step < 1 || step > size)
+            return set_errorf(FLUXUS_ERANGE,
+                              "fluxus_pipeline_add_sliding_window: need 1 <= step <= size <= %llu "
+                              "(got size %llu, step %llu)",
+                              (unsigned long long)max, (unsigned long long)size,
+                              (unsigned long long)step);
+        uint32_t index = 0;
+        if (int32_t rc = p->add_stage(&index, StageKind::window, name,
+                                      reinterpret_cast<void (*)()>(fn), user, user_free))
+            return rc;
+        uint64_t unit = kind == FLUXUS_WINDOW_COUNT ? 1 : 1000;
+        p->stage(index)->window_kind = kind;
+        p->stage(index)->window_size = size * unit;
+        p->stage(index)->window_step = step * unit;
+        if (out) *out = index;
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

@@ -258,7 +258,10 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
                 state_[k].keys.reset(new KeySet(st.dedup_max_keys));
         }
         if (st.kind == StageKind::throttle) state_[k].throttle.reset(new Throttler(st.period_ns));
-        if (st.kind == StageKind::window)
+        if (st.kind == StageKind::window && st.window_step)
+            state_[k].sliding.reset(
+                new SlidingWindows(st.window_kind, st.window_size, st.window_step));
+        else if (st.kind == StageKind::window)
             state_[k].windows.reset(new KeyedWindows(st.window_kind, st.window_size));
         if (st.kind == StageKind::debounce)
             state_[k].debounce.reset(new Debouncer(st.period_ns, st.debounce_max_keys));
@@ -328,7 +331,7 @@ void SegmentWorker::run() {
         case StageKind::debounce: return run_debounce();
         case StageKind::batch: return run_batching();
         case StageKind::reduce: return run_reduce();
-        case StageKind::window: return run_windows();
+        case StageKind::window: return h->window_step ? run_sliding() : run_windows();
         default: break;
         }
         if (ConcurrencyLimiter *cl = h->concurrency) {
@@ -611,6 +614,11 @@ void SegmentWorker::cancel_all() {
         if (!group_.empty()) {
             p.cancel_items(*h, group_.data(), group_.size(), false);
             group_.clear();
+        }
+        if (state_.size() && state_[0].sliding) {
+            std::vector<uint64_t> held;
+            state_[0].sliding->drop_all(held);
+            if (!held.empty()) p.cancel_items(*h, held.data(), held.size(), false);
         }
         if (state_.size() && state_[0].windows) {
             std::vector<KeyedWindows::Closed> open;

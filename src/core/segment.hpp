@@ -16,6 +16,7 @@
 #include "flow/debouncer.hpp"
 #include "flow/key_window.hpp"
 #include "flow/keyed_windows.hpp"
+#include "flow/sliding_windows.hpp"
 #include "flow/throttler.hpp"
 #include "queue/item_queue.hpp"
 #include "runtime/task.hpp"
@@ -116,6 +117,7 @@ public:
     std::unique_ptr<Throttler> throttle;  // throttle, and dedup with a time-to-live
     std::unique_ptr<KeyWindow> window;     // dedup of the last N keys
     std::unique_ptr<KeyedWindows> windows;  // window stages
+    std::unique_ptr<SlidingWindows> sliding;  // sliding window stages
     std::unique_ptr<Debouncer> debounce;
     std::vector<int8_t> verdict;   // dedup: per-item result of the batch insert
     std::vector<int32_t> status, keep;  // batch callbacks: per-item out-arrays
@@ -172,6 +174,8 @@ private:
     // Runs the aggregate callback over closed windows; their outputs go on. False: stop.
     bool fire_windows(std::vector<KeyedWindows::Closed> &closed);
     std::vector<KeyedWindows::Closed> closed_;
+    // Sliding window head: as run_windows, with items held across windows.
+    void run_sliding();
     std::unordered_map<Key128, size_t, Key128Hash> acc_index_;  // key -> position in accs_
     std::vector<uint64_t> accs_;  // accumulators, in order of each key's first item
     uint64_t group_since_ = 0;  // when the group's first item arrived

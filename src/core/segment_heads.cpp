@@ -267,6 +267,98 @@ bool SegmentWorker::fire_windows(std::vector<KeyedWindows::Closed> &closed) {
     return pending.empty();
 }
 
+// The sliding window head's loop. Firing a window runs the aggregate callback on borrowed items
+// (they stay held for later windows); items end when they leave their last window, as consumed,
+// or as failed if their home window's callback failed.
+void SegmentWorker::run_sliding() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    SlidingWindows &wins = *state_[0].sliding;
+    StageTally &t = tally_[0];
+    auto fn = reinterpret_cast<fluxus_window_fn>(head.fn);
+    uint32_t lane = seg->keyed ? index : 0;
+    std::vector<uint64_t> out;
+    std::vector<SlidingWindows::Leaving> leaving;
+    auto fire = [&](const uint64_t *items, size_t count, uint64_t start_ns) -> int32_t {
+        fluxus_emitter em{kEmitterMagic, &out, false, p.cursor()};
+        t_live_emitter = &em;  // live only during the call; keep_input has no effect here
+        int32_t rc;
+        try {
+            rc = fn(head.user.user, items, uint32_t(count), start_ns, &em);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        t_live_emitter = nullptr;
+        return rc;
+    };
+    // Ends what left its last window, then sends what the callbacks emitted on.
+    auto settle = [&]() -> bool {
+        for (const SlidingWindows::Leaving &l : leaving) {
+            if (l.status != 0) {
+                p.fail_item(head, l.item, l.status, "window callback failed", &t);
+            } else {
+                ++t.filtered;
+                p.destroy_item(l.item);
+            }
+        }
+        leaving.clear();
+        t.spawned += out.size();
+        t.out += out.size();
+        t.flush_to(head.c);
+        if (out.empty()) return true;
+        if (a_.size() < out.size()) a_.resize(out.size());
+        std::copy(out.begin(), out.end(), a_.begin());
+        size_t m = out.size();
+        out.clear();
+        process(m, 1);
+        deliver();
+        if (p.cancelling()) {
+            cancel_all();
+            return false;
+        }
+        return pending.empty();
+    };
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        uint64_t now = rt_->now();
+        wins.close_due(now, fire, leaving);
+        if (input_drained_) wins.close_all(fire, leaving);
+        if (!leaving.empty() || !out.empty()) {
+            if (!settle()) return;
+            continue;
+        }
+        if (input_drained_) {
+            exhaust();
+            return;
+        }
+        bool drained = false;
+        size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
+        input_drained_ = drained;
+        std::vector<uint64_t> batch(a_.begin(), a_.begin() + n);
+        for (uint64_t x : batch) {
+            Key128 k;
+            int32_t rc;
+            try {
+                rc = stage_key(head, x, &k);
+            } catch (...) {
+                rc = FLUXUS_EEXCEPTION;
+            }
+            if (rc != 0) {
+                p.fail_item(head, x, rc, "window key callback failed", &t);
+                continue;
+            }
+            wins.add(k, x, now, fire, leaving);
+        }
+        t.flush_to(head.c);
+        if (n || drained) continue;
+        arm_timer(wins.next_deadline(), now);
+        return;
+    }
+}
+
 // The window head's loop: new input joins its key's window (a full count window closes at
 // once); time and session windows close on the runtime's clock, woken by one timer at the
 // earliest deadline; at end of input every open window closes.

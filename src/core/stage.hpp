@@ -93,6 +93,7 @@ struct Stage {
     uint64_t debounce_max_keys = 1u << 20;
     int32_t window_kind = 0;      // window: FLUXUS_WINDOW_*
     uint64_t window_size = 0;     // window: items, or ns for time and session windows
+    uint64_t window_step = 0;     // sliding windows: items or ns between starts (0: tumbling)
     uint32_t batch_max = 0;       // batch: items per group
     uint64_t batch_linger_ns = 0;  // batch: longest wait of a group's first item
     RateLimiter *rate_limiter = nullptr;        // retained; tokens per item taken in

@@ -13,6 +13,7 @@ typedef struct wins {
     uint32_t count[32];
     uint64_t first[32], start[32], at[32];
     int32_t fail;
+    uint32_t fail_at; /* 1-based window to fail (0: see `fail`) */
 } wins;
 
 /* Records the window and emits the sum of its items. */
@@ -29,6 +30,7 @@ static int32_t aggregate(void *user, const uint64_t *items, uint32_t count, uint
     }
     w->n++;
     if (w->fail) return w->fail;
+    if (w->fail_at && w->n == w->fail_at) return 44;
     for (i = 0; i < count; i++) sum += items[i];
     return fluxus_emit(em, sum);
 }
@@ -229,6 +231,152 @@ static void test_window_option_errors(void **state) {
     tu_free_all(p, rt);
 }
 
+static fluxus_pipeline *sliding_pipeline(fluxus_runtime *rt, wins *w, tu_tracker *t,
+                                         int32_t kind, uint64_t size, uint64_t step) {
+    fluxus_pipeline *p = tu_pipeline(rt, "sliding", t);
+    uint32_t st = 0;
+    TU_OK(fluxus_pipeline_set_push_source(p, "in"));
+    TU_OK(fluxus_pipeline_add_sliding_window(&st, p, "agg", kind, size, step, aggregate, w,
+                                             NULL));
+    TU_OK(fluxus_stage_set_key_fn(p, st, key_parity, NULL, NULL));
+    TU_OK(fluxus_stage_set_error_policy(p, st, FLUXUS_ERROR_SKIP));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "total", total, NULL, NULL));
+    return p;
+}
+
+/* size 4, step 2: [0 2], [0 2 4 6], then the tail [4 6 8] at end of input. */
+static void test_sliding_count_windows_overlap_and_flush(void **state) {
+    fluxus_runtime *rt = tu_vruntime(T0);
+    wins w;
+    tu_tracker t;
+    uint64_t i;
+    fluxus_pipeline *p;
+    fluxus_pipeline_stats s;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    w.rt = rt;
+    sink_total = 0;
+    tu_tracker_init(&t, 64);
+    p = sliding_pipeline(rt, &w, &t, FLUXUS_WINDOW_COUNT, 4, 2);
+    TU_OK(fluxus_pipeline_start(p));
+    for (i = 0; i <= 8; i += 2) TU_OK(fluxus_pipeline_push(p, i, 0));
+    tu_drive(rt);
+    assert_int_equal(w.n, 2);
+    assert_int_equal(w.count[0], 2);
+    assert_int_equal(w.first[0], 0);
+    assert_int_equal(w.count[1], 4);
+    assert_int_equal(w.first[1], 0);
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_OK(tu_wait(p));
+    assert_int_equal(w.n, 3);
+    assert_int_equal(w.count[2], 3);
+    assert_int_equal(w.first[2], 4);
+    assert_int_equal(sink_total, 2 + 12 + 18);
+    tu_stats(p, &s);
+    assert_int_equal(s.filtered, 5); /* each item consumed once, when it left its last window */
+    assert_int_equal(s.delivered, 3);
+    assert_int_equal(s.balanced, 1);
+    tu_tracker_check_once(&t, 0, 1);
+    assert_int_equal(t.freed_total, 5);
+    tu_free_all(p, rt);
+    tu_tracker_destroy(&t);
+}
+
+/* size 1 ms, step 0.5 ms, aligned to the clock: items at 0.1, 0.6 and 1.2 ms fire
+ * [-0.5, 0.5) at 0.5 ms, [0, 1) at 1 ms, [0.5, 1.5) at 1.5 ms and [1, 2) at 2 ms. */
+static void test_sliding_time_windows_fire_at_each_period_end(void **state) {
+    fluxus_runtime *rt = tu_vruntime(T0);
+    wins w;
+    fluxus_pipeline *p;
+    fluxus_pipeline_stats s;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    w.rt = rt;
+    sink_total = 0;
+    p = sliding_pipeline(rt, &w, NULL, FLUXUS_WINDOW_TIME, 1000, 500);
+    TU_OK(fluxus_pipeline_start(p));
+    push_at(rt, p, 100 * US, 2);
+    tu_step_to(rt, T0 + 500 * US - 1);
+    assert_int_equal(w.n, 0);
+    tu_step_to(rt, T0 + 500 * US);
+    assert_int_equal(w.n, 1);
+    assert_int_equal(w.count[0], 1);
+    assert_true((int64_t)w.start[0] == -(int64_t)(500 * US));
+    push_at(rt, p, 600 * US, 4);
+    tu_step_to(rt, T0 + 1000 * US - 1);
+    assert_int_equal(w.n, 1);
+    tu_step_to(rt, T0 + 1000 * US);
+    assert_int_equal(w.n, 2);
+    assert_int_equal(w.count[1], 2);
+    assert_int_equal(w.start[1], 0);
+    push_at(rt, p, 1200 * US, 6);
+    tu_step_to(rt, T0 + 1500 * US);
+    assert_int_equal(w.n, 3);
+    assert_int_equal(w.count[2], 2);
+    assert_int_equal(w.first[2], 4);
+    assert_int_equal(w.start[2], 500 * US);
+    tu_step_to(rt, T0 + 2000 * US);
+    assert_int_equal(w.n, 4);
+    assert_int_equal(w.count[3], 1);
+    assert_int_equal(w.start[3], 1000 * US);
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_OK(tu_wait(p));
+    assert_int_equal(sink_total, 2 + 6 + 10 + 6);
+    tu_stats(p, &s);
+    assert_int_equal(s.filtered, 3);
+    assert_int_equal(s.balanced, 1);
+    tu_free_all(p, rt);
+}
+
+/* size 2, step 1: windows [a], [a b], [b c]; the second fails: b (whose home it was) fails,
+ * a and c are consumed. */
+static void test_sliding_window_failure_fails_its_home_items(void **state) {
+    fluxus_runtime *rt = tu_vruntime(T0);
+    wins w;
+    tu_tracker t;
+    fluxus_pipeline *p;
+    fluxus_pipeline_stats s;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    w.rt = rt;
+    w.fail_at = 2;
+    tu_tracker_init(&t, 64);
+    p = sliding_pipeline(rt, &w, &t, FLUXUS_WINDOW_COUNT, 2, 1);
+    TU_OK(fluxus_pipeline_start(p));
+    TU_OK(fluxus_pipeline_push(p, 0, 0));
+    TU_OK(fluxus_pipeline_push(p, 2, 0));
+    TU_OK(fluxus_pipeline_push(p, 4, 0));
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_OK(tu_wait(p));
+    assert_int_equal(w.n, 3);
+    tu_stats(p, &s);
+    assert_int_equal(s.failed, 1);
+    assert_int_equal(s.filtered, 2);
+    assert_int_equal(s.delivered, 2);
+    assert_int_equal(s.balanced, 1);
+    assert_int_equal(t.freed_total, 3);
+    tu_free_all(p, rt);
+    tu_tracker_destroy(&t);
+}
+
+static void test_sliding_window_option_errors(void **state) {
+    fluxus_runtime *rt = tu_runtime(1);
+    fluxus_pipeline *p = tu_pipeline(rt, "opts", NULL);
+    wins w;
+    uint32_t st = 0;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_sliding_window(&st, p, "w", FLUXUS_WINDOW_COUNT,
+                                                                 4, 0, aggregate, &w, NULL));
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_sliding_window(&st, p, "w", FLUXUS_WINDOW_COUNT,
+                                                                 4, 5, aggregate, &w, NULL));
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_sliding_window(
+                                 &st, p, "w", FLUXUS_WINDOW_SESSION, 4, 2, aggregate, &w, NULL));
+    TU_OK(fluxus_pipeline_add_sliding_window(&st, p, "w", FLUXUS_WINDOW_TIME, 4, 4, aggregate,
+                                             &w, NULL));
+    tu_free_all(p, rt);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_count_windows_per_key_and_the_tails),
@@ -237,6 +385,10 @@ int main(void) {
         cmocka_unit_test(test_a_failing_window_fails_its_items),
         cmocka_unit_test(test_cancel_cancels_open_windows),
         cmocka_unit_test(test_window_option_errors),
+        cmocka_unit_test(test_sliding_count_windows_overlap_and_flush),
+        cmocka_unit_test(test_sliding_time_windows_fire_at_each_period_end),
+        cmocka_unit_test(test_sliding_window_failure_fails_its_home_items),
+        cmocka_unit_test(test_sliding_window_option_errors),
     };
     return TU_RUN_GROUP(tests);
 }
