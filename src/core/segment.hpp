@@ -179,6 +179,10 @@ private:
     std::unordered_map<Key128, size_t, Key128Hash> acc_index_;  // key -> position in accs_
     std::vector<uint64_t> accs_;  // accumulators, in order of each key's first item
     uint64_t group_since_ = 0;  // when the group's first item arrived
+    // Runs a_[0..n) through the stages behind the head and on; false: stop this run.
+    bool send_on(size_t n);
+    // The key of an input item, or false after failing the item at the head.
+    bool key_or_fail(uint64_t item, Key128 *key, const char *what);
     // Arms one wake-up for `deadline` unless an earlier one is already armed.
     void arm_timer(uint64_t deadline, uint64_t now);
     // The batch loop of ordinary segments (run() holds a concurrency permit around it).

@@ -15,6 +15,54 @@
 
 namespace fluxus {
 
+// Sends a_[0..n), results of the head stage, through the stages fused behind it and on
+// downstream. False: stop this run (cancelled, or parked until the next queue has room).
+bool SegmentWorker::send_on(size_t n) {
+    process(n, 1);
+    deliver();
+    if (seg->p->cancelling()) {
+        cancel_all();
+        return false;
+    }
+    return pending.empty();
+}
+
+// The key of an input item of a keyed head stage; if the key function fails (or throws), the
+// item fails at the head with `what` and false is returned.
+bool SegmentWorker::key_or_fail(uint64_t item, Key128 *key, const char *what) {
+    Stage &head = *seg->head();
+    int32_t rc;
+    try {
+        rc = stage_key(head, item, key);
+    } catch (...) {
+        rc = FLUXUS_EEXCEPTION;
+    }
+    if (rc == 0) return true;
+    seg->p->fail_item(head, item, rc, what, &tally_[0]);
+    return false;
+}
+
+namespace {
+
+// Calls a window stage's aggregate callback with a live emitter that collects into `out`.
+int32_t call_window_fn(Pipeline &p, Stage &head, const uint64_t *items, size_t count,
+                       uint64_t start_ns, std::vector<uint64_t> &out, bool *keep_input) {
+    fluxus_emitter em{kEmitterMagic, &out, false, p.cursor()};
+    t_live_emitter = &em;  // the emitter is live only during the call
+    int32_t rc;
+    try {
+        rc = reinterpret_cast<fluxus_window_fn>(head.fn)(head.user.user, items, uint32_t(count),
+                                                         start_ns, &em);
+    } catch (...) {
+        rc = FLUXUS_EEXCEPTION;
+    }
+    t_live_emitter = nullptr;
+    if (keep_input) *keep_input = em.keep_input;
+    return rc;
+}
+
+}  // namespace
+
 // The async head's loop. Items start while the in-flight table has room; completions are
 // collected in batches and go on through the stages fused behind the async stage; the stage
 // timeout is one timer at the earliest pending deadline. The worker never waits: the queue wakes
@@ -35,13 +83,7 @@ void SegmentWorker::run_async() {
         if (!ended_.empty()) {
             progress = true;
             reconcile_permits();
-            process(settle_async(), 1);
-            deliver();
-            if (p.cancelling()) {
-                cancel_all();
-                return;
-            }
-            if (!pending.empty()) return;  // parked until the next queue has room
+            if (!send_on(settle_async())) return;
         }
         if (!blocked_.empty() && slots.room()) {
             size_t k = std::min<size_t>({blocked_.size(), slots.room(), p.batch_size()});
@@ -178,14 +220,12 @@ void SegmentWorker::run_reduce() {
         for (size_t i = 0; i < n; ++i) {
             uint64_t x = a_[i];
             Key128 k;
+            if (!key_or_fail(x, &k, "reduce key callback failed")) continue;
             int32_t rc;
             try {
-                rc = stage_key(head, x, &k);
-                if (rc == 0) {
-                    auto ins = acc_index_.emplace(k, accs_.size());
-                    if (ins.second) accs_.push_back(0);
-                    rc = fn(head.user.user, &accs_[ins.first->second], ins.second ? 1 : 0, x);
-                }
+                auto ins = acc_index_.emplace(k, accs_.size());
+                if (ins.second) accs_.push_back(0);
+                rc = fn(head.user.user, &accs_[ins.first->second], ins.second ? 1 : 0, x);
             } catch (...) {
                 rc = FLUXUS_EEXCEPTION;
             }
@@ -210,13 +250,7 @@ void SegmentWorker::run_reduce() {
             t.spawned += m;
             t.out += m;
             if (CursorTracker *cur = p.cursor()) cur->items_spawned(a_.data(), m);
-            process(m, 1);
-            deliver();
-            if (p.cancelling()) {
-                cancel_all();
-                return;
-            }
-            if (!pending.empty()) return;
+            if (!send_on(m)) return;
         }
         exhaust();
         return;
@@ -227,25 +261,18 @@ bool SegmentWorker::fire_windows(std::vector<KeyedWindows::Closed> &closed) {
     Pipeline &p = *seg->p;
     Stage &head = *seg->head();
     StageTally &t = tally_[0];
-    auto fn = reinterpret_cast<fluxus_window_fn>(head.fn);
     std::vector<uint64_t> out;
     for (KeyedWindows::Closed &w : closed) {
-        fluxus_emitter em{kEmitterMagic, &out, false, p.cursor()};
-        t_live_emitter = &em;  // the emitter is live only during the call
-        int32_t rc;
-        try {
-            rc = fn(head.user.user, w.items.data(), uint32_t(w.items.size()), w.start_ns, &em);
-        } catch (...) {
-            rc = FLUXUS_EEXCEPTION;
-        }
-        t_live_emitter = nullptr;
+        bool keep_input = false;
+        int32_t rc = call_window_fn(p, head, w.items.data(), w.items.size(), w.start_ns, out,
+                                    &keep_input);
         for (uint64_t x : w.items) {
             if (rc != 0) {
                 p.fail_item(head, x, rc, "window callback failed", &t);
                 continue;
             }
             ++t.filtered;  // consumed by its window
-            if (!em.keep_input)
+            if (!keep_input)
                 p.destroy_item(x);
             else if (CursorTracker *cur = p.cursor())
                 cur->item_ended(x, true);
@@ -258,13 +285,7 @@ bool SegmentWorker::fire_windows(std::vector<KeyedWindows::Closed> &closed) {
     if (out.empty()) return true;
     if (a_.size() < out.size()) a_.resize(out.size());
     std::copy(out.begin(), out.end(), a_.begin());
-    process(out.size(), 1);
-    deliver();
-    if (p.cancelling()) {
-        cancel_all();
-        return false;
-    }
-    return pending.empty();
+    return send_on(out.size());
 }
 
 // The sliding window head's loop. Firing a window runs the aggregate callback on borrowed items
@@ -275,21 +296,12 @@ void SegmentWorker::run_sliding() {
     Stage &head = *seg->head();
     SlidingWindows &wins = *state_[0].sliding;
     StageTally &t = tally_[0];
-    auto fn = reinterpret_cast<fluxus_window_fn>(head.fn);
     uint32_t lane = seg->keyed ? index : 0;
     std::vector<uint64_t> out;
     std::vector<SlidingWindows::Leaving> leaving;
     auto fire = [&](const uint64_t *items, size_t count, uint64_t start_ns) -> int32_t {
-        fluxus_emitter em{kEmitterMagic, &out, false, p.cursor()};
-        t_live_emitter = &em;  // live only during the call; keep_input has no effect here
-        int32_t rc;
-        try {
-            rc = fn(head.user.user, items, uint32_t(count), start_ns, &em);
-        } catch (...) {
-            rc = FLUXUS_EEXCEPTION;
-        }
-        t_live_emitter = nullptr;
-        return rc;
+        // keep_input has no effect here: items stay held for later windows.
+        return call_window_fn(p, head, items, count, start_ns, out, nullptr);
     };
     // Ends what left its last window, then sends what the callbacks emitted on.
     auto settle = [&]() -> bool {
@@ -310,13 +322,7 @@ void SegmentWorker::run_sliding() {
         std::copy(out.begin(), out.end(), a_.begin());
         size_t m = out.size();
         out.clear();
-        process(m, 1);
-        deliver();
-        if (p.cancelling()) {
-            cancel_all();
-            return false;
-        }
-        return pending.empty();
+        return send_on(m);
     };
     for (int round = 0;; ++round) {
         if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
@@ -340,16 +346,7 @@ void SegmentWorker::run_sliding() {
         std::vector<uint64_t> batch(a_.begin(), a_.begin() + n);
         for (uint64_t x : batch) {
             Key128 k;
-            int32_t rc;
-            try {
-                rc = stage_key(head, x, &k);
-            } catch (...) {
-                rc = FLUXUS_EEXCEPTION;
-            }
-            if (rc != 0) {
-                p.fail_item(head, x, rc, "window key callback failed", &t);
-                continue;
-            }
+            if (!key_or_fail(x, &k, "window key callback failed")) continue;
             wins.add(k, x, now, fire, leaving);
         }
         t.flush_to(head.c);
@@ -390,16 +387,7 @@ void SegmentWorker::run_windows() {
         std::vector<uint64_t> batch(a_.begin(), a_.begin() + n);  // a_ is reused by firing
         for (uint64_t x : batch) {
             Key128 k;
-            int32_t rc;
-            try {
-                rc = stage_key(head, x, &k);
-            } catch (...) {
-                rc = FLUXUS_EEXCEPTION;
-            }
-            if (rc != 0) {
-                p.fail_item(head, x, rc, "window key callback failed", &t);
-                continue;
-            }
+            if (!key_or_fail(x, &k, "window key callback failed")) continue;
             wins.add(k, x, now, closed_);
         }
         t.flush_to(head.c);
@@ -434,13 +422,7 @@ void SegmentWorker::run_debounce() {
             std::copy(emit_.begin(), emit_.end(), a_.begin());
             emit_.clear();
             t.out += n;
-            process(n, 1);
-            deliver();
-            if (p.cancelling()) {
-                cancel_all();
-                return;
-            }
-            if (!pending.empty()) return;
+            if (!send_on(n)) return;
         }
         if (!input_drained_) {
             bool drained = false;
@@ -449,16 +431,7 @@ void SegmentWorker::run_debounce() {
             for (size_t i = 0; i < n; ++i) {
                 uint64_t x = a_[i], old = 0;
                 Key128 k;
-                int32_t rc;
-                try {
-                    rc = stage_key(head, x, &k);
-                } catch (...) {
-                    rc = FLUXUS_EEXCEPTION;
-                }
-                if (rc != 0) {
-                    p.fail_item(head, x, rc, "debounce key callback failed", &t);
-                    continue;
-                }
+                if (!key_or_fail(x, &k, "debounce key callback failed")) continue;
                 if (deb.offer(k, x, now, &old, emit_)) {
                     ++t.filtered;  // superseded by a newer item of the same key
                     p.destroy_item(old);
