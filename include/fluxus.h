@@ -79,6 +79,7 @@ extern "C" {
 #define FLUXUS_ELIMITED (-16)   /* no token or permit available in time (rate or concurrency
                                    limiter) */
 #define FLUXUS_ECIRCUITOPEN (-17) /* refused by an open circuit breaker */
+#define FLUXUS_ENOROUTE (-18)   /* a router chose no route and has no default route */
 
 /**
  * Version of the library actually loaded, as "MAJOR.MINOR.PATCH".
@@ -819,6 +820,138 @@ FLUXUS_API int32_t fluxus_pipeline_add_sliding_window(uint32_t *out_stage, fluxu
                                                       uint64_t size, uint64_t step,
                                                       fluxus_window_fn fn, void *user,
                                                       fluxus_user_free_fn user_free);
+
+/* ----- Graphs: branches, routers, broadcast, merge, error branches ----- */
+
+/*
+ * A pipeline is a directed acyclic graph of stages. Each add_* call attaches the new stage to the
+ * current attachment point and makes the new stage's output the next one, so a sequence of adds
+ * is a chain, as before graphs existed. A sink ends its chain; so does a router or a broadcast,
+ * whose outputs (routes) are chosen with fluxus_pipeline_branch(). Every output must lead, through
+ * some chain, to a sink; fluxus_pipeline_start() checks this (FLUXUS_EINVAL naming the stage).
+ *
+ * Outlets of a stage: 0 (FLUXUS_OUTLET_MAIN) is an ordinary stage's output; a router's or a
+ * broadcast's outlets are its routes 0..n-1 (fluxus_stage_add_route()); FLUXUS_OUTLET_ERROR is any
+ * stage's error branch: items that fail there (after its retries, including circuit-breaker
+ * refusals) go down that branch instead of ending under the error policy. They are counted
+ * `routed` at the failing stage, not failed, and end wherever the branch ends them.
+ *
+ * Several outlets may lead into one stage (fluxus_pipeline_connect()): a merge. The merged stage
+ * has one bounded queue shared by its producers; a producer that finds it full waits, without a
+ * thread, like any producer, and is woken when room appears, so a fast branch cannot starve a
+ * slow one for long. Backpressure crosses every edge: a router or broadcast whose route is full
+ * holds its output until that route has room (a slow branch slows the others).
+ *
+ * Ownership of copies: a broadcast sends the original item down route 0 and, for each further
+ * route, a copy made by the stage's copy callback (fluxus_stage_set_copy()). Each copy is a new
+ * item, owned by the pipeline like the original: it is counted `spawned` at the stage (and in
+ * the pipeline's `admitted`) and ends exactly once, delivered or destroyed by the item
+ * destructor. If a copy cannot be made, the copies already made for that item are destroyed
+ * uncounted and the original item fails at the stage (all routes or none).
+ */
+
+/** Outlet 0: an ordinary stage's output. */
+#define FLUXUS_OUTLET_MAIN 0u
+/** The error branch of a stage (see above). */
+#define FLUXUS_OUTLET_ERROR 0xFFFFFFFFu
+/** Routes of one router or broadcast: at most this many. */
+#define FLUXUS_MAX_ROUTES 64u
+/** The bit of route `r` in a router's selection mask. */
+#define FLUXUS_ROUTE(r) ((uint64_t)1 << (r))
+
+/**
+ * Router selector: sets *routes to the mask of the routes `item` goes to (FLUXUS_ROUTE(r) for
+ * route r; several bits send copies, which need a copy callback). A mask of 0 sends the item to
+ * the default route, or, without one, fails it with FLUXUS_ENOROUTE. A bit at or beyond the
+ * router's route count fails the item with FLUXUS_ERANGE. A nonzero return fails the item with
+ * that status. The callback borrows the item. Called on a worker thread.
+ */
+typedef int32_t (*fluxus_route_fn)(void *user, uint64_t item, uint64_t *routes);
+
+/**
+ * Copy callback: make *copy, a new item equal to `item` for route `route`, owned by the
+ * pipeline from then on (the item destructor releases it if it does not reach a sink). Return
+ * 0, or nonzero if the copy cannot be made. For items that are plain values, `*copy = item` is
+ * a valid copy.
+ */
+typedef int32_t (*fluxus_copy_fn)(void *user, uint64_t item, uint32_t route, uint64_t *copy);
+
+/**
+ * Router: each item goes to the route(s) its selector chooses. Declare routes with
+ * fluxus_stage_add_route(), then attach each route's chain with fluxus_pipeline_branch().
+ * A router runs on one worker (it is cheap) and may be fused behind single-worker stages.
+ * @param select  The selector (not NULL). `user` is passed to it; `user_free` releases `user`
+ *                when the pipeline is freed.
+ * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (after start, or nothing to attach to),
+ *         FLUXUS_ENOMEM, FLUXUS_ERANGE (4096 stages).
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_router(uint32_t *out_stage, fluxus_pipeline *p,
+                                              const char *name, fluxus_route_fn select,
+                                              void *user, fluxus_user_free_fn user_free);
+
+/**
+ * Broadcast (fan-out): every item goes to every route — the original down route 0, copies
+ * (fluxus_stage_set_copy(), required with two routes or more) down the others. Routes are
+ * declared and attached as for a router.
+ * @return as fluxus_pipeline_add_router().
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_broadcast(uint32_t *out_stage, fluxus_pipeline *p,
+                                                 const char *name);
+
+/**
+ * Declare a route of a router or broadcast. Routes are numbered 0, 1, ... in order.
+ * @param name       Its name (copied; unique within the stage); for logs and specs.
+ * @param out_route  Receives its number (may be NULL).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a router or broadcast, NULL or duplicate name),
+ *         FLUXUS_ENOTFOUND, FLUXUS_ERANGE (more than FLUXUS_MAX_ROUTES), FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_add_route(fluxus_pipeline *p, uint32_t stage, const char *name,
+                                          uint32_t *out_route);
+
+/**
+ * The number of a router's route by name. @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND
+ * (no such stage or route).
+ */
+FLUXUS_API int32_t fluxus_stage_route_index(fluxus_pipeline *p, uint32_t stage, const char *name,
+                                            uint32_t *out_route);
+
+/**
+ * The route a router sends items to when its selector chooses none (default: none, and such
+ * items fail with FLUXUS_ENOROUTE). UINT32_MAX removes it.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a router), FLUXUS_ENOTFOUND (no such stage or route),
+ *         FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_default_route(fluxus_pipeline *p, uint32_t stage,
+                                                  uint32_t route);
+
+/**
+ * The copy callback of a router or broadcast (see "Ownership of copies" above).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (NULL fn, not a router or broadcast), FLUXUS_ENOTFOUND,
+ *         FLUXUS_ESTATE. `user_free` releases `user` when the pipeline is freed.
+ */
+FLUXUS_API int32_t fluxus_stage_set_copy(fluxus_pipeline *p, uint32_t stage, fluxus_copy_fn fn,
+                                         void *user, fluxus_user_free_fn user_free);
+
+/**
+ * Choose where the next added stage attaches: outlet `outlet` of `stage` (a route number, 0 for
+ * an ordinary stage, or FLUXUS_OUTLET_ERROR). The outlet must not lead anywhere yet.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle; no such outlet: a sink has only its error outlet,
+ *         a router only its declared routes; the outlet already leads somewhere),
+ *         FLUXUS_ENOTFOUND (no such stage), FLUXUS_ESTATE (after start).
+ * Thread safety: any thread, before start.
+ */
+FLUXUS_API int32_t fluxus_pipeline_branch(fluxus_pipeline *p, uint32_t stage, uint32_t outlet);
+
+/**
+ * Merge (fan-in): lead outlet `outlet` of stage `from` into the existing stage `to`, which then
+ * takes items from several producers (see above). A connection that would close a loop is
+ * refused (retry a stage's failures with fluxus_stage_set_retry(), not with a loop).
+ * If the attachment point was this outlet, nothing is attached until the next branch call.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (as fluxus_pipeline_branch(); a loop; `to` is the stage the
+ *         source feeds), FLUXUS_ENOTFOUND, FLUXUS_ESTATE (after start).
+ */
+FLUXUS_API int32_t fluxus_pipeline_connect(fluxus_pipeline *p, uint32_t from, uint32_t outlet,
+                                           uint32_t to);
 
 /* ----- Retry ----- */
 
@@ -1577,6 +1710,10 @@ typedef struct fluxus_stage_stats {
     uint64_t late;            /* async: completions that arrived after their timeout (0.2) */
     uint64_t retries;         /* retry attempts scheduled (0.2) */
     uint64_t retry_waiting;   /* items waiting for their retry now (0.2) */
+    uint64_t spawned;         /* new items it made: flat-map outputs, broadcast copies (0.3) */
+    uint64_t routed;          /* failed items sent down its error branch (0.3); at every stage
+                                 in + spawned == out + filtered + failed + dead_lettered +
+                                 cancelled + routed once the pipeline has finished */
 } fluxus_stage_stats;
 
 /**

@@ -377,6 +377,11 @@ FLUXUS_API int32_t fluxus_stage_set_error_route(fluxus_pipeline *h, uint32_t sta
         Stage *st = nullptr;
         if (int32_t rc = p->stage_for_option(stage, "fluxus_stage_set_error_route", &st))
             return rc;
+        if (target && st->error_to)
+            return set_errorf(FLUXUS_EINVAL,
+                              "fluxus_stage_set_error_route: stage '%s' already has an error "
+                              "branch ('%s')",
+                              st->name.c_str(), st->error_to->name.c_str());
         st->error_route = reinterpret_cast<uintptr_t>(target);
         return FLUXUS_OK;
     });

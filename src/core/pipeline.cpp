@@ -37,6 +37,7 @@ const char *stage_kind_name(StageKind kind) {
     case StageKind::batch: return "batch";
     case StageKind::reduce: return "reduce";
     case StageKind::window: return "window";
+    case StageKind::router: return "router";
     }
     return "stage";
 }
@@ -52,6 +53,7 @@ Pipeline::~Pipeline() {
         st->user.release();
         st->key_user.release();
         st->retry.predicate_user.release();
+        st->copy_user.release();
         if (st->rate_limiter) st->rate_limiter->release();
         if (st->concurrency) st->concurrency->release();
         if (st->breaker) st->breaker->release();
@@ -232,11 +234,18 @@ int32_t Pipeline::add_stage(uint32_t *out, StageKind kind, const char *name, voi
                             void *user, fluxus_user_free_fn uf) {
     if (int32_t rc = check_building("add stage")) return rc;
     if (!fn && kind != StageKind::dedup && kind != StageKind::debounce &&
-        kind != StageKind::throttle)
+        kind != StageKind::throttle && kind != StageKind::router)
         return set_errorf(FLUXUS_EINVAL, "add %s: the callback is NULL", stage_kind_name(kind));
-    if (!stages_.empty() && stages_.back()->is_sink())
-        return set_errorf(FLUXUS_ESTATE, "add %s: pipeline '%s' already ends with sink '%s'",
-                          stage_kind_name(kind), name_.c_str(), stages_.back()->name.c_str());
+    if (!attach_open_) {
+        const Stage &last = *attach_stage_;
+        return set_errorf(FLUXUS_ESTATE,
+                          "add %s: nothing to attach it to in pipeline '%s': '%s' %s (choose an "
+                          "outlet with fluxus_pipeline_branch)",
+                          stage_kind_name(kind), name_.c_str(), last.name.c_str(),
+                          last.is_sink() ? "is a sink and ends its chain"
+                          : last.is_router() ? "splits into routes"
+                                             : "was connected elsewhere");
+    }
     if (stages_.size() >= 4096)
         return set_error(FLUXUS_ERANGE, "add stage: a pipeline has at most 4096 stages");
     std::unique_ptr<Stage> st(new (std::nothrow) Stage());
@@ -248,6 +257,7 @@ int32_t Pipeline::add_stage(uint32_t *out, StageKind kind, const char *name, voi
     st->fn = fn;
     st->user = UserRef{user, uf};
     stages_.push_back(std::move(st));
+    attach_new_stage(stages_.back().get());
     if (out) *out = stages_.back()->index;
     return FLUXUS_OK;
 }
@@ -258,56 +268,6 @@ int32_t Pipeline::stage_for_option(uint32_t index, const char *option, Stage **o
         return set_errorf(FLUXUS_ENOTFOUND, "%s: pipeline '%s' has no stage %u (it has %zu)",
                           option, name_.c_str(), index, stages_.size());
     *out = stages_[index].get();
-    return FLUXUS_OK;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Compilation into segments
-
-int32_t Pipeline::build_segments() {
-    Segment *prev = nullptr;
-    auto add_segment = [&](Stage *head, bool pull) {
-        std::unique_ptr<Segment> seg(new Segment());
-        seg->p = this;
-        seg->pull_input = pull;
-        if (head) {
-            seg->workers = head->workers;
-            seg->keyed = head->per_key();
-            seg->ordered = head->workers > 1 && head->order == FLUXUS_ORDER_ORDERED;
-            seg->input.reset(new ItemQueue(seg->keyed ? head->workers : 1, head->capacity));
-            head->queue = seg->input.get();
-            if (seg->ordered)
-                seg->reorder.init(head->reorder_window ? head->reorder_window : 4 * head->workers);
-            seg->stages.push_back(head);
-            if (head->is_async())
-                head->async.reset(new AsyncSlots(head->index, head->in_flight,
-                                                 head->order == FLUXUS_ORDER_ORDERED,
-                                                 head->timeout_ns));
-        }
-        if (prev) prev->next = seg.get();
-        prev = seg.get();
-        segments_.push_back(std::move(seg));
-    };
-    bool pull = source_.kind != SourceKind::push;
-    if (pull) add_segment(nullptr, true);
-    for (auto &sp : stages_) {
-        Stage *st = sp.get();
-        bool fuse = prev && fusion_ && st->workers == 1 && prev->workers == 1 &&
-                    st->overflow == FLUXUS_OVERFLOW_BLOCK && !st->needs_own_segment();
-        if (fuse)
-            prev->stages.push_back(st);
-        else
-            add_segment(st, false);
-    }
-    for (size_t i = 0; i < segments_.size(); ++i) {
-        Segment &seg = *segments_[i];
-        // One producer per queue: the host (push source) or the upstream segment, which closes
-        // it once after its last worker is done.
-        if (seg.input) seg.input->set_producers(1);
-        for (uint32_t w = 0; w < seg.workers; ++w)
-            seg.tasks.emplace_back(new SegmentWorker(rt_, &seg, w));
-    }
-    if (!pull) push_queue_ = segments_[0]->input.get();
     return FLUXUS_OK;
 }
 
@@ -367,9 +327,7 @@ int32_t Pipeline::validate() {
                           "start: pipeline '%s': its source rate limiter and its runtime use "
                           "different clocks",
                           name_.c_str());
-    if (stages_.empty() || !stages_.back()->is_sink())
-        return set_errorf(FLUXUS_EINVAL, "start: pipeline '%s' does not end with a sink",
-                          name_.c_str());
+    if (int32_t rc = validate_graph()) return rc;
     for (auto &sp : stages_) {
         Stage &st = *sp;
         if (st.keyed_state() && st.workers > 1) st.order = FLUXUS_ORDER_PER_KEY;
@@ -441,6 +399,15 @@ void Pipeline::notify_all_tasks() {
 // ---------------------------------------------------------------------------------------------
 // Ending items
 
+void Pipeline::free_unadmitted(uint64_t item) {
+    if (!item_free_) return;
+    try {
+        item_free_(item_free_user_.user, item);
+    } catch (...) {
+        log(FLUXUS_LOG_ERROR, nullptr, "the item destructor threw; exception ignored");
+    }
+}
+
 void Pipeline::release_item(uint64_t item, bool finished) {
     if (cursor_) cursor_->item_ended(item, finished);
     if (!item_free_) return;
@@ -455,11 +422,14 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
                          StageTally *tally, bool destroy) {
     // A callback failure at a retrying stage, seen by the worker running it, may get another
     // attempt instead of ending here.
-    if (t_retry_scope && t_retry_scope->stage == &stage && !t_retry_scope->refusal) {
-        ++t_retry_scope->worker->head_failures;  // the breaker's view of the call
-        if (destroy && t_retry_scope->worker->park_retry(item, status)) return;
-        // Out of retries: an error route takes the item instead of the error policy.
-        if (destroy && stage.error_route) {
+    if (t_retry_scope && t_retry_scope->stage == &stage) {
+        if (!t_retry_scope->refusal) {
+            ++t_retry_scope->worker->head_failures;  // the breaker's view of the call
+            if (destroy && t_retry_scope->worker->park_retry(item, status)) return;
+        }
+        // Out of retries, or refused by the breaker: an error route (another pipeline, or the
+        // error branch) takes the item instead of the error policy.
+        if (destroy && stage.routes_errors()) {
             t_retry_scope->worker->route_failed(item);
             return;
         }
@@ -830,6 +800,8 @@ void Pipeline::fill_stage_stats(const Stage &st, fluxus_stage_stats &s) const {
     s.late = st.async ? st.async->late.load() : 0;
     s.retries = c.retries.load();
     s.retry_waiting = c.retry_waiting.load();
+    s.spawned = c.spawned.load();
+    s.routed = c.routed.load();
 }
 
 }  // namespace fluxus

@@ -73,6 +73,12 @@ public:
     int32_t set_stage_concurrency(Stage &st, ConcurrencyLimiter *l);
     int32_t add_stage(uint32_t *out, StageKind kind, const char *name, void (*fn)(), void *user,
                       fluxus_user_free_fn user_free);
+    // ---- the graph (pipeline_graph.cpp) ----
+    int32_t branch(uint32_t stage, uint32_t outlet);
+    int32_t connect(uint32_t from, uint32_t outlet, uint32_t to);
+    int32_t add_route(uint32_t stage, const char *name, uint32_t *out);
+    int32_t route_index(uint32_t stage, const char *name, uint32_t *out) const;
+    int32_t set_default_route(uint32_t stage, uint32_t route);
     // Looks up a stage for an option setter; sets the error message on failure.
     int32_t stage_for_option(uint32_t index, const char *option, Stage **out);
     uint32_t stage_count() const { return uint32_t(stages_.size()); }
@@ -116,6 +122,8 @@ public:
     void destroy_item(uint64_t item) { release_item(item, true); }
     // Ends an item fluxus owns: the cursor watermark hears of it, the destructor releases it.
     void release_item(uint64_t item, bool finished);
+    // Destroys an item that was never admitted (a copy that could not join its original).
+    void free_unadmitted(uint64_t item);
     // Cursor sources only (null otherwise): the watermark.
     CursorTracker *cursor() const { return cursor_.get(); }
     int32_t set_cursor_source(const char *name, uint64_t start, fluxus_cursor_read_fn read,
@@ -137,7 +145,13 @@ public:
 
 private:
     int32_t validate();
+    int32_t validate_graph();  // also computes topo_
     int32_t build_segments();
+    void attach_new_stage(Stage *st);
+    static Stage **outlet_slot(Stage &st, uint32_t outlet);  // null: no such outlet
+    // The stage of an outlet that leads nowhere yet, or an error naming `what`.
+    int32_t free_outlet(uint32_t stage, uint32_t outlet, const char *what, Stage **out);
+    bool reaches(const Stage *from, const Stage *to) const;
     void finish();
     void notify_all_tasks();
 
@@ -145,6 +159,13 @@ private:
     std::string name_;
     std::vector<std::unique_ptr<Stage>> stages_;
     SourceSpec source_;
+    // The graph: the stage the source feeds, where the next added stage attaches (a null
+    // stage: the source), and the stages in topological order (computed at start).
+    Stage *source_to_ = nullptr;
+    Stage *attach_stage_ = nullptr;
+    uint32_t attach_outlet_ = 0;
+    bool attach_open_ = true;
+    std::vector<Stage *> topo_;
     fluxus_item_free_fn item_free_ = nullptr;
     UserRef item_free_user_;
     fluxus_dead_letter_fn dead_letter_ = nullptr;

@@ -232,7 +232,7 @@ void Segment::try_close_output() {
     if (exhausted.load(std::memory_order_acquire) < workers) return;
     if (ordered && !reorder.empty()) return;
     if (output_closed.exchange(true)) return;
-    if (next) next->input->producer_done();
+    for (Segment *t : targets) t->input->producer_done();
     p->segment_done();
 }
 
@@ -268,6 +268,10 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
     }
     if (Stage *h = s->head())
         if (h->async) h->async->set_worker(this);
+    if (s->split) {
+        split_.resize(s->outs.size());
+        buckets_.resize(s->outs.size());
+    }
     cursor_pos_ = s->p->source().cursor;
 }
 
@@ -322,7 +326,7 @@ void SegmentWorker::run() {
         cancel_all();
         return;
     }
-    if (!pending.empty() && !seg->push_out(pending, this)) return;
+    if (!flush_output()) return;
     if (seg->ordered) seg->reorder.flush(this);
     if (Stage *h = seg->head()) {
         // Heads that do more than run a batch have their own loops (segment_heads.cpp).
@@ -355,7 +359,7 @@ void SegmentWorker::run_batches() {
             notify();  // others are waiting for a thread: run again after them
             return;
         }
-        if (!route_pending_.empty() && !flush_routes()) return;
+        if (routes_waiting() && !flush_routes()) return;
         if (guarded && !blocked_.empty()) {
             // Items a breaker refused (wait mode) or a full queue stopped go first, in order.
             size_t n = std::min<size_t>(blocked_.size(), p.batch_size());
@@ -400,7 +404,7 @@ void SegmentWorker::run_batches() {
                     cancel_all();
                     return;
                 }
-                if (!pending.empty()) {
+                if (has_output()) {
                     requeue_after(k);  // parked downstream
                     return;
                 }
@@ -416,7 +420,7 @@ void SegmentWorker::run_batches() {
                 if (retries_.front().due <= rt_->now()) continue;
                 return;
             }
-            if (!route_pending_.empty()) continue;  // failed retries to route: flush first
+            if (routes_waiting()) continue;  // failed retries to route: flush first
             if (drained) exhaust();
             return;
         }
@@ -430,7 +434,7 @@ void SegmentWorker::run_batches() {
             cancel_all();
             return;
         }
-        if (!pending.empty()) return;  // parked until the next queue has room
+        if (has_output()) return;  // parked until the next queue has room
     }
 }
 
@@ -561,7 +565,26 @@ void SegmentWorker::arm_timer(uint64_t deadline, uint64_t now) {
     rt_->add_timer(deadline, this, seg->p);
 }
 
+bool SegmentWorker::flush_output() {
+    if (!seg->split) return pending.empty() || seg->push_out(pending, this);
+    bool done = true;
+    for (size_t r = 0; r < split_.size(); ++r)
+        if (!split_[r].empty() && !seg->outs[r]->accept(split_[r], this)) done = false;
+    return done;
+}
+
+void SegmentWorker::deliver_split() {
+    const std::vector<uint32_t> &route = state_.back().route;
+    for (auto &b : buckets_) b.clear();
+    for (size_t i = 0; i < out_n_; ++i) buckets_[route[i]].push_back(a_[i]);
+    for (size_t r = 0; r < buckets_.size(); ++r)
+        if (!buckets_[r].empty())
+            seg->outs[r]->stage_items(buckets_[r].data(), buckets_[r].size(), split_[r]);
+    flush_output();
+}
+
 void SegmentWorker::deliver() {
+    if (seg->split) return deliver_split();
     if (!seg->next) return;
     if (seg->ordered) {
         PendingItems out;
@@ -583,6 +606,18 @@ void SegmentWorker::cancel_all() {
         if (Stage *ns = seg->out_stage())
             p.cancel_items(*ns, pending.items.data() + pending.head, pending.size(), true);
         pending.clear();
+    }
+    for (size_t r = 0; r < split_.size(); ++r) {
+        PendingItems &s = split_[r];
+        if (s.empty()) continue;
+        p.cancel_items(*seg->outs[r]->head(), s.items.data() + s.head, s.size(), true);
+        s.clear();
+    }
+    if (!error_pend_.empty()) {
+        // Counted routed at the head already: they end at the branch's first stage.
+        p.cancel_items(*seg->error_out->head(), error_pend_.items.data() + error_pend_.head,
+                       error_pend_.size(), true);
+        error_pend_.clear();
     }
     if (seg->ordered) seg->reorder.cancel_all(*seg);
     if (is_exhausted_) return;
@@ -655,7 +690,7 @@ void SegmentWorker::cancel_all() {
 }
 
 void SegmentWorker::exhaust() {
-    if (!pending.empty() || is_exhausted_) return;
+    if (has_output() || is_exhausted_) return;
     is_exhausted_ = true;
     close_hooks();
     seg->worker_exhausted();

@@ -71,7 +71,14 @@ public:
     std::vector<Stage *> stages;         // fused chain; empty for a lone source segment
     bool pull_input = false;             // input is the pull source
     std::unique_ptr<ItemQueue> input;    // otherwise: the queue in front of stages[0]
-    Segment *next = nullptr;             // downstream segment (null after the sink)
+    // Downstream: outs[r] takes outlet r of the tail stage (none after a sink). A router tail
+    // splits its output across them; otherwise `next` is outs[0]. error_out takes the head's
+    // error branch. targets: every distinct downstream segment (each closed once at the end).
+    std::vector<Segment *> outs;
+    Segment *next = nullptr;
+    bool split = false;
+    Segment *error_out = nullptr;
+    std::vector<Segment *> targets;
     uint32_t workers = 1;
     bool ordered = false;                // several workers, output restored to input order
     bool keyed = false;                  // one input lane per worker (order per key)
@@ -121,6 +128,7 @@ public:
     std::unique_ptr<Debouncer> debounce;
     std::vector<int8_t> verdict;   // dedup: per-item result of the batch insert
     std::vector<int32_t> status, keep;  // batch callbacks: per-item out-arrays
+    std::vector<uint32_t> route;  // router: the route of each output item
 
     int32_t *zeroed_status(size_t n) { return zeroed(status, n); }
     int32_t *zeroed_keep(size_t n) { return zeroed(keep, n); }
@@ -152,6 +160,15 @@ public:
     Segment *seg;
     uint32_t index;
     PendingItems pending;  // output not yet accepted downstream (unordered path)
+    std::vector<PendingItems> split_;  // the same per outlet, when a router ends the segment
+    bool has_output() const {
+        if (!pending.empty()) return true;
+        for (const PendingItems &s : split_)
+            if (!s.empty()) return true;
+        return false;
+    }
+    // Hands held output downstream. False: some queue is full (this worker is woken on room).
+    bool flush_output();
 
 private:
     size_t fetch(bool *drained);
@@ -193,6 +210,9 @@ private:
     // Async head with a concurrency limiter: keeps one permit per item in flight.
     void reconcile_permits();
     void deliver();
+    // Router tail: sorts the batch's output by route and hands each route its share.
+    void deliver_split();
+    std::vector<std::vector<uint64_t>> buckets_;
     void cancel_all();
     void exhaust();
     bool init_hooks();
@@ -230,8 +250,12 @@ private:
     // Circuit breaker: items taken but not yet run (refused in wait mode, or stopped by a full
     // queue downstream), in order, with their attempt counts.
     std::vector<RetryEntry> blocked_;
-    // Failed items on their way to the error route's pipeline, in order.
+    // Failed items on their way to the error route's pipeline or the error branch, in order;
+    // for the branch, then staged for its queue in error_pend_.
     std::vector<uint64_t> route_pending_;
+    PendingItems error_pend_;
+    bool routes_waiting() const { return !route_pending_.empty() || !error_pend_.empty(); }
+    bool flush_error_branch();
     // Pushes route_pending_ into the route's pipeline. False: it is full, try again later (a
     // timer is armed); the caller stops taking input meanwhile (backpressure).
     bool flush_routes();
@@ -257,6 +281,11 @@ inline int32_t stage_key(const Stage &st, uint64_t item, Key128 *out) {
 // and returns their count. Failures and drops are ended through the pipeline.
 size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
                    std::vector<uint64_t> &out, StageTally &t);
+
+// Runs a router (or broadcast) over a batch: out gets each item and its copies, ws.route the
+// route of each (see router.cpp).
+size_t apply_router(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
+                    std::vector<uint64_t> &out, StageTally &t);
 
 // Thread-local worker index for fluxus_current_worker().
 extern thread_local uint32_t t_current_worker;

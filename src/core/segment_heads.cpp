@@ -24,7 +24,7 @@ bool SegmentWorker::send_on(size_t n) {
         cancel_all();
         return false;
     }
-    return pending.empty();
+    return !has_output();
 }
 
 // The key of an input item of a keyed head stage; if the key function fails (or throws), the
@@ -75,7 +75,7 @@ void SegmentWorker::run_async() {
             notify();
             return;
         }
-        if (!route_pending_.empty() && !flush_routes()) return;
+        if (routes_waiting() && !flush_routes()) return;
         bool progress = false;
         uint64_t now = rt_->now();
         ended_.clear();
@@ -136,7 +136,7 @@ void SegmentWorker::run_async() {
             reconcile_permits();
         }
         if (input_drained_ && held_head_ == held_.size() && slots.in_use() == 0 &&
-            retries_.empty() && blocked_.empty() && route_pending_.empty()) {
+            retries_.empty() && blocked_.empty() && !routes_waiting()) {
             reconcile_permits();
             exhaust();
             return;
@@ -178,7 +178,7 @@ void SegmentWorker::run_batching() {
                 cancel_all();
                 return;
             }
-            if (!pending.empty()) return;
+            if (has_output()) return;
             continue;
         }
         if (!input_drained_ && group_.size() < head.batch_max) {

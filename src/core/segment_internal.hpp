@@ -15,7 +15,7 @@ public:
     // is a call, and this runs once per batch on the hot path.
     RetryScopeGuard(SegmentWorker *w, Stage *head, uint32_t attempt, bool refusal = false)
         : scope_{w, head, attempt, refusal},
-          active_(head && (head->retry.enabled() || head->breaker || head->error_route)) {
+          active_(head && (head->retry.enabled() || head->breaker || head->routes_errors())) {
         if (active_) {
             saved_ = t_retry_scope;
             t_retry_scope = &scope_;

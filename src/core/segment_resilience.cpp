@@ -57,7 +57,20 @@ void SegmentWorker::cancel_retries() {
     seg->p->cancel_items(head, items.data(), items.size(), false);
 }
 
+bool SegmentWorker::flush_error_branch() {
+    Stage &head = *seg->head();
+    if (!route_pending_.empty()) {
+        // They leave this stage here (counted routed) and arrive at the branch when its queue
+        // takes them; what waits for room is cancelled there if the pipeline is cancelled.
+        head.c.routed.fetch_add(route_pending_.size(), std::memory_order_relaxed);
+        seg->error_out->stage_items(route_pending_.data(), route_pending_.size(), error_pend_);
+        route_pending_.clear();
+    }
+    return error_pend_.empty() || seg->error_out->accept(error_pend_, this);
+}
+
 bool SegmentWorker::flush_routes() {
+    if (seg->error_out) return flush_error_branch();
     Pipeline &p = *seg->p;
     Stage &head = *seg->head();
     StageTally &t = tally_[0];
@@ -147,7 +160,7 @@ bool SegmentWorker::run_guarded(size_t n, const uint32_t *attempts) {
             cancel_all();
             return false;
         }
-        if (!pending.empty()) {
+        if (has_output()) {
             keep_rest(i + 1);
             return false;
         }

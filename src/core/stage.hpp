@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "core/async_slots.hpp"
 #include "flow/retry_policy.hpp"
@@ -47,6 +48,7 @@ enum class StageKind : uint8_t {
     batch,  // groups by size and linger, then a flat-map-batch callback
     reduce,  // folds items into one accumulator per key, emitted at end of input
     window,  // per-key windows handed to an aggregate callback
+    router,  // each item to the routes its selector picks (broadcast: every route)
 };
 
 const char *stage_kind_name(StageKind kind);
@@ -57,7 +59,7 @@ const char *stage_kind_name(StageKind kind);
 struct StageCounters {
     std::atomic<uint64_t> in{0}, out{0}, filtered{0}, failed{0}, dead_lettered{0}, cancelled{0},
         dropped{0}, spawned{0}, busy_ns{0}, held_at_deadline{0}, dedup_keys{0},
-        dedup_forgotten{0}, timed_out{0}, retries{0}, retry_waiting{0};
+        dedup_forgotten{0}, timed_out{0}, retries{0}, retry_waiting{0}, routed{0};
 
     uint64_t ended() const {
         return out.load() + filtered.load() + failed.load() + dead_lettered.load() +
@@ -109,6 +111,16 @@ struct Stage {
     std::mutex pause_mu;
     std::deque<uint64_t> recent_failures;  // times of the last failures (at most threshold)
 
+    // Graph edges. outlets[r]: where outlet r leads (null: nowhere yet); one outlet for an
+    // ordinary stage, one per route for a router, none for a sink. error_to: the error branch.
+    std::vector<Stage *> outlets;
+    std::vector<std::string> route_names;  // routers
+    uint32_t default_route = UINT32_MAX;   // routers: where an empty selection goes
+    fluxus_copy_fn copy = nullptr;         // routers: copies for the second route on
+    UserRef copy_user;
+    Stage *error_to = nullptr;
+    uint32_t inputs = 0;  // edges that lead here (the source's counts)
+
     StageCounters c;
     ItemQueue *queue = nullptr;  // its input queue once started; null when fused behind another
 
@@ -120,8 +132,11 @@ struct Stage {
         return is_async() || kind == StageKind::debounce || kind == StageKind::batch ||
                kind == StageKind::reduce || kind == StageKind::window ||
                rate_limiter || concurrency ||
-               retry.enabled() || breaker || error_route;
+               retry.enabled() || breaker || error_route || error_to;
     }
+    bool is_router() const { return kind == StageKind::router; }
+    // Failed items leave through a route (another pipeline, or the error branch).
+    bool routes_errors() const { return error_route || error_to; }
     // Stages whose state is per key: with several workers they shard keys across them.
     bool keyed_state() const {
         return kind == StageKind::dedup || kind == StageKind::debounce ||

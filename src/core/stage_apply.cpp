@@ -365,6 +365,8 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             }
         });
     }
+    case StageKind::router:
+        return apply_router(p, st, ws, in, n, out, t);
     case StageKind::async_map:
     case StageKind::debounce:
     case StageKind::reduce:

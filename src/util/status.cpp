@@ -36,6 +36,7 @@ const StatusInfo kStatusTable[] = {
     {FLUXUS_ESOURCE, "FLUXUS_ESOURCE", "the source reported an error"},
     {FLUXUS_ELIMITED, "FLUXUS_ELIMITED", "no token or permit available in time"},
     {FLUXUS_ECIRCUITOPEN, "FLUXUS_ECIRCUITOPEN", "refused by an open circuit breaker"},
+    {FLUXUS_ENOROUTE, "FLUXUS_ENOROUTE", "no route matched and there is no default route"},
 };
 
 const StatusInfo *find_status(int32_t code) {
