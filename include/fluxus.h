@@ -1178,6 +1178,98 @@ FLUXUS_API int32_t fluxus_stage_set_dedup_window(fluxus_pipeline *p, uint32_t st
                                                  uint64_t keys);
 
 /* ---------------------------------------------------------------------------------------------
+ * Declarative pipelines: a registry of named callbacks and a textual spec
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct fluxus_registry fluxus_registry;
+
+/* Kinds of registered callbacks: what `fn` really is. */
+#define FLUXUS_FN_MAP 1             /* fluxus_map_fn */
+#define FLUXUS_FN_MAP_BATCH 2       /* fluxus_map_batch_fn */
+#define FLUXUS_FN_FILTER 3          /* fluxus_filter_fn */
+#define FLUXUS_FN_FILTER_BATCH 4    /* fluxus_filter_batch_fn */
+#define FLUXUS_FN_FLAT_MAP 5        /* fluxus_flat_map_fn */
+#define FLUXUS_FN_FLAT_MAP_BATCH 6  /* fluxus_flat_map_batch_fn (also batch stages) */
+#define FLUXUS_FN_SINK 7            /* fluxus_sink_fn */
+#define FLUXUS_FN_SINK_BATCH 8      /* fluxus_sink_batch_fn */
+#define FLUXUS_FN_ASYNC_MAP 9       /* fluxus_async_map_fn */
+#define FLUXUS_FN_REDUCE 10         /* fluxus_reduce_fn */
+#define FLUXUS_FN_WINDOW 11         /* fluxus_window_fn */
+#define FLUXUS_FN_ROUTE 12          /* fluxus_route_fn */
+#define FLUXUS_FN_COPY 13           /* fluxus_copy_fn */
+#define FLUXUS_FN_KEY 14            /* fluxus_key_fn */
+#define FLUXUS_FN_RETRY_IF 15       /* fluxus_retry_fn */
+#define FLUXUS_FN_PULL 16           /* fluxus_pull_fn (a pull source) */
+
+/** Any callback, cast; the kind says what it is. */
+typedef void (*fluxus_any_fn)(void);
+
+/**
+ * Create an empty registry. Pipelines built from it keep it alive (its `user` pointers are
+ * released when the last of the registry handle and those pipelines is freed).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (out NULL), FLUXUS_ENOMEM.
+ */
+FLUXUS_API int32_t fluxus_registry_new(fluxus_registry **out);
+
+/**
+ * Release the host's handle. Pipelines built from the registry keep using it.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (NULL or already freed).
+ */
+FLUXUS_API int32_t fluxus_registry_free(fluxus_registry *r);
+
+/**
+ * Register `fn` (of kind FLUXUS_FN_*) under `name` (copied; letters, digits and '_', not
+ * starting with a digit). `user` is passed to it in every stage built from it; `user_free`
+ * runs once when the registry is finally released.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL fn, bad name, unknown kind, name taken).
+ * Thread safety: any thread; not concurrently with a build from the same registry.
+ */
+FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *r, const char *name, int32_t kind,
+                                       fluxus_any_fn fn, void *user,
+                                       fluxus_user_free_fn user_free);
+
+/**
+ * Build stages into `p` (which has not started) from a textual spec naming registered
+ * callbacks. The grammar:
+ *
+ *     spec   := chain
+ *     chain  := step ( '|' step )*
+ *     step   := KIND [ '(' args ')' ] [ 'as' NAME ] [ block ]
+ *             | NAME                     a registered map, filter, flat map or sink by name
+ *             | '@' NAME                 merge into the stage called NAME (ends the chain)
+ *     args   := arg ( ',' arg )*         arg := CALLBACK | OPTION '=' VALUE
+ *     block  := '{' ( LABEL ':' chain [ ';' | ',' ] )* '}'
+ *
+ * KIND is one of source, map, map_batch, filter, filter_batch, flat_map, flat_map_batch, sink,
+ * sink_batch, async_map, reduce, window, batch, dedup, throttle, debounce, router, broadcast.
+ * The first positional argument is the registered callback (source takes a FLUXUS_FN_PULL one,
+ * or nothing when the host sets the source). A router's or broadcast's block declares its
+ * routes, in order, each with its chain; any other stage's block may hold `error: chain`, its
+ * error branch, and the chain goes on after the block. Stage names are the callback's name
+ * unless `as NAME` is given. '#' starts a comment; newlines are spaces.
+ * Options (VALUE is a number or a word):
+ *     workers=N  order=ordered|unordered|per_key  capacity=N
+ *     overflow=block|drop_newest|drop_oldest|fail  on_error=fail_fast|skip|dead_letter
+ *     retry=ATTEMPTS  backoff=constant|exponential|jitter  delay_us=N  max_delay_us=N
+ *     retry_if=CALLBACK  timeout_us=N  in_flight=N  key=CALLBACK
+ *     router/broadcast: copy=CALLBACK  default=LABEL
+ *     dedup: max_keys=N | ttl_us=N | last=N      batch: size=N linger_us=N
+ *     window: kind=count|time|session size=N step=N      throttle: period_us=N
+ *     debounce: quiet_us=N
+ * Example:
+ *     source | map(parse, workers=4, order=unordered, on_error=dead_letter)
+ *            | router(by_kind) { click: map(enrich) | @store ; view: sink(count) }
+ *     ...where `store` is a sink declared earlier in the text with `sink(write) as store`.
+ *
+ * @return FLUXUS_OK; FLUXUS_EINVAL with fluxus_last_error_message() as
+ *         "spec:LINE:COL: what was expected or what is wrong"; FLUXUS_ESTATE (started);
+ *         FLUXUS_ENOMEM. On failure the pipeline may hold part of the stages: free it.
+ * Thread safety: any thread, before start.
+ */
+FLUXUS_API int32_t fluxus_pipeline_build(fluxus_pipeline *p, fluxus_registry *r,
+                                         const char *spec);
+
+/* ---------------------------------------------------------------------------------------------
  * Pipeline: running
  * ------------------------------------------------------------------------------------------- */
 

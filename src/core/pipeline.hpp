@@ -84,6 +84,9 @@ public:
     uint32_t stage_count() const { return uint32_t(stages_.size()); }
     Stage *stage(uint32_t i) const { return i < stages_.size() ? stages_[i].get() : nullptr; }
 
+    // Keeps `obj` alive as long as the pipeline (a registry its stages' callbacks come from).
+    void keep_alive(std::shared_ptr<void> obj) { keep_alive_.push_back(std::move(obj)); }
+
     // ---- running ----
     int32_t start();
     int32_t wait(uint32_t timeout_ms);
@@ -166,6 +169,7 @@ private:
     uint32_t attach_outlet_ = 0;
     bool attach_open_ = true;
     std::vector<Stage *> topo_;
+    std::vector<std::shared_ptr<void>> keep_alive_;  // released after the stages
     fluxus_item_free_fn item_free_ = nullptr;
     UserRef item_free_user_;
     fluxus_dead_letter_fn dead_letter_ = nullptr;

@@ -9,7 +9,7 @@
 namespace fluxus {
 
 enum class HandleKind : uint8_t { runtime = 1, pipeline = 2, rate_limiter = 3, concurrency_limiter = 4,
-                                  circuit_breaker = 5 };
+                                  circuit_breaker = 5, registry = 6 };
 
 // Registers `object` and returns its handle value, or 0 when out of memory or slots.
 uintptr_t handle_register(HandleKind kind, void *object);
