@@ -953,6 +953,54 @@ FLUXUS_API int32_t fluxus_pipeline_branch(fluxus_pipeline *p, uint32_t stage, ui
 FLUXUS_API int32_t fluxus_pipeline_connect(fluxus_pipeline *p, uint32_t from, uint32_t outlet,
                                            uint32_t to);
 
+/* ----- Join by key (and scatter-gather) ----- */
+
+/**
+ * Join input callback: sets *input to the input (0..inputs-1) `item` belongs to — for example
+ * from a tag in the item, or the branch that produced it. Nonzero return fails the item.
+ */
+typedef int32_t (*fluxus_join_input_fn)(void *user, uint64_t item, uint32_t *input);
+
+/**
+ * Join by key: items of `inputs` inputs (usually branches merged into the join with
+ * fluxus_pipeline_connect()) wait per key (the stage's key function, or the item word) until
+ * every input has one; then `fn` gets them, borrowed, in input order (count == inputs;
+ * `start_ns` is when the key's first item arrived) and emits what goes on, as a window's
+ * aggregate callback does (fluxus_pipeline_add_window()): the joined items are then consumed
+ * (counted filtered, destroyed unless fluxus_emitter_keep_input()). A nonzero return fails the
+ * joined items with that status.
+ * Items that cannot join fail at the stage under its error policy: a key still incomplete after
+ * the join timeout (FLUXUS_ETIMEDOUT; swept in arrival order, no scan) or at end of input
+ * (FLUXUS_ECLOSED, also on drain); a second item for an input of a key still waiting
+ * (FLUXUS_EINVAL); a new key while max_keys keys wait (FLUXUS_EFULL); an input number out of
+ * range (FLUXUS_ERANGE). With several workers keys are spread across them (per key).
+ * Scatter-gather is a broadcast whose routes do the N calls (each route its own stage, so the
+ * calls run in parallel, asynchronously if they are async stages) and connect into a join
+ * keyed by the request, whose input callback names the route the result came from.
+ * @param inputs  1..64.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (NULL callback), FLUXUS_ERANGE (inputs), FLUXUS_ESTATE,
+ *         FLUXUS_ENOMEM.
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_join(uint32_t *out_stage, fluxus_pipeline *p,
+                                            const char *name, uint32_t inputs,
+                                            fluxus_join_input_fn input_of, fluxus_window_fn fn,
+                                            void *user, fluxus_user_free_fn user_free);
+
+/**
+ * How long a join key may wait for its other inputs (default 0: until end of input).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a join), FLUXUS_ENOTFOUND, FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_join_timeout_us(fluxus_pipeline *p, uint32_t stage,
+                                                    uint64_t timeout_us);
+
+/**
+ * Most keys a join holds waiting (per worker; default 1 048 576); 0 is refused.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a join), FLUXUS_ERANGE (0), FLUXUS_ENOTFOUND,
+ *         FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_join_max_keys(fluxus_pipeline *p, uint32_t stage,
+                                                  uint64_t max_keys);
+
 /* ----- Retry ----- */
 
 /* Backoff between attempts. */

@@ -86,3 +86,72 @@ FLUXUS_API int32_t fluxus_pipeline_connect(fluxus_pipeline *h, uint32_t from, ui
 }
 
 }  // extern "C"
+
+// Joins.
+extern "C" {
+
+FLUXUS_API int32_t fluxus_pipeline_add_join(uint32_t *out, fluxus_pipeline *h, const char *name,
+                                            uint32_t inputs, fluxus_join_input_fn input_of,
+                                            fluxus_window_fn fn, void *user,
+                                            fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_add_join");
+        if (!input_of)
+            return set_error(FLUXUS_EINVAL, "fluxus_pipeline_add_join: the input callback is NULL");
+        if (inputs < 1 || inputs > 64)
+            return set_errorf(FLUXUS_ERANGE, "fluxus_pipeline_add_join: %u inputs; 1..64",
+                              inputs);
+        uint32_t index = 0;
+        if (int32_t rc = p->add_stage(&index, StageKind::join, name,
+                                      reinterpret_cast<void (*)()>(fn), user, user_free))
+            return rc;
+        p->stage(index)->join_inputs = inputs;
+        p->stage(index)->join_input = input_of;
+        if (out) *out = index;
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"
+
+namespace {
+
+template <class F>
+int32_t with_join(fluxus_pipeline *h, uint32_t index, const char *fname, F set) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, fname);
+        Stage *st = nullptr;
+        if (int32_t rc = p->stage_for_option(index, fname, &st)) return rc;
+        if (st->kind != StageKind::join)
+            return set_errorf(FLUXUS_EINVAL, "%s: stage '%s' is not a join", fname,
+                              st->name.c_str());
+        return set(*st);
+    });
+}
+
+}  // namespace
+
+extern "C" {
+
+FLUXUS_API int32_t fluxus_stage_set_join_timeout_us(fluxus_pipeline *p, uint32_t stage,
+                                                    uint64_t timeout_us) {
+    return with_join(p, stage, "fluxus_stage_set_join_timeout_us", [&](Stage &st) {
+        if (timeout_us > 86400ull * 1000000ull)
+            return set_error(FLUXUS_ERANGE,
+                             "fluxus_stage_set_join_timeout_us: more than a day");
+        st.join_timeout_ns = timeout_us * 1000u;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_join_max_keys(fluxus_pipeline *p, uint32_t stage,
+                                                  uint64_t max_keys) {
+    return with_join(p, stage, "fluxus_stage_set_join_max_keys", [&](Stage &st) {
+        if (max_keys == 0)
+            return set_error(FLUXUS_ERANGE, "fluxus_stage_set_join_max_keys: 0 keys");
+        st.join_max_keys = max_keys;
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

@@ -38,6 +38,7 @@ const char *stage_kind_name(StageKind kind) {
     case StageKind::reduce: return "reduce";
     case StageKind::window: return "window";
     case StageKind::router: return "router";
+    case StageKind::join: return "join";
     }
     return "stage";
 }
@@ -595,7 +596,7 @@ int32_t Pipeline::drain(uint32_t timeout_ms) {
         uint64_t h = in > ended ? in - ended : 0;
         if (st.kind == StageKind::flat_map || st.kind == StageKind::flat_map_batch ||
             st.kind == StageKind::batch || st.kind == StageKind::reduce ||
-            st.kind == StageKind::window) {
+            st.kind == StageKind::window || st.kind == StageKind::join) {
             // out counts emitted items, not ended inputs
             uint64_t done = st.c.filtered.load() + st.c.failed.load() +
                             st.c.dead_lettered.load() + st.c.cancelled.load();

@@ -263,6 +263,9 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
                 new SlidingWindows(st.window_kind, st.window_size, st.window_step));
         else if (st.kind == StageKind::window)
             state_[k].windows.reset(new KeyedWindows(st.window_kind, st.window_size));
+        if (st.kind == StageKind::join)
+            state_[k].join.reset(
+                new JoinTable(st.join_inputs, st.join_timeout_ns, st.join_max_keys));
         if (st.kind == StageKind::debounce)
             state_[k].debounce.reset(new Debouncer(st.period_ns, st.debounce_max_keys));
     }
@@ -336,6 +339,7 @@ void SegmentWorker::run() {
         case StageKind::batch: return run_batching();
         case StageKind::reduce: return run_reduce();
         case StageKind::window: return h->window_step ? run_sliding() : run_windows();
+        case StageKind::join: return run_join();
         default: break;
         }
         if (ConcurrencyLimiter *cl = h->concurrency) {
@@ -661,6 +665,13 @@ void SegmentWorker::cancel_all() {
             for (auto &w : closed_) open.push_back(std::move(w));
             closed_.clear();
             for (auto &w : open) p.cancel_items(*h, w.items.data(), w.items.size(), false);
+        }
+        if (state_.size() && state_[0].join) {
+            std::vector<JoinTable::Done> waiting;
+            state_[0].join->take_all(waiting);
+            for (auto &d : joined_) waiting.push_back(std::move(d));
+            joined_.clear();
+            for (auto &d : waiting) p.cancel_items(*h, d.items.data(), d.items.size(), false);
         }
         if (h->kind == StageKind::debounce) {
             std::vector<uint64_t> held;

@@ -15,6 +15,7 @@
 #include "dedup/key_set.hpp"
 #include "flow/debouncer.hpp"
 #include "flow/key_window.hpp"
+#include "flow/join_table.hpp"
 #include "flow/keyed_windows.hpp"
 #include "flow/sliding_windows.hpp"
 #include "flow/throttler.hpp"
@@ -125,6 +126,7 @@ public:
     std::unique_ptr<KeyWindow> window;     // dedup of the last N keys
     std::unique_ptr<KeyedWindows> windows;  // window stages
     std::unique_ptr<SlidingWindows> sliding;  // sliding window stages
+    std::unique_ptr<JoinTable> join;          // join stages
     std::unique_ptr<Debouncer> debounce;
     std::vector<int8_t> verdict;   // dedup: per-item result of the batch insert
     std::vector<int32_t> status, keep;  // batch callbacks: per-item out-arrays
@@ -191,6 +193,15 @@ private:
     // Runs the aggregate callback over closed windows; their outputs go on. False: stop.
     bool fire_windows(std::vector<KeyedWindows::Closed> &closed);
     std::vector<KeyedWindows::Closed> closed_;
+    // Join head: keys wait for every input; complete sets go to the callback (see run_join).
+    void run_join();
+    bool fire_joins();
+    std::vector<JoinTable::Done> joined_;
+    // Ends the items a window or join callback consumed (rc 0) or failed with (rc != 0).
+    void end_consumed(const std::vector<uint64_t> &items, int32_t rc, bool keep_input,
+                      const char *what);
+    // Sends what a head callback emitted on. False: stop this run.
+    bool send_emitted(std::vector<uint64_t> &out);
     // Sliding window head: as run_windows, with items held across windows.
     void run_sliding();
     std::unordered_map<Key128, size_t, Key128Hash> acc_index_;  // key -> position in accs_

@@ -257,35 +257,126 @@ void SegmentWorker::run_reduce() {
     }
 }
 
-bool SegmentWorker::fire_windows(std::vector<KeyedWindows::Closed> &closed) {
+void SegmentWorker::end_consumed(const std::vector<uint64_t> &items, int32_t rc,
+                                 bool keep_input, const char *what) {
     Pipeline &p = *seg->p;
     Stage &head = *seg->head();
     StageTally &t = tally_[0];
+    for (uint64_t x : items) {
+        if (rc != 0) {
+            p.fail_item(head, x, rc, what, &t);
+            continue;
+        }
+        ++t.filtered;  // consumed by the callback
+        if (!keep_input)
+            p.destroy_item(x);
+        else if (CursorTracker *cur = p.cursor())
+            cur->item_ended(x, true);
+    }
+}
+
+bool SegmentWorker::send_emitted(std::vector<uint64_t> &out) {
+    StageTally &t = tally_[0];
+    t.spawned += out.size();
+    t.out += out.size();
+    t.flush_to(seg->head()->c);
+    if (out.empty()) return true;
+    if (a_.size() < out.size()) a_.resize(out.size());
+    std::copy(out.begin(), out.end(), a_.begin());
+    return send_on(out.size());
+}
+
+bool SegmentWorker::fire_windows(std::vector<KeyedWindows::Closed> &closed) {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
     std::vector<uint64_t> out;
     for (KeyedWindows::Closed &w : closed) {
         bool keep_input = false;
         int32_t rc = call_window_fn(p, head, w.items.data(), w.items.size(), w.start_ns, out,
                                     &keep_input);
-        for (uint64_t x : w.items) {
-            if (rc != 0) {
-                p.fail_item(head, x, rc, "window callback failed", &t);
-                continue;
-            }
-            ++t.filtered;  // consumed by its window
-            if (!keep_input)
-                p.destroy_item(x);
-            else if (CursorTracker *cur = p.cursor())
-                cur->item_ended(x, true);
-        }
+        end_consumed(w.items, rc, keep_input, "window callback failed");
     }
     closed.clear();
-    t.spawned += out.size();
-    t.out += out.size();
-    t.flush_to(head.c);
-    if (out.empty()) return true;
-    if (a_.size() < out.size()) a_.resize(out.size());
-    std::copy(out.begin(), out.end(), a_.begin());
-    return send_on(out.size());
+    return send_emitted(out);
+}
+
+bool SegmentWorker::fire_joins() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    std::vector<uint64_t> out;
+    for (JoinTable::Done &d : joined_) {
+        if (d.status != 0) {
+            end_consumed(d.items, d.status, false,
+                         d.status == FLUXUS_ETIMEDOUT
+                             ? "join key still incomplete after the join timeout"
+                             : "join key still incomplete at end of input");
+            continue;
+        }
+        bool keep_input = false;
+        int32_t rc = call_window_fn(p, head, d.items.data(), d.items.size(), d.start_ns, out,
+                                    &keep_input);
+        end_consumed(d.items, rc, keep_input, "join callback failed");
+    }
+    joined_.clear();
+    return send_emitted(out);
+}
+
+// The join head's loop: each input item waits under its key for the other inputs; complete
+// sets go to the callback, keys past the join timeout (one timer at the oldest) or left at end
+// of input fail.
+void SegmentWorker::run_join() {
+    Pipeline &p = *seg->p;
+    Stage &head = *seg->head();
+    JoinTable &jt = *state_[0].join;
+    StageTally &t = tally_[0];
+    uint32_t lane = seg->keyed ? index : 0;
+    for (int round = 0;; ++round) {
+        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+            notify();
+            return;
+        }
+        uint64_t now = rt_->now();
+        jt.expire(now, joined_);
+        if (input_drained_) jt.take_all(joined_);
+        if (!joined_.empty()) {
+            if (!fire_joins()) return;
+            continue;
+        }
+        if (input_drained_) {
+            exhaust();
+            return;
+        }
+        bool drained = false;
+        size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
+        input_drained_ = drained;
+        for (size_t i = 0; i < n; ++i) {
+            uint64_t x = a_[i];
+            Key128 k;
+            if (!key_or_fail(x, &k, "join key callback failed")) continue;
+            uint32_t input = 0;
+            int32_t rc;
+            try {
+                rc = head.join_input(head.user.user, x, &input);
+            } catch (...) {
+                rc = FLUXUS_EEXCEPTION;
+            }
+            const char *why = "join input callback failed";
+            if (rc == 0 && input >= head.join_inputs) {
+                rc = FLUXUS_ERANGE;
+                why = "the join input callback named an input the join does not have";
+            }
+            if (rc == 0) {
+                rc = jt.add(k, input, x, now, joined_);
+                why = rc == FLUXUS_EFULL ? "join full: its most keys are waiting"
+                                         : "a second item for an input of a key still waiting";
+            }
+            if (rc != 0) p.fail_item(head, x, rc, why, &t);
+        }
+        t.flush_to(head.c);
+        if (n || drained) continue;
+        arm_timer(jt.next_deadline(), now);
+        return;
+    }
 }
 
 // The sliding window head's loop. Firing a window runs the aggregate callback on borrowed items

@@ -49,6 +49,7 @@ enum class StageKind : uint8_t {
     reduce,  // folds items into one accumulator per key, emitted at end of input
     window,  // per-key windows handed to an aggregate callback
     router,  // each item to the routes its selector picks (broadcast: every route)
+    join,    // waits per key for one item of every input, then an aggregate callback
 };
 
 const char *stage_kind_name(StageKind kind);
@@ -96,6 +97,10 @@ struct Stage {
     int32_t window_kind = 0;      // window: FLUXUS_WINDOW_*
     uint64_t window_size = 0;     // window: items, or ns for time and session windows
     uint64_t window_step = 0;     // sliding windows: items or ns between starts (0: tumbling)
+    uint32_t join_inputs = 0;         // join: inputs 0..n-1
+    fluxus_join_input_fn join_input = nullptr;  // join: names an item's input (shares `user`)
+    uint64_t join_timeout_ns = 0;     // join: incomplete keys fail after this (0: never)
+    uint64_t join_max_keys = 1u << 20;  // join: keys waiting at most
     uint32_t batch_max = 0;       // batch: items per group
     uint64_t batch_linger_ns = 0;  // batch: longest wait of a group's first item
     RateLimiter *rate_limiter = nullptr;        // retained; tokens per item taken in
@@ -131,7 +136,7 @@ struct Stage {
     bool needs_own_segment() const {
         return is_async() || kind == StageKind::debounce || kind == StageKind::batch ||
                kind == StageKind::reduce || kind == StageKind::window ||
-               rate_limiter || concurrency ||
+               kind == StageKind::join || rate_limiter || concurrency ||
                retry.enabled() || breaker || error_route || error_to;
     }
     bool is_router() const { return kind == StageKind::router; }
@@ -141,7 +146,7 @@ struct Stage {
     bool keyed_state() const {
         return kind == StageKind::dedup || kind == StageKind::debounce ||
                kind == StageKind::throttle || kind == StageKind::reduce ||
-               kind == StageKind::window;
+               kind == StageKind::window || kind == StageKind::join;
     }
 };
 
