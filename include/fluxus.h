@@ -1001,6 +1001,57 @@ FLUXUS_API int32_t fluxus_stage_set_join_timeout_us(fluxus_pipeline *p, uint32_t
 FLUXUS_API int32_t fluxus_stage_set_join_max_keys(fluxus_pipeline *p, uint32_t stage,
                                                   uint64_t max_keys);
 
+/* ----- Dataloader and cache ----- */
+
+/**
+ * Load callback: one call for a group's distinct keys. items[i] is the first item of the group
+ * with key i; set results[i] to its result (an item word: fluxus owns it from then on and
+ * releases it with the item destructor once it is no longer needed, or keeps it in the stage's
+ * cache) or status[i] nonzero to fail every item waiting for that key (results[i] is then
+ * ignored). status[] arrives zeroed. A nonzero return fails the whole group.
+ */
+typedef int32_t (*fluxus_load_fn)(void *user, const uint64_t *items, uint32_t count,
+                                  uint64_t *results, int32_t *status);
+/**
+ * Attach callback: make the output of `item` from its key's `result` (borrowed: copy what you
+ * keep). On 0 the callback owns `item`, as a map does, and *out goes on; nonzero fails `item`.
+ */
+typedef int32_t (*fluxus_attach_fn)(void *user, uint64_t item, uint64_t result, uint64_t *out);
+
+/**
+ * Loader (dataloader): items are grouped, as by fluxus_pipeline_add_batch() (at most
+ * `max_items`, a group waits at most `window_us` after its first item, the tail is flushed at
+ * end of input); the group's keys (the stage's key function, or the item word) are coalesced,
+ * `load` is called once for the distinct keys (minus those its cache answers, see
+ * fluxus_stage_set_cache()), and every item then gets its own output from `attach`, in input
+ * order. One output per input item, like a map. Runs on one worker.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (NULL callback), FLUXUS_ERANGE (max_items not in 1..65536,
+ *         window_us over a day), FLUXUS_ESTATE, FLUXUS_ENOMEM.
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_loader(uint32_t *out_stage, fluxus_pipeline *p,
+                                              const char *name, uint32_t max_items,
+                                              uint64_t window_us, fluxus_load_fn load,
+                                              fluxus_attach_fn attach, void *user,
+                                              fluxus_user_free_fn user_free);
+
+/**
+ * Cache in front of a map or a loader stage: results are kept per key (the stage's key
+ * function, or the item word) for `ttl_us` (0: until evicted), at most `max_entries` keys per
+ * worker, least recently used evicted first. A repeated key is answered without calling the
+ * stage: for a map, the input is destroyed (item destructor) and the output is a copy of the
+ * cached output made by `copy` (`route` is 0; NULL: outputs are plain values, handed out as
+ * they are); for a loader, the cached result goes to the attach callback. Cached values are
+ * released with the item destructor when they leave the cache or the stage ends. Counted in
+ * the stage's cache_hits and cache_misses. Not with a cursor source (the watermark follows
+ * items, and a cached output is not the input's). 0 entries removes the cache.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a map or loader, checked at start), FLUXUS_ERANGE
+ *         (ttl over a day), FLUXUS_ENOTFOUND, FLUXUS_ESTATE.
+ */
+FLUXUS_API int32_t fluxus_stage_set_cache(fluxus_pipeline *p, uint32_t stage,
+                                          uint64_t max_entries, uint64_t ttl_us,
+                                          fluxus_copy_fn copy, void *user,
+                                          fluxus_user_free_fn user_free);
+
 /* ----- Retry ----- */
 
 /* Backoff between attempts. */
@@ -1854,6 +1905,8 @@ typedef struct fluxus_stage_stats {
     uint64_t routed;          /* failed items sent down its error branch (0.3); at every stage
                                  in + spawned == out + filtered + failed + dead_lettered +
                                  cancelled + routed once the pipeline has finished */
+    uint64_t cache_hits;      /* keys its cache answered (0.3) */
+    uint64_t cache_misses;    /* keys it had to compute or load (0.3) */
 } fluxus_stage_stats;
 
 /**

@@ -155,3 +155,56 @@ FLUXUS_API int32_t fluxus_stage_set_join_max_keys(fluxus_pipeline *p, uint32_t s
 }
 
 }  // extern "C"
+
+// Loader and cache.
+extern "C" {
+
+FLUXUS_API int32_t fluxus_pipeline_add_loader(uint32_t *out, fluxus_pipeline *h,
+                                              const char *name, uint32_t max_items,
+                                              uint64_t window_us, fluxus_load_fn load,
+                                              fluxus_attach_fn attach, void *user,
+                                              fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_add_loader");
+        if (!load || !attach)
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_pipeline_add_loader: the load or attach callback is NULL");
+        if (max_items < 1 || max_items > 65536)
+            return set_errorf(FLUXUS_ERANGE,
+                              "fluxus_pipeline_add_loader: max_items %u is not in 1..65536",
+                              max_items);
+        if (window_us > 86400ull * 1000000ull)
+            return set_error(FLUXUS_ERANGE, "fluxus_pipeline_add_loader: window over a day");
+        uint32_t index = 0;
+        if (int32_t rc = p->add_stage(&index, StageKind::loader, name,
+                                      reinterpret_cast<void (*)()>(load), user, user_free))
+            return rc;
+        Stage &st = *p->stage(index);
+        st.loader_attach = attach;
+        st.batch_max = max_items;
+        st.batch_linger_ns = window_us * 1000u;
+        if (out) *out = index;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_stage_set_cache(fluxus_pipeline *h, uint32_t stage,
+                                          uint64_t max_entries, uint64_t ttl_us,
+                                          fluxus_copy_fn copy, void *user,
+                                          fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_set_cache");
+        Stage *st = nullptr;
+        if (int32_t rc = p->stage_for_option(stage, "fluxus_stage_set_cache", &st)) return rc;
+        if (ttl_us > 86400ull * 1000000ull)
+            return set_error(FLUXUS_ERANGE, "fluxus_stage_set_cache: ttl over a day");
+        st->cache_copy_user.release();
+        st->cache_entries = max_entries;
+        st->cache_ttl_ns = ttl_us * 1000u;
+        st->cache_copy = copy;
+        st->cache_copy_user = (UserRef{user, user_free});
+        return FLUXUS_OK;
+    });
+}
+
+}  // extern "C"

@@ -39,6 +39,7 @@ const char *stage_kind_name(StageKind kind) {
     case StageKind::window: return "window";
     case StageKind::router: return "router";
     case StageKind::join: return "join";
+    case StageKind::loader: return "loader";
     }
     return "stage";
 }
@@ -55,6 +56,7 @@ Pipeline::~Pipeline() {
         st->key_user.release();
         st->retry.predicate_user.release();
         st->copy_user.release();
+        st->cache_copy_user.release();
         if (st->rate_limiter) st->rate_limiter->release();
         if (st->concurrency) st->concurrency->release();
         if (st->breaker) st->breaker->release();
@@ -373,6 +375,20 @@ int32_t Pipeline::validate() {
                               "start: dedup stage '%s' has more than one memory bound (max keys, "
                               "time-to-live, last N keys); choose one",
                               st.name.c_str());
+        if (st.cache_entries && st.kind != StageKind::map && st.kind != StageKind::loader)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: stage '%s' is a %s; a cache goes in front of a map or a "
+                              "loader",
+                              st.name.c_str(), stage_kind_name(st.kind));
+        if (st.cache_entries && source_.kind == SourceKind::cursor)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: stage '%s' has a cache, which a cursor source cannot "
+                              "track (a cached output is not its input's)",
+                              st.name.c_str());
+        if (st.kind == StageKind::loader && st.workers > 1)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: loader '%s' has %u workers; a loader groups on one worker",
+                              st.name.c_str(), st.workers);
         if (st.kind == StageKind::batch && st.workers > 1)
             return set_errorf(FLUXUS_EINVAL,
                               "start: batch stage '%s' has %u workers; a batch stage groups on "
@@ -803,6 +819,8 @@ void Pipeline::fill_stage_stats(const Stage &st, fluxus_stage_stats &s) const {
     s.retry_waiting = c.retry_waiting.load();
     s.spawned = c.spawned.load();
     s.routed = c.routed.load();
+    s.cache_hits = c.cache_hits.load();
+    s.cache_misses = c.cache_misses.load();
 }
 
 }  // namespace fluxus

@@ -263,6 +263,8 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
                 new SlidingWindows(st.window_kind, st.window_size, st.window_step));
         else if (st.kind == StageKind::window)
             state_[k].windows.reset(new KeyedWindows(st.window_kind, st.window_size));
+        if (st.cache_entries)
+            state_[k].cache.reset(new TtlCache(st.cache_entries, st.cache_ttl_ns));
         if (st.kind == StageKind::join)
             state_[k].join.reset(
                 new JoinTable(st.join_inputs, st.join_timeout_ns, st.join_max_keys));
@@ -336,7 +338,8 @@ void SegmentWorker::run() {
         switch (h->kind) {
         case StageKind::async_map: return run_async();
         case StageKind::debounce: return run_debounce();
-        case StageKind::batch: return run_batching();
+        case StageKind::batch:
+        case StageKind::loader: return run_batching();
         case StageKind::reduce: return run_reduce();
         case StageKind::window: return h->window_step ? run_sliding() : run_windows();
         case StageKind::join: return run_join();
@@ -700,9 +703,17 @@ void SegmentWorker::cancel_all() {
     }
 }
 
+void SegmentWorker::release_caches() {
+    std::vector<uint64_t> gone;
+    for (WorkerStageState &ws : state_)
+        if (ws.cache) ws.cache->clear(gone);
+    for (uint64_t v : gone) seg->p->free_unadmitted(v);
+}
+
 void SegmentWorker::exhaust() {
     if (has_output() || is_exhausted_) return;
     is_exhausted_ = true;
+    release_caches();
     close_hooks();
     seg->worker_exhausted();
 }

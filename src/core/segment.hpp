@@ -19,6 +19,7 @@
 #include "flow/keyed_windows.hpp"
 #include "flow/sliding_windows.hpp"
 #include "flow/throttler.hpp"
+#include "flow/ttl_cache.hpp"
 #include "queue/item_queue.hpp"
 #include "runtime/task.hpp"
 
@@ -127,6 +128,8 @@ public:
     std::unique_ptr<KeyedWindows> windows;  // window stages
     std::unique_ptr<SlidingWindows> sliding;  // sliding window stages
     std::unique_ptr<JoinTable> join;          // join stages
+    std::unique_ptr<TtlCache> cache;          // a cache in front of a map or loader
+    std::vector<uint64_t> gone;               // values leaving the cache, to release
     std::unique_ptr<Debouncer> debounce;
     std::vector<int8_t> verdict;   // dedup: per-item result of the batch insert
     std::vector<int32_t> status, keep;  // batch callbacks: per-item out-arrays
@@ -226,6 +229,8 @@ private:
     std::vector<std::vector<uint64_t>> buckets_;
     void cancel_all();
     void exhaust();
+    // Releases what the worker's caches hold (at its end).
+    void release_caches();
     bool init_hooks();
     void close_hooks();
 
@@ -296,6 +301,13 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
 // Runs a router (or broadcast) over a batch: out gets each item and its copies, ws.route the
 // route of each (see router.cpp).
 size_t apply_router(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
+                    std::vector<uint64_t> &out, StageTally &t);
+
+// A map with a cache in front, and the loader (one load call per group of items for their
+// distinct keys, answered from the cache when it has them; see lookups.cpp).
+size_t apply_cached_map(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in,
+                        size_t n, std::vector<uint64_t> &out, StageTally &t);
+size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
                     std::vector<uint64_t> &out, StageTally &t);
 
 // Thread-local worker index for fluxus_current_worker().

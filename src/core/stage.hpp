@@ -50,6 +50,7 @@ enum class StageKind : uint8_t {
     window,  // per-key windows handed to an aggregate callback
     router,  // each item to the routes its selector picks (broadcast: every route)
     join,    // waits per key for one item of every input, then an aggregate callback
+    loader,  // groups by size and linger, one load call per group for its distinct keys
 };
 
 const char *stage_kind_name(StageKind kind);
@@ -60,7 +61,8 @@ const char *stage_kind_name(StageKind kind);
 struct StageCounters {
     std::atomic<uint64_t> in{0}, out{0}, filtered{0}, failed{0}, dead_lettered{0}, cancelled{0},
         dropped{0}, spawned{0}, busy_ns{0}, held_at_deadline{0}, dedup_keys{0},
-        dedup_forgotten{0}, timed_out{0}, retries{0}, retry_waiting{0}, routed{0};
+        dedup_forgotten{0}, timed_out{0}, retries{0}, retry_waiting{0}, routed{0},
+        cache_hits{0}, cache_misses{0};
 
     uint64_t ended() const {
         return out.load() + filtered.load() + failed.load() + dead_lettered.load() +
@@ -101,7 +103,13 @@ struct Stage {
     fluxus_join_input_fn join_input = nullptr;  // join: names an item's input (shares `user`)
     uint64_t join_timeout_ns = 0;     // join: incomplete keys fail after this (0: never)
     uint64_t join_max_keys = 1u << 20;  // join: keys waiting at most
-    uint32_t batch_max = 0;       // batch: items per group
+    fluxus_attach_fn loader_attach = nullptr;  // loader: a waiter's output (shares `user`)
+    // Cache in front of a map or loader: entries (0: none), time-to-live, and the copy callback
+    // for map outputs handed out from it (null: outputs are plain values).
+    uint64_t cache_entries = 0, cache_ttl_ns = 0;
+    fluxus_copy_fn cache_copy = nullptr;
+    UserRef cache_copy_user;
+    uint32_t batch_max = 0;       // batch, loader: items per group
     uint64_t batch_linger_ns = 0;  // batch: longest wait of a group's first item
     RateLimiter *rate_limiter = nullptr;        // retained; tokens per item taken in
     uint32_t rate_wait_timeout_ms = UINT32_MAX;  // longest wait for a token (UINT32_MAX: none)
@@ -135,6 +143,7 @@ struct Stage {
     // Stages that must head their own segment: their worker does more than run a batch.
     bool needs_own_segment() const {
         return is_async() || kind == StageKind::debounce || kind == StageKind::batch ||
+               kind == StageKind::loader ||
                kind == StageKind::reduce || kind == StageKind::window ||
                kind == StageKind::join || rate_limiter || concurrency ||
                retry.enabled() || breaker || error_route || error_to;

@@ -101,6 +101,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
     Overrun<kTimed> clock{p.runtime(), st.timeout_ns};
     switch (st.kind) {
     case StageKind::map: {
+        if (ws.cache) return apply_cached_map(p, st, ws, in, n, out, t);
         auto fn = reinterpret_cast<fluxus_map_fn>(st.fn);
         return per_item(p, st, in, n, t, "map callback threw",
                         [&](uint64_t x, size_t &m) {
@@ -367,6 +368,8 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
     }
     case StageKind::router:
         return apply_router(p, st, ws, in, n, out, t);
+    case StageKind::loader:
+        return apply_loader(p, st, ws, in, n, out, t);
     case StageKind::async_map:
     case StageKind::debounce:
     case StageKind::reduce:

@@ -1,0 +1,182 @@
+// Lookups: a cache in front of a map, and the loader (dataloader). Both key each item (the
+// stage's key function, or the item word). The cache answers repeated keys without calling the
+// stage; the loader makes one load call per group for the group's distinct keys and hands each
+// waiting item its key's result through the attach callback.
+#include <unordered_map>
+
+#include "core/segment.hpp"
+#include "runtime/runtime.hpp"
+
+namespace fluxus {
+
+namespace {
+
+// Releases the values that left a cache (they were never admitted as items).
+void release_gone(Pipeline &p, std::vector<uint64_t> &gone) {
+    for (uint64_t v : gone) p.free_unadmitted(v);
+    gone.clear();
+}
+
+// The key of `x`, or false after failing it.
+bool key_of(Pipeline &p, Stage &st, uint64_t x, Key128 *k, StageTally &t) {
+    int32_t rc;
+    try {
+        rc = stage_key(st, x, k);
+    } catch (...) {
+        rc = FLUXUS_EEXCEPTION;
+    }
+    if (rc == 0) return true;
+    p.fail_item(st, x, rc, "key callback failed", &t);
+    return false;
+}
+
+// A copy of a cached map output for a new item (the value itself without a copy callback).
+int32_t copy_out(Stage &st, uint64_t v, uint64_t *out) {
+    if (!st.cache_copy) {
+        *out = v;
+        return 0;
+    }
+    try {
+        return st.cache_copy(st.cache_copy_user.user, v, 0, out);
+    } catch (...) {
+        return FLUXUS_EEXCEPTION;
+    }
+}
+
+}  // namespace
+
+size_t apply_cached_map(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in,
+                        size_t n, std::vector<uint64_t> &out, StageTally &t) {
+    auto fn = reinterpret_cast<fluxus_map_fn>(st.fn);
+    TtlCache &cache = *ws.cache;
+    uint64_t now = p.runtime()->now();
+    uint64_t hits = 0, misses = 0;
+    size_t m = 0;
+    for (size_t i = 0; i < n; ++i) {
+        uint64_t x = in[i], v = 0, y = 0;
+        Key128 k;
+        if (!key_of(p, st, x, &k, t)) continue;
+        if (cache.get(k, now, &v, ws.gone)) {
+            ++hits;
+            if (int32_t rc = copy_out(st, v, &y)) {
+                p.fail_item(st, x, rc, "cache copy callback failed", &t);
+                continue;
+            }
+            p.free_unadmitted(x);  // answered from the cache: the input is consumed here
+            out[m++] = y;
+            continue;
+        }
+        ++misses;
+        int32_t rc;
+        try {
+            rc = fn(st.user.user, x, &y);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        if (rc != 0) {
+            p.fail_item(st, x, rc, "map callback failed", &t);
+            continue;
+        }
+        out[m++] = y;
+        // The cache keeps its own copy; if one cannot be made the output is simply not cached.
+        if (copy_out(st, y, &v) == 0) cache.put(k, v, now, ws.gone);
+    }
+    release_gone(p, ws.gone);
+    st.c.cache_hits.fetch_add(hits, std::memory_order_relaxed);
+    st.c.cache_misses.fetch_add(misses, std::memory_order_relaxed);
+    return m;
+}
+
+size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
+                    std::vector<uint64_t> &out, StageTally &t) {
+    struct Waiter {
+        uint64_t item;
+        uint32_t slot;  // index into `results`
+        bool hit;
+    };
+    std::vector<Waiter> waiters;
+    std::vector<Key128> keys;      // distinct keys missing from the cache, in first-seen order
+    std::vector<uint64_t> reps;    // the first item waiting for each of them
+    std::vector<uint64_t> results; // their results, then the cache hits' values
+    std::unordered_map<Key128, uint32_t, Key128Hash> slot_of;
+    uint64_t now = p.runtime()->now();
+    uint64_t hits = 0;
+    waiters.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+        Key128 k;
+        if (!key_of(p, st, in[i], &k, t)) continue;
+        auto it = slot_of.find(k);
+        if (it != slot_of.end()) {  // coalesced with an earlier waiter of the group
+            waiters.push_back(Waiter{in[i], it->second, false});
+            continue;
+        }
+        uint64_t v = 0;
+        if (ws.cache && ws.cache->get(k, now, &v, ws.gone)) {
+            ++hits;
+            waiters.push_back(Waiter{in[i], uint32_t(n + results.size()), true});
+            results.push_back(v);
+            continue;
+        }
+        uint32_t slot = uint32_t(keys.size());
+        slot_of.emplace(k, slot);
+        keys.push_back(k);
+        reps.push_back(in[i]);
+        waiters.push_back(Waiter{in[i], slot, false});
+    }
+    // One load call for every distinct key not in the cache.
+    std::vector<uint64_t> loaded(keys.size(), 0);
+    std::vector<int32_t> status(keys.size(), 0);
+    int32_t rc = 0;
+    if (!keys.empty()) {
+        try {
+            rc = reinterpret_cast<fluxus_load_fn>(st.fn)(st.user.user, reps.data(),
+                                                         uint32_t(reps.size()), loaded.data(),
+                                                         status.data());
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+    }
+    auto result_of = [&](const Waiter &w, int32_t *st_out) -> uint64_t {
+        if (w.hit) {
+            *st_out = 0;
+            return results[w.slot - n];
+        }
+        *st_out = rc != 0 ? rc : status[w.slot];
+        return loaded[w.slot];
+    };
+    size_t m = 0;
+    if (out.size() < waiters.size()) out.resize(waiters.size());
+    for (const Waiter &w : waiters) {
+        int32_t s;
+        uint64_t r = result_of(w, &s), y = 0;
+        if (s != 0) {
+            p.fail_item(st, w.item, s, rc != 0 ? "load callback failed" : "load failed for the key",
+                        &t);
+            continue;
+        }
+        try {
+            s = st.loader_attach(st.user.user, w.item, r, &y);
+        } catch (...) {
+            s = FLUXUS_EEXCEPTION;
+        }
+        if (s != 0) {
+            p.fail_item(st, w.item, s, "attach callback failed", &t);
+            continue;
+        }
+        out[m++] = y;
+    }
+    // The loaded results belong to fluxus now: kept by the cache, or released.
+    for (size_t i = 0; i < keys.size(); ++i) {
+        if (rc != 0 || status[i] != 0) continue;
+        if (ws.cache)
+            ws.cache->put(keys[i], loaded[i], now, ws.gone);
+        else
+            ws.gone.push_back(loaded[i]);
+    }
+    release_gone(p, ws.gone);
+    st.c.cache_hits.fetch_add(hits, std::memory_order_relaxed);
+    st.c.cache_misses.fetch_add(keys.size(), std::memory_order_relaxed);
+    return m;
+}
+
+}  // namespace fluxus
