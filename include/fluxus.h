@@ -1299,6 +1299,9 @@ typedef struct fluxus_registry fluxus_registry;
 #define FLUXUS_FN_KEY 14            /* fluxus_key_fn */
 #define FLUXUS_FN_RETRY_IF 15       /* fluxus_retry_fn */
 #define FLUXUS_FN_PULL 16           /* fluxus_pull_fn (a pull source) */
+#define FLUXUS_FN_LOAD 17           /* fluxus_load_fn (loader stages) */
+#define FLUXUS_FN_ATTACH 18         /* fluxus_attach_fn (loader stages) */
+#define FLUXUS_FN_JOIN_INPUT 19     /* fluxus_join_input_fn (join stages) */
 
 /** Any callback, cast; the kind says what it is. */
 typedef void (*fluxus_any_fn)(void);
@@ -1340,7 +1343,8 @@ FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *r, const char *name, int
  *     block  := '{' ( LABEL ':' chain [ ';' | ',' ] )* '}'
  *
  * KIND is one of source, map, map_batch, filter, filter_batch, flat_map, flat_map_batch, sink,
- * sink_batch, async_map, reduce, window, batch, dedup, throttle, debounce, router, broadcast.
+ * sink_batch, async_map, reduce, window, batch, loader, join, dedup, throttle, debounce,
+ * router, broadcast.
  * The first positional argument is the registered callback (source takes a FLUXUS_FN_PULL one,
  * or nothing when the host sets the source). A router's or broadcast's block declares its
  * routes, in order, each with its chain; any other stage's block may hold `error: chain`, its
@@ -1355,6 +1359,9 @@ FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *r, const char *name, int
  *     dedup: max_keys=N | ttl_us=N | last=N      batch: size=N linger_us=N
  *     window: kind=count|time|session size=N step=N      throttle: period_us=N
  *     debounce: quiet_us=N
+ *     loader: attach=CALLBACK size=N linger_us=N     join: inputs=N input=CALLBACK
+ *             timeout_us=N max_keys=N     map, loader: cache=ENTRIES cache_ttl_us=N
+ *             cache_copy=CALLBACK
  * Example:
  *     source | map(parse, workers=4, order=unordered, on_error=dead_letter)
  *            | router(by_kind) { click: map(enrich) | @store ; view: sink(count) }

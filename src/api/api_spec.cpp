@@ -70,7 +70,7 @@ FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *h, const char *name, int
                              "fluxus_registry_add: the name must be letters, digits and '_', not "
                              "starting with a digit, at most 128 characters");
         if (!fn) return set_error(FLUXUS_EINVAL, "fluxus_registry_add: the callback is NULL");
-        if (kind < FLUXUS_FN_MAP || kind > FLUXUS_FN_PULL)
+        if (kind < FLUXUS_FN_MAP || kind > FLUXUS_FN_JOIN_INPUT)
             return set_errorf(FLUXUS_EINVAL, "fluxus_registry_add: %d is not a FLUXUS_FN_* kind",
                               kind);
         auto &fns = ref->reg->fns;

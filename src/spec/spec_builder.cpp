@@ -20,8 +20,8 @@ const char *fn_kind_name(int32_t kind) {
                                         "filter_batch", "flat_map", "flat_map_batch", "sink",
                                         "sink_batch", "async_map",  "reduce",         "window",
                                         "route",     "copy",       "key",            "retry_if",
-                                        "pull"};
-    return kind >= 1 && kind <= FLUXUS_FN_PULL ? names[kind] : "?";
+                                        "pull",      "load",       "attach",         "join_input"};
+    return kind >= 1 && kind <= FLUXUS_FN_JOIN_INPUT ? names[kind] : "?";
 }
 
 namespace {
@@ -45,12 +45,16 @@ const KindInfo kKinds[] = {
     {"reduce", FLUXUS_FN_REDUCE, true},
     {"window", FLUXUS_FN_WINDOW, true},
     {"batch", FLUXUS_FN_FLAT_MAP_BATCH, true},
+    {"loader", FLUXUS_FN_LOAD, true},
+    {"join", FLUXUS_FN_WINDOW, true},
     {"router", FLUXUS_FN_ROUTE, true},
     {"broadcast", 0, false},
     {"dedup", 0, false},
     {"throttle", 0, false},
     {"debounce", 0, false},
 };
+
+bool k_is(const KindInfo *ki, const char *name) { return strcmp(ki->name, name) == 0; }
 
 const KindInfo *find_kind(const std::string &k) {
     for (const KindInfo &ki : kKinds)
@@ -254,8 +258,9 @@ private:
             return fail(st.alias_pos, "a stage named '" + st.alias + "' is already declared");
 
         // Options the stage is created with.
-        uint64_t size = 0, step = 0, linger = 0, period = 0;
+        uint64_t size = 0, step = 0, linger = 0, period = 0, inputs = 0;
         int32_t wkind = FLUXUS_WINDOW_COUNT;
+        const RegisteredFn *attach = nullptr, *input_of = nullptr;
         for (const SpecArg *a : opts) {
             int32_t rc = FLUXUS_OK;
             if (a->key == "size") rc = number(*a, UINT32_MAX, &size);
@@ -264,6 +269,11 @@ private:
             else if (a->key == "period_us" || a->key == "quiet_us")
                 rc = number(*a, UINT64_MAX / 1000, &period);
             else if (a->key == "kind") rc = word(*a, kWindows, &wkind);
+            else if (a->key == "inputs") rc = number(*a, 64, &inputs);
+            else if (a->key == "attach" && k_is(ki, "loader"))
+                attach = lookup(*a, FLUXUS_FN_ATTACH, "option 'attach'", &rc);
+            else if (a->key == "input" && k_is(ki, "join"))
+                input_of = lookup(*a, FLUXUS_FN_JOIN_INPUT, "option 'input'", &rc);
             if (rc) return rc;
         }
         uint32_t idx = 0;
@@ -285,7 +295,18 @@ private:
             rc = fluxus_pipeline_add_sliding_window(&idx, h_, nm, wkind, size, step, (fluxus_window_fn)fn->fn, u, nullptr);
         else if (k == "window") rc = fluxus_pipeline_add_window(&idx, h_, nm, wkind, size, (fluxus_window_fn)fn->fn, u, nullptr);
         else if (k == "batch") rc = fluxus_pipeline_add_batch(&idx, h_, nm, uint32_t(size), linger, (fluxus_flat_map_batch_fn)fn->fn, u, nullptr);
-        else if (k == "router") rc = fluxus_pipeline_add_router(&idx, h_, nm, (fluxus_route_fn)fn->fn, u, nullptr);
+        else if (k == "loader") {
+            if (!attach) return fail(st.pos, "loader needs attach=CALLBACK (a registered attach)");
+            rc = fluxus_pipeline_add_loader(&idx, h_, nm, uint32_t(size ? size : 64), linger,
+                                            (fluxus_load_fn)fn->fn,
+                                            (fluxus_attach_fn)attach->fn, u, nullptr);
+        } else if (k == "join") {
+            if (!input_of)
+                return fail(st.pos, "join needs input=CALLBACK (a registered join_input)");
+            rc = fluxus_pipeline_add_join(&idx, h_, nm, uint32_t(inputs),
+                                          (fluxus_join_input_fn)input_of->fn,
+                                          (fluxus_window_fn)fn->fn, u, nullptr);
+        } else if (k == "router") rc = fluxus_pipeline_add_router(&idx, h_, nm, (fluxus_route_fn)fn->fn, u, nullptr);
         else if (k == "broadcast") rc = fluxus_pipeline_add_broadcast(&idx, h_, nm);
         else if (k == "dedup") rc = fluxus_pipeline_add_dedup(&idx, h_, nm);
         else if (k == "throttle") rc = fluxus_pipeline_add_throttle(&idx, h_, nm, period);
@@ -301,14 +322,17 @@ private:
         uint32_t retry = 0;
         uint64_t delay = 1000, max_delay = 1000000;
         int32_t backoff = FLUXUS_BACKOFF_EXPONENTIAL;
-        const SpecArg *retry_pos = nullptr, *default_route = nullptr;
+        const SpecArg *retry_pos = nullptr, *default_route = nullptr, *cache_pos = nullptr;
+        uint64_t cache_entries = 0, cache_ttl = 0;
+        const RegisteredFn *cache_copy = nullptr;
         for (const SpecArg *a : opts) {
             const std::string &key = a->key;
             uint64_t v = 0;
             int32_t w = 0;
             rc = FLUXUS_OK;
             if (key == "size" || key == "step" || key == "linger_us" || key == "kind" ||
-                key == "period_us" || key == "quiet_us") {
+                key == "period_us" || key == "quiet_us" || key == "inputs" ||
+                (key == "attach" && k == "loader") || (key == "input" && k == "join")) {
                 continue;  // used above
             } else if (key == "workers") {
                 if (!(rc = number(*a, UINT32_MAX, &v)))
@@ -361,6 +385,19 @@ private:
                 else if (f)
                     rc = api(a->pos, fluxus_stage_set_retry_predicate(
                                          h_, idx, (fluxus_retry_fn)f->fn, f->user.user, nullptr));
+            } else if (key == "timeout_us" && k == "join") {
+                if (!(rc = number(*a, UINT64_MAX / 1000, &v)))
+                    rc = api(a->pos, fluxus_stage_set_join_timeout_us(h_, idx, v));
+            } else if (key == "max_keys" && k == "join") {
+                if (!(rc = number(*a, UINT64_MAX, &v)))
+                    rc = api(a->pos, fluxus_stage_set_join_max_keys(h_, idx, v));
+            } else if (key == "cache") {
+                rc = number(*a, UINT64_MAX, &cache_entries);
+                cache_pos = a;
+            } else if (key == "cache_ttl_us") {
+                rc = number(*a, UINT64_MAX / 1000, &cache_ttl);
+            } else if (key == "cache_copy") {
+                cache_copy = lookup(*a, FLUXUS_FN_COPY, "option 'cache_copy'", &rc);
             } else if (key == "default" && router) {
                 default_route = a;
             } else {
@@ -369,6 +406,13 @@ private:
             }
             if (rc) return rc;
         }
+        if (cache_pos)
+            if (int32_t e = api(cache_pos->pos,
+                                fluxus_stage_set_cache(
+                                    h_, idx, cache_entries, cache_ttl,
+                                    cache_copy ? (fluxus_copy_fn)cache_copy->fn : nullptr,
+                                    cache_copy ? cache_copy->user.user : nullptr, nullptr)))
+                return e;
         if (retry_pos)
             if (int32_t e = api(retry_pos->pos,
                                 fluxus_stage_set_retry(h_, idx, retry, backoff, delay, max_delay)))
