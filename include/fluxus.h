@@ -22,7 +22,7 @@
  *
  * An item is one 64-bit word: an integer, or a pointer cast to uint64_t. fluxus never looks
  * inside it; a pipeline may be given an item destructor that is called exactly once for every
- * item that does not reach the sink (except items whose ownership went elsewhere: flat-map
+ * item that does not reach a sink (except items whose ownership went elsewhere: flat-map
  * inputs kept with fluxus_emitter_keep_input(), async items that timed out while the host held
  * them, and items handed to another pipeline by an error route).
  */
@@ -53,11 +53,11 @@ extern "C" {
  * ------------------------------------------------------------------------------------------- */
 
 #define FLUXUS_VERSION_MAJOR 0
-#define FLUXUS_VERSION_MINOR 2
+#define FLUXUS_VERSION_MINOR 3
 #define FLUXUS_VERSION_PATCH 0
 #define FLUXUS_VERSION_NUMBER \
     (FLUXUS_VERSION_MAJOR * 10000 + FLUXUS_VERSION_MINOR * 100 + FLUXUS_VERSION_PATCH)
-#define FLUXUS_VERSION_STRING "0.2.0"
+#define FLUXUS_VERSION_STRING "0.3.0"
 
 /* Status codes. Values are pinned and never reused. */
 #define FLUXUS_OK 0
@@ -324,7 +324,7 @@ typedef struct fluxus_pipeline fluxus_pipeline;
 FLUXUS_API int32_t fluxus_pipeline_new(fluxus_pipeline **out, fluxus_runtime *rt,
                                        const char *name);
 
-/** Item destructor: releases an item that will not reach the sink. */
+/** Item destructor: releases an item that will not reach a sink. */
 typedef void (*fluxus_item_free_fn)(void *user, uint64_t item);
 
 /**
