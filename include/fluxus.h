@@ -953,6 +953,21 @@ FLUXUS_API int32_t fluxus_pipeline_branch(fluxus_pipeline *p, uint32_t stage, ui
 FLUXUS_API int32_t fluxus_pipeline_connect(fluxus_pipeline *p, uint32_t from, uint32_t outlet,
                                            uint32_t to);
 
+/**
+ * Another pull source (fan-in of sources): a stage with no input whose items come from `fn`,
+ * called like the pipeline's pull source (on its own task; FLUXUS_PULL_LATER polls it again
+ * after the pipeline's poll interval). The next added stage attaches to it, starting a new
+ * chain; lead it into an existing stage with fluxus_pipeline_connect() to merge it with the
+ * rest. Its items are admitted like the source's (counted `in` and `out` at this stage).
+ * Pause, resume and drain apply to every source. A pipeline may have source stages and no
+ * source of its own. Unlike the pipeline's source, it takes no rate limiter and no cursor.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (NULL fn), FLUXUS_ESTATE (after start), FLUXUS_ENOMEM,
+ *         FLUXUS_ERANGE (4096 stages).
+ */
+FLUXUS_API int32_t fluxus_pipeline_add_source(uint32_t *out_stage, fluxus_pipeline *p,
+                                              const char *name, fluxus_pull_fn fn, void *user,
+                                              fluxus_user_free_fn user_free);
+
 /* ----- Join by key (and scatter-gather) ----- */
 
 /**

@@ -208,3 +208,17 @@ FLUXUS_API int32_t fluxus_stage_set_cache(fluxus_pipeline *h, uint32_t stage,
 }
 
 }  // extern "C"
+
+// Extra sources.
+extern "C" {
+
+FLUXUS_API int32_t fluxus_pipeline_add_source(uint32_t *out, fluxus_pipeline *h, const char *name,
+                                              fluxus_pull_fn fn, void *user,
+                                              fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_add_source");
+        return p->add_source_stage(out, name, fn, user, user_free);
+    });
+}
+
+}  // extern "C"

@@ -40,6 +40,7 @@ const char *stage_kind_name(StageKind kind) {
     case StageKind::router: return "router";
     case StageKind::join: return "join";
     case StageKind::loader: return "loader";
+    case StageKind::source: return "source";
     }
     return "stage";
 }
@@ -222,8 +223,7 @@ void Pipeline::pause_source_for(uint64_t ns, const Stage &why) {
     log(FLUXUS_LOG_WARN, &why, msg);
     // A pull source learns about the pause when it next runs, and arms its own wake-up; push
     // sources hold their pushes (re-checking every millisecond) until the time has passed.
-    if (source_.kind != SourceKind::push && !segments_.empty())
-        segments_[0]->tasks[0]->notify();
+    if (!segments_.empty()) notify_sources();
 }
 
 int32_t Pipeline::set_stage_concurrency(Stage &st, ConcurrencyLimiter *l) {
@@ -249,6 +249,15 @@ int32_t Pipeline::add_stage(uint32_t *out, StageKind kind, const char *name, voi
                           : last.is_router() ? "splits into routes"
                                              : "was connected elsewhere");
     }
+    Stage *st = nullptr;
+    if (int32_t rc = new_stage(kind, name, fn, user, uf, &st)) return rc;
+    attach_new_stage(st);
+    if (out) *out = st->index;
+    return FLUXUS_OK;
+}
+
+int32_t Pipeline::new_stage(StageKind kind, const char *name, void (*fn)(), void *user,
+                            fluxus_user_free_fn uf, Stage **out) {
     if (stages_.size() >= 4096)
         return set_error(FLUXUS_ERANGE, "add stage: a pipeline has at most 4096 stages");
     std::unique_ptr<Stage> st(new (std::nothrow) Stage());
@@ -260,8 +269,7 @@ int32_t Pipeline::add_stage(uint32_t *out, StageKind kind, const char *name, voi
     st->fn = fn;
     st->user = UserRef{user, uf};
     stages_.push_back(std::move(st));
-    attach_new_stage(stages_.back().get());
-    if (out) *out = stages_.back()->index;
+    *out = stages_.back().get();
     return FLUXUS_OK;
 }
 
@@ -299,6 +307,7 @@ int32_t Pipeline::start() {
     if (rc != FLUXUS_OK) {
         segments_.clear();
         push_queue_ = nullptr;
+        push_seg_ = nullptr;
         for (auto &st : stages_) st->queue = nullptr;
         return rc;
     }
@@ -313,7 +322,11 @@ int32_t Pipeline::start() {
 int32_t Pipeline::validate() {
     if (rt_->dead())
         return set_error(FLUXUS_ESTATE, "start: the runtime of this pipeline was freed");
-    if (source_.kind == SourceKind::none)
+    bool source_stages = false;
+    for (auto &sp : stages_) source_stages |= sp->is_source();
+    // Without a source of its own, a pipeline may still have source stages; then its first
+    // chain must start at one of them.
+    if (source_.kind == SourceKind::none && (source_to_ || !source_stages))
         return set_errorf(FLUXUS_EINVAL, "start: pipeline '%s' has no source", name_.c_str());
     if (source_.rate_limiter && source_.kind == SourceKind::push)
         return set_errorf(FLUXUS_EINVAL,
@@ -596,11 +609,8 @@ int32_t Pipeline::drain(uint32_t timeout_ms) {
     if (!finished_.load()) {
         int32_t expected = FLUXUS_STATE_RUNNING;
         state_.compare_exchange_strong(expected, FLUXUS_STATE_DRAINING);
-        if (push_queue_) {
-            close_input();
-        } else if (!drain_requested_.exchange(true)) {
-            segments_[0]->tasks[0]->notify();
-        }
+        if (push_queue_) close_input();
+        if (!drain_requested_.exchange(true)) notify_sources();
     }
     if (rt_->wait_flag(finished_, done_mu_, done_cv_, deadline)) return wait(0);
 
@@ -608,14 +618,17 @@ int32_t Pipeline::drain(uint32_t timeout_ms) {
     std::string held;
     for (auto &sp : stages_) {
         Stage &st = *sp;
-        uint64_t in = st.c.in.load(), ended = st.c.ended();
-        uint64_t h = in > ended ? in - ended : 0;
+        // At every stage in + spawned == ended + routed once it holds nothing: items sent down
+        // an error branch have left it, and copies a broadcast made are counted out too.
+        uint64_t in = st.c.in.load(), routed = st.c.routed.load();
+        uint64_t total = in + st.c.spawned.load(), ended = st.c.ended() + routed;
+        uint64_t h = total > ended ? total - ended : 0;
         if (st.kind == StageKind::flat_map || st.kind == StageKind::flat_map_batch ||
             st.kind == StageKind::batch || st.kind == StageKind::reduce ||
             st.kind == StageKind::window || st.kind == StageKind::join) {
             // out counts emitted items, not ended inputs
             uint64_t done = st.c.filtered.load() + st.c.failed.load() +
-                            st.c.dead_lettered.load() + st.c.cancelled.load();
+                            st.c.dead_lettered.load() + st.c.cancelled.load() + routed;
             h = in > done ? in - done : 0;
         }
         st.c.held_at_deadline.store(h);
@@ -646,17 +659,22 @@ int32_t Pipeline::close_input() {
 }
 
 int32_t Pipeline::set_paused(bool paused) {
-    if (source_.kind == SourceKind::none)
+    bool has_source = source_.kind != SourceKind::none;
+    for (auto &sp : stages_) has_source |= sp->is_source();
+    if (!has_source)
         return set_errorf(FLUXUS_ESTATE, "pause/resume: pipeline '%s' has no source",
                           name_.c_str());
     bool was = paused_.exchange(paused);
     if (was && !paused && state_.load() != FLUXUS_STATE_BUILDING && !segments_.empty()) {
-        if (push_queue_)
-            push_queue_->wake_hosts();
-        else
-            segments_[0]->tasks[0]->notify();
+        if (push_queue_) push_queue_->wake_hosts();
+        notify_sources();
     }
     return FLUXUS_OK;
+}
+
+void Pipeline::notify_sources() {
+    for (auto &seg : segments_)
+        if (seg->pull_input) seg->tasks[0]->notify();
 }
 
 int32_t Pipeline::push(const uint64_t *items, uint32_t count, uint32_t timeout_ms, bool try_only,
@@ -686,7 +704,7 @@ int32_t Pipeline::push(const uint64_t *items, uint32_t count, uint32_t timeout_m
     // From here on the key function, the dead-letter callback and the item destructor may run
     // on this host thread: inside them, blocking calls and freeing this pipeline are refused.
     CallbackScope scope;
-    Segment &seg = *segments_[0];
+    Segment &seg = *push_seg_;
     Stage &head = *seg.head();
     bool blocking_policy =
         head.overflow == FLUXUS_OVERFLOW_BLOCK || head.overflow == FLUXUS_OVERFLOW_BLOCK_TIMEOUT;
@@ -760,6 +778,7 @@ void Pipeline::shut_down() {
         if (st->async) st->async->set_worker(nullptr);
     segments_.clear();
     push_queue_ = nullptr;
+    push_seg_ = nullptr;
 }
 
 // ---------------------------------------------------------------------------------------------

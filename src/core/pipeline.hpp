@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/cursor_tracker.hpp"
+#include "core/source_spec.hpp"
 #include "core/stage.hpp"
 #include "fluxus.h"
 #include "runtime/task.hpp"
@@ -32,22 +33,6 @@ struct StageTally {
     uint64_t in = 0, out = 0, filtered = 0, failed = 0, dead_lettered = 0, cancelled = 0,
              dropped = 0, spawned = 0, busy_ns = 0;
     void flush_to(StageCounters &c);
-};
-
-enum class SourceKind : uint8_t { none, pull, pull_batch, push, cursor };
-
-struct SourceSpec {
-    SourceKind kind = SourceKind::none;
-    std::string name = "source";
-    void (*fn)() = nullptr;
-    UserRef user;
-    uint32_t poll_interval_us = 1000;
-    RateLimiter *rate_limiter = nullptr;  // pull sources: tokens per item pulled (retained)
-    // Cursor sources: where the next read starts (the source's worker only), and the host's
-    // page and commit callbacks (they share `user`).
-    uint64_t cursor = 0;
-    fluxus_cursor_page_fn page_of = nullptr;
-    fluxus_cursor_commit_fn commit = nullptr;
 };
 
 class Pipeline : public TaskOwner {
@@ -77,6 +62,9 @@ public:
     int32_t branch(uint32_t stage, uint32_t outlet);
     int32_t connect(uint32_t from, uint32_t outlet, uint32_t to);
     int32_t add_route(uint32_t stage, const char *name, uint32_t *out);
+    // An extra pull source: a stage with no input; the next added stage attaches to it.
+    int32_t add_source_stage(uint32_t *out, const char *name, fluxus_pull_fn fn, void *user,
+                             fluxus_user_free_fn user_free);
     int32_t route_index(uint32_t stage, const char *name, uint32_t *out) const;
     int32_t set_default_route(uint32_t stage, uint32_t route);
     // Looks up a stage for an option setter; sets the error message on failure.
@@ -151,6 +139,10 @@ private:
     int32_t validate_graph();  // also computes topo_
     int32_t build_segments();
     void attach_new_stage(Stage *st);
+    int32_t new_stage(StageKind kind, const char *name, void (*fn)(), void *user,
+                      fluxus_user_free_fn uf, Stage **out);
+    // Wakes every pull source's worker (resume, drain).
+    void notify_sources();
     static Stage **outlet_slot(Stage &st, uint32_t outlet);  // null: no such outlet
     // The stage of an outlet that leads nowhere yet, or an error naming `what`.
     int32_t free_outlet(uint32_t stage, uint32_t outlet, const char *what, Stage **out);
@@ -178,7 +170,8 @@ private:
     uint32_t batch_ = 256;
 
     std::vector<std::unique_ptr<Segment>> segments_;
-    ItemQueue *push_queue_ = nullptr;  // input queue of the first segment (push sources)
+    Segment *push_seg_ = nullptr;      // push sources: the segment the host pushes to
+    ItemQueue *push_queue_ = nullptr;  // and its input queue
     std::atomic<uint32_t> segments_done_{0};
 
     std::atomic<int32_t> state_{FLUXUS_STATE_BUILDING};

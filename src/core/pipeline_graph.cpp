@@ -3,6 +3,7 @@
 // into segments (runs of fused stages behind one queue) wired outlet by outlet.
 #include <algorithm>
 #include <cstring>
+#include <deque>
 
 #include "core/pipeline.hpp"
 #include "core/segment.hpp"
@@ -116,6 +117,30 @@ int32_t Pipeline::connect(uint32_t from, uint32_t outlet, uint32_t to) {
     return FLUXUS_OK;
 }
 
+int32_t Pipeline::add_source_stage(uint32_t *out, const char *name, fluxus_pull_fn fn,
+                                   void *user, fluxus_user_free_fn user_free) {
+    if (int32_t rc = check_building("add source")) return rc;
+    if (!fn) return set_error(FLUXUS_EINVAL, "add source: the callback is NULL");
+    std::unique_ptr<SourceSpec> spec(new SourceSpec());
+    Stage *st = nullptr;
+    if (int32_t rc = new_stage(StageKind::source, name, reinterpret_cast<void (*)()>(fn), user,
+                               user_free, &st))
+        return rc;
+    spec->kind = SourceKind::pull;
+    spec->name = st->name;
+    spec->fn = st->fn;
+    spec->user = UserRef{user, nullptr};  // the stage owns `user`
+    spec->poll_interval_us = source_.poll_interval_us;
+    st->source = std::move(spec);
+    st->outlets.assign(1, nullptr);
+    // A new chain starts here; the one being built is resumed with branch().
+    attach_stage_ = st;
+    attach_outlet_ = 0;
+    attach_open_ = true;
+    if (out) *out = st->index;
+    return FLUXUS_OK;
+}
+
 int32_t Pipeline::add_route(uint32_t stage, const char *name, uint32_t *out) {
     Stage *st = nullptr;
     if (int32_t rc = stage_for_option(stage, "add route", &st)) return rc;
@@ -163,7 +188,16 @@ int32_t Pipeline::set_default_route(uint32_t stage, uint32_t route) {
 }
 
 int32_t Pipeline::validate_graph() {
-    if (!source_to_)
+    std::vector<Stage *> roots;
+    if (source_to_) roots.push_back(source_to_);
+    for (auto &sp : stages_)
+        if (sp->is_source()) roots.push_back(sp.get());
+    if (source_.kind != SourceKind::none && !source_to_)
+        return set_errorf(FLUXUS_EINVAL,
+                          "start: pipeline '%s': its source feeds no stage (it must lead to a "
+                          "sink)",
+                          name_.c_str());
+    if (roots.empty())
         return set_errorf(FLUXUS_EINVAL,
                           "start: pipeline '%s' has no stages (it must end with a sink)",
                           name_.c_str());
@@ -200,10 +234,12 @@ int32_t Pipeline::validate_graph() {
         if (sp->error_to) ++indeg[sp->error_to->index];
     }
     topo_.clear();
-    std::vector<Stage *> ready{source_to_};
+    std::deque<Stage *> ready;
+    for (Stage *r : roots)
+        if (indeg[r->index] == 0) ready.push_back(r);
     while (!ready.empty()) {
-        Stage *s = ready.back();
-        ready.pop_back();
+        Stage *s = ready.front();
+        ready.pop_front();
         topo_.push_back(s);
         auto edge = [&](Stage *o) {
             if (o && --indeg[o->index] == 0) ready.push_back(o);
@@ -244,16 +280,24 @@ int32_t Pipeline::build_segments() {
         segments_.push_back(std::move(seg));
         return segments_.back().get();
     };
-    // segments_[0] takes the source's items: the pull segment, or the queue the host pushes to
-    // (the source's stage comes first in topological order).
-    bool pull = source_.kind != SourceKind::push;
+    // The pipeline's own pull source gets a segment with no input; a push source feeds the
+    // queue of its stage's segment (push_seg_).
+    bool pull = source_.kind != SourceKind::push && source_.kind != SourceKind::none;
     Segment *source_seg = pull ? new_segment(nullptr, true) : nullptr;
+    if (source_seg) source_seg->source = &source_;
     // The producer of each stage fed by exactly one ordinary outlet (fusion candidates).
     std::vector<Stage *> sole_from(stages_.size(), nullptr);
     for (auto &sp : stages_)
         if (sp->outlets.size() == 1 && !sp->is_router() && sp->error_to != sp->outlets[0])
             sole_from[sp->outlets[0]->index] = sp.get();
     for (Stage *st : topo_) {
+        if (st->is_source()) {  // an extra pull source: a segment of its own, like the source
+            Segment *s = new_segment(nullptr, true);
+            s->source = st->source.get();
+            s->source_stage = st;
+            seg_of[st->index] = s;
+            continue;
+        }
         // Fused behind its only producer when that producer's whole output comes here, both
         // run on one worker, and nothing else needs a queue in front of this stage.
         Segment *host = nullptr;
@@ -281,7 +325,7 @@ int32_t Pipeline::build_segments() {
         return size_t(std::find(all.begin(), all.end(), s) - all.begin());
     };
     for (Segment *seg : all) {
-        Stage *tail = seg->stages.empty() ? nullptr : seg->stages.back();
+        Stage *tail = seg->stages.empty() ? seg->source_stage : seg->stages.back();
         if (!tail)
             seg->outs.push_back(seg_of[source_to_->index]);
         else
@@ -297,14 +341,18 @@ int32_t Pipeline::build_segments() {
                            seg->targets.end());
         for (Segment *t : seg->targets) ++producers[index_of(t)];
     }
-    if (!pull) producers[0] = 1;  // the host, which closes it with close_input()
+    if (source_.kind == SourceKind::push)  // the host, which closes it with close_input()
+        ++producers[index_of(seg_of[source_to_->index])];
     for (size_t i = 0; i < all.size(); ++i) {
         Segment &seg = *all[i];
         if (seg.input) seg.input->set_producers(producers[i]);
         for (uint32_t w = 0; w < seg.workers; ++w)
             seg.tasks.emplace_back(new SegmentWorker(rt_, &seg, w));
     }
-    if (!pull) push_queue_ = segments_[0]->input.get();
+    if (source_.kind == SourceKind::push) {
+        push_seg_ = seg_of[source_to_->index];
+        push_queue_ = push_seg_->input.get();
+    }
     return FLUXUS_OK;
 }
 

@@ -458,7 +458,7 @@ size_t SegmentWorker::fetch(bool *drained) {
 
 size_t SegmentWorker::pull(bool *drained) {
     Pipeline &p = *seg->p;
-    const SourceSpec &src = p.source();
+    const SourceSpec &src = *seg->source;
     *drained = false;
     if (source_ended_ || p.draining() || p.cancelling()) {
         *drained = true;
@@ -533,6 +533,10 @@ size_t SegmentWorker::pull(bool *drained) {
     }
     if (rl && n < granted) rl->give_back(uint32_t(granted - n));
     p.admit(n);
+    if (Stage *ss = seg->source_stage; ss && n) {
+        ss->c.in.fetch_add(n, std::memory_order_relaxed);
+        ss->c.out.fetch_add(n, std::memory_order_relaxed);
+    }
     if (n == 0) *drained = source_ended_;
     return n;
 }

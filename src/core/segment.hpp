@@ -71,7 +71,9 @@ class Segment {
 public:
     Pipeline *p = nullptr;
     std::vector<Stage *> stages;         // fused chain; empty for a lone source segment
-    bool pull_input = false;             // input is the pull source
+    bool pull_input = false;             // input is a pull source: this one
+    const SourceSpec *source = nullptr;
+    Stage *source_stage = nullptr;       // an extra source's stage (counts its items)
     std::unique_ptr<ItemQueue> input;    // otherwise: the queue in front of stages[0]
     // Downstream: outs[r] takes outlet r of the tail stage (none after a sink). A router tail
     // splits its output across them; otherwise `next` is outs[0]. error_out takes the head's

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/async_slots.hpp"
+#include "core/source_spec.hpp"
 #include "flow/retry_policy.hpp"
 #include "util/user_ref.hpp"
 
@@ -51,6 +52,7 @@ enum class StageKind : uint8_t {
     router,  // each item to the routes its selector picks (broadcast: every route)
     join,    // waits per key for one item of every input, then an aggregate callback
     loader,  // groups by size and linger, one load call per group for its distinct keys
+    source,  // an extra pull source: a stage with no input (see Stage::source)
 };
 
 const char *stage_kind_name(StageKind kind);
@@ -133,6 +135,7 @@ struct Stage {
     UserRef copy_user;
     Stage *error_to = nullptr;
     uint32_t inputs = 0;  // edges that lead here (the source's counts)
+    std::unique_ptr<SourceSpec> source;  // source stages: the pull callback (user borrowed)
 
     StageCounters c;
     ItemQueue *queue = nullptr;  // its input queue once started; null when fused behind another
@@ -149,6 +152,7 @@ struct Stage {
                retry.enabled() || breaker || error_route || error_to;
     }
     bool is_router() const { return kind == StageKind::router; }
+    bool is_source() const { return kind == StageKind::source; }
     // Failed items leave through a route (another pipeline, or the error branch).
     bool routes_errors() const { return error_route || error_to; }
     // Stages whose state is per key: with several workers they shard keys across them.

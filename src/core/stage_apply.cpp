@@ -375,6 +375,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
     case StageKind::reduce:
     case StageKind::window:
     case StageKind::join:
+    case StageKind::source:
         break;  // run by SegmentWorker::run_async / run_debounce, never as a batch
     }
     return 0;
