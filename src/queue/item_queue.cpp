@@ -122,10 +122,25 @@ size_t ItemQueue::push(PendingItems &pend, Task *waiter, std::vector<uint64_t> *
     {
         std::lock_guard<std::mutex> lock(mu_);
         moved = push_locked(pend, evict, wake);
-        if (!pend.empty() && waiter) add_waiter(producers_waiting_, waiter);
+        if (!pend.empty() && waiter) add_producer_waiter(waiter, moved == 0);
     }
     notify_all(wake);
     return moved;
+}
+
+void ItemQueue::add_producer_waiter(Task *t, bool got_nothing) {
+    auto &w = producers_waiting_;
+    if (std::find(w.begin(), w.end(), t) != w.end()) return;
+    // Waiters are woken in this order, and the run queue runs them in wake order, so the first
+    // one woken takes all the room. A producer that got nothing this time goes ahead of those
+    // that got some (after earlier ones that got nothing): with several producers on one queue
+    // (a merge, a multi-worker stage) the room goes round, instead of to the same one forever.
+    if (got_nothing) {
+        w.insert(w.begin() + std::min(starved_waiters_, w.size()), t);
+        ++starved_waiters_;
+    } else {
+        w.push_back(t);
+    }
 }
 
 void ItemQueue::set_producers(uint32_t n) {
@@ -180,6 +195,7 @@ size_t ItemQueue::pop(uint32_t lane, uint64_t *out, size_t max, Task *waiter, bo
         l.count -= take;
         note_depth(-int64_t(take));
         wake.swap(producers_waiting_);
+        starved_waiters_ = 0;
         if (host_waiters_) host_cv_.notify_all();
     }
     notify_all(wake);
@@ -196,6 +212,7 @@ void ItemQueue::pop_all(uint32_t lane, std::vector<uint64_t> &out) {
         l.head = 0;
         l.count = 0;
         wake.swap(producers_waiting_);
+        starved_waiters_ = 0;
         if (host_waiters_) host_cv_.notify_all();
     }
     notify_all(wake);

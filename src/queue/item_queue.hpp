@@ -99,7 +99,9 @@ private:
     uint32_t host_waiters_ = 0;
     uint32_t cap_;
     std::vector<Lane> lanes_;
-    std::vector<Task *> producers_waiting_;
+    std::vector<Task *> producers_waiting_;  // in wake order (see add_producer_waiter)
+    size_t starved_waiters_ = 0;  // the first ones, that found no room at all
+    void add_producer_waiter(Task *t, bool got_nothing);  // mu_ held
     uint32_t open_producers_ = 0;
     bool closed_ = false;
     std::atomic<uint64_t> depth_{0};
