@@ -107,13 +107,16 @@ size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
         if (!key_of(p, st, in[i], &k, t)) continue;
         auto it = slot_of.find(k);
         if (it != slot_of.end()) {  // coalesced with an earlier waiter of the group
-            waiters.push_back(Waiter{in[i], it->second, false});
+            // Slots from n on are cache hits; below n, keys to load.
+            waiters.push_back(Waiter{in[i], it->second, it->second >= n});
             continue;
         }
         uint64_t v = 0;
         if (ws.cache && ws.cache->get(k, now, &v, ws.gone)) {
-            ++hits;
-            waiters.push_back(Waiter{in[i], uint32_t(n + results.size()), true});
+            ++hits;  // once per distinct key of the group, as misses are
+            uint32_t slot = uint32_t(n + results.size());
+            slot_of.emplace(k, slot);
+            waiters.push_back(Waiter{in[i], slot, true});
             results.push_back(v);
             continue;
         }

@@ -162,6 +162,12 @@ void SegmentWorker::run_batching() {
             notify();
             return;
         }
+        if (p.cancelling()) {
+            // Cancelled while this loop runs: the open group is cancelled, not run (the input
+            // closing under a cancel is not the end of input).
+            cancel_all();
+            return;
+        }
         uint64_t now = rt_->now();
         bool due = !group_.empty() && (group_.size() >= head.batch_max || input_drained_ ||
                                        now >= group_since_ + head.batch_linger_ns);
@@ -333,6 +339,12 @@ void SegmentWorker::run_join() {
     for (int round = 0;; ++round) {
         if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
             notify();
+            return;
+        }
+        if (p.cancelling()) {
+            // Cancelled while this loop runs: waiting keys are cancelled, not failed with
+            // FLUXUS_ECLOSED (the input closing under a cancel is not the end of input).
+            cancel_all();
             return;
         }
         uint64_t now = rt_->now();

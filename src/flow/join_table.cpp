@@ -24,8 +24,18 @@ int32_t JoinTable::add(const Key128 &k, uint32_t input, uint64_t item, uint64_t 
     if (o.mask == all) {
         out.push_back(Done{std::move(o.items), o.start, 0});
         open_.erase(it);
+        if (arrivals_.size() > 2 * open_.size() + 64) compact();
     }
     return 0;
+}
+
+void JoinTable::compact() {
+    std::deque<Arrival> live;
+    for (const Arrival &a : arrivals_) {
+        auto it = open_.find(a.key);
+        if (it != open_.end() && it->second.seq == a.seq) live.push_back(a);
+    }
+    arrivals_.swap(live);
 }
 
 void JoinTable::skip_gone() {

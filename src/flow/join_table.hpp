@@ -50,6 +50,11 @@ private:
     };
     // Drops queue entries of keys that completed (lazily: the queue is in arrival order).
     void skip_gone();
+    // Drops every entry of a completed key. Keys that complete behind a key still waiting leave
+    // entries skip_gone() cannot reach; without this, with no timeout, one key that never
+    // completes would let the queue grow with every key joined after it. Run when the stale
+    // entries outnumber the live ones, so the cost is amortised O(1) per key.
+    void compact();
     // Moves the oldest waiting key (live) to `out`, incomplete, with `status`.
     void take_front(std::vector<Done> &out, int32_t status);
 
