@@ -246,6 +246,10 @@ void SegmentWorker::run_reduce() {
         t.flush_to(head.c);
         if (n) continue;
         if (!drained) return;  // the queue wakes us
+        if (p.cancelling()) {  // the input closed under a cancel: not the end of input
+            cancel_all();
+            return;
+        }
         // End of input: every accumulator goes on as a new item, through the stages behind.
         size_t m = accs_.size();
         if (m) {
@@ -432,6 +436,17 @@ void SegmentWorker::run_sliding() {
             notify();
             return;
         }
+        if (p.cancelling()) {
+            // Items that left their last window are cancelled; what the callbacks emitted was
+            // never admitted and is released uncounted.
+            for (const SlidingWindows::Leaving &l : leaving)
+                p.cancel_items(head, &l.item, 1, false);
+            leaving.clear();
+            for (uint64_t x : out) p.free_unadmitted(x);
+            out.clear();
+            cancel_all();
+            return;
+        }
         uint64_t now = rt_->now();
         wins.close_due(now, fire, leaving);
         if (input_drained_) wins.close_all(fire, leaving);
@@ -473,6 +488,10 @@ void SegmentWorker::run_windows() {
             notify();
             return;
         }
+        if (p.cancelling()) {  // open and closed windows are cancelled, not fired
+            cancel_all();
+            return;
+        }
         uint64_t now = rt_->now();
         wins.close_due(now, closed_);
         if (input_drained_) wins.close_all(closed_);
@@ -512,6 +531,10 @@ void SegmentWorker::run_debounce() {
     for (int round = 0;; ++round) {
         if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
             notify();
+            return;
+        }
+        if (p.cancelling()) {  // held items are cancelled, not flushed
+            cancel_all();
             return;
         }
         bool progress = false;
