@@ -1349,7 +1349,7 @@ FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *r, const char *name, int
  * Build stages into `p` (which has not started) from a textual spec naming registered
  * callbacks. The grammar:
  *
- *     spec   := chain
+ *     spec   := chain ( ';' chain )*       each chain after the first starts with source(PULL)
  *     chain  := step ( '|' step )*
  *     step   := KIND [ '(' args ')' ] [ 'as' NAME ] [ block ]
  *             | NAME                     a registered map, filter, flat map or sink by name
@@ -1357,6 +1357,8 @@ FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *r, const char *name, int
  *     args   := arg ( ',' arg )*         arg := CALLBACK | OPTION '=' VALUE
  *     block  := '{' ( LABEL ':' chain [ ';' | ',' ] )* '}'
  *
+ * The first chain starts at the pipeline's source; a further chain starts at a source of its
+ * own (fluxus_pipeline_add_source()) and usually ends by merging into a named stage ('@NAME').
  * KIND is one of source, map, map_batch, filter, filter_batch, flat_map, flat_map_batch, sink,
  * sink_batch, async_map, reduce, window, batch, loader, join, dedup, throttle, debounce,
  * router, broadcast.
@@ -1383,7 +1385,8 @@ FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *r, const char *name, int
  *     ...where `store` is a sink declared earlier in the text with `sink(write) as store`.
  *
  * @return FLUXUS_OK; FLUXUS_EINVAL with fluxus_last_error_message() as
- *         "spec:LINE:COL: what was expected or what is wrong"; FLUXUS_ESTATE (started);
+ *         "spec:LINE:COL: what was expected or what is wrong" (also for values a stage refuses,
+ *         with that stage's message after the position); FLUXUS_ESTATE (started);
  *         FLUXUS_ENOMEM. On failure the pipeline may hold part of the stages: free it.
  * Thread safety: any thread, before start.
  */

@@ -54,6 +54,23 @@ const KindInfo kKinds[] = {
     {"debounce", 0, false},
 };
 
+// How a callback of `fn_kind` named `name` is used in a spec (for error hints).
+std::string usage_of(int32_t fn_kind, const std::string &name) {
+    switch (fn_kind) {
+    case FLUXUS_FN_REDUCE: return "reduce(" + name + ")";
+    case FLUXUS_FN_WINDOW: return "window(" + name + ", size=N) or join(" + name + ", ...)";
+    case FLUXUS_FN_ROUTE: return "router(" + name + ") { label: chain }";
+    case FLUXUS_FN_PULL: return "source(" + name + ")";
+    case FLUXUS_FN_LOAD: return "loader(" + name + ", attach=...)";
+    case FLUXUS_FN_COPY: return "broadcast(copy=" + name + ") or cache_copy=" + name;
+    case FLUXUS_FN_KEY: return "the option key=" + name;
+    case FLUXUS_FN_RETRY_IF: return "the option retry_if=" + name;
+    case FLUXUS_FN_ATTACH: return "the loader option attach=" + name;
+    case FLUXUS_FN_JOIN_INPUT: return "the join option input=" + name;
+    default: return name;
+    }
+}
+
 bool k_is(const KindInfo *ki, const char *name) { return strcmp(ki->name, name) == 0; }
 
 const KindInfo *find_kind(const std::string &k) {
@@ -108,8 +125,16 @@ class Builder {
 public:
     Builder(fluxus_pipeline *h, Registry &r) : h_(h), r_(r) {}
 
-    int32_t build(const SpecChain &top) {
-        if (int32_t rc = chain(top, true)) return rc;
+    // The first chain starts at the pipeline's source; each further one at a source of its own.
+    int32_t build(const std::vector<SpecChain> &chains) {
+        for (size_t i = 0; i < chains.size(); ++i) {
+            const SpecStep &first = chains[i].steps.front();
+            if (i > 0 && (first.merge || first.kind != "source" || first.args.empty()))
+                return fail(first.pos, "a further chain (after ';') must start with "
+                                       "source(PULL), a registered pull source of its own");
+            extra_source_ = i > 0;
+            if (int32_t rc = chain(chains[i], true)) return rc;
+        }
         for (const Merge &m : merges_) {
             auto it = names_.find(m.target);
             if (it == names_.end())
@@ -128,9 +153,11 @@ private:
         return set_error(code, head + what);
     }
     // Wraps an API failure with the position of the step that caused it.
+    // A bad value (ERANGE), a step where none can go (ESTATE): all spec errors are EINVAL.
     int32_t api(SpecPos pos, int32_t rc) {
         if (rc == FLUXUS_OK) return rc;
-        return fail(pos, fluxus_last_error_message(), rc);
+        return fail(pos, fluxus_last_error_message(),
+                    rc == FLUXUS_ENOMEM ? FLUXUS_ENOMEM : FLUXUS_EINVAL);
     }
 
     const RegisteredFn *lookup(const SpecArg &a, int32_t kind, const char *role, int32_t *rc) {
@@ -207,6 +234,18 @@ private:
         int32_t rc;
         const RegisteredFn *f = lookup(st.args[0], FLUXUS_FN_PULL, "source", &rc);
         if (!f) return rc;
+        if (extra_source_) {
+            uint32_t idx = 0;
+            if (int32_t e = api(st.pos, fluxus_pipeline_add_source(
+                                            &idx, h_, st.args[0].value.c_str(),
+                                            reinterpret_cast<fluxus_pull_fn>(f->fn),
+                                            f->user.user, nullptr)))
+                return e;
+            has_attach_ = true;
+            attach_stage_ = idx;
+            attach_outlet_ = 0;
+            return FLUXUS_OK;
+        }
         return api(st.pos, fluxus_pipeline_set_pull_source(h_, st.args[0].value.c_str(),
                                                            reinterpret_cast<fluxus_pull_fn>(f->fn),
                                                            f->user.user, nullptr));
@@ -230,7 +269,7 @@ private:
             if (!bk)
                 return fail(st.pos, "'" + kind + "' is a " + fn_kind_name(it->second.kind) +
                                         " callback; name its stage kind, e.g. " +
-                                        fn_kind_name(it->second.kind) + "(" + kind + ")");
+                                        usage_of(it->second.kind, kind));
             ki = find_kind(bk);
             fn = &it->second;
             fn_name = kind;
@@ -357,6 +396,12 @@ private:
                 rc = number(*a, UINT64_MAX / 1000, &delay);
             } else if (key == "max_delay_us") {
                 rc = number(*a, UINT64_MAX / 1000, &max_delay);
+            } else if (key == "timeout_us" && k == "join") {
+                if (!(rc = number(*a, UINT64_MAX / 1000, &v)))
+                    rc = api(a->pos, fluxus_stage_set_join_timeout_us(h_, idx, v));
+            } else if (key == "max_keys" && k == "join") {
+                if (!(rc = number(*a, UINT64_MAX, &v)))
+                    rc = api(a->pos, fluxus_stage_set_join_max_keys(h_, idx, v));
             } else if (key == "timeout_us") {
                 if (!(rc = number(*a, UINT64_MAX / 1000, &v)))
                     rc = api(a->pos, fluxus_stage_set_timeout_us(h_, idx, v));
@@ -385,12 +430,6 @@ private:
                 else if (f)
                     rc = api(a->pos, fluxus_stage_set_retry_predicate(
                                          h_, idx, (fluxus_retry_fn)f->fn, f->user.user, nullptr));
-            } else if (key == "timeout_us" && k == "join") {
-                if (!(rc = number(*a, UINT64_MAX / 1000, &v)))
-                    rc = api(a->pos, fluxus_stage_set_join_timeout_us(h_, idx, v));
-            } else if (key == "max_keys" && k == "join") {
-                if (!(rc = number(*a, UINT64_MAX, &v)))
-                    rc = api(a->pos, fluxus_stage_set_join_max_keys(h_, idx, v));
             } else if (key == "cache") {
                 rc = number(*a, UINT64_MAX, &cache_entries);
                 cache_pos = a;
@@ -477,17 +516,18 @@ private:
     };
     std::vector<Merge> merges_;
     bool has_attach_ = false;  // the source counts once a stage exists
+    bool extra_source_ = false;  // building a chain after ';' (its source is a source stage)
     uint32_t attach_stage_ = 0, attach_outlet_ = 0;
 };
 
 }  // namespace
 
 int32_t build_from_spec(fluxus_pipeline *h, Registry &r, const char *text) {
-    SpecChain top;
+    std::vector<SpecChain> chains;
     std::string error;
-    if (!parse_spec(text, top, error)) return set_error(FLUXUS_EINVAL, error);
+    if (!parse_spec(text, chains, error)) return set_error(FLUXUS_EINVAL, error);
     Builder b(h, r);
-    return b.build(top);
+    return b.build(chains);
 }
 
 }  // namespace fluxus

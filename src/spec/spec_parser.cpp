@@ -43,13 +43,19 @@ class Parser {
 public:
     explicit Parser(const char *text) : s_(text) { advance(); }
 
-    bool parse(SpecChain &out, std::string &error) {
-        if (!chain(out, 0)) {
-            error = error_;
-            return false;
+    bool parse(std::vector<SpecChain> &out, std::string &error) {
+        for (;;) {
+            out.emplace_back();
+            if (!chain(out.back(), 0)) {
+                error = error_;
+                return false;
+            }
+            if (tok_.kind != Tok::semi) break;
+            advance();
+            if (tok_.kind == Tok::end) break;  // a trailing ';'
         }
         if (tok_.kind != Tok::end) {
-            fail_expected("'|' or the end of the spec");
+            fail_expected("'|', ';' or the end of the spec");
             error = error_;
             return false;
         }
@@ -240,7 +246,7 @@ private:
 
 }  // namespace
 
-bool parse_spec(const char *text, SpecChain &out, std::string &error) {
+bool parse_spec(const char *text, std::vector<SpecChain> &out, std::string &error) {
     Parser p(text);
     return p.parse(out, error);
 }

@@ -43,8 +43,9 @@ struct SpecStep {
     std::vector<SpecBranch> block;
 };
 
-// Parses `text`. Returns true, or false with `error` set ("spec:LINE:COL: ...").
-bool parse_spec(const char *text, SpecChain &out, std::string &error);
+// Parses `text`: chains separated by ';'. Returns true, or false with `error` set
+// ("spec:LINE:COL: ...").
+bool parse_spec(const char *text, std::vector<SpecChain> &out, std::string &error);
 
 // Chains nest through blocks; deeper specs are refused (stack safety under fuzzing).
 constexpr int kSpecMaxDepth = 64;
