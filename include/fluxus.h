@@ -1003,7 +1003,8 @@ FLUXUS_API int32_t fluxus_pipeline_add_join(uint32_t *out_stage, fluxus_pipeline
 
 /**
  * How long a join key may wait for its other inputs (default 0: until end of input).
- * @return FLUXUS_OK, FLUXUS_EINVAL (not a join), FLUXUS_ENOTFOUND, FLUXUS_ESTATE.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a join), FLUXUS_ERANGE (over a day), FLUXUS_ENOTFOUND,
+ *         FLUXUS_ESTATE.
  */
 FLUXUS_API int32_t fluxus_stage_set_join_timeout_us(fluxus_pipeline *p, uint32_t stage,
                                                     uint64_t timeout_us);
@@ -1023,7 +1024,8 @@ FLUXUS_API int32_t fluxus_stage_set_join_max_keys(fluxus_pipeline *p, uint32_t s
  * with key i; set results[i] to its result (an item word: fluxus owns it from then on and
  * releases it with the item destructor once it is no longer needed, or keeps it in the stage's
  * cache) or status[i] nonzero to fail every item waiting for that key (results[i] is then
- * ignored). status[] arrives zeroed. A nonzero return fails the whole group.
+ * ignored). status[] arrives zeroed. A nonzero return fails the whole group, and every
+ * results[] slot is ignored: release anything the call allocated before returning nonzero.
  */
 typedef int32_t (*fluxus_load_fn)(void *user, const uint64_t *items, uint32_t count,
                                   uint64_t *results, int32_t *status);
@@ -1057,7 +1059,8 @@ FLUXUS_API int32_t fluxus_pipeline_add_loader(uint32_t *out_stage, fluxus_pipeli
  * cached output made by `copy` (`route` is 0; NULL: outputs are plain values, handed out as
  * they are); for a loader, the cached result goes to the attach callback. Cached values are
  * released with the item destructor when they leave the cache or the stage ends. Counted in
- * the stage's cache_hits and cache_misses. Not with a cursor source (the watermark follows
+ * the stage's cache_hits and cache_misses. A map with a cache is not checked against the
+ * stage timeout (fluxus_stage_set_timeout_us). Not with a cursor source (the watermark follows
  * items, and a cached output is not the input's). 0 entries removes the cache.
  * @return FLUXUS_OK, FLUXUS_EINVAL (not a map or loader, checked at start), FLUXUS_ERANGE
  *         (ttl over a day), FLUXUS_ENOTFOUND, FLUXUS_ESTATE.
