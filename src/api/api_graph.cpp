@@ -118,14 +118,11 @@ namespace {
 
 template <class F>
 int32_t with_join(fluxus_pipeline *h, uint32_t index, const char *fname, F set) {
-    FLUXUS_API_GUARD({
-        FLUXUS_GET_PIPELINE(p, h, fname);
-        Stage *st = nullptr;
-        if (int32_t rc = p->stage_for_option(index, fname, &st)) return rc;
-        if (st->kind != StageKind::join)
+    return with_stage(h, index, fname, [&](Stage &st) {
+        if (st.kind != StageKind::join)
             return set_errorf(FLUXUS_EINVAL, "%s: stage '%s' is not a join", fname,
-                              st->name.c_str());
-        return set(*st);
+                              st.name.c_str());
+        return set(st);
     });
 }
 

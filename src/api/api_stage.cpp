@@ -14,17 +14,6 @@ int32_t add(uint32_t *out, fluxus_pipeline *h, const char *fname, StageKind kind
     });
 }
 
-// Runs `set(stage)` on a stage that may still be configured.
-template <class F>
-int32_t with_stage(fluxus_pipeline *h, uint32_t index, const char *fname, F set) {
-    FLUXUS_API_GUARD({
-        FLUXUS_GET_PIPELINE(p, h, fname);
-        Stage *st = nullptr;
-        if (int32_t rc = p->stage_for_option(index, fname, &st)) return rc;
-        return set(*st);
-    });
-}
-
 }  // namespace
 
 extern "C" {

@@ -44,6 +44,21 @@ inline Pipeline *pipeline_of(fluxus_pipeline *h) {
                                                     ": not a live pipeline handle (NULL or " \
                                                     "already freed)");
 
+namespace fluxus {
+
+// Runs `set(stage)` on a stage that may still be configured.
+template <class F>
+int32_t with_stage(fluxus_pipeline *h, uint32_t index, const char *fname, F set) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, fname);
+        Stage *st = nullptr;
+        if (int32_t rc = p->stage_for_option(index, fname, &st)) return rc;
+        return set(*st);
+    });
+}
+
+}  // namespace fluxus
+
 #define FLUXUS_GET_RUNTIME(var, handle, fname)                                              \
     fluxus::Runtime *var = fluxus::runtime_of(handle);                                      \
     if (!var)                                                                               \

@@ -205,6 +205,9 @@ private:
     // Ends the items a window or join callback consumed (rc 0) or failed with (rc != 0).
     void end_consumed(const std::vector<uint64_t> &items, int32_t rc, bool keep_input,
                       const char *what);
+    // Runs a window's or join's callback over `items`, collecting into `out`, and ends them.
+    void fire_set(const std::vector<uint64_t> &items, uint64_t start_ns,
+                  std::vector<uint64_t> &out, const char *what);
     // Sends what a head callback emitted on. False: stop this run.
     bool send_emitted(std::vector<uint64_t> &out);
     // Sliding window head: as run_windows, with items held across windows.

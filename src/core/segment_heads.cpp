@@ -296,36 +296,32 @@ bool SegmentWorker::send_emitted(std::vector<uint64_t> &out) {
     return send_on(out.size());
 }
 
+void SegmentWorker::fire_set(const std::vector<uint64_t> &items, uint64_t start_ns,
+                             std::vector<uint64_t> &out, const char *what) {
+    bool keep_input = false;
+    int32_t rc = call_window_fn(*seg->p, *seg->head(), items.data(), items.size(), start_ns, out,
+                                &keep_input);
+    end_consumed(items, rc, keep_input, what);
+}
+
 bool SegmentWorker::fire_windows(std::vector<KeyedWindows::Closed> &closed) {
-    Pipeline &p = *seg->p;
-    Stage &head = *seg->head();
     std::vector<uint64_t> out;
-    for (KeyedWindows::Closed &w : closed) {
-        bool keep_input = false;
-        int32_t rc = call_window_fn(p, head, w.items.data(), w.items.size(), w.start_ns, out,
-                                    &keep_input);
-        end_consumed(w.items, rc, keep_input, "window callback failed");
-    }
+    for (KeyedWindows::Closed &w : closed)
+        fire_set(w.items, w.start_ns, out, "window callback failed");
     closed.clear();
     return send_emitted(out);
 }
 
 bool SegmentWorker::fire_joins() {
-    Pipeline &p = *seg->p;
-    Stage &head = *seg->head();
     std::vector<uint64_t> out;
     for (JoinTable::Done &d : joined_) {
-        if (d.status != 0) {
+        if (d.status == 0)
+            fire_set(d.items, d.start_ns, out, "join callback failed");
+        else
             end_consumed(d.items, d.status, false,
                          d.status == FLUXUS_ETIMEDOUT
                              ? "join key still incomplete after the join timeout"
                              : "join key still incomplete at end of input");
-            continue;
-        }
-        bool keep_input = false;
-        int32_t rc = call_window_fn(p, head, d.items.data(), d.items.size(), d.start_ns, out,
-                                    &keep_input);
-        end_consumed(d.items, rc, keep_input, "join callback failed");
     }
     joined_.clear();
     return send_emitted(out);
