@@ -834,7 +834,9 @@ FLUXUS_API int32_t fluxus_pipeline_add_sliding_window(uint32_t *out_stage, fluxu
  * broadcast's outlets are its routes 0..n-1 (fluxus_stage_add_route()); FLUXUS_OUTLET_ERROR is any
  * stage's error branch: items that fail there (after its retries, including circuit-breaker
  * refusals) go down that branch instead of ending under the error policy. They are counted
- * `routed` at the failing stage, not failed, and end wherever the branch ends them.
+ * `routed` at the failing stage, not failed, and end wherever the branch ends them. Join,
+ * window, reduce and debounce stages cannot route their failures (fluxus_pipeline_start()
+ * refuses it with FLUXUS_EINVAL); batch and loader stages can.
  *
  * Several outlets may lead into one stage (fluxus_pipeline_connect()): a merge. The merged stage
  * has one bounded queue shared by its producers; a producer that finds it full waits, without a
@@ -947,8 +949,8 @@ FLUXUS_API int32_t fluxus_pipeline_branch(fluxus_pipeline *p, uint32_t stage, ui
  * takes items from several producers (see above). A connection that would close a loop is
  * refused (retry a stage's failures with fluxus_stage_set_retry(), not with a loop).
  * If the attachment point was this outlet, nothing is attached until the next branch call.
- * @return FLUXUS_OK, FLUXUS_EINVAL (as fluxus_pipeline_branch(); a loop; `to` is the stage the
- *         source feeds), FLUXUS_ENOTFOUND, FLUXUS_ESTATE (after start).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (as fluxus_pipeline_branch(); a loop; `to` is a source
+ *         stage, which takes no input), FLUXUS_ENOTFOUND, FLUXUS_ESTATE (after start).
  */
 FLUXUS_API int32_t fluxus_pipeline_connect(fluxus_pipeline *p, uint32_t from, uint32_t outlet,
                                            uint32_t to);
@@ -1095,7 +1097,8 @@ typedef int32_t (*fluxus_retry_fn)(void *user, uint64_t item, int32_t status, ui
  * plus a last attempt a circuit breaker refused, if so). Queue overflow, key-function failures,
  * circuit-breaker refusals and async timeouts (the host still holds a timed-out item) are not
  * retried. A retrying stage heads its own task; with several workers it must be unordered or
- * per-key (checked at start). Stage stats count `retries` and the items `retry_waiting` now.
+ * per-key (checked at start). Batch, loader, join, window, reduce and debounce stages do not
+ * retry (start refuses it with FLUXUS_EINVAL). Stage stats count `retries` and the items `retry_waiting` now.
  * @param max_attempts  1 (no retry, the default) .. 1000.
  * @param backoff       FLUXUS_BACKOFF_*.
  * @param base_us       First delay, 0 .. one day.

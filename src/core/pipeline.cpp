@@ -388,6 +388,23 @@ int32_t Pipeline::validate() {
                               "start: dedup stage '%s' has more than one memory bound (max keys, "
                               "time-to-live, last N keys); choose one",
                               st.name.c_str());
+        // These heads run their own loops: failures there end under the error policy, and
+        // only the batch and loader loops hand failures to an error branch or route.
+        bool own_loop = st.kind == StageKind::batch || st.kind == StageKind::loader ||
+                        st.kind == StageKind::join || st.kind == StageKind::window ||
+                        st.kind == StageKind::reduce || st.kind == StageKind::debounce;
+        if (own_loop && st.retry.enabled())
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: stage '%s' is a %s, which does not retry (retry the "
+                              "stage that produces its failures, or route them to an error "
+                              "branch)",
+                              st.name.c_str(), stage_kind_name(st.kind));
+        if (own_loop && st.kind != StageKind::batch && st.kind != StageKind::loader &&
+            (st.error_to || st.error_route))
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: stage '%s' is a %s, whose failures cannot be routed (error "
+                              "branch or route); they end under its error policy",
+                              st.name.c_str(), stage_kind_name(st.kind));
         if (st.cache_entries && st.kind != StageKind::map && st.kind != StageKind::loader)
             return set_errorf(FLUXUS_EINVAL,
                               "start: stage '%s' is a %s; a cache goes in front of a map or a "

@@ -106,6 +106,9 @@ int32_t Pipeline::connect(uint32_t from, uint32_t outlet, uint32_t to) {
     if (int32_t rc = free_outlet(from, outlet, "connect", &src)) return rc;
     if (int32_t rc = stage_for_option(to, "connect", &dst)) return rc;
     char buf[160];
+    if (dst->is_source())
+        return set_errorf(FLUXUS_EINVAL, "connect: '%s' is a source; it takes no input",
+                          dst->name.c_str());
     if (reaches(dst, src))
         return set_errorf(FLUXUS_EINVAL,
                           "connect: %s into '%s' would close a loop (stages form a graph without "

@@ -715,7 +715,8 @@ void SegmentWorker::release_caches() {
 }
 
 void SegmentWorker::exhaust() {
-    if (has_output() || is_exhausted_) return;
+    // Output or failures still to hand on keep the worker (and the queues it feeds) open.
+    if (has_output() || routes_waiting() || is_exhausted_) return;
     is_exhausted_ = true;
     release_caches();
     close_hooks();

@@ -168,6 +168,9 @@ void SegmentWorker::run_batching() {
             cancel_all();
             return;
         }
+        // A group's failures may be on their way down the error branch (or route): they go
+        // first, and the stage takes no input while they wait for room.
+        if (routes_waiting() && !flush_routes()) return;
         uint64_t now = rt_->now();
         bool due = !group_.empty() && (group_.size() >= head.batch_max || input_drained_ ||
                                        now >= group_since_ + head.batch_linger_ns);
@@ -201,6 +204,7 @@ void SegmentWorker::run_batching() {
             if (drained) continue;  // flush the tail
         }
         if (input_drained_ && group_.empty()) {
+            if (routes_waiting()) continue;
             exhaust();
             return;
         }

@@ -1527,6 +1527,181 @@ static void test_error_branch_on_a_sink(void **state) {
     free(f.calls);
 }
 
+
+static int32_t collect_any(void *user, uint64_t item) {
+    (void)user;
+    (void)item;
+    return 0;
+}
+
+static int32_t identity_map(void *user, uint64_t in, uint64_t *out) {
+    (void)user;
+    *out = in;
+    return 0;
+}
+
+/* Loader whose odd keys fail to load; batch whose groups holding a multiple of 97 fail. */
+static int32_t odd_fails_load(void *user, const uint64_t *items, uint32_t count,
+                              uint64_t *results, int32_t *status) {
+    uint32_t i;
+    (void)user;
+    for (i = 0; i < count; i++) {
+        if (items[i] & 1)
+            status[i] = 7;
+        else
+            results[i] = 0; /* a plain value; the item destructor ignores 0 below */
+    }
+    return 0;
+}
+
+static int32_t keep_item(void *user, uint64_t item, uint64_t result, uint64_t *out) {
+    (void)user;
+    (void)result;
+    *out = item;
+    return 0;
+}
+
+static int32_t group_fails_on_97(void *user, const uint64_t *items, uint32_t count,
+                                 fluxus_emitter *em) {
+    uint32_t i;
+    (void)user;
+    for (i = 0; i < count; i++)
+        if (items[i] % 97 == 0) return 9;
+    fluxus_emitter_keep_input(em);
+    for (i = 0; i < count; i++)
+        if (fluxus_emit(em, items[i]) != FLUXUS_OK) return 1;
+    return 0;
+}
+
+/* Proves: a loader's and a batch stage's failures go down their error branch (routed, never
+ * lost: the worker does not end while failures wait for the branch's queue, which here holds
+ * one item). Regression: they used to be dropped on the floor (in_flight stuck, wait OK). */
+static void test_error_branch_of_loader_and_batch_stages(void **state) {
+    int kind;
+    (void)state;
+    for (kind = 0; kind < 2; kind++) {
+        fluxus_runtime *rt = tu_runtime(2);
+        tu_range_source src = {0, EN, 0};
+        repair_rec ok_rec, err_rec;
+        fluxus_pipeline *p;
+        fluxus_stage_stats hs;
+        uint32_t head, sinks[3];
+        uint64_t v, failing = 0;
+        repair_rec_init(&ok_rec, EN);
+        repair_rec_init(&err_rec, EN);
+        p = tu_pipeline(rt, kind ? "batch-errors" : "loader-errors", NULL);
+        TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
+        if (kind == 0)
+            TU_OK(fluxus_pipeline_add_loader(&head, p, "loader", 16, 100, odd_fails_load,
+                                             keep_item, NULL, NULL));
+        else
+            /* groups of 10 consecutive values: a long linger, so only full groups leave */
+            TU_OK(fluxus_pipeline_add_batch(&head, p, "batch", 10, 10000000, group_fails_on_97,
+                                            NULL, NULL));
+        TU_OK(fluxus_pipeline_add_sink(&sinks[0], p, "ok", repair_sink, &ok_rec, NULL));
+        TU_OK(fluxus_pipeline_branch(p, head, FLUXUS_OUTLET_ERROR));
+        TU_OK(fluxus_pipeline_add_sink(&sinks[1], p, "errors", repair_sink, &err_rec, NULL));
+        TU_OK(fluxus_stage_set_queue_capacity(p, sinks[1], 1));
+        sinks[2] = NO_STAGE;
+        TU_OK(fluxus_pipeline_start(p));
+        TU_OK(tu_wait(p));
+        for (v = 0; v < EN; v++) {
+            /* batch: a group (values 10k..10k+9) fails when it holds a multiple of 97 */
+            int fails = kind == 0 ? (int)(v & 1) : 0;
+            if (kind == 1) {
+                uint64_t g = v / 10 * 10, w;
+                for (w = g; w < g + 10 && w < EN; w++)
+                    if (w % 97 == 0) fails = 1;
+            }
+            failing += (uint64_t)fails;
+            assert_int_equal(ok_rec.plain.delivered[v], fails ? 0 : 1);
+            assert_int_equal(err_rec.plain.delivered[v], fails ? 1 : 0);
+        }
+        tu_stage_stats(p, head, &hs);
+        assert_int_equal(hs.routed, failing);
+        assert_int_equal(hs.failed, 0);
+        check_graph(p, sinks, EN);
+        print_message("%s: %llu of %u failed items routed to the error branch\n",
+                      kind ? "batch" : "loader", (unsigned long long)failing, EN);
+        tu_free_all(p, rt);
+        repair_rec_destroy(&ok_rec);
+        repair_rec_destroy(&err_rec);
+    }
+}
+
+static int32_t win_pass(void *user, const uint64_t *items, uint32_t count, uint64_t start_ns,
+                        fluxus_emitter *em) {
+    (void)user;
+    (void)items;
+    (void)count;
+    (void)start_ns;
+    (void)em;
+    return 0;
+}
+
+static int32_t join_input0(void *user, uint64_t item, uint32_t *input) {
+    (void)user;
+    (void)item;
+    *input = 0;
+    return 0;
+}
+
+static int32_t noop_load(void *user, const uint64_t *items, uint32_t count, uint64_t *results,
+                         int32_t *status) {
+    (void)user;
+    (void)items;
+    (void)count;
+    (void)results;
+    (void)status;
+    return 0;
+}
+
+/* Proves: what these heads cannot do is refused at start with FLUXUS_EINVAL (retry on a loader
+ * or batch, an error branch on a join or window), and connect() into a source stage is refused
+ * at once (it used to be accepted and crash at run time). */
+static void test_heads_refuse_what_they_cannot_do(void **state) {
+    fluxus_runtime *rt = tu_runtime(1);
+    tu_range_source src = {0, 10, 0};
+    fluxus_pipeline *p;
+    uint32_t st, a, s2;
+    int c;
+    (void)state;
+    for (c = 0; c < 4; c++) {
+        p = tu_pipeline(rt, "refusals", NULL);
+        TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
+        if (c == 0) {
+            TU_OK(fluxus_pipeline_add_loader(&st, p, "l", 4, 0, noop_load, keep_item, NULL, NULL));
+            TU_OK(fluxus_stage_set_retry(p, st, 3, FLUXUS_BACKOFF_CONSTANT, 10, 10));
+        } else if (c == 1) {
+            TU_OK(fluxus_pipeline_add_batch(&st, p, "b", 4, 0, group_fails_on_97, NULL, NULL));
+            TU_OK(fluxus_stage_set_retry(p, st, 3, FLUXUS_BACKOFF_CONSTANT, 10, 10));
+        } else if (c == 2) {
+            TU_OK(fluxus_pipeline_add_join(&st, p, "j", 1, join_input0, win_pass, NULL, NULL));
+        } else {
+            TU_OK(fluxus_pipeline_add_window(&st, p, "w", FLUXUS_WINDOW_COUNT, 3, win_pass, NULL,
+                                             NULL));
+        }
+        TU_OK(fluxus_pipeline_add_sink(NULL, p, "out", collect_any, NULL, NULL));
+        if (c >= 2) {
+            TU_OK(fluxus_pipeline_branch(p, st, FLUXUS_OUTLET_ERROR));
+            TU_OK(fluxus_pipeline_add_sink(NULL, p, "errors", collect_any, NULL, NULL));
+        }
+        TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_start(p));
+        assert_non_null(strstr(fluxus_last_error_message(), c < 2 ? "does not retry"
+                                                                  : "cannot be routed"));
+        TU_OK(fluxus_pipeline_free(p));
+    }
+    p = tu_pipeline(rt, "into-a-source", NULL);
+    TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
+    TU_OK(fluxus_pipeline_add_map(&a, p, "a", identity_map, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_source(&s2, p, "src2", tu_range_pull, &src, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "out", collect_any, NULL, NULL));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_connect(p, a, 0, s2));
+    assert_non_null(strstr(fluxus_last_error_message(), "is a source"));
+    TU_OK(fluxus_pipeline_free(p));
+    TU_OK(fluxus_runtime_free(rt));
+}
+
 /* ---------------------------------------------------------------------------------------------
  * 5. Build-time errors
  * ------------------------------------------------------------------------------------------- */
@@ -2033,6 +2208,8 @@ int main(void) {
         cmocka_unit_test(test_error_branch_backpressure),
         cmocka_unit_test(test_error_branch_cancel_midway),
         cmocka_unit_test(test_error_branch_on_a_sink),
+        cmocka_unit_test(test_error_branch_of_loader_and_batch_stages),
+        cmocka_unit_test(test_heads_refuse_what_they_cannot_do),
         cmocka_unit_test(test_drain_deadline_does_not_count_routed_items_as_held),
         cmocka_unit_test(test_drain_deadline_counts_what_a_broadcast_holds),
         cmocka_unit_test(test_build_errors_have_exact_codes),
