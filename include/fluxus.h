@@ -434,7 +434,11 @@ typedef int32_t (*fluxus_cursor_read_fn)(void *user, uint64_t cursor, uint64_t *
 /**
  * The page an item came from: the cursor its read was called with. Items a map returns and
  * items a flat map emits must answer with the page of the item they came from (hosts usually
- * keep it in the item). Called on any fluxus thread, often; must be cheap and not block.
+ * keep it in the item); so must broadcast and router copies, and a loader's attach outputs.
+ * An item a window or join callback emits from several items must answer with the oldest of
+ * their pages. Called on any fluxus thread, often; must be cheap and not block. A reduce stage
+ * cannot follow a cursor source (start refuses it: its inputs end long before the
+ * accumulators carrying them).
  */
 typedef uint64_t (*fluxus_cursor_page_fn)(void *user, uint64_t item);
 /**

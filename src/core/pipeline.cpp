@@ -410,6 +410,12 @@ int32_t Pipeline::validate() {
                               "start: stage '%s' is a %s; a cache goes in front of a map or a "
                               "loader",
                               st.name.c_str(), stage_kind_name(st.kind));
+        if (st.kind == StageKind::reduce && source_.kind == SourceKind::cursor)
+            return set_errorf(FLUXUS_EINVAL,
+                              "start: reduce stage '%s' cannot follow a cursor source (its "
+                              "inputs end when folded, long before the accumulators carrying "
+                              "them: the cursor would commit pages not yet delivered)",
+                              st.name.c_str());
         if (st.cache_entries && source_.kind == SourceKind::cursor)
             return set_errorf(FLUXUS_EINVAL,
                               "start: stage '%s' has a cache, which a cursor source cannot "

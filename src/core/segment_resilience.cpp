@@ -77,6 +77,12 @@ bool SegmentWorker::flush_routes() {
     Pipeline *target = Pipeline::pin_route_target(head.error_route);
     uint32_t pushed = 0;
     int32_t rc = FLUXUS_EINVAL;
+    // A cursor source's watermark hears of handed-over items as finished; their pages are
+    // asked before the push, after which the items belong to the route's pipeline.
+    CursorTracker *cur = p.cursor();
+    std::vector<uint64_t> pages;
+    if (cur)
+        for (uint64_t x : route_pending_) pages.push_back(cur->page_of(x));
     if (target) {
         rc = target->push(route_pending_.data(), uint32_t(route_pending_.size()), 0, true,
                           &pushed);
@@ -84,6 +90,8 @@ bool SegmentWorker::flush_routes() {
     }
     // Handed over: they end here as dead-lettered, and the route's pipeline admitted them.
     t.dead_lettered += pushed;
+    if (cur)
+        for (uint32_t i = 0; i < pushed; ++i) cur->page_ended(pages[i], true);
     route_pending_.erase(route_pending_.begin(), route_pending_.begin() + pushed);
     if (!route_pending_.empty()) {
         if (rc == FLUXUS_EFULL) {
@@ -99,9 +107,11 @@ bool SegmentWorker::flush_routes() {
         snprintf(msg, sizeof msg, "error route unavailable (%s): failed items end here",
                  status_name(rc));
         p.log(FLUXUS_LOG_WARN, &head, msg);
+        // They end as failures under the stage's policy: finished unless it is fail-fast.
+        bool finished = head.error_policy != FLUXUS_ERROR_FAIL_FAST;
         for (uint64_t x : route_pending_) {
             ++t.failed;
-            p.release_item(x, false);
+            p.release_item(x, finished);
         }
         route_pending_.clear();
     }

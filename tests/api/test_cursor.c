@@ -1563,8 +1563,101 @@ static void test_read_error_stops_the_pipeline_and_keeps_the_watermark(void **st
     ctx_free(c);
 }
 
+
+/* ----- plain-value pages for the error-route and reduce checks: page k holds k*100+1..k*100+8 */
+
+static int32_t rv_read(void *user, uint64_t cursor, uint64_t *items, uint32_t capacity,
+                       uint32_t *count, uint64_t *next_cursor) {
+    uint32_t i;
+    (void)user;
+    (void)capacity;
+    for (i = 0; i < 8; i++) items[i] = cursor * 100 + i + 1;
+    *count = 8;
+    *next_cursor = cursor + 1;
+    return cursor == 9 ? FLUXUS_PULL_END : FLUXUS_PULL_ITEM;
+}
+static uint64_t rv_page(void *user, uint64_t item) {
+    (void)user;
+    return item / 100;
+}
+static void rv_commit(void *user, uint64_t cursor) {
+    TU_STORE((uint64_t *)user, cursor);
+}
+static int32_t rv_fail_305(void *user, uint64_t in, uint64_t *out) {
+    (void)user;
+    if (in == 305) return 9;
+    *out = in;
+    return 0;
+}
+static int32_t rv_sink(void *user, uint64_t item) {
+    (void)item;
+    TU_ADD((uint64_t *)user, 1);
+    return 0;
+}
+static int32_t rv_fold(void *user, uint64_t *acc, int32_t first, uint64_t item) {
+    (void)user;
+    (void)first;
+    *acc += item;
+    return 0;
+}
+
+/* Proves: an item an error route hands to another pipeline is finished for the watermark (it
+ * is dead-lettered here), so the cursor still reaches the end; regression: the page stayed
+ * open for good and every restart re-read it and all after it. */
+static void test_error_route_to_another_pipeline_finishes_its_page(void **state) {
+    fluxus_runtime *rt = tu_runtime(2);
+    fluxus_pipeline *dl, *p;
+    uint64_t committed = 0, last = 0, routed = 0, stored = 0;
+    uint32_t m;
+    (void)state;
+    TU_OK(fluxus_pipeline_new(&dl, rt, "dead-letters"));
+    TU_OK(fluxus_pipeline_set_push_source(dl, "in"));
+    TU_OK(fluxus_pipeline_add_sink(NULL, dl, "kept", rv_sink, &routed, NULL));
+    TU_OK(fluxus_pipeline_start(dl));
+    TU_OK(fluxus_pipeline_new(&p, rt, "main"));
+    TU_OK(fluxus_pipeline_set_cursor_source(p, "pages", 0, rv_read, rv_page, rv_commit, &last,
+                                            NULL));
+    TU_OK(fluxus_pipeline_add_map(&m, p, "m", rv_fail_305, NULL, NULL));
+    TU_OK(fluxus_stage_set_error_route(p, m, dl));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "store", rv_sink, &stored, NULL));
+    TU_OK(fluxus_pipeline_start(p));
+    TU_OK(tu_wait(p));
+    TU_OK(fluxus_pipeline_get_committed_cursor(p, &committed));
+    assert_int_equal(committed, 10);
+    assert_int_equal(TU_LOAD(&last), 10);
+    assert_int_equal(stored, 79);
+    TU_OK(fluxus_pipeline_close_input(dl));
+    TU_OK(tu_wait(dl));
+    assert_int_equal(routed, 1);
+    printf("  error route from a cursor source: committed %llu, 1 item routed\n",
+           (unsigned long long)committed);
+    TU_OK(fluxus_pipeline_free(p));
+    TU_OK(fluxus_pipeline_free(dl));
+    TU_OK(fluxus_runtime_free(rt));
+}
+
+/* Proves: a reduce stage behind a cursor source is refused at start (its inputs end when
+ * folded, so the cursor would commit pages whose results were not delivered yet). */
+static void test_reduce_after_a_cursor_source_is_refused(void **state) {
+    fluxus_runtime *rt = tu_runtime(1);
+    fluxus_pipeline *p;
+    uint64_t last = 0, stored = 0;
+    (void)state;
+    TU_OK(fluxus_pipeline_new(&p, rt, "reduce"));
+    TU_OK(fluxus_pipeline_set_cursor_source(p, "pages", 0, rv_read, rv_page, rv_commit, &last,
+                                            NULL));
+    TU_OK(fluxus_pipeline_add_reduce(NULL, p, "sum", rv_fold, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "store", rv_sink, &stored, NULL));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_start(p));
+    assert_non_null(strstr(fluxus_last_error_message(), "cannot follow a cursor source"));
+    TU_OK(fluxus_pipeline_free(p));
+    TU_OK(fluxus_runtime_free(rt));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_error_route_to_another_pipeline_finishes_its_page),
+        cmocka_unit_test(test_reduce_after_a_cursor_source_is_refused),
         cmocka_unit_test(
             test_commits_cover_only_finished_items_and_end_at_the_cursor_after_the_last_page),
         cmocka_unit_test(
