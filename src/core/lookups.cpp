@@ -17,19 +17,6 @@ void release_gone(Pipeline &p, std::vector<uint64_t> &gone) {
     gone.clear();
 }
 
-// The key of `x`, or false after failing it.
-bool key_of(Pipeline &p, Stage &st, uint64_t x, Key128 *k, StageTally &t) {
-    int32_t rc;
-    try {
-        rc = stage_key(st, x, k);
-    } catch (...) {
-        rc = FLUXUS_EEXCEPTION;
-    }
-    if (rc == 0) return true;
-    p.fail_item(st, x, rc, "key callback failed", &t);
-    return false;
-}
-
 // A copy of a cached map output for a new item (the value itself without a copy callback).
 int32_t copy_out(Stage &st, uint64_t v, uint64_t *out) {
     if (!st.cache_copy) {
@@ -55,7 +42,7 @@ size_t apply_cached_map(Pipeline &p, Stage &st, WorkerStageState &ws, const uint
     for (size_t i = 0; i < n; ++i) {
         uint64_t x = in[i], v = 0, y = 0;
         Key128 k;
-        if (!key_of(p, st, x, &k, t)) continue;
+        if (!key_or_fail(p, st, x, &k, "key callback failed", &t)) continue;
         if (cache.get(k, now, &v, ws.gone)) {
             ++hits;
             if (int32_t rc = copy_out(st, v, &y)) {
@@ -104,7 +91,7 @@ size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
     waiters.reserve(n);
     for (size_t i = 0; i < n; ++i) {
         Key128 k;
-        if (!key_of(p, st, in[i], &k, t)) continue;
+        if (!key_or_fail(p, st, in[i], &k, "key callback failed", &t)) continue;
         auto it = slot_of.find(k);
         if (it != slot_of.end()) {  // coalesced with an earlier waiter of the group
             // Slots from n on are cache hits; below n, keys to load.

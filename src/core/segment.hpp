@@ -298,6 +298,11 @@ inline int32_t stage_key(const Stage &st, uint64_t item, Key128 *out) {
     return 0;
 }
 
+// The key of `item` at `st`, or false after failing the item there with `what` (a key callback
+// that fails or throws). `t`: the caller's tally of that stage.
+bool key_or_fail(Pipeline &p, Stage &st, uint64_t item, Key128 *key, const char *what,
+                 StageTally *t);
+
 // Runs one stage over a batch: reads in[0..n), writes the survivors to out (resized as needed)
 // and returns their count. Failures and drops are ended through the pipeline.
 size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,

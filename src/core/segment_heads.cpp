@@ -30,16 +30,7 @@ bool SegmentWorker::send_on(size_t n) {
 // The key of an input item of a keyed head stage; if the key function fails (or throws), the
 // item fails at the head with `what` and false is returned.
 bool SegmentWorker::key_or_fail(uint64_t item, Key128 *key, const char *what) {
-    Stage &head = *seg->head();
-    int32_t rc;
-    try {
-        rc = stage_key(head, item, key);
-    } catch (...) {
-        rc = FLUXUS_EEXCEPTION;
-    }
-    if (rc == 0) return true;
-    seg->p->fail_item(head, item, rc, what, &tally_[0]);
-    return false;
+    return fluxus::key_or_fail(*seg->p, *seg->head(), item, key, what, &tally_[0]);
 }
 
 namespace {

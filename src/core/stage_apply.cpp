@@ -56,6 +56,19 @@ size_t settle_batch(Pipeline &p, Stage &st, const uint64_t *in, uint64_t *out, s
 
 }  // namespace
 
+bool key_or_fail(Pipeline &p, Stage &st, uint64_t item, Key128 *key, const char *what,
+                 StageTally *t) {
+    int32_t rc;
+    try {
+        rc = stage_key(st, item, key);
+    } catch (...) {
+        rc = FLUXUS_EEXCEPTION;
+    }
+    if (rc == 0) return true;
+    p.fail_item(st, item, rc, what, t);
+    return false;
+}
+
 int32_t byte_key_digest(const Stage &st, uint64_t item, Key128 *out) {
     const void *k = nullptr;
     size_t len = 0;
