@@ -271,6 +271,14 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
         if (st.kind == StageKind::debounce)
             state_[k].debounce.reset(new Debouncer(st.period_ns, st.debounce_max_keys));
     }
+    chain_at_.resize(s->stages.size());
+    for (size_t k = 0; k < s->stages.size(); ++k) {
+        size_t len = 0;
+        while (k + len < s->stages.size() && len < ItemChain::kMaxSteps &&
+               ItemChain::qualifies(*s->stages[k + len], *s->p))
+            ++len;
+        if (len >= 1) chain_at_[k].assign(&s->stages[k], len);
+    }
     if (Stage *h = s->head())
         if (h->async) h->async->set_worker(this);
     if (s->split) {
@@ -456,6 +464,29 @@ size_t SegmentWorker::fetch(bool *drained) {
     return n;
 }
 
+namespace {
+
+// The per-item pull loop, on its own so that its few variables stay in registers across the
+// callback (in pull() they lived on the stack). A callback that throws ends the loop; the items
+// pulled before it are in *count and go on as usual.
+[[gnu::noinline]] int32_t pull_items(fluxus_pull_fn fn, void *user, uint64_t *buf, size_t max,
+                                     size_t *count) {
+    uint64_t *at = buf, *end = buf + max;
+    int32_t rc = FLUXUS_PULL_ITEM;
+    try {
+        for (; at < end; ++at) {
+            rc = fn(user, at);
+            if (rc != FLUXUS_PULL_ITEM) break;
+        }
+    } catch (...) {
+        rc = FLUXUS_EEXCEPTION;
+    }
+    *count = size_t(at - buf);
+    return rc;
+}
+
+}  // namespace
+
 size_t SegmentWorker::pull(bool *drained) {
     Pipeline &p = *seg->p;
     const SourceSpec &src = *seg->source;
@@ -492,14 +523,8 @@ size_t SegmentWorker::pull(bool *drained) {
     int32_t rc = FLUXUS_PULL_ITEM;
     try {
         if (src.kind == SourceKind::pull) {
-            auto fn = reinterpret_cast<fluxus_pull_fn>(src.fn);
-            void *user = src.user.user;
-            uint64_t *buf = a_.data();  // locals: the callback could alias any member
-            while (n < max) {
-                rc = fn(user, &buf[n]);
-                if (rc != FLUXUS_PULL_ITEM) break;
-                ++n;
-            }
+            rc = pull_items(reinterpret_cast<fluxus_pull_fn>(src.fn), src.user.user, a_.data(),
+                            max, &n);
         } else if (src.kind == SourceKind::cursor) {
             auto fn = reinterpret_cast<fluxus_cursor_read_fn>(src.fn);
             uint32_t count = 0;
@@ -551,6 +576,16 @@ void SegmentWorker::process(size_t n, size_t first) {
     bool timed = (batches_++ % kBusySample) == 0;
     RetryScopeGuard retry_scope(this, first == 0 ? seg->head() : nullptr, attempt_);
     for (size_t k = first; k < seg->stages.size() && cur > 0; ++k) {
+        // Untimed batches run chains of per-item stages item by item, in place in a_.
+        if (ItemChain &chain = chain_at_[k]; chain.size() && !timed) {
+            if (in != &a_) {
+                a_.swap(b_);
+                std::swap(in, out);
+            }
+            cur = chain.run(p, a_.data(), cur, &tally_[k], k > 0 || seg->pull_input);
+            k += chain.size() - 1;
+            continue;
+        }
         Stage &st = *seg->stages[k];
         StageTally &t = tally_[k];
         if (k > 0 || seg->pull_input) t.in += cur;  // a queue head counted them on arrival

@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/item_chain.hpp"
 #include "core/pipeline.hpp"
 #include "dedup/key_set.hpp"
 #include "flow/debouncer.hpp"
@@ -246,6 +247,9 @@ private:
     uint64_t cursor_pos_ = 0;  // cursor source: where the next read starts
     std::vector<WorkerStageState> state_;
     std::vector<StageTally> tally_;
+    // chain_at_[k]: the per-item chain of the stages from k on (empty where fewer than two
+    // stages from k qualify); process() runs it instead of those stages one by one.
+    std::vector<ItemChain> chain_at_;
     bool initialized_ = false;
     bool init_ok_ = false;
     bool is_exhausted_ = false;

@@ -1,0 +1,158 @@
+// ItemChain: see item_chain.hpp. The loop below is the hot path of a fused per-item pipeline.
+// Each chain length has its own fully unrolled loop, so per item and step what runs is one
+// predicted kind test, the indirect call and its status test: no buffer pass, no loop over the
+// steps, no counter in memory (an item that does not get through is counted where it stopped,
+// and in/out follow from those counts after the batch). Each call has its own try block, which
+// costs nothing until a callback throws.
+#include "core/item_chain.hpp"
+
+#include <utility>
+
+namespace fluxus {
+
+bool ItemChain::qualifies(const Stage &st, const Pipeline &p) {
+    if (st.timeout_ns || st.cache_entries || p.cursor()) return false;
+    return st.kind == StageKind::map || st.kind == StageKind::filter ||
+           st.kind == StageKind::sink;
+}
+
+void ItemChain::assign(Stage *const *stages, size_t len) {
+    steps_.clear();
+    for (size_t j = 0; j < len; ++j)
+        steps_.push_back(ChainStep{stages[j]->fn, stages[j]->user.user, stages[j]->kind, stages[j]});
+    // 1: maps only; 2: maps, then a sink; 0: anything else (kinds tested per step).
+    size_t maps = 0;
+    while (maps < len && stages[maps]->kind == StageKind::map) ++maps;
+    shape_ = maps == len ? 1 : maps == len - 1 && stages[maps]->kind == StageKind::sink ? 2 : 0;
+}
+
+namespace {
+
+// Ends an item that did not get through step s: a failed (or throwing) callback, as
+// apply_stage would end it.
+[[gnu::noinline, gnu::cold]] void stop_failed(Pipeline &p, const ChainStep &s, uint64_t x,
+                                              int32_t rc, bool threw, StageTally &t,
+                                              uint64_t &stopped) {
+    const char *what;
+    switch (s.kind) {
+    case StageKind::map: what = threw ? "map callback threw" : "map callback failed"; break;
+    case StageKind::filter:
+        what = threw ? "filter callback threw" : "filter callback failed";
+        break;
+    default: what = threw ? "sink callback threw" : "sink callback failed"; break;
+    }
+    p.fail_item(*s.stage, x, rc, what, &t);
+    ++stopped;
+}
+
+[[gnu::noinline, gnu::cold]] void stop_filtered(Pipeline &p, uint64_t x, StageTally &t,
+                                                uint64_t &stopped) {
+    ++t.filtered;
+    p.destroy_item(x);
+    ++stopped;
+}
+
+// What a step is known to be at compile time: the common shape (maps, then a sink or a map) has
+// no kind test in its loop.
+enum class Known { any, map, sink };
+
+// Runs step s on x (replaced by a map's output). False: the item ended here.
+template <Known K>
+[[gnu::always_inline]] inline bool step(Pipeline &p, const ChainStep &s, uint64_t &x,
+                                        StageTally &t, uint64_t &stopped) {
+    int32_t rc;
+    bool threw = false;
+    if (K == Known::map || (K == Known::any && __builtin_expect(s.kind == StageKind::map, 1))) {
+        uint64_t y;
+        try {
+            rc = reinterpret_cast<fluxus_map_fn>(s.fn)(s.user, x, &y);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+            threw = true;
+        }
+        if (__builtin_expect(rc == 0, 1)) {
+            x = y;
+            return true;
+        }
+    } else if (K == Known::any && s.kind == StageKind::filter) {
+        int32_t keep = 0;
+        try {
+            rc = reinterpret_cast<fluxus_filter_fn>(s.fn)(s.user, x, &keep);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+            threw = true;
+        }
+        if (__builtin_expect(rc == 0 && keep, 1)) return true;
+        if (rc == 0) {
+            stop_filtered(p, x, t, stopped);
+            return false;
+        }
+    } else {  // sink: the last step; it owns the item once it accepts it
+        try {
+            rc = reinterpret_cast<fluxus_sink_fn>(s.fn)(s.user, x);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+            threw = true;
+        }
+        if (__builtin_expect(rc == 0, 1)) return true;
+    }
+    stop_failed(p, s, x, rc, threw, t, stopped);
+    return false;
+}
+
+// Shape of a chain: steps of any kind, maps only, or maps then a sink.
+enum class Shape { any, maps, maps_sink };
+
+template <Shape S, size_t J, size_t L>
+constexpr Known known_kind() {
+    if (S == Shape::any) return Known::any;
+    return S == Shape::maps_sink && J == L - 1 ? Known::sink : Known::map;
+}
+
+template <Shape S, size_t... J>
+size_t run_unrolled(std::index_sequence<J...>, Pipeline &p, const ChainStep *steps,
+                    uint64_t *items, size_t n, StageTally *tallies, uint64_t *stopped) {
+    constexpr size_t L = sizeof...(J);
+    size_t m = 0;
+    for (size_t i = 0; i < n; ++i) {
+        uint64_t x = items[i];
+        if ((step<known_kind<S, J, L>()>(p, steps[J], x, tallies[J], stopped[J]) && ...))
+            items[m++] = x;  // m <= i: compaction in place
+    }
+    return m;
+}
+
+template <Shape S>
+size_t run_shape(size_t len, Pipeline &p, const ChainStep *steps, uint64_t *items, size_t n,
+                 StageTally *tallies, uint64_t *stopped) {
+    switch (len) {
+    case 1: return run_unrolled<S>(std::make_index_sequence<1>(), p, steps, items, n, tallies, stopped);
+    case 2: return run_unrolled<S>(std::make_index_sequence<2>(), p, steps, items, n, tallies, stopped);
+    case 3: return run_unrolled<S>(std::make_index_sequence<3>(), p, steps, items, n, tallies, stopped);
+    default: return run_unrolled<S>(std::make_index_sequence<4>(), p, steps, items, n, tallies, stopped);
+    }
+}
+
+}  // namespace
+
+size_t ItemChain::run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallies,
+                      bool count_first_in) {
+    const ChainStep *steps = steps_.data();
+    const size_t len = steps_.size();
+    uint64_t stopped[kMaxSteps] = {};  // items that ended at step j (failed or filtered)
+    size_t m;
+    switch (shape_) {
+    case 1: m = run_shape<Shape::maps>(len, p, steps, items, n, tallies, stopped); break;
+    case 2: m = run_shape<Shape::maps_sink>(len, p, steps, items, n, tallies, stopped); break;
+    default: m = run_shape<Shape::any>(len, p, steps, items, n, tallies, stopped); break;
+    }
+    uint64_t reached = n;
+    for (size_t j = 0; j < len; ++j) {
+        if (j > 0 || count_first_in) tallies[j].in += reached;
+        reached -= stopped[j];
+        tallies[j].out += reached;  // a sink's out is what it delivered
+    }
+    return steps[len - 1].kind == StageKind::sink ? 0 : m;
+}
+
+}  // namespace fluxus

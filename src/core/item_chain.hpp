@@ -1,0 +1,53 @@
+// ItemChain: runs a fused run of per-item map, filter and sink stages item by item — each item
+// goes through every stage of the run before the next item starts — instead of stage by stage
+// over the batch. The stage-by-stage form passes the batch through a buffer once per stage; this
+// one keeps the item in a register between callbacks, which is most of the engine's own cost in
+// a chain of cheap callbacks.
+//
+// Only stages whose per-item work is the callback alone qualify: map (no cache), filter and sink,
+// without a timeout, in a pipeline without a cursor source. Everything else (failures, filtering,
+// exceptions) ends an item exactly as apply_stage does, through Pipeline::fail_item and
+// Pipeline::destroy_item, with the same messages and the same counters.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "core/pipeline.hpp"
+#include "core/stage.hpp"
+
+namespace fluxus {
+
+struct ChainStep {
+    void (*fn)();
+    void *user;
+    StageKind kind;
+    Stage *stage;
+};
+
+class ItemChain {
+public:
+    // Longest run a chain takes in one pass (a longer run is split into several chains): each
+    // length has its own unrolled loop.
+    static constexpr size_t kMaxSteps = 4;
+
+    // True if `st` can run inside a chain (see above).
+    static bool qualifies(const Stage &st, const Pipeline &p);
+
+    // Builds the steps for stages[from .. from + len).
+    void assign(Stage *const *stages, size_t len);
+    size_t size() const { return steps_.size(); }
+
+    // Runs items[0..n) through the chain, in place: the survivors of its last stage are
+    // compacted into items[0..m) in order and m is returned (0 when the chain ends in a sink).
+    // tallies[j] is the tally of step j: its in, out, filtered and failure counters grow here.
+    // `count_first_in`: whether step 0's `in` is counted here (a queue head counted it already).
+    size_t run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallies, bool count_first_in);
+
+private:
+    std::vector<ChainStep> steps_;
+    int shape_ = 0;  // see assign()
+};
+
+}  // namespace fluxus
