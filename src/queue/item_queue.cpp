@@ -27,6 +27,24 @@ void ItemQueue::note_depth(int64_t delta) {
     if (d > peak_.load(std::memory_order_relaxed)) peak_.store(d, std::memory_order_relaxed);
 }
 
+// Ring copies in at most two pieces (before and after the wrap): the ring is written by one
+// thread and read by another, so these copies are where the items change cores.
+void ItemQueue::copy_in(Lane &l, const uint64_t *items, size_t n) {
+    size_t tail = l.head + l.count;
+    if (tail >= cap_) tail -= cap_;
+    size_t first = std::min(n, cap_ - tail);
+    std::copy(items, items + first, l.ring.data() + tail);
+    std::copy(items + first, items + n, l.ring.data());
+}
+
+void ItemQueue::copy_out(Lane &l, uint64_t *out, size_t n) {
+    size_t first = std::min(n, cap_ - l.head);
+    std::copy(l.ring.data() + l.head, l.ring.data() + l.head + first, out);
+    std::copy(l.ring.data(), l.ring.data() + (n - first), out + first);
+    l.head += n;
+    if (l.head >= cap_) l.head -= cap_;
+}
+
 size_t ItemQueue::push_locked(PendingItems &pend, std::vector<uint64_t> *evict,
                               std::vector<Task *> &wake) {
     size_t n = pend.size();
@@ -56,11 +74,7 @@ size_t ItemQueue::push_locked(PendingItems &pend, std::vector<uint64_t> *evict,
             }
         }
         size_t take = std::min(room, n);
-        size_t tail = (l.head + l.count) % cap_;
-        for (size_t i = 0; i < take; ++i) {
-            l.ring[tail] = items[i];
-            if (++tail == cap_) tail = 0;
-        }
+        copy_in(l, items, take);
         l.count += take;
         pend.head += take;
         moved += take;
@@ -120,7 +134,7 @@ size_t ItemQueue::push(PendingItems &pend, Task *waiter, std::vector<uint64_t> *
     std::vector<Task *> wake;
     size_t moved;
     {
-        std::lock_guard<std::mutex> lock(mu_);
+        std::lock_guard<SpinThenBlockMutex> lock(mu_);
         moved = push_locked(pend, evict, wake);
         if (!pend.empty() && waiter) add_producer_waiter(waiter, moved == 0);
     }
@@ -144,7 +158,7 @@ void ItemQueue::add_producer_waiter(Task *t, bool got_nothing) {
 }
 
 void ItemQueue::set_producers(uint32_t n) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<SpinThenBlockMutex> lock(mu_);
     open_producers_ = n;
     closed_ = (n == 0);
 }
@@ -152,7 +166,7 @@ void ItemQueue::set_producers(uint32_t n) {
 void ItemQueue::producer_done() {
     std::vector<Task *> wake;
     {
-        std::lock_guard<std::mutex> lock(mu_);
+        std::lock_guard<SpinThenBlockMutex> lock(mu_);
         if (open_producers_ == 0) return;
         if (--open_producers_ > 0) return;
         closed_ = true;
@@ -166,12 +180,12 @@ void ItemQueue::producer_done() {
 }
 
 bool ItemQueue::closed() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<SpinThenBlockMutex> lock(mu_);
     return closed_;
 }
 
 void ItemQueue::wake_hosts() {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<SpinThenBlockMutex> lock(mu_);
     if (host_waiters_) host_cv_.notify_all();
 }
 
@@ -179,7 +193,7 @@ size_t ItemQueue::pop(uint32_t lane, uint64_t *out, size_t max, Task *waiter, bo
     std::vector<Task *> wake;
     size_t take;
     {
-        std::lock_guard<std::mutex> lock(mu_);
+        std::lock_guard<SpinThenBlockMutex> lock(mu_);
         Lane &l = lanes_[lane];
         take = std::min(max, l.count);
         if (take == 0) {
@@ -188,10 +202,7 @@ size_t ItemQueue::pop(uint32_t lane, uint64_t *out, size_t max, Task *waiter, bo
             return 0;
         }
         *drained = false;
-        for (size_t i = 0; i < take; ++i) {
-            out[i] = l.ring[l.head];
-            if (++l.head == cap_) l.head = 0;
-        }
+        copy_out(l, out, take);
         l.count -= take;
         note_depth(-int64_t(take));
         wake.swap(producers_waiting_);
@@ -205,7 +216,7 @@ size_t ItemQueue::pop(uint32_t lane, uint64_t *out, size_t max, Task *waiter, bo
 void ItemQueue::pop_all(uint32_t lane, std::vector<uint64_t> &out) {
     std::vector<Task *> wake;
     {
-        std::lock_guard<std::mutex> lock(mu_);
+        std::lock_guard<SpinThenBlockMutex> lock(mu_);
         Lane &l = lanes_[lane];
         for (size_t i = 0; i < l.count; ++i) out.push_back(l.ring[(l.head + i) % cap_]);
         note_depth(-int64_t(l.count));

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "util/clock.hpp"
+#include "util/spin_mutex.hpp"
 
 namespace fluxus {
 
@@ -88,14 +89,16 @@ private:
         size_t count = 0;
         std::vector<Task *> consumers;  // tasks waiting for this lane to get items
     };
+    void copy_in(Lane &l, const uint64_t *items, size_t n);  // at the tail; mu_ held
+    void copy_out(Lane &l, uint64_t *out, size_t n);        // from the head; mu_ held
     size_t push_locked(PendingItems &pend, std::vector<uint64_t> *evict,
                        std::vector<Task *> &wake);
     void note_depth(int64_t delta);
     static void add_waiter(std::vector<Task *> &list, Task *t);
     static void notify_all(std::vector<Task *> &list);
 
-    mutable std::mutex mu_;
-    std::condition_variable host_cv_;
+    mutable SpinThenBlockMutex mu_;
+    std::condition_variable_any host_cv_;  // host pushes wait here (rare: not the hot path)
     uint32_t host_waiters_ = 0;
     uint32_t cap_;
     std::vector<Lane> lanes_;
@@ -112,7 +115,7 @@ template <class Gate>
 size_t ItemQueue::push_wait(PendingItems &pend, uint64_t deadline_ns, Gate gate) {
     size_t moved = 0;
     std::vector<Task *> wake;
-    std::unique_lock<std::mutex> lock(mu_);
+    std::unique_lock<SpinThenBlockMutex> lock(mu_);
     for (;;) {
         int g = gate();
         if (g == 1 || closed_) break;
