@@ -11,7 +11,9 @@
 namespace fluxus {
 
 bool ItemChain::qualifies(const Stage &st, const Pipeline &p) {
-    if (st.timeout_ns || st.cache_entries || p.cursor()) return false;
+    // A sink behind a cursor source ends the item's page (apply_stage does that, not the chain).
+    if (st.timeout_ns || st.cache_entries || (st.kind == StageKind::sink && p.cursor()))
+        return false;
     return st.kind == StageKind::map || st.kind == StageKind::filter ||
            st.kind == StageKind::sink;
 }
@@ -20,10 +22,11 @@ void ItemChain::assign(Stage *const *stages, size_t len) {
     steps_.clear();
     for (size_t j = 0; j < len; ++j)
         steps_.push_back(ChainStep{stages[j]->fn, stages[j]->user.user, stages[j]->kind, stages[j]});
-    // 1: maps only; 2: maps, then a sink; 0: anything else (kinds tested per step).
     size_t maps = 0;
     while (maps < len && stages[maps]->kind == StageKind::map) ++maps;
-    shape_ = maps == len ? 1 : maps == len - 1 && stages[maps]->kind == StageKind::sink ? 2 : 0;
+    shape_ = maps == len                                                     ? Shape::maps
+             : maps == len - 1 && stages[maps]->kind == StageKind::sink ? Shape::maps_sink
+                                                                            : Shape::any;
 }
 
 namespace {
@@ -45,7 +48,8 @@ namespace {
     ++stopped;
 }
 
-[[gnu::noinline, gnu::cold]] void stop_filtered(Pipeline &p, uint64_t x, StageTally &t,
+// Dropping an item is a filter's ordinary outcome, so this one stays inline (not cold).
+inline void stop_filtered(Pipeline &p, uint64_t x, StageTally &t,
                                                 uint64_t &stopped) {
     ++t.filtered;
     p.destroy_item(x);
@@ -63,7 +67,7 @@ template <Known K>
     int32_t rc;
     bool threw = false;
     if (K == Known::map || (K == Known::any && __builtin_expect(s.kind == StageKind::map, 1))) {
-        uint64_t y;
+        uint64_t y = x;  // a map that returns 0 without writing passes its input on
         try {
             rc = reinterpret_cast<fluxus_map_fn>(s.fn)(s.user, x, &y);
         } catch (...) {
@@ -100,8 +104,7 @@ template <Known K>
     return false;
 }
 
-// Shape of a chain: steps of any kind, maps only, or maps then a sink.
-enum class Shape { any, maps, maps_sink };
+using Shape = ItemChain::Shape;
 
 template <Shape S, size_t J, size_t L>
 constexpr Known known_kind() {
@@ -131,6 +134,7 @@ size_t run_shape(size_t len, Pipeline &p, const ChainStep *steps, uint64_t *item
     case 3: return run_unrolled<S>(std::make_index_sequence<3>(), p, steps, items, n, tallies, stopped);
     default: return run_unrolled<S>(std::make_index_sequence<4>(), p, steps, items, n, tallies, stopped);
     }
+    static_assert(ItemChain::kMaxSteps == 4, "one case per chain length");
 }
 
 }  // namespace
@@ -142,8 +146,10 @@ size_t ItemChain::run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallie
     uint64_t stopped[kMaxSteps] = {};  // items that ended at step j (failed or filtered)
     size_t m;
     switch (shape_) {
-    case 1: m = run_shape<Shape::maps>(len, p, steps, items, n, tallies, stopped); break;
-    case 2: m = run_shape<Shape::maps_sink>(len, p, steps, items, n, tallies, stopped); break;
+    case Shape::maps: m = run_shape<Shape::maps>(len, p, steps, items, n, tallies, stopped); break;
+    case Shape::maps_sink:
+        m = run_shape<Shape::maps_sink>(len, p, steps, items, n, tallies, stopped);
+        break;
     default: m = run_shape<Shape::any>(len, p, steps, items, n, tallies, stopped); break;
     }
     uint64_t reached = n;

@@ -2,10 +2,11 @@
 // goes through every stage of the run before the next item starts — instead of stage by stage
 // over the batch. The stage-by-stage form passes the batch through a buffer once per stage; this
 // one keeps the item in a register between callbacks, which is most of the engine's own cost in
-// a chain of cheap callbacks.
+// a chain of cheap callbacks. Each stage still sees its items in order; the interleaving of
+// callbacks of different stages is not promised (the busy-time sample batch runs stage by stage).
 //
-// Only stages whose per-item work is the callback alone qualify: map (no cache), filter and sink,
-// without a timeout, in a pipeline without a cursor source. Everything else (failures, filtering,
+// Only stages whose per-item work is the callback alone qualify: map (no cache), filter and sink
+// (not behind a cursor source), without a timeout. Everything else (failures, filtering,
 // exceptions) ends an item exactly as apply_stage does, through Pipeline::fail_item and
 // Pipeline::destroy_item, with the same messages and the same counters.
 #pragma once
@@ -35,7 +36,10 @@ public:
     // True if `st` can run inside a chain (see above).
     static bool qualifies(const Stage &st, const Pipeline &p);
 
-    // Builds the steps for stages[from .. from + len).
+    // Steps of any kind, maps only, or maps then a sink: the last two test no kind per item.
+    enum class Shape { any, maps, maps_sink };
+
+    // Builds the steps for stages[0 .. len).
     void assign(Stage *const *stages, size_t len);
     size_t size() const { return steps_.size(); }
 
@@ -47,7 +51,7 @@ public:
 
 private:
     std::vector<ChainStep> steps_;
-    int shape_ = 0;  // see assign()
+    Shape shape_ = Shape::any;
 };
 
 }  // namespace fluxus

@@ -277,7 +277,7 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
         while (k + len < s->stages.size() && len < ItemChain::kMaxSteps &&
                ItemChain::qualifies(*s->stages[k + len], *s->p))
             ++len;
-        if (len >= 1) chain_at_[k].assign(&s->stages[k], len);
+        if (len > 0) chain_at_[k].assign(&s->stages[k], len);
     }
     if (Stage *h = s->head())
         if (h->async) h->async->set_worker(this);

@@ -247,8 +247,8 @@ private:
     uint64_t cursor_pos_ = 0;  // cursor source: where the next read starts
     std::vector<WorkerStageState> state_;
     std::vector<StageTally> tally_;
-    // chain_at_[k]: the per-item chain of the stages from k on (empty where fewer than two
-    // stages from k qualify); process() runs it instead of those stages one by one.
+    // chain_at_[k]: the per-item chain of the stages from k on (empty where stage k does not
+    // qualify); process() runs it instead of those stages one by one, except in timed batches.
     std::vector<ItemChain> chain_at_;
     bool initialized_ = false;
     bool init_ok_ = false;
