@@ -208,6 +208,37 @@ int32_t w1_sink_batch(void *u, const uint64_t *items, int32_t *, uint32_t count)
     return 0;
 }
 
+/* Reference, not fluxus: the peers' "hand-written function-pointer loop" (292 M on the machine
+ * of issue #4), run in the same session so fluxus's figures can be read against this machine's
+ * speed at the moment. Source, maps and sink are called through pointers the compiler cannot
+ * see through, one item at a time. */
+void run_w1_plain_fnptr(const wl::W1Sink &want) {
+    using pull_fn = int32_t (*)(void *, uint64_t *);
+    using map_fn = int32_t (*)(void *, uint64_t, uint64_t *);
+    using sink_fn = int32_t (*)(void *, uint64_t);
+    volatile pull_fn vpull = count_pull;
+    volatile map_fn vm1 = w1_map1, vm2 = w1_map2;
+    volatile sink_fn vsink = w1_sink;
+    pull_fn pull = vpull;
+    map_fn m1 = vm1, m2 = vm2;
+    sink_fn sink_cb = vsink;
+    CountSrc src;
+    src.n = want.n;
+    wl::W1Sink sink;
+    auto t0 = clk::now();
+    uint64_t x, y, z;
+    while (pull(&src, &x) == FLUXUS_PULL_ITEM) {
+        if (m1(nullptr, x, &y) != 0 || m2(nullptr, y, &z) != 0 || sink_cb(&sink, z) != 0) break;
+    }
+    double s = wl::secs_since(t0);
+    check("W1", "plain-fnptr", "items", sink.n, want.n);
+    check("W1", "plain-fnptr", "checksum", sink.sum, want.sum);
+    check("W1", "plain-fnptr", "ordhash", sink.ordhash, want.ordhash);
+    wl::print_result("W1", "plain-fnptr", want.n, s,
+                     wl::kv("checksum", sink.sum) + wl::kv("ordhash", sink.ordhash) +
+                         wl::kv("threads", 1));
+}
+
 enum class W1Mode { Item, ItemNoFuse, Batch };
 
 void run_w1_one(const char *impl, W1Mode mode, const wl::W1Sink &want) {
@@ -265,6 +296,7 @@ void run_w1(const Opts &o) {
     if (selected(o, "fluxus-item-nofuse"))
         run_w1_one("fluxus-item-nofuse", W1Mode::ItemNoFuse, want);
     if (selected(o, "fluxus-batch")) run_w1_one("fluxus-batch", W1Mode::Batch, want);
+    if (selected(o, "plain-fnptr")) run_w1_plain_fnptr(want);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -819,6 +851,52 @@ void run_w4_one(const char *impl, uint64_t n, const wl::W4Expected &want, uint32
                          wl::kv("dedup_workers", dedup_workers) + wl::kv("threads", workers + 1));
 }
 
+/* Reference, not fluxus: the bare table issue #4 describes (about 25 M keys/s on its machine):
+ * single-threaded open addressing over keys already in memory, linear probing, batched and
+ * prefetched (hashes computed 16 keys ahead and their slots prefetched), at most 7/8 full,
+ * growing by doubling from 64 Ki slots (not pre-sized). Keys are stored + 1, so 0 marks an
+ * empty slot. Timed from after the key array is filled. */
+void run_w4_plain_oa(uint64_t n, const wl::W4Expected &want) {
+    std::vector<uint64_t> keys(n);
+    for (uint64_t i = 0; i < n; ++i) keys[i] = wl::w4_key(i);
+    auto t0 = clk::now();
+    size_t cap = size_t(1) << 16, mask = cap - 1, size = 0;
+    std::vector<uint64_t> table(cap, 0);
+    constexpr size_t kAhead = 16;
+    uint64_t unique = 0, sum = 0;
+    auto slot_of = [](uint64_t k) { return wl::mix64(k); };
+    for (size_t i = 0; i < n; ++i) {
+        if (i + kAhead < n) __builtin_prefetch(&table[slot_of(keys[i + kAhead]) & mask], 1);
+        if ((size + 1) * 8 > cap * 7) {  // grow before passing 7/8
+            std::vector<uint64_t> bigger(cap * 2, 0);
+            size_t bmask = cap * 2 - 1;
+            for (uint64_t v : table) {
+                if (!v) continue;
+                size_t j = slot_of(v - 1) & bmask;
+                while (bigger[j]) j = (j + 1) & bmask;
+                bigger[j] = v;
+            }
+            table.swap(bigger);
+            cap *= 2;
+            mask = bmask;
+        }
+        uint64_t k = keys[i], v = k + 1;
+        size_t j = slot_of(k) & mask;
+        while (table[j] && table[j] != v) j = (j + 1) & mask;
+        if (!table[j]) {
+            table[j] = v;
+            ++size;
+            ++unique;
+            sum += k;
+        }
+    }
+    double s = wl::secs_since(t0);
+    check("W4", "plain-oa", "unique", unique, want.unique);
+    check("W4", "plain-oa", "checksum", sum, want.sum);
+    wl::print_result("W4", "plain-oa", n, s,
+                     wl::kv("checksum", sum) + wl::kv("unique", unique) + wl::kv("threads", 1));
+}
+
 void run_w4(const Opts &o) {
     const uint64_t n = o.quick ? wl::W4_N / 100 : wl::W4_N;
     wl::W4Expected want;
@@ -833,6 +911,7 @@ void run_w4(const Opts &o) {
     if (selected(o, "fluxus-dedup")) run_w4_one("fluxus-dedup", n, want, 1, false);
     if (selected(o, "fluxus-dedup-2w")) run_w4_one("fluxus-dedup-2w", n, want, 2, false);
     if (selected(o, "fluxus-dedup-batch")) run_w4_one("fluxus-dedup-batch", n, want, 1, true);
+    if (selected(o, "plain-oa")) run_w4_plain_oa(n, want);
 }
 
 /* ------------------------------------------------------------------------------------------
