@@ -3,6 +3,7 @@
 // flat-map emits more items than the batch buffer holds. A C++ exception thrown by a callback is
 // caught here and becomes that item's failure; the loop resumes with the next item.
 #include <algorithm>
+#include <cstring>
 
 #include "core/segment.hpp"
 #include "dedup/key_set.hpp"
@@ -37,6 +38,20 @@ size_t per_item(Pipeline &p, Stage &st, const uint64_t *in, size_t n, StageTally
     return m;
 }
 
+// True if status[0..n) are all 0: the usual outcome of a batch callback, checked eight
+// statuses per step before any per-item work.
+bool all_ok(const int32_t *status, size_t n) {
+    size_t i = 0;
+    uint64_t any = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w[4];
+        std::memcpy(w, status + i, sizeof w);
+        any |= w[0] | w[1] | w[2] | w[3];
+    }
+    for (; i < n; ++i) any |= uint32_t(status[i]);
+    return any == 0;
+}
+
 // Compacts the items whose status is 0 into out and fails the others.
 size_t settle_batch(Pipeline &p, Stage &st, const uint64_t *in, uint64_t *out, size_t n,
                     int32_t rc, const int32_t *status, StageTally &t, const char *what) {
@@ -44,6 +59,7 @@ size_t settle_batch(Pipeline &p, Stage &st, const uint64_t *in, uint64_t *out, s
         for (size_t i = 0; i < n; ++i) p.fail_item(st, in[i], rc, what, &t);
         return 0;
     }
+    if (all_ok(status, n)) return n;
     size_t m = 0;
     for (size_t i = 0; i < n; ++i) {
         if (status[i] == 0)
@@ -351,6 +367,10 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         if (rc != 0) {
             for (size_t i = 0; i < n; ++i)
                 p.fail_item(st, in[i], rc, "batch sink callback failed", &t);
+            return 0;
+        }
+        if (!cur && all_ok(status, n)) {
+            t.out += n;
             return 0;
         }
         size_t delivered = 0;
