@@ -357,8 +357,16 @@ void SegmentWorker::run() {
             // One permit while this worker runs callbacks (one at a time); without one it waits
             // for a release, which notifies it.
             if (cl->take_or_wait(1, this, &p) == 0) return;
+            holding_permit_ = true;
             run_batches();
+            holding_permit_ = false;
             cl->give(1);
+            // The permit goes back before the worker counts as done: once the last worker is
+            // done the pipeline may finish, and its limiter must then have every permit back.
+            if (exhaust_deferred_) {
+                exhaust_deferred_ = false;
+                exhaust();
+            }
             return;
         }
     }
@@ -752,6 +760,10 @@ void SegmentWorker::release_caches() {
 void SegmentWorker::exhaust() {
     // Output or failures still to hand on keep the worker (and the queues it feeds) open.
     if (has_output() || routes_waiting() || is_exhausted_) return;
+    if (holding_permit_) {
+        exhaust_deferred_ = true;  // run() exhausts after giving the permit back
+        return;
+    }
     is_exhausted_ = true;
     release_caches();
     close_hooks();

@@ -253,6 +253,10 @@ private:
     bool initialized_ = false;
     bool init_ok_ = false;
     bool is_exhausted_ = false;
+    // A concurrency-limited worker holds a permit while it runs batches; ending meanwhile waits
+    // until the permit is back (see run()).
+    bool holding_permit_ = false;
+    bool exhaust_deferred_ = false;
     bool source_ended_ = false;
     // Async head only.
     std::vector<AsyncSlots::Ended> ended_;
