@@ -61,21 +61,22 @@ inline void stop_filtered(Pipeline &p, uint64_t x, StageTally &t,
 enum class Known { any, map, sink };
 
 // Runs step s on x (replaced by a map's output). False: the item ended here.
+// `slot` holds x when a step starts (the loops keep it so): a map writes its output there, so
+// a map that returns 0 without writing passes its input on.
 template <Known K>
 [[gnu::always_inline]] inline bool step(Pipeline &p, const ChainStep &s, uint64_t &x,
-                                        StageTally &t, uint64_t &stopped) {
+                                        uint64_t &slot, StageTally &t, uint64_t &stopped) {
     int32_t rc;
     bool threw = false;
     if (K == Known::map || (K == Known::any && __builtin_expect(s.kind == StageKind::map, 1))) {
-        uint64_t y = x;  // a map that returns 0 without writing passes its input on
         try {
-            rc = reinterpret_cast<fluxus_map_fn>(s.fn)(s.user, x, &y);
+            rc = reinterpret_cast<fluxus_map_fn>(s.fn)(s.user, x, &slot);
         } catch (...) {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
         if (__builtin_expect(rc == 0, 1)) {
-            x = y;
+            x = slot;
             return true;
         }
     } else if (K == Known::any && s.kind == StageKind::filter) {
@@ -117,12 +118,59 @@ size_t run_unrolled(std::index_sequence<J...>, Pipeline &p, const ChainStep *ste
                     uint64_t *items, size_t n, StageTally *tallies, uint64_t *stopped) {
     constexpr size_t L = sizeof...(J);
     size_t m = 0;
+    uint64_t slot;
     for (size_t i = 0; i < n; ++i) {
         uint64_t x = items[i];
-        if ((step<known_kind<S, J, L>()>(p, steps[J], x, tallies[J], stopped[J]) && ...))
-            items[m++] = x;  // m <= i: compaction in place
+        slot = x;
+        bool through =
+            (step<known_kind<S, J, L>()>(p, steps[J], x, slot, tallies[J], stopped[J]) && ...);
+        if constexpr (S != Shape::maps_sink) {  // after a sink nothing survives
+            if (through) items[m++] = x;        // m <= i: compaction in place
+        }
     }
     return m;
+}
+
+// The same loop with a pull source in front: each item goes from the source callback straight
+// into the first step. Stops at the first status other than FLUXUS_PULL_ITEM (*rc; a throwing
+// source gives FLUXUS_EEXCEPTION); *pulled: the items read.
+template <Shape S, size_t... J>
+size_t pull_unrolled(std::index_sequence<J...>, Pipeline &p, fluxus_pull_fn pull, void *user,
+                     size_t max, const ChainStep *steps, uint64_t *items, StageTally *tallies,
+                     uint64_t *stopped, size_t *pulled, int32_t *rc) {
+    constexpr size_t L = sizeof...(J);
+    size_t m = 0, i = 0;
+    int32_t r = FLUXUS_PULL_ITEM;
+    uint64_t slot = 0;  // the source writes each item here, and each map its output
+    for (; i < max; ++i) {
+        try {
+            r = pull(user, &slot);
+        } catch (...) {
+            r = FLUXUS_EEXCEPTION;
+        }
+        if (__builtin_expect(r != FLUXUS_PULL_ITEM, 0)) break;
+        uint64_t x = slot;
+        bool through =
+            (step<known_kind<S, J, L>()>(p, steps[J], x, slot, tallies[J], stopped[J]) && ...);
+        if constexpr (S != Shape::maps_sink) {
+            if (through) items[m++] = x;
+        }
+    }
+    *pulled = i;
+    *rc = r;
+    return m;
+}
+
+template <Shape S>
+size_t pull_shape(size_t len, Pipeline &p, fluxus_pull_fn pull, void *user, size_t max,
+                  const ChainStep *steps, uint64_t *items, StageTally *tallies, uint64_t *stopped,
+                  size_t *pulled, int32_t *rc) {
+    switch (len) {
+    case 1: return pull_unrolled<S>(std::make_index_sequence<1>(), p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
+    case 2: return pull_unrolled<S>(std::make_index_sequence<2>(), p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
+    case 3: return pull_unrolled<S>(std::make_index_sequence<3>(), p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
+    default: return pull_unrolled<S>(std::make_index_sequence<4>(), p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
+    }
 }
 
 template <Shape S>
@@ -139,6 +187,37 @@ size_t run_shape(size_t len, Pipeline &p, const ChainStep *steps, uint64_t *item
 
 }  // namespace
 
+void ItemChain::settle_counts(size_t n, const uint64_t *stopped, StageTally *tallies,
+                              bool count_first_in) const {
+    uint64_t reached = n;
+    for (size_t j = 0; j < steps_.size(); ++j) {
+        if (j > 0 || count_first_in) tallies[j].in += reached;
+        reached -= stopped[j];
+        tallies[j].out += reached;  // a sink's out is what it delivered
+    }
+}
+
+size_t ItemChain::run_pulled(Pipeline &p, fluxus_pull_fn pull, void *user, size_t max,
+                             uint64_t *items, StageTally *tallies, size_t *pulled, int32_t *rc) {
+    const ChainStep *steps = steps_.data();
+    const size_t len = steps_.size();
+    uint64_t stopped[kMaxSteps] = {};
+    size_t m;
+    switch (shape_) {
+    case Shape::maps:
+        m = pull_shape<Shape::maps>(len, p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
+        break;
+    case Shape::maps_sink:
+        m = pull_shape<Shape::maps_sink>(len, p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
+        break;
+    default:
+        m = pull_shape<Shape::any>(len, p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
+        break;
+    }
+    settle_counts(*pulled, stopped, tallies, true);
+    return steps[len - 1].kind == StageKind::sink ? 0 : m;
+}
+
 size_t ItemChain::run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallies,
                       bool count_first_in) {
     const ChainStep *steps = steps_.data();
@@ -152,12 +231,7 @@ size_t ItemChain::run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallie
         break;
     default: m = run_shape<Shape::any>(len, p, steps, items, n, tallies, stopped); break;
     }
-    uint64_t reached = n;
-    for (size_t j = 0; j < len; ++j) {
-        if (j > 0 || count_first_in) tallies[j].in += reached;
-        reached -= stopped[j];
-        tallies[j].out += reached;  // a sink's out is what it delivered
-    }
+    settle_counts(n, stopped, tallies, count_first_in);
     return steps[len - 1].kind == StageKind::sink ? 0 : m;
 }
 

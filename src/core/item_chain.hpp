@@ -49,7 +49,16 @@ public:
     // `count_first_in`: whether step 0's `in` is counted here (a queue head counted it already).
     size_t run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallies, bool count_first_in);
 
+    // Reads up to `max` items from a pull source and runs each through the chain as it is read
+    // (the first step's `in` counts them). *pulled: the items read; *rc: the source's last
+    // status (FLUXUS_PULL_ITEM if it gave `max` items; FLUXUS_EEXCEPTION if it threw).
+    // Otherwise as run().
+    size_t run_pulled(Pipeline &p, fluxus_pull_fn pull, void *user, size_t max, uint64_t *items,
+                      StageTally *tallies, size_t *pulled, int32_t *rc);
+
 private:
+    void settle_counts(size_t n, const uint64_t *stopped, StageTally *tallies,
+                       bool count_first_in) const;
     std::vector<ChainStep> steps_;
     Shape shape_ = Shape::any;
 };

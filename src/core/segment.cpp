@@ -279,6 +279,8 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
             ++len;
         if (len > 0) chain_at_[k].assign(&s->stages[k], len);
     }
+    pull_chain_ = s->pull_input && s->source && s->source->kind == SourceKind::pull &&
+                  !s->stages.empty() && chain_at_[0].size() > 0 && !s->head()->rate_limiter;
     if (Stage *h = s->head())
         if (h->async) h->async->set_worker(this);
     if (s->split) {
@@ -435,7 +437,12 @@ void SegmentWorker::run_batches() {
         }
         if (seg->ordered && !seg->reorder.reserve(this)) return;
         bool drained = false;
-        size_t n = limited ? take_input(p.batch_size(), rt_->now(), &drained) : fetch(&drained);
+        // A pull source feeding a chain reads each item straight into it, except in the batch
+        // whose callback time is sampled (process() runs that one stage by stage).
+        bool through = pull_chain_ && !guarded && (batches_ % kBusySample) != 0;
+        size_t n = through   ? pull_through_chain(&drained)
+                   : limited ? take_input(p.batch_size(), rt_->now(), &drained)
+                             : fetch(&drained);
         if (n == 0) {
             if (seg->ordered) seg->reorder.unreserve();
             if (!retries_.empty()) {
@@ -451,7 +458,7 @@ void SegmentWorker::run_batches() {
             if (!run_guarded(n, nullptr)) return;
             continue;
         }
-        process(n);
+        if (!through) process(n);
         deliver();
         if (p.cancelling()) {
             cancel_all();
@@ -495,10 +502,11 @@ namespace {
 
 }  // namespace
 
-size_t SegmentWorker::pull(bool *drained) {
+size_t SegmentWorker::pull_quota(bool *drained, uint32_t *granted) {
     Pipeline &p = *seg->p;
     const SourceSpec &src = *seg->source;
     *drained = false;
+    *granted = 0;
     if (source_ended_ || p.draining() || p.cancelling()) {
         *drained = true;
         return 0;
@@ -513,20 +521,48 @@ size_t SegmentWorker::pull(bool *drained) {
         }
     }
     size_t max = p.batch_size();
-    RateLimiter *rl = src.rate_limiter;
-    uint32_t granted = 0;
-    if (rl) {
+    if (RateLimiter *rl = src.rate_limiter) {
         uint64_t now = rt_->now(), retry = 0;
-        granted = rl->take_or_wait(uint32_t(max), now, this, &p, &retry);
-        if (granted == 0) {
+        *granted = rl->take_or_wait(uint32_t(max), now, this, &p, &retry);
+        if (*granted == 0) {
             double batch = std::max(1.0, rl->rate() * 0.0005);
             uint64_t w = rl->wait_ns(uint32_t(std::min<double>(double(max), batch)), now);
             if (w == UINT64_MAX) w = retry;
             if (w != UINT64_MAX) arm_timer(now + w, now);
             return 0;
         }
-        max = granted;
+        max = *granted;
     }
+    return max;
+}
+
+void SegmentWorker::pull_settle(size_t n, int32_t rc, uint32_t granted, bool *drained) {
+    Pipeline &p = *seg->p;
+    const SourceSpec &src = *seg->source;
+    if (rc == FLUXUS_PULL_END) {
+        source_ended_ = true;
+    } else if (rc == FLUXUS_PULL_LATER) {
+        if (n == 0)
+            rt_->add_timer(rt_->now() + uint64_t(src.poll_interval_us) * 1000u, this, &p);
+    } else if (rc != FLUXUS_PULL_ITEM) {
+        source_ended_ = true;
+        p.fail_pipeline(FLUXUS_ESOURCE, rc, nullptr, "the pull source returned an error");
+    }
+    if (src.rate_limiter && n < granted) src.rate_limiter->give_back(uint32_t(granted - n));
+    p.admit(n);
+    if (Stage *ss = seg->source_stage; ss && n) {
+        ss->c.in.fetch_add(n, std::memory_order_relaxed);
+        ss->c.out.fetch_add(n, std::memory_order_relaxed);
+    }
+    if (n == 0) *drained = source_ended_;
+}
+
+size_t SegmentWorker::pull(bool *drained) {
+    Pipeline &p = *seg->p;
+    const SourceSpec &src = *seg->source;
+    uint32_t granted;
+    size_t max = pull_quota(drained, &granted);
+    if (max == 0) return 0;
     size_t n = 0;
     int32_t rc = FLUXUS_PULL_ITEM;
     try {
@@ -555,22 +591,27 @@ size_t SegmentWorker::pull(bool *drained) {
     } catch (...) {
         rc = FLUXUS_EEXCEPTION;
     }
-    if (rc == FLUXUS_PULL_END) {
-        source_ended_ = true;
-    } else if (rc == FLUXUS_PULL_LATER) {
-        if (n == 0)
-            rt_->add_timer(rt_->now() + uint64_t(src.poll_interval_us) * 1000u, this, &p);
-    } else if (rc != FLUXUS_PULL_ITEM) {
-        source_ended_ = true;
-        p.fail_pipeline(FLUXUS_ESOURCE, rc, nullptr, "the pull source returned an error");
+    pull_settle(n, rc, granted, drained);
+    return n;
+}
+
+size_t SegmentWorker::pull_through_chain(bool *drained) {
+    uint32_t granted;
+    size_t max = pull_quota(drained, &granted);
+    if (max == 0) return 0;
+    const SourceSpec &src = *seg->source;
+    ItemChain &chain = chain_at_[0];
+    size_t n = 0, m;
+    int32_t rc;
+    {
+        RetryScopeGuard retry_scope(this, seg->head(), attempt_);
+        m = chain.run_pulled(*seg->p, reinterpret_cast<fluxus_pull_fn>(src.fn), src.user.user,
+                             max, a_.data(), tally_.data(), &n, &rc);
     }
-    if (rl && n < granted) rl->give_back(uint32_t(granted - n));
-    p.admit(n);
-    if (Stage *ss = seg->source_stage; ss && n) {
-        ss->c.in.fetch_add(n, std::memory_order_relaxed);
-        ss->c.out.fetch_add(n, std::memory_order_relaxed);
-    }
-    if (n == 0) *drained = source_ended_;
+    // Admitted before this batch's stage counters are flushed (in process()), so a stats
+    // reader never sees more items ended than admitted.
+    pull_settle(n, rc, granted, drained);
+    if (n) process(m, chain.size());  // the stages behind the chain, then the batch's counters
     return n;
 }
 

@@ -181,6 +181,14 @@ public:
 private:
     size_t fetch(bool *drained);
     size_t pull(bool *drained);
+    // The parts of pull() around the read: how many items may be read now (0: none, see
+    // *drained), and the bookkeeping of a read of n items that returned rc.
+    size_t pull_quota(bool *drained, uint32_t *granted);
+    void pull_settle(size_t n, int32_t rc, uint32_t granted, bool *drained);
+    // A pull source whose items go straight into the chain of the first stages: reads, runs the
+    // chain and the stages behind it (as process() does). Returns the items read.
+    size_t pull_through_chain(bool *drained);
+    bool pull_chain_ = false;  // the segment is such a source and chain
     // Runs a_[0..n) through the fused stages from `first` on; the survivors end up in a_.
     void process(size_t n, size_t first = 0);
     // Async head: completions go on, new items start, timeouts fire (see run_async).

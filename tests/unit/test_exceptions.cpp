@@ -187,6 +187,46 @@ void test_exception_in_source_stops_pipeline_with_esource(void **) {
     fluxus_runtime_free(rt);
 }
 
+// The same, deep into the run: items 0..4002 come from the source, straight into a
+// map -> map -> sink chain (every batch but the first of 16 reads each item into the chain as it
+// is pulled). The throw ends the source; every item read before it is still delivered.
+int32_t throwing_pull_late(void *user, uint64_t *item) {
+    auto *c = static_cast<Counter *>(user);
+    if (c->next == 4003) throw std::runtime_error("source broke late");
+    *item = c->next++;
+    return FLUXUS_PULL_ITEM;
+}
+int32_t add_one(void *, uint64_t in, uint64_t *out) {
+    *out = in + 1;
+    return 0;
+}
+int32_t sub_one(void *, uint64_t in, uint64_t *out) {
+    *out = in - 1;
+    return 0;
+}
+
+void test_exception_in_source_feeding_a_chain_keeps_the_items_read(void **) {
+    fluxus_runtime *rt;
+    fluxus_pipeline *p;
+    Counter c;
+    assert_int_equal(fluxus_runtime_new(&rt), FLUXUS_OK);
+    assert_int_equal(fluxus_pipeline_new(&p, rt, "throwing-source-chain"), FLUXUS_OK);
+    fluxus_pipeline_set_pull_source(p, "breaks", throwing_pull_late, &c, nullptr);
+    fluxus_pipeline_set_item_free(p, destroy, &c, nullptr);
+    fluxus_pipeline_add_map(nullptr, p, "up", add_one, nullptr, nullptr);
+    fluxus_pipeline_add_map(nullptr, p, "down", sub_one, nullptr, nullptr);
+    fluxus_pipeline_add_sink(nullptr, p, "count", sink, &c, nullptr);
+    assert_int_equal(fluxus_pipeline_start(p), FLUXUS_OK);
+    assert_int_equal(fluxus_pipeline_wait(p, 60000), FLUXUS_ESOURCE);
+    fluxus_pipeline_stats s = stats_of(p);
+    assert_int_equal(s.admitted, 4003);
+    assert_int_equal(s.delivered, 4003);  // all read before the throw, none lost
+    assert_int_equal(c.delivered.load(), 4003);
+    assert_conserved(s);
+    fluxus_pipeline_free(p);
+    fluxus_runtime_free(rt);
+}
+
 // A fused run of three maps and a sink goes through the per-item chain (all but one batch in 16
 // of these 30000 items): a map in the middle throws for every 13th item and the sink for every
 // 17th. Exactly those items fail with FLUXUS_EEXCEPTION at their stage (dead-lettered, then
@@ -376,6 +416,7 @@ int main() {
         cmocka_unit_test(
             test_exception_in_sink_goes_to_dead_letter_and_throwing_handlers_are_contained),
         cmocka_unit_test(test_exception_in_source_stops_pipeline_with_esource),
+        cmocka_unit_test(test_exception_in_source_feeding_a_chain_keeps_the_items_read),
         cmocka_unit_test(test_exceptions_in_a_fused_chain_fail_only_their_items),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
