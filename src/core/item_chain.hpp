@@ -2,7 +2,8 @@
 // goes through every stage of the run before the next item starts — instead of stage by stage
 // over the batch. The stage-by-stage form passes the batch through a buffer once per stage; this
 // one keeps the item in a register between callbacks, which is most of the engine's own cost in
-// a chain of cheap callbacks. Each stage still sees its items in order; the interleaving of
+// a chain of cheap callbacks. When a pull source feeds the chain, each item goes from the source
+// callback straight into it (run_pulled). Each stage still sees its items in order; the interleaving of
 // callbacks of different stages is not promised (the busy-time sample batch runs stage by stage).
 //
 // Only stages whose per-item work is the callback alone qualify: map (no cache), filter and sink
