@@ -272,12 +272,14 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
             state_[k].debounce.reset(new Debouncer(st.period_ns, st.debounce_max_keys));
     }
     chain_at_.resize(s->stages.size());
+    step_at_.resize(s->stages.size());
     for (size_t k = 0; k < s->stages.size(); ++k) {
         size_t len = 0;
         while (k + len < s->stages.size() && len < ItemChain::kMaxSteps &&
                ItemChain::qualifies(*s->stages[k + len], *s->p))
             ++len;
         if (len > 0) chain_at_[k].assign(&s->stages[k], len);
+        if (len > 0) step_at_[k].assign(&s->stages[k], 1);
     }
     pull_chain_ = s->pull_input && s->source && s->source->kind == SourceKind::pull &&
                   !s->stages.empty() && chain_at_[0].size() > 0 && !s->head()->rate_limiter;
@@ -633,6 +635,17 @@ void SegmentWorker::process(size_t n, size_t first) {
             }
             cur = chain.run(p, a_.data(), cur, &tally_[k], k > 0 || seg->pull_input);
             k += chain.size() - 1;
+            continue;
+        }
+        // Timed batches run such stages one at a time, each timed, through the same loop.
+        if (ItemChain &one = step_at_[k]; one.size() && timed) {
+            if (in != &a_) {
+                a_.swap(b_);
+                std::swap(in, out);
+            }
+            uint64_t t0 = now_ns();
+            cur = one.run(p, a_.data(), cur, &tally_[k], k > 0 || seg->pull_input);
+            tally_[k].busy_ns += (now_ns() - t0) * kBusySample;
             continue;
         }
         Stage &st = *seg->stages[k];

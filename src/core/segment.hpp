@@ -256,8 +256,10 @@ private:
     std::vector<WorkerStageState> state_;
     std::vector<StageTally> tally_;
     // chain_at_[k]: the per-item chain of the stages from k on (empty where stage k does not
-    // qualify); process() runs it instead of those stages one by one, except in timed batches.
+    // qualify); process() runs it instead of those stages one by one, except in timed batches
+    // (which run each such stage alone, timed).
     std::vector<ItemChain> chain_at_;
+    std::vector<ItemChain> step_at_;  // stage k alone, for the timed batches
     bool initialized_ = false;
     bool init_ok_ = false;
     bool is_exhausted_ = false;
