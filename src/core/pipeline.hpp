@@ -94,6 +94,11 @@ public:
     // Automatic pauses: after too many failures at a stage, and while the source breaker is
     // open. held_until() is 0 when the source may run, else when to look again (UINT64_MAX:
     // when the breaker changes; `waiter` is then notified).
+    // False when neither an auto-pause nor a source breaker was ever set up, so a source need
+    // not read the clock for source_held_until() (a clock read is ~35 ns on this VM, per batch).
+    bool source_may_be_held() const {
+        return source_breaker_ || auto_pause_until_.load(std::memory_order_acquire) != 0;
+    }
     uint64_t source_held_until(uint64_t now, Task *waiter);
     void pause_source_for(uint64_t ns, const Stage &why);
     int32_t set_source_breaker(CircuitBreaker *cb);

@@ -514,7 +514,7 @@ size_t SegmentWorker::pull_quota(bool *drained, uint32_t *granted) {
         return 0;
     }
     if (p.paused()) return 0;  // resume() notifies us
-    {
+    if (p.source_may_be_held()) {
         uint64_t t = rt_->now();
         uint64_t until = p.source_held_until(t, this);
         if (until) {
