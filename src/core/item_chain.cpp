@@ -142,7 +142,12 @@ size_t pull_unrolled(std::index_sequence<J...>, Pipeline &p, fluxus_pull_fn pull
     size_t m = 0, i = 0;
     int32_t r = FLUXUS_PULL_ITEM;
     uint64_t slot = 0;  // the source writes each item here, and each map its output
+    // A callback may pause, cancel or fail the pipeline (or trip an auto-pause): from then on
+    // the source is not called, as when the batch was read before any callback ran.
+    const std::atomic<uint32_t> &stops = p.source_stops();
+    const uint32_t stops_at_start = stops.load(std::memory_order_relaxed);
     for (; i < max; ++i) {
+        if (__builtin_expect(stops.load(std::memory_order_relaxed) != stops_at_start, 0)) break;
         try {
             r = pull(user, &slot);
         } catch (...) {

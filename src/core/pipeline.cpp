@@ -216,6 +216,7 @@ void Pipeline::pause_source_for(uint64_t ns, const Stage &why) {
     uint64_t cur = auto_pause_until_.load();
     while (cur < until && !auto_pause_until_.compare_exchange_weak(cur, until)) {
     }
+    stop_source_calls();
     source_pauses_.fetch_add(1, std::memory_order_relaxed);
     char msg[160];
     snprintf(msg, sizeof msg, "source paused for %llu us: too many failures at this stage",
@@ -600,6 +601,7 @@ void Pipeline::cancel() {
         if (finished_.load() || cancel_requested_.load()) return;
         if (result_ == FLUXUS_OK) result_ = FLUXUS_ECANCELED;
         cancel_requested_.store(true);
+        stop_source_calls();
         state_.store(FLUXUS_STATE_CANCELLING);
     }
     if (push_queue_) {
@@ -633,7 +635,10 @@ int32_t Pipeline::drain(uint32_t timeout_ms) {
         int32_t expected = FLUXUS_STATE_RUNNING;
         state_.compare_exchange_strong(expected, FLUXUS_STATE_DRAINING);
         if (push_queue_) close_input();
-        if (!drain_requested_.exchange(true)) notify_sources();
+        if (!drain_requested_.exchange(true)) {
+            stop_source_calls();
+            notify_sources();
+        }
     }
     if (rt_->wait_flag(finished_, done_mu_, done_cv_, deadline)) return wait(0);
 
@@ -688,6 +693,7 @@ int32_t Pipeline::set_paused(bool paused) {
         return set_errorf(FLUXUS_ESTATE, "pause/resume: pipeline '%s' has no source",
                           name_.c_str());
     bool was = paused_.exchange(paused);
+    if (paused && !was) stop_source_calls();
     if (was && !paused && state_.load() != FLUXUS_STATE_BUILDING && !segments_.empty()) {
         if (push_queue_) push_queue_->wake_hosts();
         notify_sources();

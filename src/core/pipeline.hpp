@@ -91,6 +91,9 @@ public:
     bool cancelling() const { return cancel_requested_.load(std::memory_order_relaxed); }
     bool draining() const { return drain_requested_.load(std::memory_order_relaxed); }
     bool paused() const { return paused_.load(std::memory_order_relaxed); }
+    // Changes whenever the source must stop being called (pause, cancel, failure, drain,
+    // auto-pause): a loop that calls the source item by item compares it before each call.
+    const std::atomic<uint32_t> &source_stops() const { return source_stops_; }
     // Automatic pauses: after too many failures at a stage, and while the source breaker is
     // open. held_until() is 0 when the source may run, else when to look again (UINT64_MAX:
     // when the breaker changes; `waiter` is then notified).
@@ -188,6 +191,8 @@ private:
     std::atomic<bool> shut_down_{false};
     std::atomic<uint64_t> source_admitted_{0};
     std::atomic<uint64_t> auto_pause_until_{0};
+    std::atomic<uint32_t> source_stops_{0};
+    void stop_source_calls() { source_stops_.fetch_add(1, std::memory_order_relaxed); }
     std::atomic<uint64_t> source_pauses_{0};
     CircuitBreaker *source_breaker_ = nullptr;  // retained
     std::unique_ptr<CursorTracker> cursor_;

@@ -1319,8 +1319,78 @@ static void test_cancel_from_sink_push_with_queues(void **state) {
     }
 }
 
+/* A pull source feeding a chain is called item by item, right before each item runs through
+ * the chain. Once a callback pauses, cancels or fails the pipeline (here: at item 5000, deep
+ * into a batch), the source must not be called again: the header promises it. */
+typedef struct {
+    uint64_t next, calls_after;
+    int requested; /* set by the callback that asked for the stop */
+    int mode;      /* 0 pause, 1 cancel, 2 fail-fast failure */
+    fluxus_pipeline *p;
+} fc_stop_ctx;
+
+static int32_t fc_stop_pull(void *u, uint64_t *item) {
+    fc_stop_ctx *c = (fc_stop_ctx *)u;
+    if (TU_LOAD(&c->requested)) TU_ADD(&c->calls_after, 1);
+    if (c->next >= FC_N) return FLUXUS_PULL_END;
+    *item = c->next++;
+    return FLUXUS_PULL_ITEM;
+}
+static int32_t fc_stop_map(void *u, uint64_t in, uint64_t *out) {
+    fc_stop_ctx *c = (fc_stop_ctx *)u;
+    if (c->mode == 2 && in == 5000) {
+        TU_ADD(&c->requested, 1);
+        return -100; /* fail-fast: the pipeline fails */
+    }
+    *out = in;
+    return 0;
+}
+static int32_t fc_stop_sink(void *u, uint64_t item) {
+    fc_stop_ctx *c = (fc_stop_ctx *)u;
+    if (item == 5000 && c->mode == 0) {
+        TU_ADD(&c->requested, 1);
+        fluxus_pipeline_pause(c->p);
+    } else if (item == 5000 && c->mode == 1) {
+        TU_ADD(&c->requested, 1);
+        fluxus_pipeline_cancel(c->p);
+    }
+    return 0;
+}
+
+static void test_source_not_called_after_a_callback_stops_it(void **state) {
+    (void)state;
+    for (int mode = 0; mode < 3; ++mode) {
+        fluxus_runtime *rt = tu_runtime(2);
+        fc_stop_ctx c;
+        memset(&c, 0, sizeof c);
+        c.mode = mode;
+        TU_OK(fluxus_pipeline_new(&c.p, rt, "stop"));
+        TU_OK(fluxus_pipeline_set_pull_source(c.p, "src", fc_stop_pull, &c, NULL));
+        TU_OK(fluxus_pipeline_add_map(NULL, c.p, "m", fc_stop_map, &c, NULL));
+        TU_OK(fluxus_pipeline_add_sink(NULL, c.p, "k", fc_stop_sink, &c, NULL));
+        TU_OK(fluxus_pipeline_start(c.p));
+        if (mode == 0) {
+            /* Paused: wait until the stop was asked for, give the worker time to misbehave,
+             * then cancel to end the run. */
+            while (!TU_LOAD(&c.requested)) tu_sleep_us(1000);
+            tu_sleep_us(20000);
+            assert_int_equal(TU_LOAD(&c.calls_after), 0);
+            TU_OK(fluxus_pipeline_cancel(c.p));
+        }
+        (void)fluxus_pipeline_wait(c.p, 60000);
+        assert_int_equal(TU_LOAD(&c.requested), 1);
+        assert_int_equal(TU_LOAD(&c.calls_after), 0);
+        fluxus_pipeline_stats st;
+        TU_OK(fluxus_pipeline_get_stats(c.p, &st));
+        assert_int_equal(st.admitted, 5001); /* items 0..5000: none read after the stop */
+        TU_OK(fluxus_pipeline_free(c.p));
+        TU_OK(fluxus_runtime_free(rt));
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_source_not_called_after_a_callback_stops_it),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_pull, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_push, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_heap_items_odd_batch, setup,
