@@ -6,6 +6,7 @@
 // costs nothing until a callback throws.
 #include "core/item_chain.hpp"
 
+#include <atomic>
 #include <utility>
 
 namespace fluxus {
@@ -113,81 +114,70 @@ constexpr Known known_kind() {
     return S == Shape::maps_sink && J == L - 1 ? Known::sink : Known::map;
 }
 
-template <Shape S, size_t... J>
-size_t run_unrolled(std::index_sequence<J...>, Pipeline &p, const ChainStep *steps,
-                    uint64_t *items, size_t n, StageTally *tallies, uint64_t *stopped) {
+// Where a chain's items come from. Both write each item into `slot` (where the maps then write
+// their outputs) and say false when there is none left.
+// A batch already read, run in place:
+struct BatchFeed {
+    const uint64_t *items;
+    bool next(size_t i, uint64_t &slot) {
+        slot = items[i];
+        return true;
+    }
+};
+// A pull source called item by item, each item going straight into the first step. It stops
+// at the first status other than FLUXUS_PULL_ITEM (kept in rc; a throwing source gives
+// FLUXUS_EEXCEPTION), and as soon as a callback pauses, cancels or fails the pipeline (or trips
+// an auto-pause): from then on the source is not called, as when the batch was read before any
+// callback ran.
+struct PullFeed {
+    fluxus_pull_fn pull;
+    void *user;
+    const std::atomic<uint32_t> &stops;
+    uint32_t stops_at_start;
+    int32_t rc = FLUXUS_PULL_ITEM;
+    bool next(size_t, uint64_t &slot) {
+        if (__builtin_expect(stops.load(std::memory_order_relaxed) != stops_at_start, 0))
+            return false;
+        try {
+            rc = pull(user, &slot);
+        } catch (...) {
+            rc = FLUXUS_EEXCEPTION;
+        }
+        return __builtin_expect(rc == FLUXUS_PULL_ITEM, 1);
+    }
+};
+
+// Runs up to `max` items from `feed` through the steps; survivors are compacted into items.
+// *read: the items the feed gave.
+template <Shape S, class Feed, size_t... J>
+size_t run_unrolled(std::index_sequence<J...>, Pipeline &p, Feed &feed, size_t max,
+                    const ChainStep *steps, uint64_t *items, StageTally *tallies,
+                    uint64_t *stopped, size_t *read) {
     constexpr size_t L = sizeof...(J);
-    size_t m = 0;
-    uint64_t slot;
-    for (size_t i = 0; i < n; ++i) {
-        uint64_t x = items[i];
-        slot = x;
+    size_t m = 0, i = 0;
+    uint64_t slot = 0;
+    for (; i < max && feed.next(i, slot); ++i) {
+        uint64_t x = slot;
         bool through =
             (step<known_kind<S, J, L>()>(p, steps[J], x, slot, tallies[J], stopped[J]) && ...);
         if constexpr (S != Shape::maps_sink) {  // after a sink nothing survives
             if (through) items[m++] = x;        // m <= i: compaction in place
         }
     }
+    *read = i;
     return m;
 }
 
-// The same loop with a pull source in front: each item goes from the source callback straight
-// into the first step. Stops at the first status other than FLUXUS_PULL_ITEM (*rc; a throwing
-// source gives FLUXUS_EEXCEPTION); *pulled: the items read.
-template <Shape S, size_t... J>
-size_t pull_unrolled(std::index_sequence<J...>, Pipeline &p, fluxus_pull_fn pull, void *user,
-                     size_t max, const ChainStep *steps, uint64_t *items, StageTally *tallies,
-                     uint64_t *stopped, size_t *pulled, int32_t *rc) {
-    constexpr size_t L = sizeof...(J);
-    size_t m = 0, i = 0;
-    int32_t r = FLUXUS_PULL_ITEM;
-    uint64_t slot = 0;  // the source writes each item here, and each map its output
-    // A callback may pause, cancel or fail the pipeline (or trip an auto-pause): from then on
-    // the source is not called, as when the batch was read before any callback ran.
-    const std::atomic<uint32_t> &stops = p.source_stops();
-    const uint32_t stops_at_start = stops.load(std::memory_order_relaxed);
-    for (; i < max; ++i) {
-        if (__builtin_expect(stops.load(std::memory_order_relaxed) != stops_at_start, 0)) break;
-        try {
-            r = pull(user, &slot);
-        } catch (...) {
-            r = FLUXUS_EEXCEPTION;
-        }
-        if (__builtin_expect(r != FLUXUS_PULL_ITEM, 0)) break;
-        uint64_t x = slot;
-        bool through =
-            (step<known_kind<S, J, L>()>(p, steps[J], x, slot, tallies[J], stopped[J]) && ...);
-        if constexpr (S != Shape::maps_sink) {
-            if (through) items[m++] = x;
-        }
-    }
-    *pulled = i;
-    *rc = r;
-    return m;
-}
-
-template <Shape S>
-size_t pull_shape(size_t len, Pipeline &p, fluxus_pull_fn pull, void *user, size_t max,
-                  const ChainStep *steps, uint64_t *items, StageTally *tallies, uint64_t *stopped,
-                  size_t *pulled, int32_t *rc) {
-    switch (len) {
-    case 1: return pull_unrolled<S>(std::make_index_sequence<1>(), p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
-    case 2: return pull_unrolled<S>(std::make_index_sequence<2>(), p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
-    case 3: return pull_unrolled<S>(std::make_index_sequence<3>(), p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
-    default: return pull_unrolled<S>(std::make_index_sequence<4>(), p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
-    }
-}
-
-template <Shape S>
-size_t run_shape(size_t len, Pipeline &p, const ChainStep *steps, uint64_t *items, size_t n,
-                 StageTally *tallies, uint64_t *stopped) {
-    switch (len) {
-    case 1: return run_unrolled<S>(std::make_index_sequence<1>(), p, steps, items, n, tallies, stopped);
-    case 2: return run_unrolled<S>(std::make_index_sequence<2>(), p, steps, items, n, tallies, stopped);
-    case 3: return run_unrolled<S>(std::make_index_sequence<3>(), p, steps, items, n, tallies, stopped);
-    default: return run_unrolled<S>(std::make_index_sequence<4>(), p, steps, items, n, tallies, stopped);
-    }
+template <Shape S, class Feed>
+size_t run_length(size_t len, Pipeline &p, Feed &feed, size_t max, const ChainStep *steps,
+                  uint64_t *items, StageTally *tallies, uint64_t *stopped, size_t *read) {
     static_assert(ItemChain::kMaxSteps == 4, "one case per chain length");
+    switch (len) {
+    case 1: return run_unrolled<S>(std::make_index_sequence<1>(), p, feed, max, steps, items, tallies, stopped, read);
+    case 2: return run_unrolled<S>(std::make_index_sequence<2>(), p, feed, max, steps, items, tallies, stopped, read);
+    case 3: return run_unrolled<S>(std::make_index_sequence<3>(), p, feed, max, steps, items, tallies, stopped, read);
+    default: return run_unrolled<S>(std::make_index_sequence<4>(), p, feed, max, steps, items, tallies, stopped, read);
+    }
 }
 
 }  // namespace
@@ -202,42 +192,42 @@ void ItemChain::settle_counts(size_t n, const uint64_t *stopped, StageTally *tal
     }
 }
 
-size_t ItemChain::run_pulled(Pipeline &p, fluxus_pull_fn pull, void *user, size_t max,
-                             uint64_t *items, StageTally *tallies, size_t *pulled, int32_t *rc) {
-    const ChainStep *steps = steps_.data();
-    const size_t len = steps_.size();
-    uint64_t stopped[kMaxSteps] = {};
-    size_t m;
-    switch (shape_) {
-    case Shape::maps:
-        m = pull_shape<Shape::maps>(len, p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
-        break;
-    case Shape::maps_sink:
-        m = pull_shape<Shape::maps_sink>(len, p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
-        break;
-    default:
-        m = pull_shape<Shape::any>(len, p, pull, user, max, steps, items, tallies, stopped, pulled, rc);
-        break;
-    }
-    settle_counts(*pulled, stopped, tallies, true);
-    return steps[len - 1].kind == StageKind::sink ? 0 : m;
-}
-
-size_t ItemChain::run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallies,
-                      bool count_first_in) {
+template <class Feed>
+size_t ItemChain::run_feed(Pipeline &p, Feed &feed, size_t max, uint64_t *items,
+                           StageTally *tallies, bool count_first_in, size_t *read) {
     const ChainStep *steps = steps_.data();
     const size_t len = steps_.size();
     uint64_t stopped[kMaxSteps] = {};  // items that ended at step j (failed or filtered)
     size_t m;
     switch (shape_) {
-    case Shape::maps: m = run_shape<Shape::maps>(len, p, steps, items, n, tallies, stopped); break;
-    case Shape::maps_sink:
-        m = run_shape<Shape::maps_sink>(len, p, steps, items, n, tallies, stopped);
+    case Shape::maps:
+        m = run_length<Shape::maps>(len, p, feed, max, steps, items, tallies, stopped, read);
         break;
-    default: m = run_shape<Shape::any>(len, p, steps, items, n, tallies, stopped); break;
+    case Shape::maps_sink:
+        m = run_length<Shape::maps_sink>(len, p, feed, max, steps, items, tallies, stopped, read);
+        break;
+    default:
+        m = run_length<Shape::any>(len, p, feed, max, steps, items, tallies, stopped, read);
+        break;
     }
-    settle_counts(n, stopped, tallies, count_first_in);
+    settle_counts(*read, stopped, tallies, count_first_in);
     return steps[len - 1].kind == StageKind::sink ? 0 : m;
+}
+
+size_t ItemChain::run_pulled(Pipeline &p, fluxus_pull_fn pull, void *user, size_t max,
+                             uint64_t *items, StageTally *tallies, size_t *pulled, int32_t *rc) {
+    const std::atomic<uint32_t> &stops = p.source_stops();
+    PullFeed feed{pull, user, stops, stops.load(std::memory_order_relaxed)};
+    size_t m = run_feed(p, feed, max, items, tallies, true, pulled);
+    *rc = feed.rc;
+    return m;
+}
+
+size_t ItemChain::run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallies,
+                      bool count_first_in) {
+    BatchFeed feed{items};
+    size_t read;
+    return run_feed(p, feed, n, items, tallies, count_first_in, &read);
 }
 
 }  // namespace fluxus

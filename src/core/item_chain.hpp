@@ -58,6 +58,10 @@ public:
                       StageTally *tallies, size_t *pulled, int32_t *rc);
 
 private:
+    // The loop behind run() and run_pulled(): items from `feed` (see item_chain.cpp).
+    template <class Feed>
+    size_t run_feed(Pipeline &p, Feed &feed, size_t max, uint64_t *items, StageTally *tallies,
+                    bool count_first_in, size_t *read);
     void settle_counts(size_t n, const uint64_t *stopped, StageTally *tallies,
                        bool count_first_in) const;
     std::vector<ChainStep> steps_;
