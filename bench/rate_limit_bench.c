@@ -12,8 +12,8 @@
  * Exits 1 if the measured rate is more than 1 % off (the goal of issue #5), 2 on bad usage.
  * With a third argument `--smoke` (the test suite's run) it asserts no time: it exits 1 only if
  * no item passed or if more passed than the limiter may ever let through (R per second of the
- * span, plus the burst, plus at most 21 ms of catch-up tokens: BENCHMARK.md, rate limit), which a loaded
- * machine cannot cause.
+ * span, plus the burst, plus at most 21 ms of catch-up tokens; BENCHMARK.md, rate limit), which
+ * a loaded machine cannot cause.
  */
 #include <fluxus.h>
 
