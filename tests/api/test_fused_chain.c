@@ -1381,7 +1381,7 @@ static void test_source_not_called_after_a_callback_stops_it(void **state) {
         assert_int_equal(TU_LOAD(&c.requested), 1);
         assert_int_equal(TU_LOAD(&c.calls_after), 0);
         fluxus_pipeline_stats st;
-        TU_OK(fluxus_pipeline_get_stats(c.p, &st));
+        tu_stats(c.p, &st);
         assert_int_equal(st.admitted, 5001); /* items 0..5000: none read after the stop */
         TU_OK(fluxus_pipeline_free(c.p));
         TU_OK(fluxus_runtime_free(rt));
