@@ -50,8 +50,7 @@ namespace {
 }
 
 // Dropping an item is a filter's ordinary outcome, so this one stays inline (not cold).
-inline void stop_filtered(Pipeline &p, uint64_t x, StageTally &t,
-                                                uint64_t &stopped) {
+inline void stop_filtered(Pipeline &p, uint64_t x, StageTally &t, uint64_t &stopped) {
     ++t.filtered;
     p.destroy_item(x);
     ++stopped;

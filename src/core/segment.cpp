@@ -278,8 +278,10 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
         while (k + len < s->stages.size() && len < ItemChain::kMaxSteps &&
                ItemChain::qualifies(*s->stages[k + len], *s->p))
             ++len;
-        if (len > 0) chain_at_[k].assign(&s->stages[k], len);
-        if (len > 0) step_at_[k].assign(&s->stages[k], 1);
+        if (len > 0) {
+            chain_at_[k].assign(&s->stages[k], len);
+            step_at_[k].assign(&s->stages[k], 1);
+        }
     }
     pull_chain_ = s->pull_input && s->source && s->source->kind == SourceKind::pull &&
                   !s->stages.empty() && chain_at_[0].size() > 0 && !s->head()->rate_limiter;
@@ -627,25 +629,17 @@ void SegmentWorker::process(size_t n, size_t first) {
     bool timed = (batches_++ % kBusySample) == 0;
     RetryScopeGuard retry_scope(this, first == 0 ? seg->head() : nullptr, attempt_);
     for (size_t k = first; k < seg->stages.size() && cur > 0; ++k) {
-        // Untimed batches run chains of per-item stages item by item, in place in a_.
-        if (ItemChain &chain = chain_at_[k]; chain.size() && !timed) {
+        // Chains of per-item stages run item by item, in place in a_; timed batches run such
+        // stages one at a time (each timed) through the same loop.
+        if (ItemChain &chain = timed ? step_at_[k] : chain_at_[k]; chain.size()) {
             if (in != &a_) {
                 a_.swap(b_);
                 std::swap(in, out);
             }
+            uint64_t t0 = timed ? now_ns() : 0;
             cur = chain.run(p, a_.data(), cur, &tally_[k], k > 0 || seg->pull_input);
+            if (timed) tally_[k].busy_ns += (now_ns() - t0) * kBusySample;
             k += chain.size() - 1;
-            continue;
-        }
-        // Timed batches run such stages one at a time, each timed, through the same loop.
-        if (ItemChain &one = step_at_[k]; one.size() && timed) {
-            if (in != &a_) {
-                a_.swap(b_);
-                std::swap(in, out);
-            }
-            uint64_t t0 = now_ns();
-            cur = one.run(p, a_.data(), cur, &tally_[k], k > 0 || seg->pull_input);
-            tally_[k].busy_ns += (now_ns() - t0) * kBusySample;
             continue;
         }
         Stage &st = *seg->stages[k];
