@@ -1282,11 +1282,13 @@ static void test_no_page_of_after_a_late_completion_was_refused_with_etimedout(v
 #define RESTART_PAGES 64u
 #define RESTART_PER_PAGE 8u
 
-static void run_restart(cctx *c, const char *name, uint32_t start_page, uint64_t cancel_after,
-                        int32_t expect) {
+/* Runs the pipeline from `start_page`; returns what wait() returned. */
+static int32_t run_restart(cctx *c, const char *name, uint32_t start_page,
+                           uint64_t cancel_after) {
     fluxus_runtime *rt = tu_runtime(2);
     fluxus_pipeline *p;
     uint32_t map = 0;
+    int32_t rc;
     ctx_new_run(c, start_page);
     c->cancel_after = cancel_after;
     c->cancel_needs_commit = 1;
@@ -1295,11 +1297,13 @@ static void run_restart(cctx *c, const char *name, uint32_t start_page, uint64_t
     TU_OK(fluxus_stage_set_workers(p, map, 3));
     TU_OK(fluxus_stage_set_order(p, map, FLUXUS_ORDER_UNORDERED));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", sink, c, NULL));
-    tu_run_expect(p, expect);
+    TU_OK(fluxus_pipeline_start(p));
+    rc = tu_wait(p);
     check_commits(c);
     tu_check_conservation(p, NULL, 0);
     TU_OK(fluxus_pipeline_free(p));
     TU_OK(fluxus_runtime_free(rt));
+    return rc;
 }
 
 static void test_restart_from_the_committed_cursor_repeats_nothing_before_it_and_loses_nothing(
@@ -1313,8 +1317,19 @@ static void test_restart_from_the_committed_cursor_repeats_nothing_before_it_and
     assert_non_null(delivered1);
     assert_non_null(mapped1);
 
-    /* Run 1: cancelled from the sink after about 40 % of the items. */
-    run_restart(c, "cursor_run1", 0, (uint64_t)n * 2 / 5, FLUXUS_ECANCELED);
+    /* Run 1: cancelled from the sink after about 40 % of the items, once something has been
+     * committed. The sink can only see a commit once the first page has ended; when the worker
+     * holding that page is stalled until every other item has been delivered (a VM stall in a
+     * run of under a millisecond), the first commit comes with the last delivery and the run
+     * ends normally instead. That is correct behaviour, so run 1 is repeated until it is
+     * cancelled (it nearly always is the first time). */
+    for (i = 0; i < 10; i++) {
+        int32_t rc = run_restart(c, "cursor_run1", 0, (uint64_t)n * 2 / 5);
+        if (rc == FLUXUS_ECANCELED) break;
+        assert_int_equal(rc, FLUXUS_OK); /* the stall case: it ran to the end, uncancelled */
+        assert_int_equal(TU_LOAD(&c->cancelled_at), 0);
+    }
+    assert_true(i < 10);
     assert_true(TU_LOAD(&c->cancelled_at) > 0);
     committed1 = last_commit(c);
     w1 = (uint32_t)((committed1 - CBASE) / CSTEP);
@@ -1326,7 +1341,7 @@ static void test_restart_from_the_committed_cursor_repeats_nothing_before_it_and
     }
 
     /* Run 2: from run 1's committed cursor, to the end. */
-    run_restart(c, "cursor_run2", w1, 0, FLUXUS_OK);
+    TU_EXPECT(FLUXUS_OK, run_restart(c, "cursor_run2", w1, 0));
     expect_reads_in_order(c); /* it read nothing before the committed cursor */
     assert_int_equal(last_commit(c), cursor_of(RESTART_PAGES));
     for (i = 0; i < n; i++) {
