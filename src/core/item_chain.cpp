@@ -37,15 +37,7 @@ namespace {
 [[gnu::noinline, gnu::cold]] void stop_failed(Pipeline &p, const ChainStep &s, uint64_t x,
                                               int32_t rc, bool threw, StageTally &t,
                                               uint64_t &stopped) {
-    const char *what;
-    switch (s.kind) {
-    case StageKind::map: what = threw ? "map callback threw" : "map callback failed"; break;
-    case StageKind::filter:
-        what = threw ? "filter callback threw" : "filter callback failed";
-        break;
-    default: what = threw ? "sink callback threw" : "sink callback failed"; break;
-    }
-    p.fail_item(*s.stage, x, rc, what, &t);
+    p.fail_item(*s.stage, x, rc, callback_failure_message(s.kind, threw), &t);
     ++stopped;
 }
 

@@ -61,7 +61,7 @@ size_t apply_cached_map(Pipeline &p, Stage &st, WorkerStageState &ws, const uint
             rc = FLUXUS_EEXCEPTION;
         }
         if (rc != 0) {
-            p.fail_item(st, x, rc, "map callback failed", &t);
+            p.fail_item(st, x, rc, callback_failure_message(StageKind::map, false), &t);
             continue;
         }
         out[m++] = y;

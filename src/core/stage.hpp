@@ -57,6 +57,16 @@ enum class StageKind : uint8_t {
 
 const char *stage_kind_name(StageKind kind);
 
+// The failure message of a map, filter or sink callback that failed (or threw), one text for
+// both the batch path (stage_apply.cpp) and the per-item chains (item_chain.cpp).
+inline const char *callback_failure_message(StageKind kind, bool threw) {
+    switch (kind) {
+    case StageKind::map: return threw ? "map callback threw" : "map callback failed";
+    case StageKind::filter: return threw ? "filter callback threw" : "filter callback failed";
+    default: return threw ? "sink callback threw" : "sink callback failed";
+    }
+}
+
 
 // Outcome counters of one stage. Workers add their per-batch tallies with relaxed atomics, so a
 // reader sees each batch's effect whole or not at all per counter.

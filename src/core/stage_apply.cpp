@@ -132,7 +132,8 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
     case StageKind::map: {
         if (ws.cache) return apply_cached_map(p, st, ws, in, n, out, t);
         auto fn = reinterpret_cast<fluxus_map_fn>(st.fn);
-        return per_item(p, st, in, n, t, "map callback threw",
+        const char *failed = callback_failure_message(StageKind::map, false);
+        return per_item(p, st, in, n, t, callback_failure_message(StageKind::map, true),
                         [&](uint64_t x, size_t &m) {
                             // Written straight into the output slot; a failure leaves the slot
                             // to be overwritten by the next item.
@@ -144,13 +145,14 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
                                 else
                                     ++m;
                             } else {
-                                p.fail_item(st, x, rc, "map callback failed", &t);
+                                p.fail_item(st, x, rc, failed, &t);
                             }
                         });
     }
     case StageKind::filter: {
         auto fn = reinterpret_cast<fluxus_filter_fn>(st.fn);
-        return per_item(p, st, in, n, t, "filter callback threw",
+        const char *failed = callback_failure_message(StageKind::filter, false);
+        return per_item(p, st, in, n, t, callback_failure_message(StageKind::filter, true),
                         [&](uint64_t x, size_t &m) {
                             int32_t keep = 0;
                             clock.start();
@@ -158,7 +160,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
                             if (rc == 0 && clock.check(st)) {
                                 p.fail_item(st, x, FLUXUS_ETIMEDOUT, kOverran, &t);
                             } else if (rc != 0) {
-                                p.fail_item(st, x, rc, "filter callback failed", &t);
+                                p.fail_item(st, x, rc, failed, &t);
                             } else if (keep) {
                                 o[m++] = x;
                             } else {
@@ -171,7 +173,9 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         auto fn = reinterpret_cast<fluxus_sink_fn>(st.fn);
         // per_item counts the delivered items in its output counter; nothing is written.
         CursorTracker *cur = p.cursor();
-        t.out += per_item(p, st, in, n, t, "sink callback threw", [&](uint64_t x, size_t &m) {
+        const char *threw = callback_failure_message(StageKind::sink, true);
+        const char *failed = callback_failure_message(StageKind::sink, false);
+        t.out += per_item(p, st, in, n, t, threw, [&](uint64_t x, size_t &m) {
             // The sink owns the item once it accepts it: ask its page before.
             uint64_t page = cur ? cur->page_of(x) : 0;
             clock.start();
@@ -181,7 +185,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             if (__builtin_expect(rc == 0, 1))
                 ++m;
             else
-                p.fail_item(st, x, rc, "sink callback failed", &t);
+                p.fail_item(st, x, rc, failed, &t);
         });
         return 0;
     }
