@@ -540,7 +540,10 @@ FLUXUS_API int32_t fluxus_pipeline_close_input(fluxus_pipeline *p);
 
 /**
  * Pause the source: a pull source is not called, pushes wait (try-push says FLUXUS_EFULL).
- * Items already admitted keep flowing. Pausing a paused source is allowed.
+ * Items already admitted keep flowing. Pausing a paused source is allowed. Called from one of
+ * this pipeline's callbacks (as are cancel and a failure), the pull source is not called again
+ * once the callback returns; called from another thread, a worker may still finish reading
+ * the batch it is reading (at most the batch size of calls).
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (no source).
  */
 FLUXUS_API int32_t fluxus_pipeline_pause(fluxus_pipeline *p);

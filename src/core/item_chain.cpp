@@ -6,7 +6,6 @@
 // costs nothing until a callback throws.
 #include "core/item_chain.hpp"
 
-#include <atomic>
 #include <utility>
 
 namespace fluxus {
@@ -108,7 +107,12 @@ constexpr Known known_kind() {
 // Where a chain's items come from. Both write each item into `slot` (where the maps then write
 // their outputs) and say false when there is none left.
 // A batch already read, run in place:
+// Each feed has a Calls: the loop's item limit, which only a pull source's may lower.
 struct BatchFeed {
+    struct Calls {
+        Calls(const Pipeline &, size_t max) : limit(max) {}
+        size_t limit;
+    };
     const uint64_t *items;
     bool next(size_t i, uint64_t &slot) {
         slot = items[i];
@@ -118,17 +122,14 @@ struct BatchFeed {
 // A pull source called item by item, each item going straight into the first step. It stops
 // at the first status other than FLUXUS_PULL_ITEM (kept in rc; a throwing source gives
 // FLUXUS_EEXCEPTION), and as soon as a callback pauses, cancels or fails the pipeline (or trips
-// an auto-pause): from then on the source is not called, as when the batch was read before any
-// callback ran.
+// an auto-pause): that lowers the loop's Calls limit (a Pipeline::SourceCallLimit) to 0, so
+// the source is not called again, as when the batch was read before any callback ran.
 struct PullFeed {
+    using Calls = Pipeline::SourceCallLimit;
     fluxus_pull_fn pull;
     void *user;
-    const std::atomic<uint32_t> &stops;
-    uint32_t stops_at_start;
     int32_t rc = FLUXUS_PULL_ITEM;
     bool next(size_t, uint64_t &slot) {
-        if (__builtin_expect(stops.load(std::memory_order_relaxed) != stops_at_start, 0))
-            return false;
         try {
             rc = pull(user, &slot);
         } catch (...) {
@@ -139,15 +140,19 @@ struct PullFeed {
 };
 
 // Runs up to `max` items from `feed` through the steps; survivors are compacted into items.
-// *read: the items the feed gave.
+// *read: the items the feed gave. Not inlined: in a function of its own, the loop's pointers
+// stay in registers across the callbacks (inlined beside the other shapes and lengths they
+// were reloaded from the stack after each call).
 template <Shape S, class Feed, size_t... J>
-size_t run_unrolled(std::index_sequence<J...>, Pipeline &p, Feed &feed, size_t max,
-                    const ChainStep *steps, uint64_t *items, StageTally *tallies,
-                    uint64_t *stopped, size_t *read) {
+[[gnu::noinline]] size_t run_unrolled(std::index_sequence<J...>, Pipeline &p, Feed &feed_in,
+                                      size_t max, const ChainStep *steps, uint64_t *items,
+                                      StageTally *tallies, uint64_t *stopped, size_t *read) {
     constexpr size_t L = sizeof...(J);
     size_t m = 0, i = 0;
     uint64_t slot = 0;
-    for (; i < max && feed.next(i, slot); ++i) {
+    Feed feed = feed_in;  // a local copy the callbacks cannot see: kept in registers
+    typename Feed::Calls calls(p, max);
+    for (; i < calls.limit && feed.next(i, slot); ++i) {
         uint64_t x = slot;
         bool through =
             (step<known_kind<S, J, L>()>(p, steps[J], x, slot, tallies[J], stopped[J]) && ...);
@@ -155,6 +160,7 @@ size_t run_unrolled(std::index_sequence<J...>, Pipeline &p, Feed &feed, size_t m
             if (through) items[m++] = x;        // m <= i: compaction in place
         }
     }
+    feed_in = feed;
     *read = i;
     return m;
 }
@@ -207,8 +213,7 @@ size_t ItemChain::run_feed(Pipeline &p, Feed &feed, size_t max, uint64_t *items,
 
 size_t ItemChain::run_pulled(Pipeline &p, fluxus_pull_fn pull, void *user, size_t max,
                              uint64_t *items, StageTally *tallies, size_t *pulled, int32_t *rc) {
-    const std::atomic<uint32_t> &stops = p.source_stops();
-    PullFeed feed{pull, user, stops, stops.load(std::memory_order_relaxed)};
+    PullFeed feed{pull, user};
     size_t m = run_feed(p, feed, max, items, tallies, true, pulled);
     *rc = feed.rc;
     return m;

@@ -204,6 +204,23 @@ int32_t Pipeline::set_source_breaker(CircuitBreaker *cb) {
     return FLUXUS_OK;
 }
 
+namespace {
+// The item-by-item source loops running on this thread, innermost first.
+thread_local Pipeline::SourceCallLimit *t_source_loops = nullptr;
+}  // namespace
+
+Pipeline::SourceCallLimit::SourceCallLimit(const Pipeline &p, size_t max)
+    : limit(max), p_(&p), outer_(t_source_loops) {
+    t_source_loops = this;
+}
+
+Pipeline::SourceCallLimit::~SourceCallLimit() { t_source_loops = outer_; }
+
+void Pipeline::stop_source_calls() {
+    for (SourceCallLimit *l = t_source_loops; l; l = l->outer_)
+        if (l->p_ == this) l->limit = 0;
+}
+
 uint64_t Pipeline::source_held_until(uint64_t now, Task *waiter) {
     uint64_t until = auto_pause_until_.load(std::memory_order_acquire);
     if (until > now) return until;

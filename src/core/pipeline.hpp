@@ -91,9 +91,26 @@ public:
     bool cancelling() const { return cancel_requested_.load(std::memory_order_relaxed); }
     bool draining() const { return drain_requested_.load(std::memory_order_relaxed); }
     bool paused() const { return paused_.load(std::memory_order_relaxed); }
-    // Changes whenever the source must stop being called (pause, cancel, failure, drain,
-    // auto-pause): a loop that calls the source item by item compares it before each call.
-    const std::atomic<uint32_t> &source_stops() const { return source_stops_; }
+    // A loop that calls this pipeline's pull source item by item (ItemChain::run_pulled)
+    // registers its item limit while it runs, on its thread. When one of its callbacks stops the
+    // source (pause, cancel, failure, auto-pause) the limit drops to 0, so the source is not
+    // called again, as when the batch was read before any callback ran. A request from another
+    // thread ends the loop at its batch's end, as it does a batch read. (A thread-local limit
+    // costs the loop one compare per item; an atomic shared with other threads cost four.)
+    class SourceCallLimit {
+    public:
+        SourceCallLimit(const Pipeline &p, size_t limit);
+        ~SourceCallLimit();
+        SourceCallLimit(const SourceCallLimit &) = delete;
+        SourceCallLimit &operator=(const SourceCallLimit &) = delete;
+        // Read before each source call: the callbacks in between may lower it.
+        size_t limit;
+
+    private:
+        friend class Pipeline;
+        const Pipeline *p_;
+        SourceCallLimit *outer_;
+    };
     // Automatic pauses: after too many failures at a stage, and while the source breaker is
     // open. held_until() is 0 when the source may run, else when to look again (UINT64_MAX:
     // when the breaker changes; `waiter` is then notified).
@@ -191,8 +208,7 @@ private:
     std::atomic<bool> shut_down_{false};
     std::atomic<uint64_t> source_admitted_{0};
     std::atomic<uint64_t> auto_pause_until_{0};
-    std::atomic<uint32_t> source_stops_{0};
-    void stop_source_calls() { source_stops_.fetch_add(1, std::memory_order_relaxed); }
+    void stop_source_calls();
     std::atomic<uint64_t> source_pauses_{0};
     CircuitBreaker *source_breaker_ = nullptr;  // retained
     std::unique_ptr<CursorTracker> cursor_;

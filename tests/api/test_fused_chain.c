@@ -1325,7 +1325,7 @@ static void test_cancel_from_sink_push_with_queues(void **state) {
 typedef struct {
     uint64_t next, calls_after;
     int requested; /* set by the callback that asked for the stop */
-    int mode;      /* 0 pause, 1 cancel, 2 fail-fast failure */
+    int mode;      /* 0 pause, 1 cancel, 2 fail-fast failure, 3 failure that auto-pauses */
     fluxus_pipeline *p;
 } fc_stop_ctx;
 
@@ -1338,9 +1338,9 @@ static int32_t fc_stop_pull(void *u, uint64_t *item) {
 }
 static int32_t fc_stop_map(void *u, uint64_t in, uint64_t *out) {
     fc_stop_ctx *c = (fc_stop_ctx *)u;
-    if (c->mode == 2 && in == 5000) {
+    if (c->mode >= 2 && in == 5000) {
         TU_ADD(&c->requested, 1);
-        return -100; /* fail-fast: the pipeline fails */
+        return -100; /* fail-fast: the pipeline fails; skip: the source pauses itself */
     }
     *out = in;
     return 0;
@@ -1359,17 +1359,23 @@ static int32_t fc_stop_sink(void *u, uint64_t item) {
 
 static void test_source_not_called_after_a_callback_stops_it(void **state) {
     (void)state;
-    for (int mode = 0; mode < 3; ++mode) {
+    for (int mode = 0; mode < 4; ++mode) {
         fluxus_runtime *rt = tu_runtime(2);
         fc_stop_ctx c;
         memset(&c, 0, sizeof c);
         c.mode = mode;
         TU_OK(fluxus_pipeline_new(&c.p, rt, "stop"));
         TU_OK(fluxus_pipeline_set_pull_source(c.p, "src", fc_stop_pull, &c, NULL));
-        TU_OK(fluxus_pipeline_add_map(NULL, c.p, "m", fc_stop_map, &c, NULL));
+        uint32_t m;
+        TU_OK(fluxus_pipeline_add_map(&m, c.p, "m", fc_stop_map, &c, NULL));
         TU_OK(fluxus_pipeline_add_sink(NULL, c.p, "k", fc_stop_sink, &c, NULL));
+        if (mode == 3) {
+            /* One failure pauses the source for 60 s (the run is cancelled long before). */
+            TU_OK(fluxus_stage_set_error_policy(c.p, m, FLUXUS_ERROR_SKIP));
+            TU_OK(fluxus_stage_set_pause_source_on_errors(c.p, m, 1, 1000000, 60000000));
+        }
         TU_OK(fluxus_pipeline_start(c.p));
-        if (mode == 0) {
+        if (mode == 0 || mode == 3) {
             /* Paused: wait until the stop was asked for, give the worker time to misbehave,
              * then cancel to end the run. */
             while (!TU_LOAD(&c.requested)) tu_sleep_us(1000);
