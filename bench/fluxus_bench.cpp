@@ -241,6 +241,15 @@ void run_w1_plain_fnptr(const wl::W1Sink &want) {
 
 enum class W1Mode { Item, ItemNoFuse, Batch };
 
+/* fluxus-bench-static (the same driver with the engine linked in, not loaded from libfluxus.so)
+ * runs W1 only, its configurations named with "-static": see BENCHMARK.md, "Where the callbacks
+ * live". */
+#ifdef FLUXUS_BENCH_STATIC
+const std::string kLinkSuffix = "-static";
+#else
+const std::string kLinkSuffix = "";
+#endif
+
 void run_w1_one(const char *impl, W1Mode mode, const wl::W1Sink &want) {
     const uint64_t n = want.n;
     CountSrc src;
@@ -292,11 +301,13 @@ void run_w1(const Opts &o) {
             want.n = wl::W1_N;
         }
     }
-    if (selected(o, "fluxus-item")) run_w1_one("fluxus-item", W1Mode::Item, want);
-    if (selected(o, "fluxus-item-nofuse"))
-        run_w1_one("fluxus-item-nofuse", W1Mode::ItemNoFuse, want);
-    if (selected(o, "fluxus-batch")) run_w1_one("fluxus-batch", W1Mode::Batch, want);
-    if (selected(o, "plain-fnptr")) run_w1_plain_fnptr(want);
+    const std::string item = "fluxus-item" + kLinkSuffix,
+                      nofuse = "fluxus-item-nofuse" + kLinkSuffix,
+                      batch = "fluxus-batch" + kLinkSuffix;
+    if (selected(o, item.c_str())) run_w1_one(item.c_str(), W1Mode::Item, want);
+    if (selected(o, nofuse.c_str())) run_w1_one(nofuse.c_str(), W1Mode::ItemNoFuse, want);
+    if (selected(o, batch.c_str())) run_w1_one(batch.c_str(), W1Mode::Batch, want);
+    if (kLinkSuffix.empty() && selected(o, "plain-fnptr")) run_w1_plain_fnptr(want);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1293,6 +1304,10 @@ int main(int argc, char **argv) {
         return 3;
     }
 
+    if (!kLinkSuffix.empty() && w != "W1") {
+        std::fprintf(stderr, "fluxus-bench-static runs W1 only\n");
+        return 64;
+    }
     if (w == "W1") {
         run_w1(o);
     } else if (w == "W2") {

@@ -8,7 +8,8 @@
 #   -r R       repetitions per configuration (default 5); repetitions are interleaved
 #              (cfg A, cfg B, ..., cfg A, cfg B, ...) so that drift hits every configuration alike
 #   -o FILE    raw results file (default build/bench/results-<date>.txt); appended to
-#   -b BIN     the fluxus-bench binary (default build/bench/fluxus-bench)
+#   -b BIN     the fluxus-bench binary (default build/bench/fluxus-bench); W1 also runs the
+#              configurations of fluxus-bench-static beside it, if it was built
 #   --quick    pass --quick (N/100) to every run
 #   --extras   also run slowsink, latency, lifecycle and py_callback.py
 #   --retries K  re-run a configuration up to K times (default 3) when other processes used more
@@ -87,14 +88,21 @@ for w in "${workloads[@]}"; do
     # overshoot / hand-off / admission distributions, as '#' comment lines of the raw file.
     wargs=()
     [ "$w" = W3 ] && wargs=(--detail)
-    mapfile -t cfgs < <("$bin" "$w" --list)
+    # Each configuration is "binary<TAB>name".
+    mapfile -t cfgs < <("$bin" "$w" --list | sed "s|^|$bin\t|")
+    static_bin="$(dirname "$bin")/fluxus-bench-static"
+    if [ "$w" = W1 ] && [ -x "$static_bin" ]; then
+        mapfile -t -O ${#cfgs[@]} cfgs < <("$static_bin" W1 --list | sed "s|^|$static_bin\t|")
+    fi
     if [ ${#cfgs[@]} -eq 0 ]; then
         echo "run.sh: $w has no configurations" >&2
         failures=$((failures + 1))
         continue
     fi
     for ((rep = 1; rep <= R; rep++)); do
-        for cfg in "${cfgs[@]}"; do
+        for entry in "${cfgs[@]}"; do
+            run_bin=${entry%%$'\t'*}
+            cfg=${entry#*$'\t'}
             attempt=0
             while :; do
                 attempt=$((attempt + 1))
@@ -102,7 +110,7 @@ for w in "${workloads[@]}"; do
                 load1=$(cut -d' ' -f1 /proc/loadavg)
                 b0=$(busy_ticks)
                 t0=$(date +%s.%N)
-                /usr/bin/time -v -o "$tmp/time" "$bin" "$w" --impl "$cfg" $quick "${wargs[@]}" \
+                /usr/bin/time -v -o "$tmp/time" "$run_bin" "$w" --impl "$cfg" $quick "${wargs[@]}" \
                     >"$tmp/out" 2>"$tmp/err"
                 rc=$?
                 t1=$(date +%s.%N)

@@ -376,7 +376,7 @@ FLUXUS_API int32_t fluxus_pipeline_set_dead_letter(fluxus_pipeline *p, fluxus_de
  * Fused stages run on one thread; each stage still sees its items in input order, but the
  * interleaving of callbacks *of different stages* is not promised: a fused run of plain maps,
  * filters and a sink usually takes each item through all of them before the next item, and
- * sometimes (one batch in 16, the one whose callback time is measured) runs a whole batch
+ * sometimes (one batch in 64, the one whose callback time is measured) runs a whole batch
  * through one stage before the next. Do not rely on either.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (not 0/1), FLUXUS_ESTATE (after start).
  */
@@ -1934,7 +1934,7 @@ typedef struct fluxus_stage_stats {
     uint64_t queue_peak;      /* highest queue depth seen */
     uint64_t queue_capacity;  /* total capacity of its input queue (0 if fused: no queue) */
     uint64_t busy_ns;         /* time spent in its callbacks, summed over workers (sampled:
-                                 one batch in 16 is timed and counted 16 times) */
+                                 one batch in 64 is timed and counted 64 times) */
     uint64_t held_at_deadline;/* items it held when a drain deadline passed */
     uint64_t dedup_keys;      /* dedup: keys currently remembered */
     uint64_t dedup_forgotten; /* dedup: keys forgotten by the bounded mode */

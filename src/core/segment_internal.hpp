@@ -41,7 +41,7 @@ inline bool retry_later(const SegmentWorker::RetryEntry &a, const SegmentWorker:
 constexpr int kRoundsPerRun = 16;
 
 // One batch in this many has its callback time measured (see process()).
-constexpr uint64_t kBusySample = 16;
+constexpr uint64_t kBusySample = 64;
 
 inline uint32_t lane_for_hash(uint64_t h, uint32_t lanes) {
     // High bits pick the lane: dedup sets index their tables with the low bits of the same hash.

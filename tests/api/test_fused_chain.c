@@ -1,10 +1,10 @@
 /*
  * test_fused_chain.c — fused runs of per-item map / filter / sink stages (no timeout, no cache,
  * no cursor source) run item by item through an unrolled chain of up to four stages (longer runs
- * are split into several chains) instead of stage by stage over a batch. One batch in 16 (the
- * first of every worker among them) still takes the stage-by-stage path, so every test here moves
- * far more than 16 batches (FC_N items) and most items go through the chains; both paths must
- * give exactly the same results.
+ * are split into several chains) instead of stage by stage over a batch. One batch in 64 (the
+ * first of every worker among them) still takes the stage-by-stage path, so every test here
+ * moves many batches (FC_N items): most items go through the chains, the first batch of each
+ * worker stage by stage; both paths must give exactly the same results.
  *
  * The tests drive a small model: item idx (the low 32 bits of the item, or of the value a heap
  * item points to) meets at every stage a fate decided by idx alone (a map or filter or sink that

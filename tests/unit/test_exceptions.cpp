@@ -227,7 +227,7 @@ void test_exception_in_source_feeding_a_chain_keeps_the_items_read(void **) {
     fluxus_runtime_free(rt);
 }
 
-// A fused run of three maps and a sink goes through the per-item chain (all but one batch in 16
+// A fused run of three maps and a sink goes through the per-item chain (all but one batch in 64
 // of these 30000 items): a map in the middle throws for every 13th item and the sink for every
 // 17th. Exactly those items fail with FLUXUS_EEXCEPTION at their stage (dead-lettered, then
 // destroyed once), the others are delivered once each, in order, having passed every map.
