@@ -384,7 +384,10 @@ FLUXUS_API int32_t fluxus_pipeline_set_fusion(fluxus_pipeline *p, int32_t enable
 
 /**
  * Maximum number of items moved per batch between stages (default 256, range 1..65536).
- * Bigger batches cost fewer synchronisations; smaller ones cut latency.
+ * Bigger batches cost fewer synchronisations; smaller ones cut latency. A pipeline fused into
+ * one run of per-item stages from a pull source to its sink moves nothing between stages: while
+ * its callbacks are cheap (the sampled time of 16 batches under 50 us), one pass of its worker
+ * reads up to 16 batches, item by item, and its counters are updated once per pass.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE, FLUXUS_ESTATE (after start).
  */
 FLUXUS_API int32_t fluxus_pipeline_set_batch_size(fluxus_pipeline *p, uint32_t n);
@@ -1914,7 +1917,8 @@ typedef struct fluxus_pipeline_stats {
 } fluxus_pipeline_stats;
 
 /**
- * Read the pipeline totals at any moment (counters are updated per batch).
+ * Read the pipeline totals at any moment (counters are updated per batch, or per pass: see
+ * fluxus_pipeline_set_batch_size()).
  * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL out, struct_size < 8).
  */
 FLUXUS_API int32_t fluxus_pipeline_get_stats(fluxus_pipeline *p, fluxus_pipeline_stats *out);

@@ -285,6 +285,8 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
     }
     pull_chain_ = s->pull_input && s->source && s->source->kind == SourceKind::pull &&
                   !s->stages.empty() && chain_at_[0].size() > 0 && !s->head()->rate_limiter;
+    chain_to_sink_ = pull_chain_ && chain_at_[0].size() == s->stages.size() &&
+                     s->stages.back()->is_sink() && !s->next && !s->split;
     if (Stage *h = s->head())
         if (h->async) h->async->set_worker(this);
     if (s->split) {
@@ -603,6 +605,10 @@ size_t SegmentWorker::pull_through_chain(bool *drained) {
     uint32_t granted;
     size_t max = pull_quota(drained, &granted);
     if (max == 0) return 0;
+    if (chain_to_sink_ && granted == 0 && pass_batches_ > 1) {  // not rate-limited: see above
+        max *= pass_batches_;
+        if (a_.size() < max) a_.resize(max);  // a filter before the sink compacts into it
+    }
     const SourceSpec &src = *seg->source;
     ItemChain &chain = chain_at_[0];
     size_t n = 0, m;
@@ -628,6 +634,7 @@ void SegmentWorker::process(size_t n, size_t first) {
     // fused chain on this VM (its clock_gettime is ~40 ns); the sampled batch also runs stage by
     // stage, which at one in 16 still cost ~5 % of W1 (one in 64: ~1 %).
     bool timed = (batches_++ % kBusySample) == 0;
+    uint64_t timed_ns = 0;
     RetryScopeGuard retry_scope(this, first == 0 ? seg->head() : nullptr, attempt_);
     for (size_t k = first; k < seg->stages.size() && cur > 0; ++k) {
         // Chains of per-item stages run item by item, in place in a_; timed batches run such
@@ -639,7 +646,11 @@ void SegmentWorker::process(size_t n, size_t first) {
             }
             uint64_t t0 = timed ? now_ns() : 0;
             cur = chain.run(p, a_.data(), cur, &tally_[k], k > 0 || seg->pull_input);
-            if (timed) tally_[k].busy_ns += (now_ns() - t0) * kBusySample;
+            if (timed) {
+                uint64_t dt = now_ns() - t0;
+                timed_ns += dt;
+                tally_[k].busy_ns += dt * kBusySample;
+            }
             k += chain.size() - 1;
             continue;
         }
@@ -655,6 +666,12 @@ void SegmentWorker::process(size_t n, size_t first) {
     }
     if (in != &a_) a_.swap(b_);
     out_n_ = cur;
+    if (timed && chain_to_sink_ && first == 0 && n > 0) {
+        // The callback time of a whole batch, from this sample: how many batches a pass reads.
+        uint64_t per_batch = std::max<uint64_t>(1, timed_ns * p.batch_size() / n);
+        pass_batches_ = uint32_t(std::clamp<uint64_t>(kPassBudgetNs / per_batch, 1,
+                                                      kMaxPassBatches));
+    }
     for (size_t k = 0; k < seg->stages.size(); ++k) tally_[k].flush_to(seg->stages[k]->c);
     size_t b = p.batch_size();
     if (a_.size() < b) a_.resize(b);

@@ -189,6 +189,11 @@ private:
     // chain and the stages behind it (as process() does). Returns the items read.
     size_t pull_through_chain(bool *drained);
     bool pull_chain_ = false;  // the segment is such a source and chain
+    // When that chain is the whole segment and ends in a sink, nothing is moved between stages
+    // and a pass may read several batches: fewer passes cost less bookkeeping. pass_batches_
+    // follows the sampled callback time so that a pass stays within kPassBudgetNs.
+    bool chain_to_sink_ = false;
+    uint32_t pass_batches_ = 1;
     // Runs a_[0..n) through the fused stages from `first` on; the survivors end up in a_.
     void process(size_t n, size_t first = 0);
     // Async head: completions go on, new items start, timeouts fire (see run_async).

@@ -1394,9 +1394,78 @@ static void test_source_not_called_after_a_callback_stops_it(void **state) {
     }
 }
 
+/* A pipeline that is one chain from a pull source to its sink moves nothing between stages:
+ * while its callbacks are cheap a pass reads several batches (fewer passes, less bookkeeping),
+ * while they are slow a pass stays one batch. Seen from the sink: how far the items it got ran
+ * ahead of the pipeline's `admitted` counter, which grows once per pass. */
+typedef struct {
+    fluxus_pipeline *p;
+    uint64_t next, n, seen, ahead_max;
+    uint32_t sleep_us;
+} fc_pass_ctx;
+
+static int32_t fc_pass_pull(void *u, uint64_t *item) {
+    fc_pass_ctx *c = (fc_pass_ctx *)u;
+    if (c->next >= c->n) return FLUXUS_PULL_END;
+    *item = c->next++;
+    return FLUXUS_PULL_ITEM;
+}
+static int32_t fc_pass_map(void *u, uint64_t in, uint64_t *out) {
+    (void)u;
+    *out = in + 1;
+    return 0;
+}
+static int32_t fc_pass_sink(void *u, uint64_t item) {
+    fc_pass_ctx *c = (fc_pass_ctx *)u;
+    fluxus_pipeline_stats st;
+    (void)item;
+    if (c->sleep_us) tu_sleep_us(c->sleep_us);
+    if (++c->seen % 4 == 0) {
+        tu_stats(c->p, &st);
+        if (c->seen > st.admitted && c->seen - st.admitted > c->ahead_max)
+            c->ahead_max = c->seen - st.admitted;
+    }
+    return 0;
+}
+
+static uint64_t fc_pass_run(uint32_t sleep_us, uint64_t n) {
+    fluxus_runtime *rt = tu_runtime(2);
+    fc_pass_ctx c;
+    fluxus_pipeline_stats st;
+    memset(&c, 0, sizeof c);
+    c.n = n;
+    c.sleep_us = sleep_us;
+    TU_OK(fluxus_pipeline_new(&c.p, rt, "passes"));
+    TU_OK(fluxus_pipeline_set_batch_size(c.p, 16));
+    TU_OK(fluxus_pipeline_set_pull_source(c.p, "src", fc_pass_pull, &c, NULL));
+    TU_OK(fluxus_pipeline_add_map(NULL, c.p, "m", fc_pass_map, &c, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, c.p, "k", fc_pass_sink, &c, NULL));
+    TU_OK(fluxus_pipeline_start(c.p));
+    TU_OK(fluxus_pipeline_wait(c.p, 60000));
+    tu_stats(c.p, &st);
+    assert_int_equal(st.admitted, n);
+    assert_int_equal(st.delivered, n);
+    assert_int_equal(c.seen, n);
+    TU_OK(fluxus_pipeline_free(c.p));
+    TU_OK(fluxus_runtime_free(rt));
+    return c.ahead_max;
+}
+
+static void test_one_chain_to_sink_reads_several_batches_per_pass_while_cheap(void **state) {
+    uint64_t cheap, slow;
+    (void)state;
+    /* 16 cheap items take well under the 50 us budget even under a sanitizer: passes grow. */
+    cheap = fc_pass_run(0, 200000);
+    /* 16 items sleeping 20 us each take more than the budget: one batch per pass. */
+    slow = fc_pass_run(20, 2000);
+    assert_true(cheap > 16);
+    assert_true(slow <= 16);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_source_not_called_after_a_callback_stops_it),
+        cmocka_unit_test(test_one_chain_to_sink_reads_several_batches_per_pass_while_cheap),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_pull, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_push, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_heap_items_odd_batch, setup,
