@@ -43,9 +43,8 @@ constexpr int kRoundsPerRun = 16;
 // One batch in this many has its callback time measured (see process()).
 constexpr uint64_t kBusySample = 64;
 
-// A pass of a pull source straight into a chain that ends in a sink may read up to this many
-// batches, as long as the callbacks of that many take under kPassBudgetNs (the last sampled
-// batch says): with cheap callbacks the per-pass bookkeeping was ~5 % of W1 at one batch per
+// A pass of a pull source straight into a chain that ends in a sink reads as many batches as
+// its callbacks get through in kPassBudgetNs (by the last sampled batch), up to this many: with cheap callbacks the per-pass bookkeeping was ~5 % of W1 at one batch per
 // pass; the budget keeps a pass short for stats, pauses from other threads and fairness.
 constexpr uint32_t kMaxPassBatches = 16;
 constexpr uint64_t kPassBudgetNs = 50000;
