@@ -105,9 +105,9 @@ constexpr Known known_kind() {
 }
 
 // Where a chain's items come from. Both write each item into `slot` (where the maps then write
-// their outputs) and say false when there is none left.
+// their outputs) and say false when there is none left. Each has a Calls: the loop's item
+// limit, which only a pull source's may lower.
 // A batch already read, run in place:
-// Each feed has a Calls: the loop's item limit, which only a pull source's may lower.
 struct BatchFeed {
     struct Calls {
         Calls(const Pipeline &, size_t max) : limit(max) {}

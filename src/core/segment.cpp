@@ -445,7 +445,7 @@ void SegmentWorker::run_batches() {
         bool drained = false;
         // A pull source feeding a chain reads each item straight into it, except in the batch
         // whose callback time is sampled (process() runs that one stage by stage).
-        bool through = pull_chain_ && !guarded && (batches_ % kBusySample) != 0;
+        bool through = pull_chain_ && !guarded && batches_ < next_sample_;
         size_t n = through   ? pull_through_chain(&drained)
                    : limited ? take_input(p.batch_size(), rt_->now(), &drained)
                              : fetch(&drained);
@@ -621,7 +621,12 @@ size_t SegmentWorker::pull_through_chain(bool *drained) {
     // Admitted before this batch's stage counters are flushed (in process()), so a stats
     // reader never sees more items ended than admitted.
     pull_settle(n, rc, granted, drained);
-    if (n) process(m, chain.size());  // the stages behind the chain, then the batch's counters
+    if (n) {
+        process(m, chain.size());  // the stages behind the chain, then the batch's counters
+        // A pass of several batches counts as that many for the busy-time sample (process()
+        // counted one), so that a sampled batch still stands for kBusySample batches' items.
+        batches_ += (n - 1) / seg->p->batch_size();
+    }
     return n;
 }
 
@@ -633,7 +638,9 @@ void SegmentWorker::process(size_t n, size_t first) {
     // times. Reading the clock around every stage of every batch cost 7 % of a three-stage
     // fused chain on this VM (its clock_gettime is ~40 ns); the sampled batch also runs stage by
     // stage, which at one in 16 still cost ~5 % of W1 (one in 64: ~1 %).
-    bool timed = (batches_++ % kBusySample) == 0;
+    bool timed = batches_ >= next_sample_;
+    if (timed) next_sample_ = batches_ + kBusySample;
+    ++batches_;
     uint64_t timed_ns = 0;
     RetryScopeGuard retry_scope(this, first == 0 ? seg->head() : nullptr, attempt_);
     for (size_t k = first; k < seg->stages.size() && cur > 0; ++k) {

@@ -256,7 +256,10 @@ private:
     std::vector<uint64_t> a_, b_;  // batch buffers: input, then output of each stage in turn
     size_t out_n_ = 0;             // items of the last processed batch, in a_
     uint64_t ticket_ = 0;
-    uint64_t batches_ = 0;  // batches processed (busy-time sampling)
+    // Busy-time sampling: batches processed (a pass of several batches counts each of them) and
+    // the count at which the next batch is timed.
+    uint64_t batches_ = 0;
+    uint64_t next_sample_ = 0;
     uint64_t cursor_pos_ = 0;  // cursor source: where the next read starts
     std::vector<WorkerStageState> state_;
     std::vector<StageTally> tally_;

@@ -44,8 +44,9 @@ constexpr int kRoundsPerRun = 16;
 constexpr uint64_t kBusySample = 64;
 
 // A pass of a pull source straight into a chain that ends in a sink reads as many batches as
-// its callbacks get through in kPassBudgetNs (by the last sampled batch), up to this many: with cheap callbacks the per-pass bookkeeping was ~5 % of W1 at one batch per
-// pass; the budget keeps a pass short for stats, pauses from other threads and fairness.
+// its callbacks get through in kPassBudgetNs (by the last sampled batch), up to this many:
+// with cheap callbacks the per-pass bookkeeping was ~5 % of W1 at one batch per pass; the
+// budget keeps a pass short for stats, pauses from other threads and fairness.
 constexpr uint32_t kMaxPassBatches = 16;
 constexpr uint64_t kPassBudgetNs = 50000;
 

@@ -1462,10 +1462,64 @@ static void test_one_chain_to_sink_reads_several_batches_per_pass_while_cheap(vo
     assert_true(slow <= 16);
 }
 
+/* busy_ns is sampled (one batch in 64, counted 64 times). When a pass reads several batches
+ * the sample must still stand for the items in between: the sink's busy_ns stays close to the
+ * time the sink itself measured spending in its callback (not a 16th of it). Only a lower bound
+ * is asserted: a preempted sample batch can inflate busy_ns, never shrink it. */
+typedef struct {
+    uint64_t next, n, spent_ns;
+} fc_busy_ctx;
+
+static uint64_t fc_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+static int32_t fc_busy_pull(void *u, uint64_t *item) {
+    fc_busy_ctx *c = (fc_busy_ctx *)u;
+    if (c->next >= c->n) return FLUXUS_PULL_END;
+    *item = c->next++;
+    return FLUXUS_PULL_ITEM;
+}
+static int32_t fc_busy_sink(void *u, uint64_t item) {
+    fc_busy_ctx *c = (fc_busy_ctx *)u;
+    uint64_t t0 = fc_now_ns(), t;
+    (void)item;
+    do t = fc_now_ns(); while (t - t0 < 200); /* cheap enough for passes of many batches */
+    c->spent_ns += t - t0;
+    return 0;
+}
+
+static void test_busy_time_counts_every_batch_of_a_pass(void **state) {
+    fluxus_runtime *rt = tu_runtime(2);
+    fluxus_pipeline *p;
+    fc_busy_ctx c;
+    fluxus_stage_stats st;
+    uint32_t sink;
+    (void)state;
+    memset(&c, 0, sizeof c);
+    c.n = 300000;
+    TU_OK(fluxus_pipeline_new(&p, rt, "busy"));
+    TU_OK(fluxus_pipeline_set_batch_size(p, 64));
+    TU_OK(fluxus_pipeline_set_pull_source(p, "src", fc_busy_pull, &c, NULL));
+    TU_OK(fluxus_pipeline_add_map(NULL, p, "m", fc_pass_map, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_sink(&sink, p, "k", fc_busy_sink, &c, NULL));
+    TU_OK(fluxus_pipeline_start(p));
+    TU_OK(fluxus_pipeline_wait(p, 60000));
+    tu_stage_stats(p, sink, &st);
+    assert_int_equal(st.out, c.n);
+    if (st.busy_ns * 3 < c.spent_ns)
+        fail_msg("sink busy_ns %llu, but the sink measured %llu ns in its callback",
+                 (unsigned long long)st.busy_ns, (unsigned long long)c.spent_ns);
+    TU_OK(fluxus_pipeline_free(p));
+    TU_OK(fluxus_runtime_free(rt));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_source_not_called_after_a_callback_stops_it),
         cmocka_unit_test(test_one_chain_to_sink_reads_several_batches_per_pass_while_cheap),
+        cmocka_unit_test(test_busy_time_counts_every_batch_of_a_pass),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_pull, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_push, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_heap_items_odd_batch, setup,
