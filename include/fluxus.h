@@ -386,9 +386,10 @@ FLUXUS_API int32_t fluxus_pipeline_set_fusion(fluxus_pipeline *p, int32_t enable
  * Maximum number of items moved per batch between stages (default 256, range 1..65536).
  * Bigger batches cost fewer synchronisations; smaller ones cut latency. A pipeline fused into
  * one run of per-item stages from a pull source to its sink moves nothing between stages: one
- * pass of its worker then reads, item by item, as many batches as its callbacks get through in
- * about 50 us (by the last sampled batch; at least 1, at most 16), and its counters are updated
- * once per pass.
+ * pass of its worker then reads, item by item, as many batches as its source and callbacks get
+ * through in about 50 us (by the last sampled batch; at least 1, at most 16; not with a rate
+ * limit, auto-pause or breaker on the source), and its counters are updated once per pass.
+ * Pause, cancel and drain requests from other threads are still seen between batches.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE, FLUXUS_ESTATE (after start).
  */
 FLUXUS_API int32_t fluxus_pipeline_set_batch_size(fluxus_pipeline *p, uint32_t n);

@@ -52,7 +52,8 @@ public:
 
     // Reads up to `max` items from a pull source and runs each through the chain as it is read
     // (the first step's `in` counts them). *pulled: the items read; *rc: the source's last
-    // status (FLUXUS_PULL_ITEM if it gave `max` items; FLUXUS_EEXCEPTION if it threw).
+    // status (FLUXUS_PULL_ITEM if it gave `max` items, or fewer because a callback stopped the
+    // source (Pipeline::SourceCallLimit); FLUXUS_EEXCEPTION if it threw).
     // Otherwise as run().
     size_t run_pulled(Pipeline &p, fluxus_pull_fn pull, void *user, size_t max, uint64_t *items,
                       StageTally *tallies, size_t *pulled, int32_t *rc);

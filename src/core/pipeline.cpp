@@ -615,7 +615,10 @@ void Pipeline::cancel() {
             finished_.store(true);
             return;
         }
-        if (finished_.load() || cancel_requested_.load()) return;
+        if (finished_.load() || cancel_requested_.load()) {
+            stop_source_calls();  // a callback's cancel or failure after another thread's
+            return;
+        }
         if (result_ == FLUXUS_OK) result_ = FLUXUS_ECANCELED;
         cancel_requested_.store(true);
         stop_source_calls();
@@ -710,7 +713,7 @@ int32_t Pipeline::set_paused(bool paused) {
         return set_errorf(FLUXUS_ESTATE, "pause/resume: pipeline '%s' has no source",
                           name_.c_str());
     bool was = paused_.exchange(paused);
-    if (paused && !was) stop_source_calls();
+    if (paused) stop_source_calls();  // also when already paused by another thread
     if (was && !paused && state_.load() != FLUXUS_STATE_BUILDING && !segments_.empty()) {
         if (push_queue_) push_queue_->wake_hosts();
         notify_sources();

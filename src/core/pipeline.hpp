@@ -95,7 +95,8 @@ public:
     // registers its item limit while it runs, on its thread. When one of its callbacks stops the
     // source (pause, cancel, failure, auto-pause) the limit drops to 0, so the source is not
     // called again, as when the batch was read before any callback ran. A request from another
-    // thread ends the loop at its batch's end, as it does a batch read. (A thread-local limit
+    // thread ends the loop at its batch's end, as it does a batch read (stop_source_calls() is
+    // made by every such request, even one that finds the pipeline already paused or stopping). (A thread-local limit
     // costs the loop one compare per item; an atomic shared with other threads cost four.)
     class SourceCallLimit {
     public:

@@ -446,9 +446,14 @@ void SegmentWorker::run_batches() {
         // A pull source feeding a chain reads each item straight into it, except in the batch
         // whose callback time is sampled (process() runs that one stage by stage).
         bool through = pull_chain_ && !guarded && batches_ < next_sample_;
+        // The sampled batch of a source fused down to its sink: the source's time counts too
+        // when process() sizes the passes.
+        bool time_source = chain_to_sink_ && !guarded && !through;
+        uint64_t t0 = time_source ? now_ns() : 0;
         size_t n = through   ? pull_through_chain(&drained)
                    : limited ? take_input(p.batch_size(), rt_->now(), &drained)
                              : fetch(&drained);
+        if (time_source) sample_source_ns_ = now_ns() - t0;
         if (n == 0) {
             if (seg->ordered) seg->reorder.unreserve();
             if (!retries_.empty()) {
@@ -605,18 +610,33 @@ size_t SegmentWorker::pull_through_chain(bool *drained) {
     uint32_t granted;
     size_t max = pull_quota(drained, &granted);
     if (max == 0) return 0;
-    if (chain_to_sink_ && granted == 0 && pass_batches_ > 1) {  // not rate-limited: see above
-        max *= pass_batches_;
-        if (a_.size() < max) a_.resize(max);  // a filter before the sink compacts into it
-    }
+    Pipeline &p = *seg->p;
+    // Batches this pass may read (see chain_to_sink_): not with a rate limit or anything that
+    // may hold the source (both are asked once per pass), and not past the next sampled batch.
+    uint64_t batches = 1;
+    if (chain_to_sink_ && granted == 0 && !p.source_may_be_held())
+        batches = std::min<uint64_t>(pass_batches_, next_sample_ - batches_);
     const SourceSpec &src = *seg->source;
+    auto fn = reinterpret_cast<fluxus_pull_fn>(src.fn);
     ItemChain &chain = chain_at_[0];
-    size_t n = 0, m;
-    int32_t rc;
+    size_t n = 0, m = 0;
+    int32_t rc = FLUXUS_PULL_ITEM;
     {
         RetryScopeGuard retry_scope(this, seg->head(), attempt_);
-        m = chain.run_pulled(*seg->p, reinterpret_cast<fluxus_pull_fn>(src.fn), src.user.user,
-                             max, a_.data(), tally_.data(), &n, &rc);
+        // Lowered to 0, like each batch's own limit, when a callback stops the source, even
+        // one called for the last item of a batch.
+        Pipeline::SourceCallLimit pass_calls(p, 1);
+        for (uint64_t b = 0; b < batches; ++b) {
+            size_t read;
+            m = chain.run_pulled(p, fn, src.user.user, max, a_.data(), tally_.data(), &read, &rc);
+            n += read;
+            // The next batch only if this one was read in full and nothing asked the source to
+            // stop: a request from another thread (pause, cancel, drain, an auto-pause tripped
+            // elsewhere) is seen here, between batches, as between separate passes.
+            if (read < max || rc != FLUXUS_PULL_ITEM || pass_calls.limit == 0 ||
+                p.cancelling() || p.paused() || p.draining() || p.source_may_be_held())
+                break;
+        }
     }
     // Admitted before this batch's stage counters are flushed (in process()), so a stats
     // reader never sees more items ended than admitted.
@@ -625,7 +645,7 @@ size_t SegmentWorker::pull_through_chain(bool *drained) {
         process(m, chain.size());  // the stages behind the chain, then the batch's counters
         // A pass of several batches counts as that many for the busy-time sample (process()
         // counted one), so that a sampled batch still stands for kBusySample batches' items.
-        batches_ += (n - 1) / seg->p->batch_size();
+        batches_ += (n - 1) / max;
     }
     return n;
 }
@@ -675,7 +695,8 @@ void SegmentWorker::process(size_t n, size_t first) {
     out_n_ = cur;
     if (timed && chain_to_sink_ && first == 0 && n > 0) {
         // The callback time of a whole batch, from this sample: how many batches a pass reads.
-        uint64_t per_batch = std::max<uint64_t>(1, timed_ns * p.batch_size() / n);
+        uint64_t per_batch =
+            std::max<uint64_t>(1, (timed_ns + sample_source_ns_) * p.batch_size() / n);
         pass_batches_ = uint32_t(std::clamp<uint64_t>(kPassBudgetNs / per_batch, 1,
                                                       kMaxPassBatches));
     }

@@ -191,9 +191,11 @@ private:
     bool pull_chain_ = false;  // the segment is such a source and chain
     // When that chain is the whole segment and ends in a sink, nothing is moved between stages
     // and a pass may read several batches: fewer passes cost less bookkeeping. pass_batches_
-    // follows the sampled callback time so that a pass stays within kPassBudgetNs.
+    // follows the sampled time of the source and callbacks so that a pass stays within
+    // kPassBudgetNs; sample_source_ns_ is the source's part of the last sample.
     bool chain_to_sink_ = false;
     uint32_t pass_batches_ = 1;
+    uint64_t sample_source_ns_ = 0;
     // Runs a_[0..n) through the fused stages from `first` on; the survivors end up in a_.
     void process(size_t n, size_t first = 0);
     // Async head: completions go on, new items start, timeouts fire (see run_async).

@@ -1359,12 +1359,16 @@ static int32_t fc_stop_sink(void *u, uint64_t item) {
 
 static void test_source_not_called_after_a_callback_stops_it(void **state) {
     (void)state;
-    for (int mode = 0; mode < 4; ++mode) {
+    /* Batch size 256: item 5000 is in the middle of a batch; 1: it is the last of its batch,
+     * inside a pass of several batches. */
+    for (int run = 0; run < 8; ++run) {
+        int mode = run % 4;
         fluxus_runtime *rt = tu_runtime(2);
         fc_stop_ctx c;
         memset(&c, 0, sizeof c);
         c.mode = mode;
         TU_OK(fluxus_pipeline_new(&c.p, rt, "stop"));
+        if (run >= 4) TU_OK(fluxus_pipeline_set_batch_size(c.p, 1));
         TU_OK(fluxus_pipeline_set_pull_source(c.p, "src", fc_stop_pull, &c, NULL));
         uint32_t m;
         TU_OK(fluxus_pipeline_add_map(&m, c.p, "m", fc_stop_map, &c, NULL));
@@ -1420,7 +1424,7 @@ static int32_t fc_pass_sink(void *u, uint64_t item) {
     fluxus_pipeline_stats st;
     (void)item;
     if (c->sleep_us) tu_sleep_us(c->sleep_us);
-    if (++c->seen % 4 == 0) {
+    if (++c->seen % 16 == 8) { /* once per batch of 16: a stats read is slow under TSan */
         tu_stats(c->p, &st);
         if (c->seen > st.admitted && c->seen - st.admitted > c->ahead_max)
             c->ahead_max = c->seen - st.admitted;
@@ -1463,18 +1467,21 @@ static void test_one_chain_to_sink_reads_several_batches_per_pass_while_cheap(vo
 }
 
 /* busy_ns is sampled (one batch in 64, counted 64 times). When a pass reads several batches
- * the sample must still stand for the items in between: the sink's busy_ns stays close to the
- * time the sink itself measured spending in its callback (not a 16th of it). Only a lower bound
- * is asserted: a preempted sample batch can inflate busy_ns, never shrink it. */
+ * the sample must still stand for the items in between: the sink, which spins ~100 ns per item
+ * and so takes most of the worker's time, must show a busy_ns of the order of the CPU time its
+ * worker thread used from its first item to its last (not a 16th of it). Only a lower bound is
+ * asserted: a preempted sample batch can inflate busy_ns; CPU time is not inflated by
+ * preemption. One worker, so that every item runs on the same thread. */
 typedef struct {
-    uint64_t next, n, spent_ns;
+    uint64_t next, n, seen, cpu_first_ns, spent_ns;
 } fc_busy_ctx;
 
-static uint64_t fc_now_ns(void) {
+static uint64_t fc_clock_ns(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
+static uint64_t fc_now_ns(void) { return fc_clock_ns(CLOCK_MONOTONIC); }
 static int32_t fc_busy_pull(void *u, uint64_t *item) {
     fc_busy_ctx *c = (fc_busy_ctx *)u;
     if (c->next >= c->n) return FLUXUS_PULL_END;
@@ -1483,24 +1490,26 @@ static int32_t fc_busy_pull(void *u, uint64_t *item) {
 }
 static int32_t fc_busy_sink(void *u, uint64_t item) {
     fc_busy_ctx *c = (fc_busy_ctx *)u;
-    uint64_t t0 = fc_now_ns(), t;
+    uint64_t t0, t;
     (void)item;
-    do t = fc_now_ns(); while (t - t0 < 200); /* cheap enough for passes of many batches */
-    c->spent_ns += t - t0;
+    if (c->seen == 0) c->cpu_first_ns = fc_clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    t0 = fc_now_ns();
+    do t = fc_now_ns(); while (t - t0 < 100); /* cheap enough for passes of 16 batches */
+    if (++c->seen == c->n) c->spent_ns = fc_clock_ns(CLOCK_THREAD_CPUTIME_ID) - c->cpu_first_ns;
     return 0;
 }
 
 static void test_busy_time_counts_every_batch_of_a_pass(void **state) {
-    fluxus_runtime *rt = tu_runtime(2);
+    fluxus_runtime *rt = tu_runtime(1);
     fluxus_pipeline *p;
     fc_busy_ctx c;
     fluxus_stage_stats st;
     uint32_t sink;
     (void)state;
     memset(&c, 0, sizeof c);
-    c.n = 300000;
+    c.n = 500000;
     TU_OK(fluxus_pipeline_new(&p, rt, "busy"));
-    TU_OK(fluxus_pipeline_set_batch_size(p, 64));
+    TU_OK(fluxus_pipeline_set_batch_size(p, 16));
     TU_OK(fluxus_pipeline_set_pull_source(p, "src", fc_busy_pull, &c, NULL));
     TU_OK(fluxus_pipeline_add_map(NULL, p, "m", fc_pass_map, NULL, NULL));
     TU_OK(fluxus_pipeline_add_sink(&sink, p, "k", fc_busy_sink, &c, NULL));
@@ -1509,9 +1518,83 @@ static void test_busy_time_counts_every_batch_of_a_pass(void **state) {
     tu_stage_stats(p, sink, &st);
     assert_int_equal(st.out, c.n);
     if (st.busy_ns * 3 < c.spent_ns)
-        fail_msg("sink busy_ns %llu, but the sink measured %llu ns in its callback",
+        fail_msg("sink busy_ns %llu, but its worker used %llu ns of CPU",
                  (unsigned long long)st.busy_ns, (unsigned long long)c.spent_ns);
     TU_OK(fluxus_pipeline_free(p));
+    TU_OK(fluxus_runtime_free(rt));
+}
+
+/* Stop requests from another thread are seen between the batches of a pass: after cancel()
+ * returns, the source is called at most for the rest of the batch being read (the header's
+ * "callbacks already running finish their current batch"), not for the rest of a pass of up to
+ * 16 batches. And a callback's own pause stops the source at once even when another thread had
+ * paused the pipeline just before (its pause found the pipeline paused already). */
+typedef struct {
+    fluxus_pipeline *p;
+    uint64_t calls, calls_after;
+    int reached, host_paused, cb_paused, wait_for_host;
+} fc_xstop_ctx;
+
+static int32_t fc_xstop_pull(void *u, uint64_t *item) {
+    fc_xstop_ctx *c = (fc_xstop_ctx *)u;
+    uint64_t n = TU_ADD(&c->calls, 1);
+    if (TU_LOAD(&c->cb_paused)) TU_ADD(&c->calls_after, 1);
+    *item = n;
+    return FLUXUS_PULL_ITEM; /* endless: the runs end by cancel */
+}
+static int32_t fc_xstop_sink(void *u, uint64_t item) {
+    fc_xstop_ctx *c = (fc_xstop_ctx *)u;
+    if (c->wait_for_host && item == 100000) {
+        /* Item 100000 is deep inside a pass: wait for the host's pause, then pause too. */
+        TU_STORE(&c->reached, 1);
+        while (!TU_LOAD(&c->host_paused)) tu_sleep_us(100);
+        TU_OK(fluxus_pipeline_pause(c->p));
+        TU_STORE(&c->cb_paused, 1);
+    }
+    return 0;
+}
+
+static fluxus_pipeline *fc_xstop_start(fluxus_runtime *rt, fc_xstop_ctx *c, int wait_for_host) {
+    memset(c, 0, sizeof *c);
+    c->wait_for_host = wait_for_host;
+    TU_OK(fluxus_pipeline_new(&c->p, rt, "xstop"));
+    TU_OK(fluxus_pipeline_set_batch_size(c->p, 16));
+    TU_OK(fluxus_pipeline_set_pull_source(c->p, "src", fc_xstop_pull, c, NULL));
+    TU_OK(fluxus_pipeline_add_map(NULL, c->p, "m", fc_pass_map, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, c->p, "k", fc_xstop_sink, c, NULL));
+    TU_OK(fluxus_pipeline_start(c->p));
+    return c->p;
+}
+
+static void test_stop_requests_from_another_thread_end_a_pass_between_batches(void **state) {
+    fluxus_runtime *rt = tu_runtime(2);
+    fc_xstop_ctx c;
+    uint64_t at_cancel, at_end;
+    (void)state;
+    /* Cancel from this thread while the worker reads passes of cheap items. */
+    fc_xstop_start(rt, &c, 0);
+    while (TU_LOAD(&c.calls) < 200000) tu_sleep_us(200);
+    TU_OK(fluxus_pipeline_cancel(c.p));
+    at_cancel = TU_LOAD(&c.calls);
+    assert_int_equal(fluxus_pipeline_wait(c.p, 60000), FLUXUS_ECANCELED);
+    at_end = TU_LOAD(&c.calls);
+    if (at_end - at_cancel > 16)
+        fail_msg("the source was called %llu times after cancel() returned (batch: 16)",
+                 (unsigned long long)(at_end - at_cancel));
+    TU_OK(fluxus_pipeline_free(c.p));
+
+    /* This thread pauses; a callback of the pass in progress then pauses too. */
+    fc_xstop_start(rt, &c, 1);
+    while (!TU_LOAD(&c.reached)) tu_sleep_us(200);
+    TU_OK(fluxus_pipeline_pause(c.p));
+    TU_STORE(&c.host_paused, 1);
+    while (!TU_LOAD(&c.cb_paused)) tu_sleep_us(200);
+    tu_sleep_us(20000);
+    assert_int_equal(TU_LOAD(&c.calls_after), 0);
+    TU_OK(fluxus_pipeline_cancel(c.p));
+    (void)fluxus_pipeline_wait(c.p, 60000);
+    assert_int_equal(TU_LOAD(&c.calls_after), 0);
+    TU_OK(fluxus_pipeline_free(c.p));
     TU_OK(fluxus_runtime_free(rt));
 }
 
@@ -1520,6 +1603,7 @@ int main(void) {
         cmocka_unit_test(test_source_not_called_after_a_callback_stops_it),
         cmocka_unit_test(test_one_chain_to_sink_reads_several_batches_per_pass_while_cheap),
         cmocka_unit_test(test_busy_time_counts_every_batch_of_a_pass),
+        cmocka_unit_test(test_stop_requests_from_another_thread_end_a_pass_between_batches),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_pull, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_push, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_chains_of_every_length_heap_items_odd_batch, setup,
