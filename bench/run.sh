@@ -89,10 +89,11 @@ for w in "${workloads[@]}"; do
     wargs=()
     [ "$w" = W3 ] && wargs=(--detail)
     # Each configuration is "binary<TAB>name".
-    mapfile -t cfgs < <("$bin" "$w" --list | sed "s|^|$bin\t|")
+    cfgs=()
+    while IFS= read -r c; do cfgs+=("$bin"$'\t'"$c"); done < <("$bin" "$w" --list)
     static_bin="$(dirname "$bin")/fluxus-bench-static"
     if [ "$w" = W1 ] && [ -x "$static_bin" ]; then
-        mapfile -t -O ${#cfgs[@]} cfgs < <("$static_bin" W1 --list | sed "s|^|$static_bin\t|")
+        while IFS= read -r c; do cfgs+=("$static_bin"$'\t'"$c"); done < <("$static_bin" W1 --list)
     fi
     if [ ${#cfgs[@]} -eq 0 ]; then
         echo "run.sh: $w has no configurations" >&2
