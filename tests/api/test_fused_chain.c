@@ -904,31 +904,28 @@ static void fc_assert_chain_ran(const fc_harness *h) {
 
 /* ----- 1. order, values and counters through chains of every length ----- */
 
-static void test_map_chains_of_every_length_pull(void **state) {
+/* push: the first stage heads a queue (its `in` is counted on arrival). */
+static void fc_map_chains_of_every_length(int push) {
     size_t i;
-    (void)state;
     for (i = 0; i < sizeof k_map_layouts / sizeof k_map_layouts[0]; i++) {
         fc_harness *h = fc_new(k_map_layouts[i]);
+        h->push = push;
         h->check_interleave = i > 0;
-        fc_go(h, "maps-pull");
+        fc_go(h, push ? "maps-push" : "maps-pull");
         if (i > 0)
             fc_assert_chain_ran(h);
         fc_done(h);
     }
 }
 
-static void test_map_chains_of_every_length_push(void **state) {
-    size_t i;
+static void test_map_chains_of_every_length_pull(void **state) {
     (void)state;
-    for (i = 0; i < sizeof k_map_layouts / sizeof k_map_layouts[0]; i++) {
-        fc_harness *h = fc_new(k_map_layouts[i]);
-        h->push = 1; /* the first stage heads a queue: its `in` is counted on arrival */
-        h->check_interleave = i > 0;
-        fc_go(h, "maps-push");
-        if (i > 0)
-            fc_assert_chain_ran(h);
-        fc_done(h);
-    }
+    fc_map_chains_of_every_length(0);
+}
+
+static void test_map_chains_of_every_length_push(void **state) {
+    (void)state;
+    fc_map_chains_of_every_length(1);
 }
 
 /* Heap items (each map makes a new one and frees its input) and an odd batch size. */
@@ -1402,18 +1399,24 @@ static void test_source_not_called_after_a_callback_stops_it(void **state) {
  * while its callbacks are cheap a pass reads several batches (fewer passes, less bookkeeping),
  * while they are slow a pass stays one batch. Seen from the sink: how far the items it got ran
  * ahead of the pipeline's `admitted` counter, which grows once per pass. */
+/* The pull source of the tests below: 0..n-1. */
 typedef struct {
-    fluxus_pipeline *p;
-    uint64_t next, n, seen, ahead_max;
-    uint32_t sleep_us;
-} fc_pass_ctx;
+    uint64_t next, n;
+} fc_count;
 
-static int32_t fc_pass_pull(void *u, uint64_t *item) {
-    fc_pass_ctx *c = (fc_pass_ctx *)u;
+static int32_t fc_count_pull(void *u, uint64_t *item) {
+    fc_count *c = (fc_count *)u;
     if (c->next >= c->n) return FLUXUS_PULL_END;
     *item = c->next++;
     return FLUXUS_PULL_ITEM;
 }
+
+typedef struct {
+    fc_count src;
+    fluxus_pipeline *p;
+    uint64_t seen, ahead_max;
+    uint32_t sleep_us;
+} fc_pass_ctx;
 static int32_t fc_pass_map(void *u, uint64_t in, uint64_t *out) {
     (void)u;
     *out = in + 1;
@@ -1437,11 +1440,11 @@ static uint64_t fc_pass_run(uint32_t sleep_us, uint64_t n) {
     fc_pass_ctx c;
     fluxus_pipeline_stats st;
     memset(&c, 0, sizeof c);
-    c.n = n;
+    c.src.n = n;
     c.sleep_us = sleep_us;
     TU_OK(fluxus_pipeline_new(&c.p, rt, "passes"));
     TU_OK(fluxus_pipeline_set_batch_size(c.p, 16));
-    TU_OK(fluxus_pipeline_set_pull_source(c.p, "src", fc_pass_pull, &c, NULL));
+    TU_OK(fluxus_pipeline_set_pull_source(c.p, "src", fc_count_pull, &c.src, NULL));
     TU_OK(fluxus_pipeline_add_map(NULL, c.p, "m", fc_pass_map, &c, NULL));
     TU_OK(fluxus_pipeline_add_sink(NULL, c.p, "k", fc_pass_sink, &c, NULL));
     TU_OK(fluxus_pipeline_start(c.p));
@@ -1473,7 +1476,8 @@ static void test_one_chain_to_sink_reads_several_batches_per_pass_while_cheap(vo
  * asserted: a preempted sample batch can inflate busy_ns; CPU time is not inflated by
  * preemption. One worker, so that every item runs on the same thread. */
 typedef struct {
-    uint64_t next, n, seen, cpu_first_ns, spent_ns;
+    fc_count src;
+    uint64_t seen, cpu_first_ns, spent_ns;
 } fc_busy_ctx;
 
 static uint64_t fc_clock_ns(clockid_t clock) {
@@ -1482,12 +1486,6 @@ static uint64_t fc_clock_ns(clockid_t clock) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 static uint64_t fc_now_ns(void) { return fc_clock_ns(CLOCK_MONOTONIC); }
-static int32_t fc_busy_pull(void *u, uint64_t *item) {
-    fc_busy_ctx *c = (fc_busy_ctx *)u;
-    if (c->next >= c->n) return FLUXUS_PULL_END;
-    *item = c->next++;
-    return FLUXUS_PULL_ITEM;
-}
 static int32_t fc_busy_sink(void *u, uint64_t item) {
     fc_busy_ctx *c = (fc_busy_ctx *)u;
     uint64_t t0, t;
@@ -1495,7 +1493,7 @@ static int32_t fc_busy_sink(void *u, uint64_t item) {
     if (c->seen == 0) c->cpu_first_ns = fc_clock_ns(CLOCK_THREAD_CPUTIME_ID);
     t0 = fc_now_ns();
     do t = fc_now_ns(); while (t - t0 < 100); /* cheap enough for passes of 16 batches */
-    if (++c->seen == c->n) c->spent_ns = fc_clock_ns(CLOCK_THREAD_CPUTIME_ID) - c->cpu_first_ns;
+    if (++c->seen == c->src.n) c->spent_ns = fc_clock_ns(CLOCK_THREAD_CPUTIME_ID) - c->cpu_first_ns;
     return 0;
 }
 
@@ -1507,16 +1505,16 @@ static void test_busy_time_counts_every_batch_of_a_pass(void **state) {
     uint32_t sink;
     (void)state;
     memset(&c, 0, sizeof c);
-    c.n = 500000;
+    c.src.n = 500000;
     TU_OK(fluxus_pipeline_new(&p, rt, "busy"));
     TU_OK(fluxus_pipeline_set_batch_size(p, 16));
-    TU_OK(fluxus_pipeline_set_pull_source(p, "src", fc_busy_pull, &c, NULL));
+    TU_OK(fluxus_pipeline_set_pull_source(p, "src", fc_count_pull, &c.src, NULL));
     TU_OK(fluxus_pipeline_add_map(NULL, p, "m", fc_pass_map, NULL, NULL));
     TU_OK(fluxus_pipeline_add_sink(&sink, p, "k", fc_busy_sink, &c, NULL));
     TU_OK(fluxus_pipeline_start(p));
     TU_OK(fluxus_pipeline_wait(p, 60000));
     tu_stage_stats(p, sink, &st);
-    assert_int_equal(st.out, c.n);
+    assert_int_equal(st.out, c.src.n);
     if (st.busy_ns * 3 < c.spent_ns)
         fail_msg("sink busy_ns %llu, but its worker used %llu ns of CPU",
                  (unsigned long long)st.busy_ns, (unsigned long long)c.spent_ns);

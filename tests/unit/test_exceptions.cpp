@@ -188,8 +188,9 @@ void test_exception_in_source_stops_pipeline_with_esource(void **) {
 }
 
 // The same, deep into the run: items 0..4002 come from the source, straight into a
-// map -> map -> sink chain (every batch but the first of 16 reads each item into the chain as it
-// is pulled). The throw ends the source; every item read before it is still delivered.
+// map -> map -> sink chain (every batch but the sampled ones, the first and one in 64, reads
+// each item into the chain as it is pulled). The throw ends the source; every item read before
+// it is still delivered.
 int32_t throwing_pull_late(void *user, uint64_t *item) {
     auto *c = static_cast<Counter *>(user);
     if (c->next == 4003) throw std::runtime_error("source broke late");
