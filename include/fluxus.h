@@ -67,7 +67,8 @@ extern "C" {
 #define FLUXUS_ERANGE (-4)      /* option value out of its documented range */
 #define FLUXUS_EFULL (-5)       /* queue full (try-push, or the FAIL overflow policy) */
 #define FLUXUS_ETIMEDOUT (-6)   /* a wait or deadline expired */
-#define FLUXUS_ECANCELED (-7)   /* the pipeline was cancelled */
+#define FLUXUS_ECANCELED (-7)   /* the pipeline was cancelled; returned by a callback: its item
+                                   ends as cancelled, not failed */
 #define FLUXUS_ECLOSED (-8)     /* input already closed (push after close-input) */
 #define FLUXUS_EINCALLBACK (-9) /* function may not be called from inside a fluxus callback */
 #define FLUXUS_ECALLBACK (-10)  /* a callback failed (see the failure's own status) */
@@ -557,6 +558,28 @@ FLUXUS_API int32_t fluxus_pipeline_pause(fluxus_pipeline *p);
 FLUXUS_API int32_t fluxus_pipeline_resume(fluxus_pipeline *p);
 
 /* ----- Stages ----- */
+
+/*
+ * What a stage callback returns. 0 is success. Any other value fails the item at that stage: it
+ * may be retried (fluxus_stage_set_retry()), sent down an error route, and then ends as the
+ * stage's error policy says (FLUXUS_ERROR_*). One value is different: FLUXUS_ECANCELED means
+ * "I gave up on this item because of a cancel" (typically a long callback that saw
+ * fluxus_pipeline_is_cancelled() become 1). The item then ends as *cancelled*, from any
+ * callback (map, filter, flat map, sink, their batch forms per item, an async completion,
+ * reduce, window, join, loader): it is not failed, not retried, not dead-lettered, not sent
+ * down an error route, not counted by a circuit breaker or an auto-pause, and it does not stop
+ * a fail-fast pipeline. That is what a cancel-aware callback should return.
+ *
+ * Stopping: once a pipeline is cancelled (fluxus_pipeline_cancel(), a drain deadline) or
+ * stopped by a fail-fast failure, no callback of any stage starts for any other item. Each
+ * worker checks between items, so what still runs is at most the one callback per worker that
+ * had already started (those items end as their callback says: one that fails counts as
+ * failed). Every other admitted item that was not delivered ends as cancelled, wherever it was:
+ * in a queue, in a batch, between two fused stages. In particular no sink call starts once
+ * fluxus_pipeline_cancel() has returned: a sink call already running then may complete, and
+ * its item counts as delivered; an item that finishes any other stage after the cancel is
+ * cancelled. How soon a cancel takes effect does not depend on the batch size.
+ */
 
 /**
  * Map: transform one item. On 0 the callback owns `in` and *out is the item that goes on (it may
@@ -1249,8 +1272,9 @@ FLUXUS_API int32_t fluxus_stage_set_overflow(fluxus_pipeline *p, uint32_t stage,
                                              uint32_t timeout_ms);
 
 /* What happens to an item whose callback fails at a stage. */
-#define FLUXUS_ERROR_FAIL_FAST 0   /* the pipeline stops with FLUXUS_EFAILED; the rest is
-                                      cancelled (default) */
+#define FLUXUS_ERROR_FAIL_FAST 0   /* the item fails and the pipeline stops with FLUXUS_EFAILED:
+                                      no other callback starts, every other item not yet
+                                      delivered is cancelled (default; see "Stopping") */
 #define FLUXUS_ERROR_SKIP 1        /* the item is counted as failed and destroyed */
 #define FLUXUS_ERROR_DEAD_LETTER 2 /* the dead-letter callback gets it, then it is destroyed */
 
@@ -1452,9 +1476,12 @@ FLUXUS_API int32_t fluxus_pipeline_drain(fluxus_pipeline *p, uint32_t timeout_ms
 
 /**
  * Cancel: stop promptly. The source is no longer called, pushes fail with FLUXUS_ECANCELED, and
- * every admitted item not yet delivered is destroyed and counted as cancelled; callbacks already
- * running finish their current batch (long ones may poll fluxus_pipeline_is_cancelled()).
- * Does not wait; use fluxus_pipeline_wait(). Cancelling twice, or a finished pipeline, is allowed.
+ * every admitted item not yet delivered is destroyed and counted as cancelled. No callback
+ * starts for another item once this returns, and no sink call at all; callbacks already running
+ * finish their own item (long ones may poll fluxus_pipeline_is_cancelled() and return
+ * FLUXUS_ECANCELED, which ends their item as cancelled). See "Stopping" above the stage
+ * functions. Does not wait; use fluxus_pipeline_wait(). Cancelling twice, or a finished
+ * pipeline, is allowed.
  * Cancelling a pipeline that has not started finishes it at once (starting it then returns
  * FLUXUS_ESTATE).
  * @return FLUXUS_OK, FLUXUS_EINVAL.
@@ -1464,7 +1491,8 @@ FLUXUS_API int32_t fluxus_pipeline_cancel(fluxus_pipeline *p);
 
 /**
  * @return 1 if the pipeline is being cancelled (or stopped on an error), 0 if not or on a bad
- *         handle. Cheap; meant for long-running callbacks.
+ *         handle. Cheap; meant for long-running callbacks, which then give up and return
+ *         FLUXUS_ECANCELED (their item ends as cancelled, not failed).
  */
 FLUXUS_API int32_t fluxus_pipeline_is_cancelled(fluxus_pipeline *p);
 
@@ -1806,7 +1834,7 @@ FLUXUS_API int32_t fluxus_circuit_breaker_free(fluxus_circuit_breaker *cb);
 /**
  * Guard a stage with a breaker: before each callback call the breaker is asked, and the call's
  * outcome is recorded (a nonzero return, an exception, an async error completion or timeout
- * is a failure). A guarded stage heads its own task and runs its items one call at a time.
+ * is a failure; FLUXUS_ECANCELED counts neither way and frees a half-open trial slot). A guarded stage heads its own task and runs its items one call at a time.
  * @param cb         The breaker (retained until replaced or the pipeline is freed), or NULL
  *                   to remove it. It must use the pipeline runtime's clock.
  * @param when_open  FLUXUS_BREAKER_FAIL or FLUXUS_BREAKER_WAIT.

@@ -40,6 +40,15 @@ namespace {
     ++stopped;
 }
 
+// Ends an item that reached a chain's sink after the pipeline was cancelled: the sink does not
+// start once cancel() has returned. Counted in `calls` (the loop adds it to the sink's tally):
+// arguments the hot path already holds, so nothing is computed for it before the check.
+[[gnu::noinline, gnu::cold]] void withhold_from_sink(Pipeline &p, uint64_t x,
+                                                     Pipeline::CallLimit &calls) {
+    ++calls.withheld;
+    p.release_item(x, false);
+}
+
 // Dropping an item is a filter's ordinary outcome, so this one stays inline (not cold).
 inline void stop_filtered(Pipeline &p, uint64_t x, StageTally &t, uint64_t &stopped) {
     ++t.filtered;
@@ -54,9 +63,12 @@ enum class Known { any, map, sink };
 // Runs step s on x (replaced by a map's output). False: the item ended here.
 // `slot` holds x when a step starts (the loops keep it so): a map writes its output there, so
 // a map that returns 0 without writing passes its input on.
-template <Known K>
+// kGated: a sink that is not the chain's first step asks `calls` first whether the pipeline
+// was cancelled while the item went through the steps before it (the loop asked before them).
+template <Known K, bool kGated>
 [[gnu::always_inline]] inline bool step(Pipeline &p, const ChainStep &s, uint64_t &x,
-                                        uint64_t &slot, StageTally &t, uint64_t &stopped) {
+                                        uint64_t &slot, StageTally &t, uint64_t &stopped,
+                                        Pipeline::CallLimit &calls) {
     int32_t rc;
     bool threw = false;
     if (K == Known::map || (K == Known::any && __builtin_expect(s.kind == StageKind::map, 1))) {
@@ -84,6 +96,10 @@ template <Known K>
             return false;
         }
     } else {  // sink: the last step; it owns the item once it accepts it
+        if (kGated && __builtin_expect(calls.cancelled(), 0)) {
+            withhold_from_sink(p, x, calls);
+            return false;
+        }
         try {
             rc = reinterpret_cast<fluxus_sink_fn>(s.fn)(s.user, x);
         } catch (...) {
@@ -105,14 +121,12 @@ constexpr Known known_kind() {
 }
 
 // Where a chain's items come from. Both write each item into `slot` (where the maps then write
-// their outputs) and say false when there is none left. Each has a Calls: the loop's item
-// limit, which only a pull source's may lower.
+// their outputs) and say false when there is none left. The loop's item limit (a
+// Pipeline::CallLimit) drops to 0 on cancel or a fail-fast failure, and for a pull source also
+// when the source must stop.
 // A batch already read, run in place:
 struct BatchFeed {
-    struct Calls {
-        Calls(const Pipeline &, size_t max) : limit(max) {}
-        size_t limit;
-    };
+    static constexpr bool kCallsSource = false;
     const uint64_t *items;
     bool next(size_t i, uint64_t &slot) {
         slot = items[i];
@@ -122,10 +136,10 @@ struct BatchFeed {
 // A pull source called item by item, each item going straight into the first step. It stops
 // at the first status other than FLUXUS_PULL_ITEM (kept in rc; a throwing source gives
 // FLUXUS_EEXCEPTION), and as soon as a callback pauses, cancels or fails the pipeline (or trips
-// an auto-pause): that lowers the loop's Calls limit (a Pipeline::SourceCallLimit) to 0, so
-// the source is not called again, as when the batch was read before any callback ran.
+// an auto-pause): that lowers the loop's limit to 0, so the source is not called again, as
+// when the batch was read before any callback ran.
 struct PullFeed {
-    using Calls = Pipeline::SourceCallLimit;
+    static constexpr bool kCallsSource = true;
     fluxus_pull_fn pull;
     void *user;
     int32_t rc = FLUXUS_PULL_ITEM;
@@ -151,15 +165,18 @@ template <Shape S, class Feed, size_t... J>
     size_t m = 0, i = 0;
     uint64_t slot = 0;
     Feed feed = feed_in;  // a local copy the callbacks cannot see: kept in registers
-    typename Feed::Calls calls(p, max);
-    for (; i < calls.limit && feed.next(i, slot); ++i) {
+    Pipeline::CallLimit calls(p, max, Feed::kCallsSource);
+    for (; i < calls.get() && feed.next(i, slot); ++i) {
         uint64_t x = slot;
-        bool through =
-            (step<known_kind<S, J, L>()>(p, steps[J], x, slot, tallies[J], stopped[J]) && ...);
+        bool through = (step<known_kind<S, J, L>(), (J > 0 && J == L - 1)>(
+                            p, steps[J], x, slot, tallies[J], stopped[J], calls) &&
+                        ...);
         if constexpr (S != Shape::maps_sink) {  // after a sink nothing survives
             if (through) items[m++] = x;        // m <= i: compaction in place
         }
     }
+    stopped[L - 1] += calls.withheld;
+    tallies[L - 1].cancelled += calls.withheld;
     feed_in = feed;
     *read = i;
     return m;
@@ -220,10 +237,9 @@ size_t ItemChain::run_pulled(Pipeline &p, fluxus_pull_fn pull, void *user, size_
 }
 
 size_t ItemChain::run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallies,
-                      bool count_first_in) {
+                      bool count_first_in, size_t *read) {
     BatchFeed feed{items};
-    size_t read;
-    return run_feed(p, feed, n, items, tallies, count_first_in, &read);
+    return run_feed(p, feed, n, items, tallies, count_first_in, read);
 }
 
 }  // namespace fluxus

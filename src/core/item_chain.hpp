@@ -48,12 +48,15 @@ public:
     // compacted into items[0..m) in order and m is returned (0 when the chain ends in a sink).
     // tallies[j] is the tally of step j: its in, out, filtered and failure counters grow here.
     // `count_first_in`: whether step 0's `in` is counted here (a queue head counted it already).
-    size_t run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallies, bool count_first_in);
+    // *read: the items that entered the chain; fewer than n when the pipeline was cancelled
+    // meanwhile (items[*read..n) are untouched, for the caller to end as cancelled).
+    size_t run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallies, bool count_first_in,
+               size_t *read);
 
     // Reads up to `max` items from a pull source and runs each through the chain as it is read
     // (the first step's `in` counts them). *pulled: the items read; *rc: the source's last
-    // status (FLUXUS_PULL_ITEM if it gave `max` items, or fewer because a callback stopped the
-    // source (Pipeline::SourceCallLimit); FLUXUS_EEXCEPTION if it threw).
+    // status (FLUXUS_PULL_ITEM if it gave `max` items, or fewer because the source was stopped
+    // meanwhile (Pipeline::CallLimit); FLUXUS_EEXCEPTION if it threw).
     // Otherwise as run().
     size_t run_pulled(Pipeline &p, fluxus_pull_fn pull, void *user, size_t max, uint64_t *items,
                       StageTally *tallies, size_t *pulled, int32_t *rc);

@@ -204,21 +204,35 @@ int32_t Pipeline::set_source_breaker(CircuitBreaker *cb) {
     return FLUXUS_OK;
 }
 
-namespace {
-// The item-by-item source loops running on this thread, innermost first.
-thread_local Pipeline::SourceCallLimit *t_source_loops = nullptr;
-}  // namespace
-
-Pipeline::SourceCallLimit::SourceCallLimit(const Pipeline &p, size_t max)
-    : limit(max), p_(&p), outer_(t_source_loops) {
-    t_source_loops = this;
+Pipeline::CallLimit::CallLimit(Pipeline &p, size_t max, bool calls_source)
+    : limit_(max), calls_source_(calls_source), p_(&p) {
+    std::lock_guard<SpinLock> lock(p.loops_mu_);
+    next_ = p.loops_;
+    if (next_) next_->prev_ = this;
+    p.loops_ = this;
+    // A cancel that came before this loop registered: stop before the first item.
+    if (p.cancelling()) {
+        limit_.store(0, std::memory_order_relaxed);
+        cancelled_.store(true, std::memory_order_relaxed);
+    }
 }
 
-Pipeline::SourceCallLimit::~SourceCallLimit() { t_source_loops = outer_; }
+Pipeline::CallLimit::~CallLimit() {
+    std::lock_guard<SpinLock> lock(p_->loops_mu_);
+    if (prev_)
+        prev_->next_ = next_;
+    else
+        p_->loops_ = next_;
+    if (next_) next_->prev_ = prev_;
+}
 
-void Pipeline::stop_source_calls() {
-    for (SourceCallLimit *l = t_source_loops; l; l = l->outer_)
-        if (l->p_ == this) l->limit = 0;
+void Pipeline::stop_calls(bool cancel) {
+    std::lock_guard<SpinLock> lock(loops_mu_);
+    for (CallLimit *l = loops_; l; l = l->next_) {
+        if (!cancel && !l->calls_source_) continue;
+        l->limit_.store(0, std::memory_order_relaxed);
+        if (cancel) l->cancelled_.store(true, std::memory_order_relaxed);
+    }
 }
 
 uint64_t Pipeline::source_held_until(uint64_t now, Task *waiter) {
@@ -491,6 +505,13 @@ void Pipeline::release_item(uint64_t item, bool finished) {
 
 void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char *message,
                          StageTally *tally, bool destroy) {
+    if (status == FLUXUS_ECANCELED) {
+        // A callback that gave up because of a cancel: the item is cancelled, not failed. No
+        // retry, route, dead letter, breaker outcome, auto-pause or fail-fast.
+        if (t_retry_scope && t_retry_scope->stage == &stage) ++t_retry_scope->worker->head_cancels;
+        end_cancelled(stage, item, tally, destroy);
+        return;
+    }
     // A callback failure at a retrying stage, seen by the worker running it, may get another
     // attempt instead of ending here.
     if (t_retry_scope && t_retry_scope->stage == &stage) {
@@ -551,6 +572,17 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
     } else if (rt_->log_enabled(FLUXUS_LOG_DEBUG)) {
         log(FLUXUS_LOG_DEBUG, &stage, message);
     }
+}
+
+void Pipeline::end_cancelled(Stage &stage, uint64_t item, StageTally *tally, bool destroy) {
+    if (tally)
+        ++tally->cancelled;
+    else
+        stage.c.cancelled.fetch_add(1, std::memory_order_relaxed);
+    if (destroy)
+        release_item(item, false);
+    else if (cursor_)
+        cursor_->page_ended(cursor_->page_of(item), false);  // the host still holds it
 }
 
 void Pipeline::cancel_items(Stage &stage, const uint64_t *items, size_t n, bool count_in) {
@@ -616,12 +648,14 @@ void Pipeline::cancel() {
             return;
         }
         if (finished_.load() || cancel_requested_.load()) {
-            stop_source_calls();  // a callback's cancel or failure after another thread's
+            stop_calls(true);  // a callback's cancel or failure after another thread's
             return;
         }
         if (result_ == FLUXUS_OK) result_ = FLUXUS_ECANCELED;
         cancel_requested_.store(true);
-        stop_source_calls();
+        // Before cancel() returns, every item loop has stopped starting items (and chains their
+        // sinks): the promise that no sink starts once cancel() has returned.
+        stop_calls(true);
         state_.store(FLUXUS_STATE_CANCELLING);
     }
     if (push_queue_) {

@@ -17,6 +17,7 @@
 #include "core/stage.hpp"
 #include "fluxus.h"
 #include "runtime/task.hpp"
+#include "util/spin_mutex.hpp"
 
 namespace fluxus {
 
@@ -91,26 +92,32 @@ public:
     bool cancelling() const { return cancel_requested_.load(std::memory_order_relaxed); }
     bool draining() const { return drain_requested_.load(std::memory_order_relaxed); }
     bool paused() const { return paused_.load(std::memory_order_relaxed); }
-    // A loop that calls this pipeline's pull source item by item (ItemChain::run_pulled)
-    // registers its item limit while it runs, on its thread. When one of its callbacks stops the
-    // source (pause, cancel, failure, auto-pause) the limit drops to 0, so the source is not
-    // called again, as when the batch was read before any callback ran. A request from another
-    // thread ends the loop at its batch's end, as it does a batch read (stop_source_calls() is
-    // made by every such request, even one that finds the pipeline already paused or stopping). (A thread-local limit
-    // costs the loop one compare per item; an atomic shared with other threads cost four.)
-    class SourceCallLimit {
+    // A loop that runs items through callbacks one by one (ItemChain) registers its item limit
+    // with the pipeline while it runs. cancel() and a fail-fast failure, from any thread, lower
+    // every registered limit to 0 and raise `cancelled`, so no loop starts another item (and a
+    // chain checks `cancelled` again before its sink): callbacks stop between items, not at the
+    // end of a batch. A loop that calls the pull source (`calls_source`) also stops when the
+    // source must stop (pause, drain, auto-pause): the source is then not called again, as when
+    // the batch was read before any callback ran. The loop reads `limit` before each item: one
+    // relaxed load and compare, the same as a plain local that callbacks may change.
+    class CallLimit {
     public:
-        SourceCallLimit(const Pipeline &p, size_t limit);
-        ~SourceCallLimit();
-        SourceCallLimit(const SourceCallLimit &) = delete;
-        SourceCallLimit &operator=(const SourceCallLimit &) = delete;
-        // Read before each source call: the callbacks in between may lower it.
-        size_t limit;
+        CallLimit(Pipeline &p, size_t limit, bool calls_source);
+        ~CallLimit();
+        CallLimit(const CallLimit &) = delete;
+        CallLimit &operator=(const CallLimit &) = delete;
+        size_t get() const { return limit_.load(std::memory_order_relaxed); }
+        bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+        // Items the loop itself ended as cancelled (a chain: before its sink). Its thread only.
+        uint64_t withheld = 0;
 
     private:
         friend class Pipeline;
-        const Pipeline *p_;
-        SourceCallLimit *outer_;
+        std::atomic<size_t> limit_;
+        std::atomic<bool> cancelled_{false};
+        bool calls_source_;
+        Pipeline *p_;
+        CallLimit *prev_ = nullptr, *next_ = nullptr;
     };
     // Automatic pauses: after too many failures at a stage, and while the source breaker is
     // open. held_until() is 0 when the source may run, else when to look again (UINT64_MAX:
@@ -151,6 +158,9 @@ public:
     // `destroy` false: the item is not fluxus's to destroy (an async item the host still owns).
     void fail_item(Stage &stage, uint64_t item, int32_t status, const char *message,
                    StageTally *tally, bool destroy = true);
+    // Ends one item at `stage` as cancelled (a callback returned FLUXUS_ECANCELED); `tally` and
+    // `destroy` as for fail_item.
+    void end_cancelled(Stage &stage, uint64_t item, StageTally *tally, bool destroy);
     // Ends items that were headed for `stage` (or sat in its queue) as cancelled / dropped.
     void cancel_items(Stage &stage, const uint64_t *items, size_t n, bool count_in);
     void drop_items(Stage &stage, const uint64_t *items, size_t n, bool count_in);
@@ -209,7 +219,12 @@ private:
     std::atomic<bool> shut_down_{false};
     std::atomic<uint64_t> source_admitted_{0};
     std::atomic<uint64_t> auto_pause_until_{0};
-    void stop_source_calls();
+    // Lowers the limit of every registered CallLimit that calls the source (all of them when
+    // `cancel`, which also marks them cancelled).
+    void stop_calls(bool cancel);
+    void stop_source_calls() { stop_calls(false); }
+    SpinLock loops_mu_;
+    CallLimit *loops_ = nullptr;  // registered CallLimits (a list through prev_/next_)
     std::atomic<uint64_t> source_pauses_{0};
     CircuitBreaker *source_breaker_ = nullptr;  // retained
     std::unique_ptr<CursorTracker> cursor_;

@@ -625,7 +625,7 @@ size_t SegmentWorker::pull_through_chain(bool *drained) {
         RetryScopeGuard retry_scope(this, seg->head(), attempt_);
         // Lowered to 0, like each batch's own limit, when a callback stops the source, even
         // one called for the last item of a batch.
-        Pipeline::SourceCallLimit pass_calls(p, 1);
+        Pipeline::CallLimit pass_calls(p, 1, true);
         for (uint64_t b = 0; b < batches; ++b) {
             size_t read;
             m = chain.run_pulled(p, fn, src.user.user, max, a_.data(), tally_.data(), &read, &rc);
@@ -633,7 +633,7 @@ size_t SegmentWorker::pull_through_chain(bool *drained) {
             // The next batch only if this one was read in full and nothing asked the source to
             // stop: a request from another thread (pause, cancel, drain, an auto-pause tripped
             // elsewhere) is seen here, between batches, as between separate passes.
-            if (read < max || rc != FLUXUS_PULL_ITEM || pass_calls.limit == 0 ||
+            if (read < max || rc != FLUXUS_PULL_ITEM || pass_calls.get() == 0 ||
                 p.cancelling() || p.paused() || p.draining() || p.source_may_be_held())
                 break;
         }
@@ -664,6 +664,14 @@ void SegmentWorker::process(size_t n, size_t first) {
     uint64_t timed_ns = 0;
     RetryScopeGuard retry_scope(this, first == 0 ? seg->head() : nullptr, attempt_);
     for (size_t k = first; k < seg->stages.size() && cur > 0; ++k) {
+        // A queue head counted its items on arrival; every other stage counts them here.
+        bool count_in = k > 0 || seg->pull_input;
+        if (p.cancelling()) {
+            // Cancelled (or stopped by a failure): no stage starts on these items.
+            cancel_unstarted(k, in->data(), cur, count_in);
+            cur = 0;
+            break;
+        }
         // Chains of per-item stages run item by item, in place in a_; timed batches run such
         // stages one at a time (each timed) through the same loop.
         if (ItemChain &chain = timed ? step_at_[k] : chain_at_[k]; chain.size()) {
@@ -672,18 +680,22 @@ void SegmentWorker::process(size_t n, size_t first) {
                 std::swap(in, out);
             }
             uint64_t t0 = timed ? now_ns() : 0;
-            cur = chain.run(p, a_.data(), cur, &tally_[k], k > 0 || seg->pull_input);
+            size_t read;
+            size_t m = chain.run(p, a_.data(), cur, &tally_[k], count_in, &read);
             if (timed) {
                 uint64_t dt = now_ns() - t0;
                 timed_ns += dt;
                 tally_[k].busy_ns += dt * kBusySample;
             }
+            // A cancel stopped the chain between items: the rest never entered it.
+            if (read < cur) cancel_unstarted(k, a_.data() + read, cur - read, count_in);
+            cur = m;
             k += chain.size() - 1;
             continue;
         }
         Stage &st = *seg->stages[k];
         StageTally &t = tally_[k];
-        if (k > 0 || seg->pull_input) t.in += cur;  // a queue head counted them on arrival
+        if (count_in) t.in += cur;
         uint64_t t0 = timed ? now_ns() : 0;
         size_t m = apply_stage(p, st, state_[k], in->data(), cur, *out, t);
         if (timed) t.busy_ns += (now_ns() - t0) * kBusySample;
@@ -704,6 +716,13 @@ void SegmentWorker::process(size_t n, size_t first) {
     size_t b = p.batch_size();
     if (a_.size() < b) a_.resize(b);
     if (b_.size() < b) b_.resize(b);
+}
+
+void SegmentWorker::cancel_unstarted(size_t k, const uint64_t *items, size_t n, bool count_in) {
+    StageTally &t = tally_[k];
+    if (count_in) t.in += n;
+    t.cancelled += n;
+    for (size_t i = 0; i < n; ++i) seg->p->release_item(items[i], false);
 }
 
 void SegmentWorker::arm_timer(uint64_t deadline, uint64_t now) {

@@ -164,6 +164,7 @@ public:
         uint32_t attempt;
     };
     uint64_t head_failures = 0;  // callback failures of the head stage (circuit breaker)
+    uint64_t head_cancels = 0;   // its callbacks that returned FLUXUS_ECANCELED
 
     Segment *seg;
     uint32_t index;
@@ -197,7 +198,10 @@ private:
     uint32_t pass_batches_ = 1;
     uint64_t sample_source_ns_ = 0;
     // Runs a_[0..n) through the fused stages from `first` on; the survivors end up in a_.
+    // Once the pipeline is cancelled no stage starts: the items left end as cancelled.
     void process(size_t n, size_t first = 0);
+    // Ends items that were headed for stage k (of this segment) as cancelled, in its tally.
+    void cancel_unstarted(size_t k, const uint64_t *items, size_t n, bool count_in);
     // Async head: completions go on, new items start, timeouts fire (see run_async).
     void run_async();
     void start_async(size_t n, uint64_t now, const uint32_t *attempts = nullptr);

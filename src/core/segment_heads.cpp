@@ -220,6 +220,11 @@ void SegmentWorker::run_reduce() {
         uint64_t t0 = now_ns();
         for (size_t i = 0; i < n; ++i) {
             uint64_t x = a_[i];
+            if (p.cancelling()) {  // no callback starts once the pipeline is cancelled
+                t.cancelled += n - i;
+                for (size_t j = i; j < n; ++j) p.release_item(a_[j], false);
+                break;
+            }
             Key128 k;
             if (!key_or_fail(x, &k, "reduce key callback failed")) continue;
             int32_t rc;
@@ -293,6 +298,11 @@ bool SegmentWorker::send_emitted(std::vector<uint64_t> &out) {
 
 void SegmentWorker::fire_set(const std::vector<uint64_t> &items, uint64_t start_ns,
                              std::vector<uint64_t> &out, const char *what) {
+    if (seg->p->cancelling()) {  // no callback starts once the pipeline is cancelled
+        tally_[0].cancelled += items.size();
+        for (uint64_t x : items) seg->p->release_item(x, false);
+        return;
+    }
     bool keep_input = false;
     int32_t rc = call_window_fn(*seg->p, *seg->head(), items.data(), items.size(), start_ns, out,
                                 &keep_input);
@@ -579,6 +589,11 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
     uint64_t t0 = now_ns();
     for (size_t i = 0; i < n; ++i) {
         uint64_t x = a_[i];
+        if (p.cancelling()) {  // no callback starts once the pipeline is cancelled
+            t.cancelled += n - i;
+            for (size_t j = i; j < n; ++j) p.release_item(a_[j], false);
+            break;
+        }
         attempt_ = attempts ? attempts[i] : 1;
         retry_scope.set_attempt(attempt_);
         uint64_t epoch = 0;
@@ -606,7 +621,10 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
         // A refusal after the host already completed the item is too late: the completion
         // stands and the item goes on.
         if (rc != 0 && slots.abort(token)) {
-            if (epoch) head.breaker->record(epoch, false, rt_->now());
+            if (epoch && rc == FLUXUS_ECANCELED)
+                head.breaker->abandon(epoch);
+            else if (epoch)
+                head.breaker->record(epoch, false, rt_->now());
             p.fail_item(head, x, rc, "async callback refused the item", &t);
         }
     }
@@ -628,7 +646,9 @@ size_t SegmentWorker::settle_async() {
     for (const AsyncSlots::Ended &e : ended_) {
         attempt_ = e.attempt;
         retry_scope.set_attempt(e.attempt);
-        if (e.epoch)
+        if (e.epoch && e.how == AsyncSlots::End::failed && e.status == FLUXUS_ECANCELED)
+            head.breaker->abandon(e.epoch);  // cancelled: not the service's failure
+        else if (e.epoch)
             head.breaker->record(e.epoch, e.how == AsyncSlots::End::completed, rt_->now());
         switch (e.how) {
         case AsyncSlots::End::completed:

@@ -160,10 +160,13 @@ bool SegmentWorker::run_guarded(size_t n, const uint32_t *attempts) {
         }
         a_[0] = items[i];
         attempt_ = attempts ? attempts[i] : 1;
-        uint64_t failures = head_failures;
+        uint64_t failures = head_failures, cancels = head_cancels;
         process(1);
         attempt_ = 1;
-        head.breaker->record(epoch, head_failures == failures, rt_->now());
+        if (head_cancels != cancels)
+            head.breaker->abandon(epoch);  // the callback gave up on a cancel: no outcome
+        else
+            head.breaker->record(epoch, head_failures == failures, rt_->now());
         deliver();
         if (p.cancelling()) {
             keep_rest(i + 1);

@@ -16,6 +16,13 @@ thread_local fluxus_emitter *t_live_emitter = nullptr;
 namespace {
 
 
+// Ends items a stage had not started when the pipeline was cancelled (counted in already).
+[[gnu::cold, gnu::noinline]] void cancel_rest(Pipeline &p, const uint64_t *items, size_t n,
+                                              StageTally &t) {
+    t.cancelled += n;
+    for (size_t i = 0; i < n; ++i) p.release_item(items[i], false);
+}
+
 // The emitter of the flat-map call running on this thread. fluxus_emit() compares against it by
 // address, so an emitter kept past its call is refused without being dereferenced.
 struct EmitterScope {
@@ -23,13 +30,21 @@ struct EmitterScope {
     ~EmitterScope() { t_live_emitter = nullptr; }
 };
 
+// Runs body on each item. Once the pipeline is cancelled (or stopped by a failure), no further
+// callback starts: the items not yet run end as cancelled here.
 template <class Fn>
 size_t per_item(Pipeline &p, Stage &st, const uint64_t *in, size_t n, StageTally &t,
                 const char *what, Fn body) {
     size_t i = 0, m = 0;
     while (i < n) {
         try {
-            for (; i < n; ++i) body(in[i], m);
+            for (; i < n; ++i) {
+                if (__builtin_expect(p.cancelling(), 0)) {
+                    cancel_rest(p, in + i, n - i, t);
+                    return m;
+                }
+                body(in[i], m);
+            }
         } catch (...) {
             p.fail_item(st, in[i], FLUXUS_EEXCEPTION, what, &t);
             ++i;

@@ -186,6 +186,13 @@ void CircuitBreaker::record(uint64_t epoch, bool success, uint64_t now) {
     notify_changes(changes);
 }
 
+void CircuitBreaker::abandon(uint64_t epoch) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (epoch != epoch_ || state_ != FLUXUS_BREAKER_HALF_OPEN) return;
+    if (trials_) --trials_;
+    wake_waiters_locked();
+}
+
 int32_t CircuitBreaker::state(uint64_t now) {
     std::vector<int32_t> changes;
     int32_t s;

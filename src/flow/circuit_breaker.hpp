@@ -52,6 +52,9 @@ public:
                TaskOwner *owner = nullptr);
     // The outcome of a call allowed in `epoch`.
     void record(uint64_t epoch, bool success, uint64_t now);
+    // A call allowed in `epoch` that ended without an outcome (it was cancelled): it counts
+    // neither way; a half-open trial slot it held is free again.
+    void abandon(uint64_t epoch);
     int32_t state(uint64_t now);
     // 0 if not open at `now`; else when it may let calls through again, and `waiter` (if set)
     // is notified on the next change.
