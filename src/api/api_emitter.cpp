@@ -1,6 +1,7 @@
 // C API: emitting from flat-map callbacks.
 #include "core/segment.hpp"
 #include "util/status.hpp"
+#include "util/forced_unwind.hpp"
 
 using fluxus::kEmitterMagic;
 
@@ -9,7 +10,7 @@ extern "C" FLUXUS_API int32_t fluxus_emit(fluxus_emitter *em, uint64_t item) {
         return fluxus::set_error(FLUXUS_EINVAL, "fluxus_emit: not a live emitter");
     try {
         em->out->push_back(item);
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         return fluxus::set_error(FLUXUS_ENOMEM, "fluxus_emit: out of memory");
     }
     // Counted before the parent can end, so its page cannot look finished in between.

@@ -9,6 +9,7 @@
 #include "runtime/runtime.hpp"
 #include "util/handle_registry.hpp"
 #include "util/status.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -31,7 +32,7 @@ inline Pipeline *pipeline_of(fluxus_pipeline *h) {
             body                                                                        \
         } catch (const std::bad_alloc &) {                                              \
             return fluxus::set_error(FLUXUS_ENOMEM, "out of memory");                   \
-        } catch (...) {                                                                 \
+        } FLUXUS_CATCH_ALL {                                                            \
             return fluxus::set_error(FLUXUS_EINVAL, "internal error (exception caught)"); \
         }                                                                               \
     } while (0)

@@ -3,6 +3,7 @@
 // leaves a "dirty" mark for the committing thread to look again, so commits stay in order and
 // a commit callback that ends items cannot deadlock.
 #include "core/cursor_tracker.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -14,7 +15,7 @@ thread_local const CursorTracker *t_committing = nullptr;
 uint64_t CursorTracker::page_of(uint64_t item) const {
     try {
         return page_of_(user_, item);
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         return UINT64_MAX;
     }
 }
@@ -90,7 +91,7 @@ void CursorTracker::maybe_commit() {
                 t_committing = this;
                 try {
                     commit_(user_, cursor);
-                } catch (...) {
+                } FLUXUS_CATCH_ALL {
                     // A commit callback that throws loses only that notification.
                 }
                 t_committing = saved;

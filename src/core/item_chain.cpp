@@ -7,6 +7,7 @@
 #include "core/item_chain.hpp"
 
 #include <utility>
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -74,7 +75,7 @@ template <Known K, bool kGated>
     if (K == Known::map || (K == Known::any && __builtin_expect(s.kind == StageKind::map, 1))) {
         try {
             rc = reinterpret_cast<fluxus_map_fn>(s.fn)(s.user, x, &slot);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
@@ -86,7 +87,7 @@ template <Known K, bool kGated>
         int32_t keep = 0;
         try {
             rc = reinterpret_cast<fluxus_filter_fn>(s.fn)(s.user, x, &keep);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
@@ -102,7 +103,7 @@ template <Known K, bool kGated>
         }
         try {
             rc = reinterpret_cast<fluxus_sink_fn>(s.fn)(s.user, x);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
@@ -146,7 +147,7 @@ struct PullFeed {
     bool next(size_t, uint64_t &slot) {
         try {
             rc = pull(user, &slot);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
         return __builtin_expect(rc == FLUXUS_PULL_ITEM, 1);

@@ -6,6 +6,7 @@
 
 #include "core/segment.hpp"
 #include "runtime/runtime.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -25,7 +26,7 @@ int32_t copy_out(Stage &st, uint64_t v, uint64_t *out) {
     }
     try {
         return st.cache_copy(st.cache_copy_user.user, v, 0, out);
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         return FLUXUS_EEXCEPTION;
     }
 }
@@ -57,7 +58,7 @@ size_t apply_cached_map(Pipeline &p, Stage &st, WorkerStageState &ws, const uint
         int32_t rc;
         try {
             rc = fn(st.user.user, x, &y);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
         if (rc != 0) {
@@ -122,7 +123,7 @@ size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
             rc = reinterpret_cast<fluxus_load_fn>(st.fn)(st.user.user, reps.data(),
                                                          uint32_t(reps.size()), loaded.data(),
                                                          status.data());
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
     }
@@ -146,7 +147,7 @@ size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
         }
         try {
             s = st.loader_attach(st.user.user, w.item, r, &y);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             s = FLUXUS_EEXCEPTION;
         }
         if (s != 0) {

@@ -17,6 +17,7 @@
 #include "util/clock.hpp"
 #include "util/handle_registry.hpp"
 #include "util/status.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -324,7 +325,7 @@ int32_t Pipeline::start() {
         if (int32_t rc = validate()) return rc;
         try {
             build_segments();
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             segments_.clear();
             return set_error(FLUXUS_ENOMEM, "start: out of memory building the pipeline");
         }
@@ -488,7 +489,7 @@ void Pipeline::free_unadmitted(uint64_t item) {
     if (!item_free_) return;
     try {
         item_free_(item_free_user_.user, item);
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         log(FLUXUS_LOG_ERROR, nullptr, "the item destructor threw; exception ignored");
     }
 }
@@ -498,7 +499,7 @@ void Pipeline::release_item(uint64_t item, bool finished) {
     if (!item_free_) return;
     try {
         item_free_(item_free_user_.user, item);
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         log(FLUXUS_LOG_ERROR, nullptr, "the item destructor threw; exception ignored");
     }
 }
@@ -552,7 +553,7 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
         fluxus_failure f{stage.name.c_str(), stage.index, status, message, attempts};
         try {
             dead_letter_(dead_letter_user_.user, item, &f);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             log(FLUXUS_LOG_ERROR, &stage, "the dead-letter callback threw; exception ignored");
         }
         ++t.dead_lettered;

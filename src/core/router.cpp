@@ -4,6 +4,7 @@
 // are destroyed before anyone counted them, and the item fails at the router.
 #include "core/segment.hpp"
 #include "util/status.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -54,7 +55,7 @@ size_t apply_router(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
         int32_t rc;
         try {
             rc = choose_routes(st, x, &mask, &why);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
         if (rc != 0) {
@@ -70,7 +71,7 @@ size_t apply_router(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
             try {
                 rc = st.copy(st.copy_user.user, x, r, &c);
                 why = "copy callback failed";
-            } catch (...) {
+            } FLUXUS_CATCH_ALL {
                 rc = FLUXUS_EEXCEPTION;
                 why = "copy callback threw";
             }

@@ -12,6 +12,7 @@
 #include "runtime/runtime.hpp"
 #include "util/clock.hpp"
 #include "util/status.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -144,7 +145,7 @@ void Segment::stage_items(const uint64_t *items, size_t n, PendingItems &pend) {
             int32_t rc;
             try {
                 rc = byte_key_digest(ns, items[i], &key);
-            } catch (...) {
+            } FLUXUS_CATCH_ALL {
                 rc = FLUXUS_EEXCEPTION;
             }
             if (rc != 0) {
@@ -302,7 +303,7 @@ bool SegmentWorker::init_hooks() {
         int32_t rc;
         try {
             rc = st->init(st->user.user, index);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
         if (rc != 0) {
@@ -319,7 +320,7 @@ void SegmentWorker::close_hooks() {
         if (!st->close) continue;
         try {
             st->close(st->user.user, index);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             seg->p->log(FLUXUS_LOG_WARN, st, "worker close callback threw; ignored");
         }
     }
@@ -504,7 +505,7 @@ namespace {
             rc = fn(user, at);
             if (rc != FLUXUS_PULL_ITEM) break;
         }
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         rc = FLUXUS_EEXCEPTION;
     }
     *count = size_t(at - buf);
@@ -599,7 +600,7 @@ size_t SegmentWorker::pull(bool *drained) {
             if (rc == FLUXUS_PULL_ITEM || rc == FLUXUS_PULL_END) n = std::min<size_t>(count, max);
             if (rc == FLUXUS_PULL_ITEM && n == 0) rc = FLUXUS_PULL_LATER;
         }
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         rc = FLUXUS_EEXCEPTION;
     }
     pull_settle(n, rc, granted, drained);

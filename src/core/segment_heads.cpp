@@ -12,6 +12,7 @@
 #include "runtime/runtime.hpp"
 #include "util/clock.hpp"
 #include "util/status.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -44,7 +45,7 @@ int32_t call_window_fn(Pipeline &p, Stage &head, const uint64_t *items, size_t c
     try {
         rc = reinterpret_cast<fluxus_window_fn>(head.fn)(head.user.user, items, uint32_t(count),
                                                          start_ns, &em);
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         rc = FLUXUS_EEXCEPTION;
     }
     t_live_emitter = nullptr;
@@ -232,7 +233,7 @@ void SegmentWorker::run_reduce() {
                 auto ins = acc_index_.emplace(k, accs_.size());
                 if (ins.second) accs_.push_back(0);
                 rc = fn(head.user.user, &accs_[ins.first->second], ins.second ? 1 : 0, x);
-            } catch (...) {
+            } FLUXUS_CATCH_ALL {
                 rc = FLUXUS_EEXCEPTION;
             }
             if (rc != 0) {
@@ -374,7 +375,7 @@ void SegmentWorker::run_join() {
             int32_t rc;
             try {
                 rc = head.join_input(head.user.user, x, &input);
-            } catch (...) {
+            } FLUXUS_CATCH_ALL {
                 rc = FLUXUS_EEXCEPTION;
             }
             const char *why = "join input callback failed";
@@ -615,7 +616,7 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
         int32_t rc;
         try {
             rc = fn(u, x, token);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
         // A refusal after the host already completed the item is too late: the completion

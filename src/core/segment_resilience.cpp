@@ -10,6 +10,7 @@
 #include "runtime/runtime.hpp"
 #include "util/clock.hpp"
 #include "util/status.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -21,7 +22,7 @@ bool SegmentWorker::park_retry(uint64_t item, int32_t status) {
         int32_t again;
         try {
             again = rp.predicate(rp.predicate_user.user, item, status, attempt_);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             again = 0;  // a predicate that throws gives up on the item rather than loop
         }
         if (again != 1) return false;

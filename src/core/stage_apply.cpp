@@ -8,6 +8,7 @@
 #include "core/segment.hpp"
 #include "dedup/key_set.hpp"
 #include "runtime/runtime.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -45,7 +46,7 @@ size_t per_item(Pipeline &p, Stage &st, const uint64_t *in, size_t n, StageTally
                 }
                 body(in[i], m);
             }
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             p.fail_item(st, in[i], FLUXUS_EEXCEPTION, what, &t);
             ++i;
         }
@@ -92,7 +93,7 @@ bool key_or_fail(Pipeline &p, Stage &st, uint64_t item, Key128 *key, const char 
     int32_t rc;
     try {
         rc = stage_key(st, item, key);
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         rc = FLUXUS_EEXCEPTION;
     }
     if (rc == 0) return true;
@@ -297,7 +298,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         clock.start();
         try {
             rc = fn(u, in, o, status, uint32_t(n));
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
         if (rc == 0 && clock.check(st)) {
@@ -317,7 +318,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         clock.start();
         try {
             rc = fn(u, in, keep, status, uint32_t(n));
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
         if (rc == 0 && clock.check(st)) {
@@ -349,7 +350,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         clock.start();
         try {
             rc = fn(u, in, uint32_t(n), &em);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
         clock.check(st);
@@ -379,7 +380,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         clock.start();
         try {
             rc = fn(u, in, status, uint32_t(n));
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
         clock.check(st);

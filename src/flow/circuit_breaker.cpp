@@ -5,6 +5,7 @@
 #include "runtime/runtime.hpp"
 #include "runtime/task.hpp"
 #include "util/clock.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -112,7 +113,7 @@ void CircuitBreaker::notify_changes(const std::vector<int32_t> &changes) {
         for (const auto &t : batch) {
             try {
                 cb_(cb_user_.user, t.first, t.second);
-            } catch (...) {
+            } FLUXUS_CATCH_ALL {
                 // A state callback that throws loses only that notification.
             }
         }

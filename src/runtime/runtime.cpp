@@ -15,6 +15,7 @@
 #include "runtime/task.hpp"
 #include "util/clock.hpp"
 #include "util/status.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -176,7 +177,7 @@ int32_t Runtime::start() {
             for (uint32_t i = 0; i < workers_; ++i)
                 threads_.emplace_back([this, i] { worker_main(i); });
         }
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         // Could not create every thread: stop those that exist and report.
         {
             std::lock_guard<std::mutex> rq(rq_mu_);
@@ -368,7 +369,7 @@ void Runtime::check_stalls() {
 bool Runtime::spawn_worker_locked(uint32_t slot) {
     try {
         threads_.emplace_back([this, slot] { worker_main(slot); });
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         return false;
     }
     extra_workers_.fetch_add(1, std::memory_order_relaxed);

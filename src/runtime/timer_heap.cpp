@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "runtime/task.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -75,7 +76,7 @@ uint64_t TimerHeap::fire_due(uint64_t now) {
         }
         try {
             cb.fn(cb.user);
-        } catch (...) {
+        } FLUXUS_CATCH_ALL {
             // A host timer callback that throws loses only its own call.
         }
         cb.release();

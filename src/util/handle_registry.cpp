@@ -5,6 +5,7 @@
 #include <mutex>
 #include <new>
 #include <vector>
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -92,7 +93,7 @@ void *handle_unregister(HandleKind kind, uintptr_t handle) {
     std::lock_guard<std::mutex> lock(g_mu);
     try {
         g_free->push_back(index);
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         // The slot is simply never reused.
     }
     return object;

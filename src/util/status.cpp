@@ -3,6 +3,7 @@
 
 #include <cstdarg>
 #include <cstdio>
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -50,7 +51,7 @@ const StatusInfo *find_status(int32_t code) {
 int32_t set_error(int32_t code, const std::string &message) {
     try {
         t_last_error = message;
-    } catch (...) {
+    } FLUXUS_CATCH_ALL {
         // Out of memory while recording an error: keep the code, lose the details.
     }
     return code;
