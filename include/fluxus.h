@@ -19,6 +19,16 @@
  *    code; using a handle after it was freed is detected on a best-effort basis and stays
  *    forbidden.
  *  - The library writes nothing to stdout or stderr; diagnostics go to the log callback.
+ *  - Threads that end inside a callback: on glibc, pthread_exit() and pthread_cancel() unwind
+ *    the thread's stack (a "forced unwind"; Python up to 3.13 ends its threads that way when
+ *    the interpreter exits). fluxus lets such an unwind pass through and stays consistent: the
+ *    item in that callback stays with the host (it counts as cancelled and the item destructor
+ *    is not called for it), the rest of its batch is cancelled, the pipeline is cancelled and
+ *    ends with FLUXUS_ECANCELED, and in threaded mode the runtime starts a worker thread in
+ *    place of the lost one. (Exact for map, filter and sink callbacks, fused or not; a
+ *    thread ended inside a batch callback or another callback kind still ends the pipeline,
+ *    but the items of that call are not accounted for.) Other platforms do not unwind on
+ *    pthread_exit(), and a thread ended that way inside a callback is a host error there.
  *
  * An item is one 64-bit word: an integer, or a pointer cast to uint64_t. fluxus never looks
  * inside it; a pipeline may be given an item destructor that is called exactly once for every

@@ -7,6 +7,7 @@
 #include "core/item_chain.hpp"
 
 #include <utility>
+
 #include "util/forced_unwind.hpp"
 
 namespace fluxus {
@@ -75,7 +76,7 @@ template <Known K, bool kGated>
     if (K == Known::map || (K == Known::any && __builtin_expect(s.kind == StageKind::map, 1))) {
         try {
             rc = reinterpret_cast<fluxus_map_fn>(s.fn)(s.user, x, &slot);
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
@@ -87,7 +88,7 @@ template <Known K, bool kGated>
         int32_t keep = 0;
         try {
             rc = reinterpret_cast<fluxus_filter_fn>(s.fn)(s.user, x, &keep);
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
@@ -103,7 +104,7 @@ template <Known K, bool kGated>
         }
         try {
             rc = reinterpret_cast<fluxus_sink_fn>(s.fn)(s.user, x);
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
@@ -167,15 +168,19 @@ template <Shape S, class Feed, size_t... J>
     uint64_t slot = 0;
     Feed feed = feed_in;  // a local copy the callbacks cannot see: kept in registers
     Pipeline::CallLimit calls(p, max, Feed::kCallsSource);
-    for (; i < calls.get() && feed.next(i, slot); ++i) {
-        uint64_t x = slot;
-        bool through = (step<known_kind<S, J, L>(), (J > 0 && J == L - 1)>(
-                            p, steps[J], x, slot, tallies[J], stopped[J], calls) &&
-                        ...);
-        if constexpr (S != Shape::maps_sink) {  // after a sink nothing survives
-            if (through) items[m++] = x;        // m <= i: compaction in place
+    try {
+        for (; i < calls.get() && feed.next(i, slot); ++i) {
+            uint64_t x = slot;
+            bool through = (step<known_kind<S, J, L>(), (J > 0 && J == L - 1)>(
+                                p, steps[J], x, slot, tallies[J], stopped[J], calls) &&
+                            ...);
+            if constexpr (S != Shape::maps_sink) {  // after a sink nothing survives
+                if (through) items[m++] = x;        // m <= i: compaction in place
+            }
         }
-    }
+    } FLUXUS_ON_FORCED_UNWIND((t_unwind.read = i, t_unwind.survivors = m,
+                               stopped[L - 1] += calls.withheld,
+                               tallies[L - 1].cancelled += calls.withheld))
     stopped[L - 1] += calls.withheld;
     tallies[L - 1].cancelled += calls.withheld;
     feed_in = feed;
@@ -207,6 +212,36 @@ void ItemChain::settle_counts(size_t n, const uint64_t *stopped, StageTally *tal
     }
 }
 
+void ItemChain::settle_unwind(Pipeline &p, uint64_t *items, size_t max, StageTally *tallies,
+                              const uint64_t *stopped, bool count_first_in,
+                              bool pulled) const {
+    // The items that went all the way through count as usual.
+    size_t read = t_unwind.read, entered = read;
+    settle_counts(read, stopped, tallies, count_first_in);
+    if (t_unwind.step) {
+        // The item in the callback reached steps 0..j and stays with the host: cancelled there,
+        // not destroyed.
+        size_t j = size_t(static_cast<const ChainStep *>(t_unwind.step) - steps_.data());
+        for (size_t k = 0; k <= j; ++k) {
+            if (k > 0 || count_first_in) ++tallies[k].in;
+            if (k < j) ++tallies[k].out;
+        }
+        ++tallies[j].cancelled;
+        ++entered;
+        t_unwind.step = nullptr;
+    }
+    if (!pulled) {
+        // The rest of the batch never entered the chain.
+        for (size_t i = entered; i < max; ++i) {
+            if (count_first_in) ++tallies[0].in;
+            ++tallies[0].cancelled;
+            p.release_item(items[i], false);
+        }
+    }
+    t_unwind.entered = entered;
+    if (steps_.back().kind == StageKind::sink) t_unwind.survivors = 0;
+}
+
 template <class Feed>
 size_t ItemChain::run_feed(Pipeline &p, Feed &feed, size_t max, uint64_t *items,
                            StageTally *tallies, bool count_first_in, size_t *read) {
@@ -214,17 +249,21 @@ size_t ItemChain::run_feed(Pipeline &p, Feed &feed, size_t max, uint64_t *items,
     const size_t len = steps_.size();
     uint64_t stopped[kMaxSteps] = {};  // items that ended at step j (failed or filtered)
     size_t m;
-    switch (shape_) {
-    case Shape::maps:
-        m = run_length<Shape::maps>(len, p, feed, max, steps, items, tallies, stopped, read);
-        break;
-    case Shape::maps_sink:
-        m = run_length<Shape::maps_sink>(len, p, feed, max, steps, items, tallies, stopped, read);
-        break;
-    default:
-        m = run_length<Shape::any>(len, p, feed, max, steps, items, tallies, stopped, read);
-        break;
-    }
+    try {
+        switch (shape_) {
+        case Shape::maps:
+            m = run_length<Shape::maps>(len, p, feed, max, steps, items, tallies, stopped, read);
+            break;
+        case Shape::maps_sink:
+            m = run_length<Shape::maps_sink>(len, p, feed, max, steps, items, tallies, stopped,
+                                             read);
+            break;
+        default:
+            m = run_length<Shape::any>(len, p, feed, max, steps, items, tallies, stopped, read);
+            break;
+        }
+    } FLUXUS_ON_FORCED_UNWIND(settle_unwind(p, items, max, tallies, stopped, count_first_in,
+                                            Feed::kCallsSource))
     settle_counts(*read, stopped, tallies, count_first_in);
     return steps[len - 1].kind == StageKind::sink ? 0 : m;
 }

@@ -68,6 +68,11 @@ private:
                     bool count_first_in, size_t *read);
     void settle_counts(size_t n, const uint64_t *stopped, StageTally *tallies,
                        bool count_first_in) const;
+    // Under a forced unwind out of a callback: counts what the loop got through (t_unwind),
+    // ends the item in the callback (kept by the host) and the unread rest of a batch as
+    // cancelled, and leaves the survivors' count in t_unwind for the worker.
+    void settle_unwind(Pipeline &p, uint64_t *items, size_t max, StageTally *tallies,
+                       const uint64_t *stopped, bool count_first_in, bool pulled) const;
     std::vector<ChainStep> steps_;
     Shape shape_ = Shape::any;
 };

@@ -18,6 +18,7 @@ namespace fluxus {
 
 thread_local uint32_t t_current_worker = UINT32_MAX;
 thread_local RetryScope *t_retry_scope = nullptr;
+thread_local UnwindNote t_unwind;
 
 
 void StageTally::flush_to(StageCounters &c) {
@@ -326,6 +327,17 @@ void SegmentWorker::close_hooks() {
     }
 }
 
+void SegmentWorker::on_forced_unwind() {
+    if (holding_permit_) {
+        holding_permit_ = false;
+        seg->head()->concurrency->give(1);
+    }
+    seg->p->log(FLUXUS_LOG_ERROR, seg->head(),
+                "a callback ended its thread (forced unwind, e.g. pthread_exit): the pipeline is "
+                "cancelled");
+    seg->p->cancel();
+}
+
 void SegmentWorker::run() {
     struct WorkerIndexScope {
         uint32_t saved;
@@ -629,7 +641,12 @@ size_t SegmentWorker::pull_through_chain(bool *drained) {
         Pipeline::CallLimit pass_calls(p, 1, true);
         for (uint64_t b = 0; b < batches; ++b) {
             size_t read;
-            m = chain.run_pulled(p, fn, src.user.user, max, a_.data(), tally_.data(), &read, &rc);
+            try {
+                m = chain.run_pulled(p, fn, src.user.user, max, a_.data(), tally_.data(), &read,
+                                     &rc);
+            } FLUXUS_ON_FORCED_UNWIND((pull_settle(n + t_unwind.entered, FLUXUS_PULL_ITEM, granted,
+                                                   drained),
+                                       end_unwound(chain.size(), a_.data(), SIZE_MAX)))
             n += read;
             // The next batch only if this one was read in full and nothing asked the source to
             // stop: a request from another thread (pause, cancel, drain, an auto-pause tripped
@@ -664,46 +681,53 @@ void SegmentWorker::process(size_t n, size_t first) {
     ++batches_;
     uint64_t timed_ns = 0;
     RetryScopeGuard retry_scope(this, first == 0 ? seg->head() : nullptr, attempt_);
-    for (size_t k = first; k < seg->stages.size() && cur > 0; ++k) {
-        // A queue head counted its items on arrival; every other stage counts them here.
-        bool count_in = k > 0 || seg->pull_input;
-        if (p.cancelling()) {
-            // Cancelled (or stopped by a failure): no stage starts on these items.
-            cancel_unstarted(k, in->data(), cur, count_in);
-            cur = 0;
-            break;
-        }
-        // Chains of per-item stages run item by item, in place in a_; timed batches run such
-        // stages one at a time (each timed) through the same loop.
-        if (ItemChain &chain = timed ? step_at_[k] : chain_at_[k]; chain.size()) {
-            if (in != &a_) {
-                a_.swap(b_);
-                std::swap(in, out);
+    // Where a forced unwind out of a callback would leave this batch (see end_unwound()).
+    UnwindAt unwind_at{first, true};
+    try {
+        for (size_t k = first; k < seg->stages.size() && cur > 0; ++k) {
+            // A queue head counted its items on arrival; every other stage counts them here.
+            bool count_in = k > 0 || seg->pull_input;
+            if (p.cancelling()) {
+                // Cancelled (or stopped by a failure): no stage starts on these items.
+                cancel_unstarted(k, in->data(), cur, count_in);
+                cur = 0;
+                break;
             }
+            // Chains of per-item stages run item by item, in place in a_; timed batches run such
+            // stages one at a time (each timed) through the same loop.
+            if (ItemChain &chain = timed ? step_at_[k] : chain_at_[k]; chain.size()) {
+                if (in != &a_) {
+                    a_.swap(b_);
+                    std::swap(in, out);
+                }
+                uint64_t t0 = timed ? now_ns() : 0;
+                size_t read;
+                unwind_at = UnwindAt{k + chain.size(), true};
+                size_t m = chain.run(p, a_.data(), cur, &tally_[k], count_in, &read);
+                if (timed) {
+                    uint64_t dt = now_ns() - t0;
+                    timed_ns += dt;
+                    tally_[k].busy_ns += dt * kBusySample;
+                }
+                // A cancel stopped the chain between items: the rest never entered it.
+                if (read < cur) cancel_unstarted(k, a_.data() + read, cur - read, count_in);
+                cur = m;
+                k += chain.size() - 1;
+                continue;
+            }
+            Stage &st = *seg->stages[k];
+            StageTally &t = tally_[k];
+            if (count_in) t.in += cur;
             uint64_t t0 = timed ? now_ns() : 0;
-            size_t read;
-            size_t m = chain.run(p, a_.data(), cur, &tally_[k], count_in, &read);
-            if (timed) {
-                uint64_t dt = now_ns() - t0;
-                timed_ns += dt;
-                tally_[k].busy_ns += dt * kBusySample;
-            }
-            // A cancel stopped the chain between items: the rest never entered it.
-            if (read < cur) cancel_unstarted(k, a_.data() + read, cur - read, count_in);
+            size_t m = apply_stage(p, st, state_[k], in->data(), cur, *out, t);
+            if (timed) t.busy_ns += (now_ns() - t0) * kBusySample;
+            if (!st.is_sink()) t.out += m;
+            std::swap(in, out);
             cur = m;
-            k += chain.size() - 1;
-            continue;
         }
-        Stage &st = *seg->stages[k];
-        StageTally &t = tally_[k];
-        if (count_in) t.in += cur;
-        uint64_t t0 = timed ? now_ns() : 0;
-        size_t m = apply_stage(p, st, state_[k], in->data(), cur, *out, t);
-        if (timed) t.busy_ns += (now_ns() - t0) * kBusySample;
-        if (!st.is_sink()) t.out += m;
-        std::swap(in, out);
-        cur = m;
-    }
+    } FLUXUS_ON_FORCED_UNWIND(unwind_at.chain
+                                  ? end_unwound(unwind_at.stage, a_.data(), SIZE_MAX)
+                                  : end_unwound(unwind_at.stage + 1, out->data(), unwind_at.stage))
     if (in != &a_) a_.swap(b_);
     out_n_ = cur;
     if (timed && chain_to_sink_ && first == 0 && n > 0) {
@@ -717,6 +741,26 @@ void SegmentWorker::process(size_t n, size_t first) {
     size_t b = p.batch_size();
     if (a_.size() < b) a_.resize(b);
     if (b_.size() < b) b_.resize(b);
+}
+
+void SegmentWorker::end_unwound(size_t next, const uint64_t *buf, size_t stage) {
+    size_t s = t_unwind.survivors;
+    t_unwind.survivors = SIZE_MAX;
+    if (s == SIZE_MAX) s = 0;  // a loop that could not say (a batch callback): nothing to end
+    if (stage != SIZE_MAX) {
+        // apply_stage's per-item loop: its outputs so far, not yet counted out.
+        tally_[stage].out += s;
+        if (seg->stages[stage]->is_sink()) s = 0;  // delivered
+    }
+    if (s) {
+        if (next < seg->stages.size())
+            cancel_unstarted(next, buf, s, true);
+        else if (Stage *ns = seg->out_stage())
+            seg->p->cancel_items(*ns, buf, s, true);
+        else
+            for (size_t i = 0; i < s; ++i) seg->p->release_item(buf[i], false);
+    }
+    for (size_t k = 0; k < seg->stages.size(); ++k) tally_[k].flush_to(seg->stages[k]->c);
 }
 
 void SegmentWorker::cancel_unstarted(size_t k, const uint64_t *items, size_t n, bool count_in) {

@@ -23,6 +23,7 @@
 #include "flow/ttl_cache.hpp"
 #include "queue/item_queue.hpp"
 #include "runtime/task.hpp"
+#include "util/forced_unwind.hpp"
 
 struct fluxus_emitter {
     uint32_t magic;
@@ -154,6 +155,9 @@ class SegmentWorker : public Task {
 public:
     SegmentWorker(Runtime *rt, Segment *seg, uint32_t index);
     void run() override;
+    // The pipeline is cancelled (it ends with FLUXUS_ECANCELED) and a concurrency permit this
+    // worker held goes back; the batch's items were ended by the loops the unwind left.
+    void on_forced_unwind() override;
     // Schedules another attempt of `item` after a callback failure with `status`, if the head
     // stage's retry policy allows one. False: the item fails now.
     bool park_retry(uint64_t item, int32_t status);
@@ -200,6 +204,15 @@ private:
     // Runs a_[0..n) through the fused stages from `first` on; the survivors end up in a_.
     // Once the pipeline is cancelled no stage starts: the items left end as cancelled.
     void process(size_t n, size_t first = 0);
+    // Under a forced unwind out of a callback (see util/forced_unwind.hpp): ends the survivors
+    // of the interrupted loop (t_unwind.survivors, in buf) at stage `next` of this segment or
+    // downstream as cancelled, and flushes the tallies. `stage`: the stage whose per-item loop
+    // was interrupted, SIZE_MAX for a chain (which counted its own outputs).
+    void end_unwound(size_t next, const uint64_t *buf, size_t stage);
+    struct UnwindAt {
+        size_t stage;  // a chain: the stage after it; else the stage being applied
+        bool chain;
+    };
     // Ends items that were headed for stage k (of this segment) as cancelled, in its tally.
     void cancel_unstarted(size_t k, const uint64_t *items, size_t n, bool count_in);
     // Async head: completions go on, new items start, timeouts fire (see run_async).

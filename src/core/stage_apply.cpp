@@ -24,6 +24,15 @@ namespace {
     for (size_t i = 0; i < n; ++i) p.release_item(items[i], false);
 }
 
+// Under a forced unwind out of the callback of item i: that item stays with the host (cancelled,
+// not destroyed), the rest is cancelled, and the m outputs so far are left to the worker.
+[[gnu::cold, gnu::noinline]] void unwind_rest(Pipeline &p, const uint64_t *in, size_t i,
+                                              size_t n, size_t m, StageTally &t) {
+    ++t.cancelled;
+    if (i + 1 < n) cancel_rest(p, in + i + 1, n - i - 1, t);
+    t_unwind.survivors = m;
+}
+
 // The emitter of the flat-map call running on this thread. fluxus_emit() compares against it by
 // address, so an emitter kept past its call is refused without being dereferenced.
 struct EmitterScope {
@@ -46,7 +55,7 @@ size_t per_item(Pipeline &p, Stage &st, const uint64_t *in, size_t n, StageTally
                 }
                 body(in[i], m);
             }
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(unwind_rest(p, in, i, n, m, t)) FLUXUS_CATCH_ALL {
             p.fail_item(st, in[i], FLUXUS_EEXCEPTION, what, &t);
             ++i;
         }

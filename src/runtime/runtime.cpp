@@ -321,8 +321,21 @@ void Runtime::worker_main(uint32_t slot_index) {
         wake_one_if_backlog();
         slot.seq.fetch_add(1, std::memory_order_relaxed);
         slot.busy.store(true, std::memory_order_relaxed);
-        execute(task);
+        try {
+            execute(task);
+        } FLUXUS_ON_FORCED_UNWIND((slot.busy.store(false, std::memory_order_relaxed),
+                                   replace_worker(slot_index)))
         slot.busy.store(false, std::memory_order_relaxed);
+    }
+}
+
+void Runtime::replace_worker(uint32_t slot_index) {
+    std::lock_guard<std::mutex> lock(threads_mu_);
+    if (no_more_threads_.load()) return;
+    try {
+        threads_.emplace_back([this, slot_index] { worker_main(slot_index); });
+    } FLUXUS_CATCH_ALL {
+        // No thread to spare: the remaining workers carry on.
     }
 }
 

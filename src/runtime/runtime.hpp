@@ -113,6 +113,8 @@ private:
     };
 
     void worker_main(uint32_t slot);
+    // A callback ended a worker thread (forced unwind): another thread takes its slot.
+    void replace_worker(uint32_t slot);
     // Stall watchdog (loop thread): a worker that has been inside one task for the threshold
     // gets a stand-in, so a callback that blocks cannot starve every other pipeline.
     static void on_watchdog(uv_timer_t *handle);

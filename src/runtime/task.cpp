@@ -3,6 +3,7 @@
 #include "runtime/task.hpp"
 
 #include "runtime/runtime.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -25,7 +26,9 @@ void Task::notify() {
 
 void Task::execute() {
     state_.store(kRunning, std::memory_order_release);
-    run();
+    try {
+        run();
+    } FLUXUS_ON_FORCED_UNWIND(unwound())
     TaskOwner *owner = owner_;
     int expected = kRunning;
     if (state_.compare_exchange_strong(expected, kIdle, std::memory_order_acq_rel)) {
@@ -34,6 +37,13 @@ void Task::execute() {
         return;
     }
     // Notified while running: go to the back of the queue rather than loop, for fairness.
+    state_.store(kScheduled, std::memory_order_release);
+    rt_->enqueue(this);
+}
+
+void Task::unwound() {
+    on_forced_unwind();
+    // Still counted active: it runs again (on another thread) to finish what it held.
     state_.store(kScheduled, std::memory_order_release);
     rt_->enqueue(this);
 }

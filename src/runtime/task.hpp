@@ -30,12 +30,16 @@ public:
     void execute();
 
 protected:
+    // A forced unwind (pthread_exit() in a callback) is leaving run() on this thread: put the
+    // task's owner in a state the task can finish from when it runs again (on another thread).
+    virtual void on_forced_unwind() {}
     // One slice of work. Must return soon (a few batches) so other tasks get the thread.
     virtual void run() = 0;
 
     Runtime *rt_;
 
 private:
+    void unwound();
     enum : int { kIdle, kScheduled, kRunning, kRerun };
     TaskOwner *owner_;
     std::atomic<int> state_{kIdle};

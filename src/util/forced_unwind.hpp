@@ -20,3 +20,32 @@
 #define FLUXUS_HAS_FORCED_UNWIND 0
 #define FLUXUS_CATCH_ALL catch (...)
 #endif
+
+#include <cstdint>
+
+namespace fluxus {
+
+// What the item loops leave for the frames above them when a forced unwind passes through,
+// so that every item still ends exactly once: the loop that was running records how far it
+// got, the worker ends the rest as cancelled (see SegmentWorker::process()). One per thread;
+// only read and written while such an unwind is under way.
+struct UnwindNote {
+    const void *step = nullptr;  // an item chain: the step whose callback was running
+    size_t read = 0;             // items that went all the way through the loop
+    size_t survivors = SIZE_MAX; // items in the stage's output (SIZE_MAX: not known)
+    size_t entered = 0;          // a chain fed by a pull source: items the source gave
+};
+extern thread_local UnwindNote t_unwind;
+
+}  // namespace fluxus
+
+// A handler for a forced unwind that runs `stmt` and lets the unwind go on.
+#if FLUXUS_HAS_FORCED_UNWIND
+#define FLUXUS_ON_FORCED_UNWIND(stmt) \
+    catch (abi::__forced_unwind &) {   \
+        stmt;                          \
+        throw;                         \
+    }
+#else
+#define FLUXUS_ON_FORCED_UNWIND(stmt)
+#endif
