@@ -76,7 +76,7 @@ template <Known K, bool kGated>
     if (K == Known::map || (K == Known::any && __builtin_expect(s.kind == StageKind::map, 1))) {
         try {
             rc = reinterpret_cast<fluxus_map_fn>(s.fn)(s.user, x, &slot);
-        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) catch (...) {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
@@ -88,7 +88,7 @@ template <Known K, bool kGated>
         int32_t keep = 0;
         try {
             rc = reinterpret_cast<fluxus_filter_fn>(s.fn)(s.user, x, &keep);
-        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) catch (...) {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
@@ -104,7 +104,7 @@ template <Known K, bool kGated>
         }
         try {
             rc = reinterpret_cast<fluxus_sink_fn>(s.fn)(s.user, x);
-        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) catch (...) {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }

@@ -55,7 +55,7 @@ size_t per_item(Pipeline &p, Stage &st, const uint64_t *in, size_t n, StageTally
                 }
                 body(in[i], m);
             }
-        } FLUXUS_ON_FORCED_UNWIND(unwind_rest(p, in, i, n, m, t)) FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(unwind_rest(p, in, i, n, m, t)) catch (...) {
             p.fail_item(st, in[i], FLUXUS_EEXCEPTION, what, &t);
             ++i;
         }

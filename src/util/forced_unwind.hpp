@@ -39,7 +39,8 @@ extern thread_local UnwindNote t_unwind;
 
 }  // namespace fluxus
 
-// A handler for a forced unwind that runs `stmt` and lets the unwind go on.
+// A handler for a forced unwind that runs `stmt` and lets the unwind go on. A catch (...) may
+// follow it directly (FLUXUS_CATCH_ALL would handle the forced unwind twice).
 #if FLUXUS_HAS_FORCED_UNWIND
 #define FLUXUS_ON_FORCED_UNWIND(stmt) \
     catch (abi::__forced_unwind &) {   \
