@@ -185,7 +185,8 @@ def git_commit():
     return (head or "unknown") + ("+uncommitted" if changed else "")
 
 
-def write_baseline(path, results, build):
+def write_baseline(path, results, build, keep):
+    """Write every workload's line: from results if measured now, else the old line (keep)."""
     lines = [
         "# Baselines of bench/callgrind_guard.py: callgrind instructions per item of the",
         "# fluxus configurations below, outside the fluxus-bench executable (engine_ir;",
@@ -198,6 +199,9 @@ def write_baseline(path, results, build):
     date = time.strftime("%Y-%m-%d", time.gmtime())
     commit = git_commit()
     for name, args, sizes in WORKLOADS:
+        if name not in results:
+            lines.append(name + " " + " ".join("%s=%s" % kv for kv in keep[name].items()))
+            continue
         r = results[name]
         lines.append("%s impl=%s items=%d,%d engine_ir=%.2f total_ir=%.2f commit=%s date=%s"
                      % (name, args[2], sizes[0], sizes[1], r["engine"], r["total"], commit, date))
@@ -209,7 +213,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", default=os.path.join(ROOT, "build", "bench", "fluxus-bench"))
     ap.add_argument("--baseline", default=os.path.join(HERE, "callgrind_baseline.txt"))
-    ap.add_argument("--update", action="store_true", help="rewrite the baseline file")
+    ap.add_argument("--update", action="store_true",
+                    help="rewrite the baseline file (with --workload: only those lines)")
     ap.add_argument("--runs", type=int, default=1,
                     help="measure each workload K times and use the median (prints the spread)")
     ap.add_argument("--workload", action="append", help="only this workload (W1, W2, W4)")
@@ -268,8 +273,11 @@ def main():
     unknown = set(names) - {w[0] for w in WORKLOADS}
     if unknown:
         ap.error("unknown workload(s): %s" % ", ".join(sorted(unknown)))
-    if o.update and o.workload:
-        ap.error("--update measures every workload; drop --workload")
+    if o.update and o.workload and base:
+        old = (build.get("buildtype"), build.get("compiler"), build.get("nproc"))
+        if old != (o.buildtype, o.compiler, str(os.cpu_count())):
+            ap.error("--update --workload keeps the other lines, but they were measured on "
+                     "another build (%s); update every workload" % " ".join(map(str, old)))
 
     failures = 0
     results = {}
@@ -342,7 +350,12 @@ def main():
             say("baseline not written: %d workload(s) failed" % failures)
             return 1
         build = {"buildtype": o.buildtype, "compiler": o.compiler, "nproc": str(os.cpu_count())}
-        write_baseline(o.baseline, results, build)
+        missing = [w[0] for w in WORKLOADS if w[0] not in results and w[0] not in base]
+        if missing:
+            say("baseline not written: no figure for %s; update every workload"
+                % ", ".join(missing))
+            return 1
+        write_baseline(o.baseline, results, build, base)
         say("wrote %s" % o.baseline)
     say("%s in %.0f s" % ("%d failure(s)" % failures if failures else "all within bounds",
                           time.monotonic() - start))
