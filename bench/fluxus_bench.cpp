@@ -3,7 +3,7 @@
  * public C API only, plus extra measurements (slowsink, latency, lifecycle).
  *
  *   fluxus-bench W1|W2|W3|W4|all|slowsink|latency|lifecycle [--quick] [--impl CFG] [--list]
- *                [--detail]
+ *                [--detail] [--items N]
  *
  * Each result is one `workload=<W> impl=<name> items=<n> seconds=<s> items_per_s=<r> k=v ...`
  * line on stdout. Every run checks its checksum (and ordhash / unique; W3: every index once,
@@ -12,11 +12,18 @@
  * fluxus_runtime_free() returned (pipeline finished, threads joined); the W3 latency table is
  * computed before it. --quick runs N/100 (W3: N/10) and checks against values computed by a
  * plain loop before the clock starts. --detail adds W3's distributions as '#' lines.
+ * --items N runs W1/W2/W4 with exactly N items, checked the same way. Built with
+ * FLUXUS_BENCH_CALLGRIND, the timed region of the fluxus configurations of W1/W2/W4 is also
+ * the only code callgrind instruments when run with --instr-atstart=no
+ * (bench/callgrind_guard.py); outside valgrind those requests cost a few instructions per run.
  */
 #include <fluxus.h>
 
 #include <time.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -32,6 +39,15 @@
 
 #include "workloads.h"
 
+#ifdef FLUXUS_BENCH_CALLGRIND
+#include <valgrind/callgrind.h>
+#define REGION_BEGIN() CALLGRIND_START_INSTRUMENTATION
+#define REGION_END() CALLGRIND_STOP_INSTRUMENTATION
+#else
+#define REGION_BEGIN() ((void)0)
+#define REGION_END() ((void)0)
+#endif
+
 using wl::clk;
 
 namespace {
@@ -42,6 +58,7 @@ namespace {
 
 struct Opts {
     bool quick = false;
+    uint64_t items = 0;   /* W1/W2/W4: this many items (0: the workload's N, or N/100 quick) */
     bool list = false;
     std::string impl;     /* empty: every configuration of the workload */
     uint64_t rate = 0;    /* latency: one rate only */
@@ -256,6 +273,7 @@ void run_w1_one(const char *impl, W1Mode mode, const wl::W1Sink &want) {
     src.n = n;
     wl::W1Sink sink;
 
+    REGION_BEGIN();
     auto t0 = clk::now();
     fluxus_runtime *rt = nullptr;
     fluxus_pipeline *p = nullptr;
@@ -279,6 +297,7 @@ void run_w1_one(const char *impl, W1Mode mode, const wl::W1Sink &want) {
     uint32_t workers = rt_workers(rt);
     CK(fluxus_pipeline_free(p));
     CK(fluxus_runtime_free(rt));
+    REGION_END();
     double s = wl::secs_since(t0);
 
     check("W1", impl, "items", sink.n, n);
@@ -293,7 +312,9 @@ void run_w1_one(const char *impl, W1Mode mode, const wl::W1Sink &want) {
 void run_w1(const Opts &o) {
     wl::W1Sink want;
     if (!o.list) {
-        if (o.quick) {
+        if (o.items) {
+            want = wl::w1_expected(o.items);
+        } else if (o.quick) {
             want = wl::w1_expected(wl::W1_N / 100);
         } else {
             want.sum = wl::W1_SUM;
@@ -359,6 +380,7 @@ void run_w2_fluxus(uint64_t n, uint64_t want, uint32_t stage_workers) {
     src.n = n;
     SumSink sink;
 
+    REGION_BEGIN();
     auto t0 = clk::now();
     fluxus_runtime *rt = nullptr;
     fluxus_pipeline *p = nullptr;
@@ -376,6 +398,7 @@ void run_w2_fluxus(uint64_t n, uint64_t want, uint32_t stage_workers) {
     uint32_t workers = rt_workers(rt);
     CK(fluxus_pipeline_free(p));
     CK(fluxus_runtime_free(rt));
+    REGION_END();
     double s = wl::secs_since(t0);
 
     check("W2", "fluxus", "items", sink.n, n);
@@ -387,9 +410,9 @@ void run_w2_fluxus(uint64_t n, uint64_t want, uint32_t stage_workers) {
 }
 
 void run_w2(const Opts &o) {
-    const uint64_t n = o.quick ? wl::W2_N / 100 : wl::W2_N;
+    const uint64_t n = o.items ? o.items : o.quick ? wl::W2_N / 100 : wl::W2_N;
     uint64_t want = 0;
-    if (!o.list) want = o.quick ? wl::w2_expected(n) : wl::W2_SUM;
+    if (!o.list) want = o.quick || o.items ? wl::w2_expected(n) : wl::W2_SUM;
     if (selected(o, "plain")) run_w2_plain(n, want);
     if (selected(o, "plain-static")) run_w2_static(n, want);
     if (selected(o, "fluxus-w1")) run_w2_fluxus(n, want, 1);
@@ -824,6 +847,7 @@ void run_w4_one(const char *impl, uint64_t n, const wl::W4Expected &want, uint32
     src.n = n;
     SumSink sink;
 
+    REGION_BEGIN();
     auto t0 = clk::now();
     fluxus_runtime *rt = nullptr;
     fluxus_pipeline *p = nullptr;
@@ -850,6 +874,7 @@ void run_w4_one(const char *impl, uint64_t n, const wl::W4Expected &want, uint32
     uint32_t workers = rt_workers(rt);
     CK(fluxus_pipeline_free(p));
     CK(fluxus_runtime_free(rt));
+    REGION_END();
     double s = wl::secs_since(t0);
 
     check("W4", impl, "unique", sink.n, want.unique);
@@ -909,11 +934,17 @@ void run_w4_plain_oa(uint64_t n, const wl::W4Expected &want) {
 }
 
 void run_w4(const Opts &o) {
-    const uint64_t n = o.quick ? wl::W4_N / 100 : wl::W4_N;
+    const uint64_t n = o.items ? o.items : o.quick ? wl::W4_N / 100 : wl::W4_N;
     wl::W4Expected want;
     if (!o.list) {
-        if (o.quick) {
+        if (o.quick || o.items) {
             want = wl::w4_expected(n);
+#ifdef __GLIBC__
+            /* The check's set has just freed ~n small nodes into malloc's fast bins; glibc
+             * consolidates them at the next large allocation, which would be the runtime's,
+             * inside the timed region (under callgrind ~70 instructions per item). Do it now. */
+            malloc_trim(0);
+#endif
         } else {
             want.unique = wl::W4_UNIQUE;
             want.sum = wl::W4_SUM;
@@ -1260,7 +1291,9 @@ void run_lifecycle(const Opts &o) {
     std::fprintf(stderr,
                  "usage: fluxus-bench W1|W2|W3|W4|all|slowsink|latency|lifecycle [--quick]\n"
                  "                    [--impl CFG] [--list] [--rate N] [--duration S] [--detail]\n"
+                 "                    [--items N]\n"
                  "  --quick     small N (N/100; W3: N/10), checked against a plain loop\n"
+                 "  --items N   W1/W2/W4: exactly N items, checked against a plain loop\n"
                  "  --impl CFG  run one configuration only (see --list)\n"
                  "  --list      print the configurations of the workload, run nothing\n"
                  "  --rate N    latency: only this push rate (items/s)\n"
@@ -1292,6 +1325,9 @@ int main(int argc, char **argv) {
             o.detail = true;
         } else if (a == "--dump" && i + 1 < argc) {
             o.dump = argv[++i];
+        } else if (a == "--items" && i + 1 < argc) {
+            o.items = std::strtoull(argv[++i], nullptr, 10);
+            if (o.items == 0) usage();
         } else if (a == "--duration" && i + 1 < argc) {
             o.duration = std::strtod(argv[++i], nullptr);
         } else {
