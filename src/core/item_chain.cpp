@@ -67,7 +67,9 @@ enum class Known { any, map, sink };
 // a map that returns 0 without writing passes its input on.
 // kGated: a sink that is not the chain's first step asks `calls` first whether the pipeline
 // was cancelled while the item went through the steps before it (the loop asked before them).
-template <Known K, bool kGated>
+// kIndex: the step's index, which a forced unwind out of its callback records (a constant, so
+// the hot path keeps nothing live for it).
+template <Known K, bool kGated, size_t kIndex>
 [[gnu::always_inline]] inline bool step(Pipeline &p, const ChainStep &s, uint64_t &x,
                                         uint64_t &slot, StageTally &t, uint64_t &stopped,
                                         Pipeline::CallLimit &calls) {
@@ -76,7 +78,7 @@ template <Known K, bool kGated>
     if (K == Known::map || (K == Known::any && __builtin_expect(s.kind == StageKind::map, 1))) {
         try {
             rc = reinterpret_cast<fluxus_map_fn>(s.fn)(s.user, x, &slot);
-        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) catch (...) {
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = kIndex + 1) catch (...) {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
@@ -88,7 +90,7 @@ template <Known K, bool kGated>
         int32_t keep = 0;
         try {
             rc = reinterpret_cast<fluxus_filter_fn>(s.fn)(s.user, x, &keep);
-        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) catch (...) {
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = kIndex + 1) catch (...) {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
@@ -104,7 +106,7 @@ template <Known K, bool kGated>
         }
         try {
             rc = reinterpret_cast<fluxus_sink_fn>(s.fn)(s.user, x);
-        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = &s) catch (...) {
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = kIndex + 1) catch (...) {
             rc = FLUXUS_EEXCEPTION;
             threw = true;
         }
@@ -171,7 +173,7 @@ template <Shape S, class Feed, size_t... J>
     try {
         for (; i < calls.get() && feed.next(i, slot); ++i) {
             uint64_t x = slot;
-            bool through = (step<known_kind<S, J, L>(), (J > 0 && J == L - 1)>(
+            bool through = (step<known_kind<S, J, L>(), (J > 0 && J == L - 1), J>(
                                 p, steps[J], x, slot, tallies[J], stopped[J], calls) &&
                             ...);
             if constexpr (S != Shape::maps_sink) {  // after a sink nothing survives
@@ -221,14 +223,14 @@ void ItemChain::settle_unwind(Pipeline &p, uint64_t *items, size_t max, StageTal
     if (t_unwind.step) {
         // The item in the callback reached steps 0..j and stays with the host: cancelled there,
         // not destroyed.
-        size_t j = size_t(static_cast<const ChainStep *>(t_unwind.step) - steps_.data());
+        size_t j = t_unwind.step - 1;
         for (size_t k = 0; k <= j; ++k) {
             if (k > 0 || count_first_in) ++tallies[k].in;
             if (k < j) ++tallies[k].out;
         }
         ++tallies[j].cancelled;
         ++entered;
-        t_unwind.step = nullptr;
+        t_unwind.step = 0;
     }
     if (!pulled) {
         // The rest of the batch never entered the chain.

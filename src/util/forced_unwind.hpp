@@ -30,7 +30,7 @@ namespace fluxus {
 // got, the worker ends the rest as cancelled (see SegmentWorker::process()). One per thread;
 // only read and written while such an unwind is under way.
 struct UnwindNote {
-    const void *step = nullptr;  // an item chain: the step whose callback was running
+    size_t step = 0;             // an item chain: 1 + the step whose callback was running
     size_t read = 0;             // items that went all the way through the loop
     size_t survivors = SIZE_MAX; // items in the stage's output (SIZE_MAX: not known)
     size_t entered = 0;          // a chain fed by a pull source: items the source gave
