@@ -110,6 +110,22 @@ void clear_error() { t_message[0] = '\0'; }
 
 const char *last_error_message() { return t_message; }
 
+int32_t copy_last_error(char *buf, size_t cap, size_t *out_len) {
+    size_t len = strlen(t_message);
+    if (out_len) *out_len = len;
+    if (!buf) return cap == 0 ? FLUXUS_OK : FLUXUS_EINVAL;
+    if (len < cap) {
+        memmove(buf, t_message, len + 1);  // memmove: buf may be (part of) t_message itself
+        return FLUXUS_OK;
+    }
+    if (cap > 0) {
+        size_t keep = utf8_prefix(t_message, len, cap - 1);
+        memmove(buf, t_message, keep);
+        buf[keep] = '\0';
+    }
+    return FLUXUS_ERANGE;
+}
+
 const char *status_text(int32_t status) {
     const StatusInfo *s = find_status(status);
     if (s) return s->text;

@@ -13,9 +13,9 @@
 
 namespace fluxus {
 
-// Capacity of the per-thread message buffer, NUL included. A longer message is cut at a UTF-8
-// character boundary and ends in kTruncationMarker.
-constexpr size_t kErrorMessageMax = 1024;
+// Capacity of the per-thread message buffer, NUL included (FLUXUS_ERROR_MESSAGE_MAX). A longer
+// message is cut at a UTF-8 character boundary and ends in kTruncationMarker.
+constexpr size_t kErrorMessageMax = FLUXUS_ERROR_MESSAGE_MAX;
 constexpr char kTruncationMarker[] = "...";
 
 // Records `message` as the calling thread's last error and returns `code`, so that failure paths
@@ -34,6 +34,10 @@ void clear_error();
 // The calling thread's message: valid until the thread records or clears another one, never
 // NULL.
 const char *last_error_message();
+
+// Copies the calling thread's message into `buf` (the contract of fluxus_last_error_copy()).
+// Never changes the message.
+int32_t copy_last_error(char *buf, size_t cap, size_t *out_len);
 
 const char *status_text(int32_t status);
 const char *status_name(int32_t status);

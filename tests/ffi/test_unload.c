@@ -3,7 +3,7 @@
  * host, a test runner, a language runtime that reloads native modules). The program is not linked
  * with libfluxus: each cycle dlopen()s the built library (path in argv[1]), runs a small pipeline
  * on worker threads, makes a call fail on a worker thread and on the main thread and reads the
- * message, frees everything and dlclose()s the library. After every dlclose() the library must be
+ * message (borrowed and copied), frees everything and dlclose()s the library. After every dlclose() the library must be
  * gone from /proc/self/maps: anything that pins it (a thread-local with a destructor, a
  * STB_GNU_UNIQUE symbol, a thread still running, a NODELETE flag) fails the test in cycle 1.
  *
@@ -37,6 +37,7 @@ static int failures = 0;
 static struct {
     const char *(*err_name)(int32_t);
     const char *(*last_error_message)(void);
+    int32_t (*last_error_copy)(char *, size_t, size_t *);
     int32_t (*runtime_new)(fluxus_runtime **);
     int32_t (*runtime_set_workers)(fluxus_runtime *, uint32_t);
     int32_t (*runtime_free)(fluxus_runtime *);
@@ -80,6 +81,7 @@ static int resolve_all(void *lib) {
     int ok = 1;
     RESOLVE(err_name);
     RESOLVE(last_error_message);
+    RESOLVE(last_error_copy);
     RESOLVE(runtime_new);
     RESOLVE(runtime_set_workers);
     RESOLVE(runtime_free);
@@ -112,7 +114,7 @@ static int32_t pull_one(void *user, uint64_t *item) {
 /* Shared by the map's two worker threads: updated with atomics. */
 struct map_state {
     uint32_t failed_calls;  /* fluxus calls made to fail on a worker thread */
-    uint32_t good_messages; /* ... after which that thread read a non-empty message */
+    uint32_t good_messages; /* ... after which that thread read and copied its message */
 };
 
 static int32_t add_one(void *user, uint64_t in, uint64_t *out) {
@@ -121,8 +123,12 @@ static int32_t add_one(void *user, uint64_t in, uint64_t *out) {
         /* A call that fails on this worker thread records a message there. */
         if (fn.runtime_set_workers(NULL, 1) == FLUXUS_EINVAL) {
             const char *msg = fn.last_error_message();
+            char copy[FLUXUS_ERROR_MESSAGE_MAX];
+            size_t len = 0;
             __atomic_add_fetch(&m->failed_calls, 1, __ATOMIC_SEQ_CST);
-            if (msg != NULL && strstr(msg, "runtime") != NULL) {
+            if (msg != NULL && strstr(msg, "runtime") != NULL &&
+                fn.last_error_copy(copy, sizeof copy, &len) == FLUXUS_OK &&
+                strcmp(copy, msg) == 0 && len == strlen(msg)) {
                 __atomic_add_fetch(&m->good_messages, 1, __ATOMIC_SEQ_CST);
             }
         }
@@ -157,6 +163,12 @@ static void run_one_pipeline(void) {
     /* A call that fails on the main thread, and its message. */
     EXPECT(fn.runtime_set_workers(rt, 5000) == FLUXUS_ERANGE);
     EXPECT(strstr(fn.last_error_message(), "5000") != NULL);
+    {
+        char copy[8];
+        size_t len = 0;
+        EXPECT(fn.last_error_copy(copy, sizeof copy, &len) == FLUXUS_ERANGE);
+        EXPECT(len == strlen(fn.last_error_message()) && strlen(copy) == sizeof copy - 1);
+    }
 
     EXPECT_OK(fn.pipeline_new(&p, rt, "unload"));
     EXPECT_OK(fn.pipeline_set_pull_source(p, "count", pull_one, &src, NULL));
