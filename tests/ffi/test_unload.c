@@ -3,22 +3,29 @@
  * host, a test runner, a language runtime that reloads native modules). The program is not linked
  * with libfluxus: each cycle dlopen()s the built library (path in argv[1]), runs a small pipeline
  * on worker threads, makes a call fail on a worker thread and on the main thread and reads the
- * message (borrowed and copied), frees everything and dlclose()s the library. After every dlclose() the library must be
- * gone from /proc/self/maps: anything that pins it (a thread-local with a destructor, a
- * STB_GNU_UNIQUE symbol, a thread still running, a NODELETE flag) fails the test in cycle 1.
+ * message (borrowed and copied), frees everything and dlclose()s the library.
+ *
+ * Once every runtime is freed no thread fluxus started may be left, and after every dlclose() the
+ * library must be gone from /proc/self/maps: anything that pins it (a thread-local with a
+ * destructor, a STB_GNU_UNIQUE symbol, a thread still running, a NODELETE flag) fails the test
+ * in cycle 1.
  *
  * Usage: test_unload path/to/libfluxus.so [cycles]   (1000 cycles by default)
  */
-#define _POSIX_C_SOURCE 200809L /* stat() */
+#define _POSIX_C_SOURCE 200809L /* stat(), opendir(), nanosleep(), readlink() */
 #include <fluxus.h>
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
 
 #define ITEMS 200u
 #define FAIL_EVERY 50u /* the map makes a fluxus call fail on every 50th item */
@@ -210,9 +217,49 @@ static int mappings_of(dev_t dev, ino_t ino) {
     return n;
 }
 
+/* Number of threads of this process (-1 if /proc/self/task cannot be read). */
+static int thread_count(void) {
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    int n = 0;
+    if (d == NULL) {
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        n += e->d_name[0] != '.';
+    }
+    closedir(d);
+    return n;
+}
+
+/* Waits up to 2 s for the thread count to fall back to `baseline`, and returns it. A joined
+ * thread can stay listed for a moment after pthread_join() returns, until the kernel reaps it;
+ * a thread that fluxus left running stays for good. */
+static int threads_settle(int baseline) {
+    struct timespec ms = {0, 1000000L};
+    int n = thread_count(), i;
+    for (i = 0; i < 2000 && n > baseline; i++) {
+        nanosleep(&ms, NULL);
+        n = thread_count();
+    }
+    return n;
+}
+
+/* Stores the path of the calling thread's /proc/self/task entry in `arg` (a char[96]). */
+static void *note_task_path(void *arg) {
+    char link[64];
+    ssize_t n = readlink("/proc/thread-self", link, sizeof link - 1); /* "PID/task/TID" */
+    if (n > 0) {
+        link[n] = '\0';
+        snprintf(arg, 96, "/proc/%s", link);
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     struct stat st;
     long cycles = 1000;
+    int baseline_threads;
     if (argc < 2 || argc > 3) {
         fprintf(stderr, "usage: %s path/to/libfluxus.so [cycles]\n", argv[0]);
         return 2;
@@ -229,6 +276,23 @@ int main(int argc, char **argv) {
                 argv[1]);
         return 1;
     }
+    /* TSan starts a helper thread with the first pthread_create(): create and join one first,
+     * and wait until it is reaped, so the baseline counts the helper and nothing else. */
+    {
+        pthread_t th;
+        char task[96] = "";
+        struct timespec ms = {0, 1000000L};
+        int i;
+        if (pthread_create(&th, NULL, note_task_path, task) != 0 || pthread_join(th, NULL) != 0 ||
+            task[0] == '\0') {
+            fprintf(stderr, "could not start a thread or read /proc/thread-self\n");
+            return 1;
+        }
+        for (i = 0; i < 2000 && stat(task, &st) == 0; i++) {
+            nanosleep(&ms, NULL);
+        }
+    }
+    baseline_threads = thread_count();
 
     for (long cycle = 1; cycle <= cycles; cycle++) {
         void *lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
@@ -246,6 +310,14 @@ int main(int argc, char **argv) {
         }
 
         run_one_pipeline();
+
+        /* Every runtime is freed: no thread fluxus started may be left. */
+        int threads = threads_settle(baseline_threads);
+        if (threads > baseline_threads) {
+            fprintf(stderr, "cycle %ld: %d threads after every runtime was freed, %d before\n",
+                    cycle, threads, baseline_threads);
+            return 1;
+        }
 
         memset(&fn, 0, sizeof fn);
         if (dlclose(lib) != 0) {
@@ -266,6 +338,8 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    printf("%ld dlopen/run/dlclose cycles; the library was unmapped after each\n", cycles);
+    printf("%ld dlopen/run/dlclose cycles; no thread was left and the library was unmapped "
+           "after each\n",
+           cycles);
     return 0;
 }
