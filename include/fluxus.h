@@ -123,13 +123,46 @@ FLUXUS_API const char *fluxus_strerror(int32_t status);
 FLUXUS_API const char *fluxus_err_name(int32_t status);
 
 /**
+ * Size in bytes, NUL included, of the longest last-error message. A longer message is cut at a
+ * UTF-8 character boundary and ends in "...". It stays the same for the same
+ * FLUXUS_VERSION_MAJOR, so a buffer of this size always holds the whole message.
+ */
+#define FLUXUS_ERROR_MESSAGE_MAX 1024
+
+/**
  * Details of the last failed fluxus call on the calling thread: which object, stage, option and
- * value were at fault.
- * @return a thread-local string, valid until the next fluxus call on this thread; never NULL
- *         ("" when nothing failed yet).
+ * value were at fault. A failing call replaces it and other calls may clear it; the four
+ * functions that only read status (fluxus_last_error_message(), fluxus_last_error_copy(),
+ * fluxus_strerror(), fluxus_err_name()) never change it.
+ * @return a thread-local string of at most FLUXUS_ERROR_MESSAGE_MAX - 1 bytes, borrowed, valid
+ *         until the next fluxus call on this thread; never NULL ("" when nothing failed yet).
+ *         Hosts whose code may move to another OS thread between two C calls (Go goroutines)
+ *         should use fluxus_last_error_copy() in the same C call as the failing function.
  * Thread safety: any thread; each thread sees its own message.
  */
 FLUXUS_API const char *fluxus_last_error_message(void);
+
+/**
+ * Copy the calling thread's last-error message (the string fluxus_last_error_message() returns)
+ * into a buffer the caller owns. Bindings use it to take the message out of thread-local storage
+ * in the same C call as the failing function (a cgo preamble wrapper, a JNI or FFM shim), or to
+ * keep it past the next fluxus call. The message itself is never changed, not even when this
+ * call fails, so a caller can retry with a larger buffer.
+ *
+ * @param[out] buf      Receives the message as NUL-terminated UTF-8; the caller owns it. When
+ *                      the message does not fit, buf receives its longest prefix that fits and
+ *                      ends on a character boundary, NUL-terminated. May be NULL only when cap
+ *                      is 0.
+ * @param cap           Size of buf in bytes, NUL included. FLUXUS_ERROR_MESSAGE_MAX always
+ *                      suffices.
+ * @param[out] out_len  Receives the message's full length in bytes without the NUL (a buffer of
+ *                      *out_len + 1 bytes holds it), whatever the return value. May be NULL.
+ * @return FLUXUS_OK (the whole message and its NUL are in buf; or buf is NULL and cap is 0, a
+ *         length query: only *out_len is set), FLUXUS_ERANGE (cap is too small: buf holds a
+ *         truncated prefix, or nothing when cap is 0), FLUXUS_EINVAL (buf is NULL and cap > 0).
+ * Thread safety: any thread; copies the calling thread's own message.
+ */
+FLUXUS_API int32_t fluxus_last_error_copy(char *buf, size_t cap, size_t *out_len);
 
 /* Log levels for fluxus_log_fn. */
 #define FLUXUS_LOG_ERROR 1

@@ -12,7 +12,13 @@ FLUXUS_API const char *fluxus_strerror(int32_t status) { return fluxus::status_t
 
 FLUXUS_API const char *fluxus_err_name(int32_t status) { return fluxus::status_name(status); }
 
+// The two readers of the last error run no FLUXUS_API_GUARD: they must not clear the message, and
+// nothing in them can throw.
 FLUXUS_API const char *fluxus_last_error_message(void) { return fluxus::last_error_message(); }
+
+FLUXUS_API int32_t fluxus_last_error_copy(char *buf, size_t cap, size_t *out_len) {
+    return fluxus::copy_last_error(buf, cap, out_len);
+}
 
 FLUXUS_API uint32_t fluxus_current_worker(void) { return fluxus::t_current_worker; }
 

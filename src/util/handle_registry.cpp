@@ -1,11 +1,12 @@
 // Handle registry: chunked slot table with per-slot generations and a free list.
+// The first chunk and the free list live in the library's own static storage, so a host that
+// loads, uses and unloads the library leaves nothing behind on the heap; only the chunks for more
+// than kChunkSize handles alive at once are heap-allocated (and kept until the process ends).
 #include "util/handle_registry.hpp"
 
 #include <atomic>
 #include <mutex>
 #include <new>
-#include <vector>
-#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -20,11 +21,16 @@ struct Slot {
     // (generation << 8) | kind while live; generation << 8 (kind 0) while free.
     std::atomic<uint64_t> tag{0};
     std::atomic<void *> object{nullptr};
+    // While the slot is free: 1 + the index of the next free slot, 0 at the end of the list.
+    // Guarded by g_mu. Kept apart from `object`, which a racing lookup may still read.
+    uint32_t next_free = 0;
 };
 
-std::atomic<Slot *> g_chunks[kMaxChunks];
-std::mutex g_mu;                  // guards allocation of slots and chunks
-std::vector<uint32_t> *g_free;    // free slot indexes, leaked on purpose (static lifetime)
+// All constant-initialised: no constructor runs at load and no destructor at unload or exit.
+Slot g_first_chunk[kChunkSize];
+std::atomic<Slot *> g_chunks[kMaxChunks] = {g_first_chunk};
+std::mutex g_mu;             // guards allocation of slots and chunks, and the free list
+uint32_t g_free_head = 0;    // 1 + the index of the most recently freed slot; 0: none
 uint32_t g_next_index = 0;
 
 Slot *slot_at(uint32_t index) {
@@ -46,11 +52,9 @@ bool decode(uintptr_t handle, uint32_t *index, uint64_t *gen) {
 uintptr_t handle_register(HandleKind kind, void *object) {
     std::lock_guard<std::mutex> lock(g_mu);
     uint32_t index;
-    if (!g_free) g_free = new (std::nothrow) std::vector<uint32_t>();
-    if (!g_free) return 0;
-    if (!g_free->empty()) {
-        index = g_free->back();
-        g_free->pop_back();
+    if (g_free_head != 0) {
+        index = g_free_head - 1;
+        g_free_head = slot_at(index)->next_free;
     } else {
         if (g_next_index >= kMaxChunks * kChunkSize) return 0;
         index = g_next_index;
@@ -91,11 +95,8 @@ void *handle_unregister(HandleKind kind, uintptr_t handle) {
     if (!slot->tag.compare_exchange_strong(expected, gen << 8, std::memory_order_acq_rel))
         return nullptr;
     std::lock_guard<std::mutex> lock(g_mu);
-    try {
-        g_free->push_back(index);
-    } FLUXUS_CATCH_ALL {
-        // The slot is simply never reused.
-    }
+    slot->next_free = g_free_head;
+    g_free_head = index + 1;
     return object;
 }
 
