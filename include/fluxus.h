@@ -363,8 +363,9 @@ FLUXUS_API uint32_t fluxus_failure_attempts(const fluxus_failure *f);
 typedef void (*fluxus_dead_letter_fn)(void *user, uint64_t item, const fluxus_failure *failure);
 
 /**
- * Set the dead-letter callback (required if any stage uses FLUXUS_ERROR_DEAD_LETTER).
- * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (after start).
+ * Set the dead-letter callback (required if any stage uses FLUXUS_ERROR_DEAD_LETTER). Setting
+ * it again replaces it (the previous user_free runs then).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL fn), FLUXUS_ESTATE (after start).
  * Thread safety: any thread, before start.
  */
 FLUXUS_API int32_t fluxus_pipeline_set_dead_letter(fluxus_pipeline *p, fluxus_dead_letter_fn fn,
