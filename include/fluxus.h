@@ -11,8 +11,20 @@
  *    otherwise. Callbacks are called without any fluxus lock held.
  *  - Ownership: an `out` object belongs to the caller and is released with its matching
  *    `fluxus_*_free`. Strings passed in are copied. Strings returned are borrowed; their
- *    lifetime is stated. Every registration that stores a `user` pointer also takes a
- *    `user_free` (may be NULL), called exactly once when fluxus drops that pointer.
+ *    lifetime is stated.
+ *  - Registrations: every function that stores a `user` pointer also takes a `user_free` (may
+ *    be NULL). Ownership of `user` passes to fluxus only on FLUXUS_OK. On any other return
+ *    (bad or freed handle, NULL callback, wrong state, bad argument, out of memory) fluxus has
+ *    kept nothing and never calls that `user_free`: the caller still owns `user`. After
+ *    FLUXUS_OK, fluxus calls `user_free` exactly once, when it drops `user`: when the object
+ *    holding the registration is freed (a timer: once it has run or was cancelled), or when a
+ *    later call replaces the registration. Setters that may be called again (log, item
+ *    destructor, dead letter, key function, retry predicate, copy, cache, breaker state
+ *    callback) replace the previous registration, whose `user_free` runs during the replacing
+ *    call, or, if that callback is running at the moment, as soon as it returns. A NULL
+ *    callback, where one is allowed, is a registration like another: its `user` is kept and
+ *    released the same way. What can be registered only once (a source, a stage, a registry
+ *    name) refuses a second registration with an error, which takes nothing.
  *  - Errors: functions return FLUXUS_OK (0) or a negative FLUXUS_E* code, never throw, never
  *    abort on bad input. fluxus_last_error_message() describes the last failure on the calling
  *    thread. Misuse (NULL or freed handles, calls in the wrong state, invalid options) returns a
@@ -193,9 +205,11 @@ FLUXUS_API int32_t fluxus_runtime_set_spin_us(fluxus_runtime *rt, uint32_t spin_
 FLUXUS_API int32_t fluxus_runtime_set_stall_threshold_ms(fluxus_runtime *rt, uint32_t ms);
 
 /**
- * Install the log callback (replacing any previous one, whose user_free is then called).
- * `fn` NULL removes it. Only messages whose level is <= `max_level` are passed on (the default
- * is FLUXUS_LOG_WARN: errors and warnings); `max_level` 0 passes nothing.
+ * Install the log callback, replacing any previous one (whose user_free runs now, or once a
+ * call of it in progress on another thread returns). `fn` NULL removes the callback (`user`
+ * is still kept until replaced or the runtime is freed, like any registration). Only messages
+ * whose level is <= `max_level` are passed on (the default is FLUXUS_LOG_WARN: errors and
+ * warnings); `max_level` 0 passes nothing.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (max_level not in 0..FLUXUS_LOG_DEBUG).
  * Thread safety: any thread, any time except from inside the log callback.
  */
@@ -334,6 +348,7 @@ typedef void (*fluxus_item_free_fn)(void *user, uint64_t item);
  * went elsewhere: flat-map inputs kept with fluxus_emitter_keep_input(), async items that timed
  * out or were cancelled while the host held them (the host keeps them; see
  * fluxus_async_complete()), and items an error route handed to another pipeline.
+ * Setting it again replaces it (the previous user_free runs then); `fn` NULL removes it.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (after start).
  * Thread safety: any thread, before start.
  */
@@ -947,7 +962,8 @@ FLUXUS_API int32_t fluxus_stage_set_default_route(fluxus_pipeline *p, uint32_t s
 /**
  * The copy callback of a router or broadcast (see "Ownership of copies" above).
  * @return FLUXUS_OK, FLUXUS_EINVAL (NULL fn, not a router or broadcast), FLUXUS_ENOTFOUND,
- *         FLUXUS_ESTATE. `user_free` releases `user` when the pipeline is freed.
+ *         FLUXUS_ESTATE. `user_free` releases `user` when the pipeline is freed, or when a
+ *         later call replaces this callback.
  */
 FLUXUS_API int32_t fluxus_stage_set_copy(fluxus_pipeline *p, uint32_t stage, fluxus_copy_fn fn,
                                          void *user, fluxus_user_free_fn user_free);
@@ -1081,7 +1097,8 @@ FLUXUS_API int32_t fluxus_pipeline_add_loader(uint32_t *out_stage, fluxus_pipeli
  * released with the item destructor when they leave the cache or the stage ends. Counted in
  * the stage's cache_hits and cache_misses. A map with a cache is not checked against the
  * stage timeout (fluxus_stage_set_timeout_us). Not with a cursor source (the watermark follows
- * items, and a cached output is not the input's). 0 entries removes the cache.
+ * items, and a cached output is not the input's). 0 entries removes the cache. Setting it
+ * again replaces the cache settings and `copy` (the previous user_free runs then).
  * @return FLUXUS_OK, FLUXUS_EINVAL (not a map or loader, checked at start), FLUXUS_ERANGE
  *         (ttl over a day), FLUXUS_ENOTFOUND, FLUXUS_ESTATE.
  */
@@ -1129,6 +1146,7 @@ FLUXUS_API int32_t fluxus_stage_set_retry(fluxus_pipeline *p, uint32_t stage,
 
 /**
  * Decide per failure whether to retry (see fluxus_retry_fn); NULL retries every failure.
+ * Setting it again replaces it (the previous user_free runs then).
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ESTATE (after start).
  */
 FLUXUS_API int32_t fluxus_stage_set_retry_predicate(fluxus_pipeline *p, uint32_t stage,
@@ -1279,7 +1297,8 @@ FLUXUS_API int32_t fluxus_stage_set_worker_hooks(fluxus_pipeline *p, uint32_t st
 /**
  * Key function for dedup and FLUXUS_ORDER_PER_KEY: point *key at the key's bytes and set *len.
  * The bytes must stay valid until the next call on the same worker. Nonzero return fails the
- * item. Without a key function the key is the item word.
+ * item. Without a key function the key is the item word. Setting it again replaces it (the
+ * previous user_free runs then); `fn` NULL goes back to the item word.
  */
 typedef int32_t (*fluxus_key_fn)(void *user, uint64_t item, const void **key, size_t *len);
 FLUXUS_API int32_t fluxus_stage_set_key_fn(fluxus_pipeline *p, uint32_t stage, fluxus_key_fn fn,
@@ -1766,7 +1785,9 @@ FLUXUS_API int32_t fluxus_circuit_breaker_set_half_open(fluxus_circuit_breaker *
                                                         uint32_t success_threshold);
 
 /**
- * Install the state-change callback (replacing any previous one, whose user_free then runs).
+ * Install the state-change callback, replacing any previous one (whose user_free runs when no
+ * call of it is in progress: at once, or, when replaced from inside its own call, after that
+ * call returns). `fn` NULL removes the callback (`user` is kept until replaced or freed).
  * Changes are reported in the order they happened, one at a time (callbacks of one breaker
  * never overlap), on a thread that was using the breaker when or after the change happened,
  * with no fluxus lock held except the breaker's own callback lock. The callback may call this
