@@ -11,8 +11,22 @@
  *    otherwise. Callbacks are called without any fluxus lock held.
  *  - Ownership: an `out` object belongs to the caller and is released with its matching
  *    `fluxus_*_free`. Strings passed in are copied. Strings returned are borrowed; their
- *    lifetime is stated. Every registration that stores a `user` pointer also takes a
- *    `user_free` (may be NULL), called exactly once when fluxus drops that pointer.
+ *    lifetime is stated.
+ *  - Registrations: every function that stores a `user` pointer also takes a `user_free` (may
+ *    be NULL). Ownership of `user` passes to fluxus only on FLUXUS_OK. On any other return
+ *    (bad or freed handle, NULL callback, wrong state, bad argument, out of memory) fluxus has
+ *    kept nothing and never calls that `user_free`: the caller still owns `user`. After
+ *    FLUXUS_OK, fluxus calls `user_free` exactly once, when it drops `user`: when the object
+ *    holding the registration is freed (a timer: once it has run or was cancelled), or when a
+ *    later call replaces the registration. Setters that may be called again (log, item
+ *    destructor, dead letter, key function, retry predicate, copy, cache, breaker state
+ *    callback) replace the previous registration, whose `user_free` runs during the replacing
+ *    call, or, if that callback is running at the moment, as soon as it returns. A NULL
+ *    callback, where one is allowed, is a registration like another: its `user` is kept and
+ *    released the same way. What cannot be replaced (a pipeline's source, a registry name)
+ *    refuses a second registration with an error, which takes nothing. `user_free` runs on the
+ *    thread that drops `user` (the one freeing or replacing; for a timer, the one that ran or
+ *    cancelled it).
  *  - Errors: functions return FLUXUS_OK (0) or a negative FLUXUS_E* code, never throw, never
  *    abort on bad input. fluxus_last_error_message() describes the last failure on the calling
  *    thread. Misuse (NULL or freed handles, calls in the wrong state, invalid options) returns a
@@ -237,9 +251,11 @@ FLUXUS_API int32_t fluxus_runtime_set_spin_us(fluxus_runtime *rt, uint32_t spin_
 FLUXUS_API int32_t fluxus_runtime_set_stall_threshold_ms(fluxus_runtime *rt, uint32_t ms);
 
 /**
- * Install the log callback (replacing any previous one, whose user_free is then called).
- * `fn` NULL removes it. Only messages whose level is <= `max_level` are passed on (the default
- * is FLUXUS_LOG_WARN: errors and warnings); `max_level` 0 passes nothing.
+ * Install the log callback, replacing any previous one (whose user_free runs now, or once a
+ * call of it in progress on another thread returns). `fn` NULL removes the callback (`user`
+ * is still kept until replaced or the runtime is freed, like any registration). Only messages
+ * whose level is <= `max_level` are passed on (the default is FLUXUS_LOG_WARN: errors and
+ * warnings); `max_level` 0 passes nothing.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE (max_level not in 0..FLUXUS_LOG_DEBUG).
  * Thread safety: any thread, any time except from inside the log callback.
  */
@@ -378,6 +394,7 @@ typedef void (*fluxus_item_free_fn)(void *user, uint64_t item);
  * went elsewhere: flat-map inputs kept with fluxus_emitter_keep_input(), async items that timed
  * out or were cancelled while the host held them (the host keeps them; see
  * fluxus_async_complete()), and items an error route handed to another pipeline.
+ * Setting it again replaces it (the previous user_free runs then); `fn` NULL removes it.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (after start).
  * Thread safety: any thread, before start.
  */
@@ -407,8 +424,9 @@ FLUXUS_API uint32_t fluxus_failure_attempts(const fluxus_failure *f);
 typedef void (*fluxus_dead_letter_fn)(void *user, uint64_t item, const fluxus_failure *failure);
 
 /**
- * Set the dead-letter callback (required if any stage uses FLUXUS_ERROR_DEAD_LETTER).
- * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (after start).
+ * Set the dead-letter callback (required if any stage uses FLUXUS_ERROR_DEAD_LETTER). Setting
+ * it again replaces it (the previous user_free runs then).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL fn), FLUXUS_ESTATE (after start).
  * Thread safety: any thread, before start.
  */
 FLUXUS_API int32_t fluxus_pipeline_set_dead_letter(fluxus_pipeline *p, fluxus_dead_letter_fn fn,
@@ -625,17 +643,23 @@ FLUXUS_API int32_t fluxus_pipeline_resume(fluxus_pipeline *p);
  */
 
 /**
- * Map: transform one item. On 0 the callback owns `in` and *out is the item that goes on (it may
+ * Map: transform one item. *out arrives preset to `in`, so a map that returns 0 without
+ * writing it passes its input on (in every path: fused or not, any worker count, with or
+ * without a cache). On 0 the callback owns `in` and *out is the item that goes on (it may
  * equal `in`); on nonzero the item fails with that status and fluxus still owns it.
  */
 typedef int32_t (*fluxus_map_fn)(void *user, uint64_t in, uint64_t *out);
 /**
- * Batch map: out[i] from in[i] for i < count. status[] arrives zeroed; set status[i] nonzero to
- * fail item i. A nonzero return fails every item of the batch with that status.
+ * Batch map: out[i] from in[i] for i < count. out[] arrives preset to in[] (an out[i] left
+ * unwritten passes in[i] on) and status[] zeroed; set status[i] nonzero to fail item i. A
+ * nonzero return fails every item of the batch with that status.
  */
 typedef int32_t (*fluxus_map_batch_fn)(void *user, const uint64_t *in, uint64_t *out,
                                        int32_t *status, uint32_t count);
-/** Filter: set *keep to 1 to pass the item on, 0 to drop it (filtered). Nonzero return fails. */
+/**
+ * Filter: set *keep to 1 to pass the item on, 0 to drop it (filtered); *keep arrives 0. Nonzero
+ * return fails.
+ */
 typedef int32_t (*fluxus_filter_fn)(void *user, uint64_t item, int32_t *keep);
 /** Batch filter: keep[] and status[] arrive zeroed. */
 typedef int32_t (*fluxus_filter_batch_fn)(void *user, const uint64_t *items, int32_t *keep,
@@ -885,18 +909,26 @@ FLUXUS_API int32_t fluxus_pipeline_add_window(uint32_t *out_stage, fluxus_pipeli
                                               fluxus_user_free_fn user_free);
 
 /**
- * Sliding windows per key: windows of `size` starting every `step` (1 <= step <= size), so an
- * item can be in several windows. By count (`kind` FLUXUS_WINDOW_COUNT): after every `step`
- * items of a key, its last `size` items. By time (FLUXUS_WINDOW_TIME, microseconds): the
- * aligned periods [k * step, k * step + size) of the runtime's clock, each closing at its end
- * with the key's items that arrived in it (a period that holds none does not fire). `fn` gets
- * the window's items borrowed, as for fluxus_pipeline_add_window(); an item stays held while a
- * later window may still hold it, and ends (counted filtered and destroyed) when it leaves its
- * last window — or fails, with the callback's status, if the first window it was in (its home)
- * failed. fluxus_emitter_keep_input() has no effect here. At end of input or on drain every
- * window still holding items fires; on cancel held items are cancelled.
- * @return as fluxus_pipeline_add_window(), and FLUXUS_ERANGE for a step of 0 or above `size`,
- *         or a kind other than COUNT or TIME.
+ * Sliding (hopping) windows per key: the windows [k * step, k * step + size), k = 0, 1, 2, ...
+ * By count (`kind` FLUXUS_WINDOW_COUNT), over the key's items numbered 0, 1, 2, ... in arrival
+ * order: a window fires when its last item arrives, so no partial window leads (size 4, step 2:
+ * items [0..3], [2..5], [4..7], ...); `start_ns` is when its first item arrived. By time
+ * (FLUXUS_WINDOW_TIME, microseconds), over the runtime's clock, the periods aligned to its
+ * zero: a window fires at its end with the key's items that arrived in it (one that holds none
+ * does not fire); `start_ns` is its start.
+ * `step` below `size` makes windows overlap (an item is in several), equal to it makes them
+ * tumbling, above it makes sampling windows with gaps between them: an item in a gap (count:
+ * index mod step >= size) is in no window and ends at once, counted filtered and destroyed.
+ * At end of input or on drain every window that holds items fires as it is, so trailing
+ * partial windows are emitted (count, size 4, step 2, items 0..4: [0..3] when 3 arrives, then
+ * [2..4] and [4] at the end); on cancel held items are cancelled.
+ * `fn` gets the window's items borrowed, as for fluxus_pipeline_add_window(); an item stays held
+ * while a later window may still hold it, and ends (counted filtered and destroyed) when it
+ * leaves its last window, or fails, with the callback's status, if the first window it is in
+ * (its home) failed. fluxus_emitter_keep_input() has no effect here.
+ * @param size, step  Items (COUNT, 1..2^20) or microseconds (TIME, 1 .. one day).
+ * @return as fluxus_pipeline_add_window(), and FLUXUS_ERANGE for a size or step of 0 or out of
+ *         range, or a kind other than COUNT or TIME.
  */
 FLUXUS_API int32_t fluxus_pipeline_add_sliding_window(uint32_t *out_stage, fluxus_pipeline *p,
                                                       const char *name, int32_t kind,
@@ -956,8 +988,8 @@ typedef int32_t (*fluxus_route_fn)(void *user, uint64_t item, uint64_t *routes);
 /**
  * Copy callback: make *copy, a new item equal to `item` for route `route`, owned by the
  * pipeline from then on (the item destructor releases it if it does not reach a sink). Return
- * 0, or nonzero if the copy cannot be made. For items that are plain values, `*copy = item` is
- * a valid copy.
+ * 0, or nonzero if the copy cannot be made. *copy arrives preset to `item`: for items that are
+ * plain values, returning 0 without writing it (or `*copy = item`) is a valid copy.
  */
 typedef int32_t (*fluxus_copy_fn)(void *user, uint64_t item, uint32_t route, uint64_t *copy);
 
@@ -1012,7 +1044,8 @@ FLUXUS_API int32_t fluxus_stage_set_default_route(fluxus_pipeline *p, uint32_t s
 /**
  * The copy callback of a router or broadcast (see "Ownership of copies" above).
  * @return FLUXUS_OK, FLUXUS_EINVAL (NULL fn, not a router or broadcast), FLUXUS_ENOTFOUND,
- *         FLUXUS_ESTATE. `user_free` releases `user` when the pipeline is freed.
+ *         FLUXUS_ESTATE. `user_free` releases `user` when the pipeline is freed, or when a
+ *         later call replaces this callback.
  */
 FLUXUS_API int32_t fluxus_stage_set_copy(fluxus_pipeline *p, uint32_t stage, fluxus_copy_fn fn,
                                          void *user, fluxus_user_free_fn user_free);
@@ -1109,14 +1142,15 @@ FLUXUS_API int32_t fluxus_stage_set_join_max_keys(fluxus_pipeline *p, uint32_t s
  * with key i; set results[i] to its result (an item word: fluxus owns it from then on and
  * releases it with the item destructor once it is no longer needed, or keeps it in the stage's
  * cache) or status[i] nonzero to fail every item waiting for that key (results[i] is then
- * ignored). status[] arrives zeroed. A nonzero return fails the whole group, and every
+ * ignored). results[] and status[] arrive zeroed. A nonzero return fails the whole group, and every
  * results[] slot is ignored: release anything the call allocated before returning nonzero.
  */
 typedef int32_t (*fluxus_load_fn)(void *user, const uint64_t *items, uint32_t count,
                                   uint64_t *results, int32_t *status);
 /**
  * Attach callback: make the output of `item` from its key's `result` (borrowed: copy what you
- * keep). On 0 the callback owns `item`, as a map does, and *out goes on; nonzero fails `item`.
+ * keep). *out arrives preset to `item`. On 0 the callback owns `item`, as a map does, and *out
+ * goes on; nonzero fails `item`.
  */
 typedef int32_t (*fluxus_attach_fn)(void *user, uint64_t item, uint64_t result, uint64_t *out);
 
@@ -1146,7 +1180,8 @@ FLUXUS_API int32_t fluxus_pipeline_add_loader(uint32_t *out_stage, fluxus_pipeli
  * released with the item destructor when they leave the cache or the stage ends. Counted in
  * the stage's cache_hits and cache_misses. A map with a cache is not checked against the
  * stage timeout (fluxus_stage_set_timeout_us). Not with a cursor source (the watermark follows
- * items, and a cached output is not the input's). 0 entries removes the cache.
+ * items, and a cached output is not the input's). 0 entries removes the cache. Setting it
+ * again replaces the cache settings and `copy` (the previous user_free runs then).
  * @return FLUXUS_OK, FLUXUS_EINVAL (not a map or loader, checked at start), FLUXUS_ERANGE
  *         (ttl over a day), FLUXUS_ENOTFOUND, FLUXUS_ESTATE.
  */
@@ -1194,6 +1229,7 @@ FLUXUS_API int32_t fluxus_stage_set_retry(fluxus_pipeline *p, uint32_t stage,
 
 /**
  * Decide per failure whether to retry (see fluxus_retry_fn); NULL retries every failure.
+ * Setting it again replaces it (the previous user_free runs then).
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ESTATE (after start).
  */
 FLUXUS_API int32_t fluxus_stage_set_retry_predicate(fluxus_pipeline *p, uint32_t stage,
@@ -1345,7 +1381,8 @@ FLUXUS_API int32_t fluxus_stage_set_worker_hooks(fluxus_pipeline *p, uint32_t st
 /**
  * Key function for dedup and FLUXUS_ORDER_PER_KEY: point *key at the key's bytes and set *len.
  * The bytes must stay valid until the next call on the same worker. Nonzero return fails the
- * item. Without a key function the key is the item word.
+ * item. Without a key function the key is the item word. Setting it again replaces it (the
+ * previous user_free runs then); `fn` NULL goes back to the item word.
  */
 typedef int32_t (*fluxus_key_fn)(void *user, uint64_t item, const void **key, size_t *len);
 FLUXUS_API int32_t fluxus_stage_set_key_fn(fluxus_pipeline *p, uint32_t stage, fluxus_key_fn fn,
@@ -1836,7 +1873,9 @@ FLUXUS_API int32_t fluxus_circuit_breaker_set_half_open(fluxus_circuit_breaker *
                                                         uint32_t success_threshold);
 
 /**
- * Install the state-change callback (replacing any previous one, whose user_free then runs).
+ * Install the state-change callback, replacing any previous one (whose user_free runs when no
+ * call of it is in progress: at once, or, when replaced from inside its own call, after that
+ * call returns). `fn` NULL removes the callback (`user` is kept until replaced or freed).
  * Changes are reported in the order they happened, one at a time (callbacks of one breaker
  * never overlap), on a thread that was using the breaker when or after the change happened,
  * with no fluxus lock held except the breaker's own callback lock. The callback may call this

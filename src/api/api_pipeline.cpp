@@ -63,6 +63,11 @@ FLUXUS_API int32_t fluxus_pipeline_set_dead_letter(fluxus_pipeline *h, fluxus_de
                                                    void *user, fluxus_user_free_fn user_free) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_dead_letter");
+        if (!fn)
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_pipeline_set_dead_letter: the callback is NULL (a stage with "
+                             "FLUXUS_ERROR_DEAD_LETTER needs one; FLUXUS_ERROR_SKIP drops failed "
+                             "items without it)");
         return p->set_dead_letter(fn, user, user_free);
     });
 }

@@ -126,8 +126,8 @@ int32_t Pipeline::set_source(SourceKind kind, const char *name, void (*fn)(), vo
     if (source_.kind != SourceKind::none)
         return set_errorf(FLUXUS_ESTATE, "set_source: pipeline '%s' already has a source",
                           name_.c_str());
+    source_.name = name ? name : "source";  // first: the one step that can fail
     source_.kind = kind;
-    source_.name = name ? name : "source";
     source_.fn = fn;
     source_.user = UserRef{user, uf};
     return FLUXUS_OK;
@@ -163,13 +163,15 @@ int32_t Pipeline::set_cursor_source(const char *name, uint64_t start, fluxus_cur
                                     fluxus_user_free_fn user_free) {
     if (!read || !page_of)
         return set_error(FLUXUS_EINVAL, "set_cursor_source: read and page_of are required");
+    // Allocated first: once set_source() has taken `user`, nothing may fail.
+    std::unique_ptr<CursorTracker> tracker(new CursorTracker(page_of, commit, user));
     if (int32_t rc = set_source(SourceKind::cursor, name, reinterpret_cast<void (*)()>(read), user,
                                 user_free))
         return rc;
     source_.cursor = start;
     source_.page_of = page_of;
     source_.commit = commit;
-    cursor_.reset(new CursorTracker(page_of, commit, user));
+    cursor_ = std::move(tracker);
     return FLUXUS_OK;
 }
 
@@ -300,6 +302,9 @@ int32_t Pipeline::new_stage(StageKind kind, const char *name, void (*fn)(), void
                     : std::string(stage_kind_name(kind)) + "#" + std::to_string(st->index);
     st->kind = kind;
     st->fn = fn;
+    // Attaching the stage (its one outlet) must not fail once it holds the host's `user`: a
+    // refused registration takes nothing.
+    st->outlets.reserve(1);
     st->user = UserRef{user, uf};
     stages_.push_back(std::move(st));
     *out = stages_.back().get();

@@ -129,8 +129,13 @@ int32_t Pipeline::add_source_stage(uint32_t *out, const char *name, fluxus_pull_
     if (int32_t rc = new_stage(StageKind::source, name, reinterpret_cast<void (*)()>(fn), user,
                                user_free, &st))
         return rc;
+    try {
+        spec->name = st->name;
+    } catch (...) {
+        stages_.pop_back();  // refused (out of memory): the stage and its `user` were not kept
+        throw;
+    }
     spec->kind = SourceKind::pull;
-    spec->name = st->name;
     spec->fn = st->fn;
     spec->user = UserRef{user, nullptr};  // the stage owns `user`
     spec->poll_interval_us = source_.poll_interval_us;

@@ -63,6 +63,21 @@ void CircuitBreaker::set_half_open(uint32_t max_trials, uint32_t successes) {
 void CircuitBreaker::set_callback(fluxus_breaker_state_fn fn, void *user,
                                   fluxus_user_free_fn user_free) {
     UserRef old;
+    if (t_delivering == this) {
+        // From inside this breaker's state callback: this thread holds cb_mu_ already. The call
+        // in progress keeps its `user` until it returns; a registration made and replaced
+        // within that call is released at once.
+        old = cb_user_;
+        cb_ = fn;
+        cb_user_ = UserRef{user, user_free};
+        if (!has_retired_) {
+            cb_retired_ = old;
+            has_retired_ = true;
+        } else {
+            old.release();
+        }
+        return;
+    }
     {
         std::lock_guard<std::mutex> lock(cb_mu_);
         old = cb_user_;
@@ -109,12 +124,16 @@ void CircuitBreaker::notify_changes(const std::vector<int32_t> &changes) {
             batch.swap(transitions_);
         }
         if (batch.empty()) return;
-        if (!cb_) continue;
         for (const auto &t : batch) {
+            if (!cb_) break;  // (a callback may remove itself)
             try {
                 cb_(cb_user_.user, t.first, t.second);
             } FLUXUS_CATCH_ALL {
                 // A state callback that throws loses only that notification.
+            }
+            if (has_retired_) {  // the callback replaced itself: its old `user` is done now
+                has_retired_ = false;
+                cb_retired_.release();
             }
         }
     }

@@ -95,6 +95,10 @@ private:
     std::mutex cb_mu_;  // serialises state callbacks, outside mu_
     fluxus_breaker_state_fn cb_ = nullptr;
     UserRef cb_user_;
+    // The registration a state callback replaced from inside its own call: its `user` is
+    // released once that call returns (under cb_mu_, by the delivering thread).
+    UserRef cb_retired_;
+    bool has_retired_ = false;
 };
 
 // Maps a public handle to its breaker (not retained), or nullptr. In api_breaker.cpp.

@@ -112,10 +112,19 @@ int32_t Runtime::set_log(int32_t max_level, fluxus_log_fn fn, void *user,
                          fluxus_user_free_fn user_free) {
     if (max_level < 0 || max_level > FLUXUS_LOG_DEBUG)
         return set_errorf(FLUXUS_ERANGE, "log level %d is not 0..%d", max_level, FLUXUS_LOG_DEBUG);
+    // The sink holds `user` even without a callback (fn NULL removes the callback, and `user`
+    // stays fluxus's until the next set_log or the runtime's end). user_free goes in only once
+    // nothing can fail: a refused call never calls it.
     std::shared_ptr<LogSink> sink;
-    if (fn) {
-        sink.reset(new (std::nothrow) LogSink{fn, user, user_free});
-        if (!sink) return set_error(FLUXUS_ENOMEM, "log callback: out of memory");
+    if (fn || user_free) {
+        LogSink *raw = new (std::nothrow) LogSink{fn, user, nullptr};
+        if (!raw) return set_error(FLUXUS_ENOMEM, "log callback: out of memory");
+        try {
+            sink.reset(raw);
+        } catch (const std::bad_alloc &) {
+            return set_error(FLUXUS_ENOMEM, "log callback: out of memory");
+        }
+        sink->user_free = user_free;
     }
     std::shared_ptr<LogSink> old;
     {
@@ -135,7 +144,7 @@ void Runtime::log(int32_t level, const char *pipeline, const char *stage, const 
         std::lock_guard<std::mutex> lock(log_mu_);
         sink = log_sink_;
     }
-    if (sink) sink->fn(sink->user, level, pipeline ? pipeline : "", stage ? stage : "", message);
+    if (sink && sink->fn) sink->fn(sink->user, level, pipeline ? pipeline : "", stage ? stage : "", message);
 }
 
 int32_t Runtime::start() {

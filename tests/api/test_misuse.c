@@ -408,7 +408,17 @@ static void test_start_checks_the_pipeline_shape(void **state) {
     TU_OK(fluxus_pipeline_set_pull_source(p, "src", nop_pull, NULL, NULL));
     TU_OK(fluxus_pipeline_add_sink(&s, p, "sink", nop_sink, NULL, NULL));
     TU_OK(fluxus_stage_set_error_policy(p, s, FLUXUS_ERROR_DEAD_LETTER));
+    /* a NULL dead-letter callback is refused at the call (it used to pass, and start failed) */
+    {
+        tu_msg m;
+        TU_EXPECT_MSG(FLUXUS_EINVAL, fluxus_pipeline_set_dead_letter(p, NULL, NULL, NULL), &m);
+        assert_non_null(strstr(m.text, "fluxus_pipeline_set_dead_letter"));
+        assert_non_null(strstr(m.text, "NULL"));
+    }
     TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_start(p));
+    TU_OK(fluxus_pipeline_set_dead_letter(p, nop_dead_letter, NULL, NULL));
+    TU_OK(fluxus_pipeline_start(p));
+    TU_OK(tu_wait(p));
     TU_OK(fluxus_pipeline_free(p));
 
     /* a multi-worker sink that is not per-key */

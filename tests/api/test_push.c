@@ -49,22 +49,30 @@ static int32_t gated_sink(void *user, uint64_t item) {
 }
 
 static fluxus_runtime *g_rt;
-static uint32_t *g_gate; /* opened by teardown, so a failed test cannot leave the sink held */
 
+/* The context lives on the heap from setup to teardown, not on a test's stack: teardown opens the
+ * gate (so a failed test cannot leave the sink held) and a sink may still read it while the
+ * runtime cancels a pipeline that a failed test left running. */
 static int setup(void **state) {
-    (void)state;
+    push_ctx *c = (push_ctx *)calloc(1, sizeof *c);
+    if (c == NULL) {
+        return -1;
+    }
+    *state = c;
     g_rt = tu_runtime(2);
     tu_user_frees = 0;
     return 0;
 }
 
 static int teardown(void **state) {
-    (void)state;
-    if (g_gate != NULL) {
-        TU_STORE(g_gate, 1);
-        g_gate = NULL;
-    }
-    return fluxus_runtime_free(g_rt) == FLUXUS_OK ? 0 : -1;
+    push_ctx *c = (push_ctx *)*state;
+    int rc;
+    TU_STORE(&c->gate_open, 1);
+    rc = fluxus_runtime_free(g_rt) == FLUXUS_OK ? 0 : -1;
+    tu_tracker_destroy(&c->t); /* a no-op if the test destroyed it */
+    free(c);
+    *state = NULL;
+    return rc;
 }
 
 /*
@@ -76,7 +84,6 @@ static fluxus_pipeline *build(push_ctx *c, uint64_t n, fluxus_sink_fn sink, uint
     fluxus_pipeline *p;
     uint32_t first = 0;
     memset(c, 0, sizeof *c);
-    g_gate = &c->gate_open;
     tu_tracker_init(&c->t, n);
     p = tu_pipeline(g_rt, "push", &c->t);
     TU_OK(fluxus_pipeline_set_push_source(p, "input"));
@@ -111,13 +118,12 @@ static void *produce(void *arg) {
 }
 
 static void test_four_host_threads_push_concurrently_without_loss(void **state) {
-    push_ctx c;
+    push_ctx *c = (push_ctx *)*state;
     pthread_t th[PUSH_THREADS];
     producer pr[PUSH_THREADS];
     fluxus_pipeline_stats s;
-    fluxus_pipeline *p = build(&c, PUSH_TOTAL, ordered_sink, 16, 1);
+    fluxus_pipeline *p = build(c, PUSH_TOTAL, ordered_sink, 16, 1);
     uint32_t i;
-    (void)state;
 
     TU_OK(fluxus_pipeline_start(p));
     for (i = 0; i < PUSH_THREADS; i++) {
@@ -143,21 +149,20 @@ static void test_four_host_threads_push_concurrently_without_loss(void **state) 
     tu_stats(p, &s);
     assert_int_equal(s.admitted, PUSH_TOTAL);
     assert_int_equal(s.delivered, PUSH_TOTAL);
-    assert_int_equal(c.order_errors, 0); /* each producer's items arrive in its push order */
-    tu_check_conservation(p, &c.t, 0);
-    tu_tracker_check_once(&c.t, 0, PUSH_TOTAL);
+    assert_int_equal(c->order_errors, 0); /* each producer's items arrive in its push order */
+    tu_check_conservation(p, &c->t, 0);
+    tu_tracker_check_once(&c->t, 0, PUSH_TOTAL);
     TU_OK(fluxus_pipeline_free(p));
     assert_int_equal(TU_LOAD(&tu_user_frees), 1);
-    tu_tracker_destroy(&c.t);
+    tu_tracker_destroy(&c->t);
 }
 
 static void test_try_push_returns_efull_when_the_queue_is_full(void **state) {
-    push_ctx c;
-    fluxus_pipeline *p = build(&c, 1000, gated_sink, 4, 0);
+    push_ctx *c = (push_ctx *)*state;
+    fluxus_pipeline *p = build(c, 1000, gated_sink, 4, 0);
     uint64_t pushed = 0;
     int32_t rc = FLUXUS_OK;
     uint64_t t0;
-    (void)state;
 
     TU_OK(fluxus_pipeline_start(p));
     /* The sink holds the first item; the queue (capacity 4) and the batches in hand fill up. */
@@ -165,7 +170,7 @@ static void test_try_push_returns_efull_when_the_queue_is_full(void **state) {
     while (pushed < 1000) {
         /* Full may be transient until the sink has taken its item; once the sink is held, a
          * full queue stays full. So only an EFULL from a try that began after that counts. */
-        uint32_t sink_held = TU_LOAD(&c.sink_calls) > 0;
+        uint32_t sink_held = TU_LOAD(&c->sink_calls) > 0;
         rc = fluxus_pipeline_try_push(p, pushed);
         if (rc == FLUXUS_OK) {
             pushed++;
@@ -191,24 +196,23 @@ static void test_try_push_returns_efull_when_the_queue_is_full(void **state) {
     /* A push with a short timeout times out; the caller keeps the item. */
     TU_EXPECT(FLUXUS_ETIMEDOUT, fluxus_pipeline_push(p, pushed, 5));
 
-    TU_STORE(&c.gate_open, 1);
+    TU_STORE(&c->gate_open, 1);
     TU_OK(fluxus_pipeline_close_input(p));
     TU_EXPECT(FLUXUS_OK, tu_wait(p));
-    assert_int_equal(c.gave_up, 0);
-    assert_int_equal(c.t.delivered_total, pushed);
-    tu_check_conservation(p, &c.t, 0);
-    tu_tracker_check_once(&c.t, 0, pushed);
-    tu_tracker_check_untouched(&c.t, pushed, 1000);
+    assert_int_equal(c->gave_up, 0);
+    assert_int_equal(c->t.delivered_total, pushed);
+    tu_check_conservation(p, &c->t, 0);
+    tu_tracker_check_once(&c->t, 0, pushed);
+    tu_tracker_check_untouched(&c->t, pushed, 1000);
     TU_OK(fluxus_pipeline_free(p));
-    tu_tracker_destroy(&c.t);
+    tu_tracker_destroy(&c->t);
 }
 
 static void test_push_after_close_input_on_a_held_pipeline_returns_eclosed(void **state) {
-    push_ctx c;
-    fluxus_pipeline *p = build(&c, 100, gated_sink, 16, 0);
+    push_ctx *c = (push_ctx *)*state;
+    fluxus_pipeline *p = build(c, 100, gated_sink, 16, 0);
     uint64_t items[3] = {10, 11, 12};
     uint32_t pushed = 99;
-    (void)state;
 
     TU_EXPECT(FLUXUS_ESTATE, fluxus_pipeline_push(p, 1, 0)); /* not started */
     /* The gated sink holds item 0, so the pipeline cannot finish while we push after close. */
@@ -220,21 +224,20 @@ static void test_push_after_close_input_on_a_held_pipeline_returns_eclosed(void 
     TU_EXPECT(FLUXUS_ECLOSED, fluxus_pipeline_try_push(p, 1));
     TU_EXPECT(FLUXUS_ECLOSED, fluxus_pipeline_push_many(p, items, 3, 0, &pushed));
     assert_int_equal(pushed, 0);
-    TU_STORE(&c.gate_open, 1);
+    TU_STORE(&c->gate_open, 1);
     TU_EXPECT(FLUXUS_OK, tu_wait(p));
-    assert_int_equal(c.t.delivered_total, 1);
-    tu_check_conservation(p, &c.t, 0);
-    tu_tracker_check_untouched(&c.t, 1, 100);
+    assert_int_equal(c->t.delivered_total, 1);
+    tu_check_conservation(p, &c->t, 0);
+    tu_tracker_check_untouched(&c->t, 1, 100);
     TU_OK(fluxus_pipeline_free(p));
-    tu_tracker_destroy(&c.t);
+    tu_tracker_destroy(&c->t);
 }
 
 static void test_push_many_pushes_all_items_in_order(void **state) {
-    push_ctx c;
-    fluxus_pipeline *p = build(&c, PUSH_PER_THREAD, ordered_sink, 16, 1);
+    push_ctx *c = (push_ctx *)*state;
+    fluxus_pipeline *p = build(c, PUSH_PER_THREAD, ordered_sink, 16, 1);
     uint64_t *items = (uint64_t *)malloc(PUSH_PER_THREAD * sizeof(uint64_t));
     uint32_t pushed = 0, i;
-    (void)state;
 
     assert_non_null(items);
     for (i = 0; i < PUSH_PER_THREAD; i++) {
@@ -247,21 +250,20 @@ static void test_push_many_pushes_all_items_in_order(void **state) {
     assert_int_equal(pushed, 0);
     TU_OK(fluxus_pipeline_close_input(p));
     TU_EXPECT(FLUXUS_OK, tu_wait(p));
-    assert_int_equal(c.order_errors, 0);
-    assert_int_equal(c.t.delivered_total, PUSH_PER_THREAD);
-    tu_check_conservation(p, &c.t, 0);
-    tu_tracker_check_once(&c.t, 0, PUSH_PER_THREAD);
+    assert_int_equal(c->order_errors, 0);
+    assert_int_equal(c->t.delivered_total, PUSH_PER_THREAD);
+    tu_check_conservation(p, &c->t, 0);
+    tu_tracker_check_once(&c->t, 0, PUSH_PER_THREAD);
     TU_OK(fluxus_pipeline_free(p));
-    tu_tracker_destroy(&c.t);
+    tu_tracker_destroy(&c->t);
     free(items);
 }
 
 static void test_push_many_with_a_timeout_pushes_a_prefix(void **state) {
-    push_ctx c;
-    fluxus_pipeline *p = build(&c, 1000, gated_sink, 4, 0);
+    push_ctx *c = (push_ctx *)*state;
+    fluxus_pipeline *p = build(c, 1000, gated_sink, 4, 0);
     uint64_t items[1000];
     uint32_t pushed = 12345, i;
-    (void)state;
 
     for (i = 0; i < 1000; i++) {
         items[i] = i;
@@ -270,22 +272,21 @@ static void test_push_many_with_a_timeout_pushes_a_prefix(void **state) {
     TU_EXPECT(FLUXUS_ETIMEDOUT, fluxus_pipeline_push_many(p, items, 1000, 20, &pushed));
     assert_true(pushed >= 1);
     assert_true(pushed < 1000);
-    TU_STORE(&c.gate_open, 1);
+    TU_STORE(&c->gate_open, 1);
     TU_OK(fluxus_pipeline_close_input(p));
     TU_EXPECT(FLUXUS_OK, tu_wait(p));
     /* Exactly the prefix items[0..pushed) went through; the caller kept the rest. */
-    assert_int_equal(c.t.delivered_total, pushed);
-    tu_tracker_check_once(&c.t, 0, pushed);
-    tu_tracker_check_untouched(&c.t, pushed, 1000);
-    tu_check_conservation(p, &c.t, 0);
+    assert_int_equal(c->t.delivered_total, pushed);
+    tu_tracker_check_once(&c->t, 0, pushed);
+    tu_tracker_check_untouched(&c->t, pushed, 1000);
+    tu_check_conservation(p, &c->t, 0);
     TU_OK(fluxus_pipeline_free(p));
-    tu_tracker_destroy(&c.t);
+    tu_tracker_destroy(&c->t);
 }
 
 static void test_paused_push_source_refuses_pushes_until_resumed(void **state) {
-    push_ctx c;
-    fluxus_pipeline *p = build(&c, 100, ordered_sink, 16, 1);
-    (void)state;
+    push_ctx *c = (push_ctx *)*state;
+    fluxus_pipeline *p = build(c, 100, ordered_sink, 16, 1);
 
     TU_OK(fluxus_pipeline_start(p));
     TU_OK(fluxus_pipeline_pause(p));
@@ -297,13 +298,13 @@ static void test_paused_push_source_refuses_pushes_until_resumed(void **state) {
     TU_OK(fluxus_pipeline_push(p, 3, UINT32_MAX));
     TU_OK(fluxus_pipeline_close_input(p));
     TU_EXPECT(FLUXUS_OK, tu_wait(p));
-    assert_int_equal(c.t.delivered_total, 2);
-    assert_int_equal(c.t.delivered[1], 0);
-    assert_int_equal(c.t.delivered[2], 1);
-    assert_int_equal(c.t.delivered[3], 1);
-    tu_check_conservation(p, &c.t, 0);
+    assert_int_equal(c->t.delivered_total, 2);
+    assert_int_equal(c->t.delivered[1], 0);
+    assert_int_equal(c->t.delivered[2], 1);
+    assert_int_equal(c->t.delivered[3], 1);
+    tu_check_conservation(p, &c->t, 0);
     TU_OK(fluxus_pipeline_free(p));
-    tu_tracker_destroy(&c.t);
+    tu_tracker_destroy(&c->t);
 }
 
 static void test_push_on_a_pull_source_pipeline_returns_estate(void **state) {
