@@ -1,6 +1,6 @@
 // C API: version and error reporting.
 #include "api/api_util.hpp"
-#include "core/segment.hpp"
+#include "core/current_call.hpp"
 
 extern "C" {
 
@@ -14,6 +14,6 @@ FLUXUS_API const char *fluxus_err_name(int32_t status) { return fluxus::status_n
 
 FLUXUS_API const char *fluxus_last_error_message(void) { return fluxus::last_error_message(); }
 
-FLUXUS_API uint32_t fluxus_current_worker(void) { return fluxus::t_current_worker; }
+FLUXUS_API uint32_t fluxus_current_worker(void) { return fluxus::current_worker(); }
 
 }  // extern "C"

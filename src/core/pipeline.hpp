@@ -160,6 +160,11 @@ public:
     void segment_done();
     void log(int32_t level, const Stage *stage, const char *message);
 
+    // ---- failure causes (pipeline_failures.cpp) ----
+    // The first failure that stopped the pipeline (fail_pipeline), or null. Never changes once
+    // set; owned by the pipeline.
+    const fluxus_failure *failure() const;
+
 private:
     int32_t validate();
     int32_t validate_graph();  // also computes topo_
@@ -217,6 +222,13 @@ private:
 
     mutable std::mutex mu_;  // guards result_, failure details, start/shut_down transitions
     int32_t result_ = FLUXUS_OK;
+
+    // Failure causes (pipeline_failures.cpp). failure_ is the first fatal failure (under mu_,
+    // set once, with result_).
+    void record_failure(int32_t status, const Stage *stage, const char *message);
+    // "pipeline 'P' ended with CODE[: the failure]" for the last-error message of wait().
+    std::string ended_message() const;
+    FailureRecord failure_;
     std::mutex done_mu_;
     std::condition_variable done_cv_;
 };

@@ -15,7 +15,6 @@
 
 namespace fluxus {
 
-thread_local uint32_t t_current_worker = UINT32_MAX;
 thread_local RetryScope *t_retry_scope = nullptr;
 
 
@@ -245,6 +244,7 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
     a_.resize(b);
     b_.resize(b);
     state_.resize(s->stages.size());
+    for (WorkerStageState &ws : state_) ws.call = &call_errors_;
     tally_.resize(s->stages.size());
     for (size_t k = 0; k < s->stages.size(); ++k)
     {
@@ -326,11 +326,8 @@ void SegmentWorker::close_hooks() {
 }
 
 void SegmentWorker::run() {
-    struct WorkerIndexScope {
-        uint32_t saved;
-        explicit WorkerIndexScope(uint32_t i) : saved(t_current_worker) { t_current_worker = i; }
-        ~WorkerIndexScope() { t_current_worker = saved; }
-    } scope(index);
+    // fluxus_current_worker(), and the texts callbacks attach to their failures.
+    CurrentCallScope call(index, &call_errors_);
     Pipeline &p = *seg->p;
 
     if (is_exhausted_) {
@@ -557,7 +554,7 @@ void SegmentWorker::pull_settle(size_t n, int32_t rc, uint32_t granted, bool *dr
             rt_->add_timer(rt_->now() + uint64_t(src.poll_interval_us) * 1000u, this, &p);
     } else if (rc != FLUXUS_PULL_ITEM) {
         source_ended_ = true;
-        p.fail_pipeline(FLUXUS_ESOURCE, rc, nullptr, "the pull source returned an error");
+        p.fail_pipeline(FLUXUS_ESOURCE, rc, seg->source_stage, "the pull source returned an error");
     }
     if (src.rate_limiter && n < granted) src.rate_limiter->give_back(uint32_t(granted - n));
     p.admit(n);
@@ -701,6 +698,7 @@ void SegmentWorker::process(size_t n, size_t first) {
                                                       kMaxPassBatches));
     }
     for (size_t k = 0; k < seg->stages.size(); ++k) tally_[k].flush_to(seg->stages[k]->c);
+    if (call_errors_.pending()) call_errors_.discard();  // a text no failure took: dropped
     size_t b = p.batch_size();
     if (a_.size() < b) a_.resize(b);
     if (b_.size() < b) b_.resize(b);
