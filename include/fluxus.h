@@ -364,7 +364,7 @@ FLUXUS_API uint32_t fluxus_failure_stage_index(const fluxus_failure *f);
 FLUXUS_API int32_t fluxus_failure_status(const fluxus_failure *f);
 /**
  * What went wrong, for people: the text the failing callback attached (fluxus_call_set_error(),
- * fluxus_call_set_item_error()), or else fluxus's own description, as
+ * fluxus_call_set_item_error(), fluxus_async_fail()), or else fluxus's own description, as
  * fluxus_failure_description() gives it. Borrowed, as the failure; never NULL.
  */
 FLUXUS_API const char *fluxus_failure_message(const fluxus_failure *f);
@@ -749,6 +749,20 @@ FLUXUS_API int32_t fluxus_pipeline_add_async_map(uint32_t *out_stage, fluxus_pip
  */
 FLUXUS_API int32_t fluxus_async_complete(fluxus_pipeline *p, uint64_t completion, int32_t status,
                                          uint64_t item);
+
+/**
+ * Complete an async item with a failure that carries a text ("HTTP 503 from api.example"): as
+ * fluxus_async_complete() with a nonzero `status`, and fluxus_failure_message() of the failure
+ * (dead-letter and route-observer callbacks, fluxus_pipeline_get_failure(), logs) is `message`.
+ * @param status   Nonzero: the item's failure status.
+ * @param message  NUL-terminated UTF-8, copied (cut as fluxus_call_set_error() says); NULL or
+ *                 "" attaches no text.
+ * @return as fluxus_async_complete(), and FLUXUS_EINVAL for a status of 0 (use
+ *         fluxus_async_complete()), FLUXUS_ENOMEM; on any error fluxus took nothing.
+ * Thread safety: as fluxus_async_complete(): any thread, never blocks.
+ */
+FLUXUS_API int32_t fluxus_async_fail(fluxus_pipeline *p, uint64_t completion, int32_t status,
+                                     uint64_t item, const char *message);
 
 /**
  * In-flight limit of an async stage: how many items may be started and not yet gone on
@@ -1570,7 +1584,7 @@ FLUXUS_API uint32_t fluxus_current_worker(void);
  * or FLUXUS_ESOURCE. Nothing is stored unless this is called.
  * Valid inside the callbacks fluxus calls for a stage or a source on the thread running the
  * pipeline's work: map, filter, flat map, sink and their batch forms, async map (its start
- * call), batch, reduce, window and join
+ * call; a completion carries its text with fluxus_async_fail()), batch, reduce, window and join
  * callbacks, a join's input callback, router selectors, loader load and attach callbacks, pull
  * and cursor sources, and worker init hooks. (The items of a sliding window fail when they leave
  * their last window, later: they keep the status, not the text.) In the dead-letter and log

@@ -72,6 +72,11 @@ FailureTextScope::FailureTextScope(const std::string *text) : saved_(current_cal
 }
 FailureTextScope::~FailureTextScope() { current_call().text = saved_; }
 
+const std::string *no_failure_text() {
+    static const std::string none;
+    return &none;
+}
+
 ReportingScope::ReportingScope(const fluxus_failure *f) : saved_(current_call().reporting) {
     current_call().reporting = f;
 }

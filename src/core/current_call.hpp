@@ -119,8 +119,8 @@ private:
     bool saved_;
 };
 
-// While alive, the failures reported on this thread carry `text` (a batch call's) instead of
-// what the current call holds; null: as without the scope.
+// While alive, the failures reported on this thread carry `text` (an async completion's, a
+// batch call's) instead of what the current call holds; null: as without the scope.
 class FailureTextScope {
 public:
     explicit FailureTextScope(const std::string *text);
@@ -131,6 +131,9 @@ public:
 private:
     const std::string *saved_;
 };
+
+// A text that is no text: for a FailureTextScope that must not fall back to the current call.
+const std::string *no_failure_text();
 
 // While alive, fail_pipeline() on this thread records `f` (the item failure that stops it).
 class ReportingScope {

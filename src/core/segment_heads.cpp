@@ -638,9 +638,12 @@ size_t SegmentWorker::settle_async() {
         case AsyncSlots::End::completed:
             a_[m++] = e.item;
             break;
-        case AsyncSlots::End::failed:
+        case AsyncSlots::End::failed: {
+            // fluxus_async_fail's text, if any (never a callback's: none runs here)
+            FailureTextScope text(e.text ? e.text.get() : no_failure_text());
             p.fail_item(head, e.item, e.status, "async completion reported an error", &t);
             break;
+        }
         case AsyncSlots::End::timed_out:
             p.fail_item(head, e.item, FLUXUS_ETIMEDOUT, "async item timed out", &t, false);
             head.async->finish_timeout(e.slot);  // only now may a late completion hand it back
