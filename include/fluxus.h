@@ -342,8 +342,8 @@ FLUXUS_API int32_t fluxus_pipeline_set_item_free(fluxus_pipeline *p, fluxus_item
 
 /**
  * The details of one failure: where it happened, its status, its message and how many attempts
- * it had. The dead-letter callback borrows one for the duration of the call; the one from
- * fluxus_pipeline_get_failure() stays valid until the pipeline is freed. Read it only
+ * it had. A dead-letter or route-observer callback borrows one for the duration of the call; the
+ * one from fluxus_pipeline_get_failure() stays valid until the pipeline is freed. Read it only
  * through the fluxus_failure_* accessors; its strings have the lifetime of the failure itself.
  */
 typedef struct fluxus_failure fluxus_failure;
@@ -404,6 +404,34 @@ typedef void (*fluxus_dead_letter_fn)(void *user, uint64_t item, const fluxus_fa
  */
 FLUXUS_API int32_t fluxus_pipeline_set_dead_letter(fluxus_pipeline *p, fluxus_dead_letter_fn fn,
                                                    void *user, fluxus_user_free_fn user_free);
+
+/**
+ * Failure callback: sees `item` and the failure that sent it somewhere; see
+ * fluxus_pipeline_set_route_observer().
+ */
+typedef void (*fluxus_failure_fn)(void *user, uint64_t item, const fluxus_failure *failure);
+
+/**
+ * Set the route observer: it is called for every item that fails at a stage with an error
+ * branch (FLUXUS_OUTLET_ERROR) or an error route (fluxus_stage_set_error_route()), after the
+ * item's retries, just before the item leaves for the branch or the route's pipeline. Items
+ * carry nothing but their 64-bit word, so this is where the host learns why an item is being
+ * routed: stage, status, the callback's own text (fluxus_failure_message()), attempts and
+ * whether retries were exhausted; a host whose items are pointers may copy what it needs into
+ * the item. The item is borrowed for the call (it may be modified, not freed or replaced).
+ * Called on the worker thread running the failing stage, with no fluxus lock held; it must not
+ * block, and fluxus_call_set_error() is refused inside it (FLUXUS_ESTATE). A routed item that
+ * later cannot be handed over (the route's pipeline closed or went away) fails at the stage,
+ * as fluxus_stage_set_error_route() says; the observer has seen it already.
+ * @param fn         The callback, or NULL to remove it.
+ * @param user       Passed to `fn`; `user_free` (may be NULL) releases it once, when it is
+ *                   replaced or the pipeline is freed.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle), FLUXUS_ESTATE (after start).
+ * Thread safety: any thread, before start.
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_route_observer(fluxus_pipeline *p, fluxus_failure_fn fn,
+                                                      void *user,
+                                                      fluxus_user_free_fn user_free);
 
 /**
  * Let the engine fuse consecutive single-worker stages into one task with no queue between them
@@ -1578,8 +1606,8 @@ FLUXUS_API uint32_t fluxus_current_worker(void);
 /**
  * Attach a text to the failure the running callback is about to report ("HTTP 503 from
  * api.example"), then return the failure status as usual. fluxus copies the text and shows it
- * wherever the failure goes: fluxus_failure_message() in the dead-letter callback and in
- * fluxus_pipeline_get_failure(), the log callback's messages, and
+ * wherever the failure goes: fluxus_failure_message() in the dead-letter and route-observer
+ * callbacks and in fluxus_pipeline_get_failure(), the log callback's messages, and
  * fluxus_last_error_message() after fluxus_pipeline_wait() or _drain() returned FLUXUS_EFAILED
  * or FLUXUS_ESOURCE. Nothing is stored unless this is called.
  * Valid inside the callbacks fluxus calls for a stage or a source on the thread running the
@@ -1587,8 +1615,8 @@ FLUXUS_API uint32_t fluxus_current_worker(void);
  * call; a completion carries its text with fluxus_async_fail()), batch, reduce, window and join
  * callbacks, a join's input callback, router selectors, loader load and attach callbacks, pull
  * and cursor sources, and worker init hooks. (The items of a sliding window fail when they leave
- * their last window, later: they keep the status, not the text.) In the dead-letter and log
- * callbacks, in timer callbacks and on host threads it returns
+ * their last window, later: they keep the status, not the text.) In the dead-letter,
+ * route-observer and log callbacks, in timer callbacks and on host threads it returns
  * FLUXUS_ESTATE; in the other callbacks that run on those threads (item destructor, key and
  * copy callbacks, retry predicate) it is not supported.
  * A per-item callback's text goes with its next failure. A batch callback's text goes with

@@ -296,6 +296,15 @@ FLUXUS_API int32_t fluxus_pipeline_get_failure(fluxus_pipeline *h, const fluxus_
     });
 }
 
+FLUXUS_API int32_t fluxus_pipeline_set_route_observer(fluxus_pipeline *h, fluxus_failure_fn fn,
+                                                      void *user,
+                                                      fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_route_observer");
+        return p->set_route_observer(fn, user, user_free);
+    });
+}
+
 }  // extern "C"
 
 extern "C" {

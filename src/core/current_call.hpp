@@ -106,8 +106,8 @@ private:
     uint32_t saved_worker_;
 };
 
-// While alive, callbacks on this thread cannot attach text (dead-letter and log callbacks:
-// their text would land on some other failure).
+// While alive, callbacks on this thread cannot attach text (dead-letter, route observer and log
+// callbacks: their text would land on some other failure).
 class CallSuspendScope {
 public:
     CallSuspendScope();

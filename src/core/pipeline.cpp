@@ -68,6 +68,7 @@ Pipeline::~Pipeline() {
     source_.user.release();
     item_free_user_.release();
     dead_letter_user_.release();
+    route_observer_user_.release();
     rt_->remove_pipeline(this);
     rt_->release();
 }
@@ -504,6 +505,7 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
         // Out of retries, or refused by the breaker: an error route (another pipeline, or the
         // error branch) takes the item instead of the error policy.
         if (destroy && stage.routes_errors()) {
+            report_routed(stage, item, item_failure(stage, status, message, text));
             t_retry_scope->worker->route_failed(item);
             return;
         }

@@ -1,6 +1,7 @@
 // The pipeline's side of failure causes: what an item failure looks like to the host (stage,
-// status, text, attempts), and the record of the first failure that stopped the pipeline, kept
-// for fluxus_pipeline_get_failure() and the last-error message of wait() and drain().
+// status, text, attempts), the route observer that hears why items leave for an error route or
+// branch, and the record of the first failure that stopped the pipeline, kept for
+// fluxus_pipeline_get_failure() and the last-error message of wait() and drain().
 #include "core/current_call.hpp"
 #include "core/pipeline.hpp"
 #include "core/segment.hpp"
@@ -25,6 +26,27 @@ fluxus_failure item_failure(const Stage &stage, int32_t status, const char *mess
                           attempts,
                           text.empty() ? nullptr : text.c_str(),
                           exhausted ? 1 : 0};
+}
+
+int32_t Pipeline::set_route_observer(fluxus_failure_fn fn, void *user, fluxus_user_free_fn uf) {
+    if (int32_t rc = check_building("set_route_observer")) return rc;
+    route_observer_user_.release();
+    route_observer_ = fn;
+    route_observer_user_ = UserRef{user, uf};
+    return FLUXUS_OK;
+}
+
+void Pipeline::report_routed(const Stage &stage, uint64_t item, const fluxus_failure &f) {
+    if (route_observer_) {
+        CallSuspendScope suspended;  // its text would land on another failure
+        try {
+            route_observer_(route_observer_user_.user, item, &f);
+        } catch (...) {
+            log(FLUXUS_LOG_ERROR, &stage, "the route observer threw; exception ignored");
+        }
+    }
+    if (rt_->log_enabled(FLUXUS_LOG_DEBUG))
+        log(FLUXUS_LOG_DEBUG, &stage, ("routed: " + describe_failure(f)).c_str());
 }
 
 void Pipeline::record_failure(int32_t status, const Stage *stage, const char *message) {
