@@ -402,7 +402,11 @@ void SegmentWorker::run_sliding() {
     std::vector<SlidingWindows::Leaving> leaving;
     auto fire = [&](const uint64_t *items, size_t count, uint64_t start_ns) -> int32_t {
         // keep_input has no effect here: items stay held for later windows.
-        return call_window_fn(p, head, items, count, start_ns, out, nullptr);
+        int32_t rc = call_window_fn(p, head, items, count, start_ns, out, nullptr);
+        // Its items fail when they leave their last window, later: they keep the status only
+        // (a text kept that long would land on whichever failure came first).
+        if (call_errors_.pending()) call_errors_.discard();
+        return rc;
     };
     // Ends what left its last window, then sends what the callbacks emitted on.
     auto settle = [&]() -> bool {

@@ -330,7 +330,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         }
         if (rc != 0)
             return settle_batch(p, st, ws.call, in, o, n, rc, nullptr, t, "batch filter failed");
-        // The texts are taken only if some item failed (BatchTexts moves nothing otherwise).
+        // What the call attached is taken out now; dropped with `texts` if no item failed.
         BatchTexts texts(ws.call);
         size_t m = 0;
         for (size_t i = 0; i < n; ++i) {

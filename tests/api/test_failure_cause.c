@@ -506,6 +506,89 @@ static void test_batch_call_failing_as_a_whole_gives_each_item_its_text(void **s
     fc_destroy(&c);
 }
 
+/* ----- windows: a tumbling window's text goes with each of its items, a sliding one's not ----- */
+
+static int32_t fc_one_key(void *user, uint64_t item, const void **key, size_t *len) {
+    static const char k = 'k';
+    (void)user;
+    (void)item;
+    *key = &k;
+    *len = 1;
+    return 0;
+}
+
+static int32_t fc_window(void *user, const uint64_t *items, uint32_t count, uint64_t start_ns,
+                         fluxus_emitter *em) {
+    fc_ctx *c = (fc_ctx *)user;
+    char buf[64];
+    (void)start_ns;
+    (void)em;
+    if (count == 0 || items[0] % 8 != 0) {
+        return 0;
+    }
+    snprintf(buf, sizeof buf, "window at %llu", (unsigned long long)items[0]);
+    if (fluxus_call_set_error(buf) != FLUXUS_OK) {
+        TU_ADD(&c->set_rc_bad, 1);
+    }
+    return FC_STATUS;
+}
+
+static void fc_run_window_case(int sliding) {
+    fc_ctx c;
+    tu_range_source src = {0, 64, 0};
+    fluxus_runtime *rt = tu_runtime(2);
+    fluxus_pipeline *p;
+    uint64_t x, failed = 0;
+    fc_init(&c, 64);
+    p = tu_pipeline(rt, "fc", &c.t);
+    TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
+    TU_OK(fluxus_pipeline_add_map(NULL, p, "pre", tu_identity_map, NULL, NULL));
+    if (sliding) {
+        TU_OK(fluxus_pipeline_add_sliding_window(NULL, p, FC_NAME, FLUXUS_WINDOW_COUNT, 4, 2,
+                                                 fc_window, &c, NULL));
+    } else {
+        TU_OK(fluxus_pipeline_add_window(NULL, p, FC_NAME, FLUXUS_WINDOW_COUNT, 4, fc_window, &c,
+                                         NULL));
+    }
+    TU_OK(fluxus_stage_set_key_fn(p, FC_STAGE, fc_one_key, NULL, NULL));
+    TU_OK(fluxus_stage_set_error_policy(p, FC_STAGE, FLUXUS_ERROR_DEAD_LETTER));
+    TU_OK(fluxus_pipeline_set_dead_letter(p, fc_record, &c, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "out", fc_count_sink, NULL, NULL));
+    tu_run_expect(p, FLUXUS_OK);
+    for (x = 0; x < 64; x++) {
+        char want[64];
+        if (c.rec[x].calls == 0) {
+            continue;
+        }
+        failed++;
+        if (sliding) {
+            /* Its items fail when they leave their last window: the status, not the text. */
+            fc_expect_rec(&c, x, "window callback failed", "window callback failed", 1, 0);
+        } else {
+            snprintf(want, sizeof want, "window at %llu", (unsigned long long)(x - x % 4));
+            fc_expect_rec(&c, x, want, "window callback failed", 1, 0);
+        }
+    }
+    assert_true(failed > 0);
+    if (!sliding) {
+        assert_int_equal(failed, 32); /* windows 0-3, 8-11, ...: every other window */
+    }
+    assert_int_equal(TU_LOAD(&c.set_rc_bad), 0);
+    tu_check_conservation(p, &c.t, 0);
+    tu_free_all(p, rt);
+    fc_destroy(&c);
+}
+
+static void test_window_text_goes_with_each_item_of_the_window(void **state) {
+    (void)state;
+    fc_run_window_case(0);
+}
+
+static void test_sliding_window_items_keep_the_status_only(void **state) {
+    (void)state;
+    fc_run_window_case(1);
+}
+
 /* ----- async: a completion that carries its text, and a refusal with one ----- */
 
 typedef struct fc_later {
@@ -1211,6 +1294,8 @@ int main(void) {
         cmocka_unit_test(test_batch_map_item_and_call_texts_reach_the_dead_letter_records),
         cmocka_unit_test(test_batch_sink_item_and_call_texts_reach_the_dead_letter_records),
         cmocka_unit_test(test_batch_call_failing_as_a_whole_gives_each_item_its_text),
+        cmocka_unit_test(test_window_text_goes_with_each_item_of_the_window),
+        cmocka_unit_test(test_sliding_window_items_keep_the_status_only),
         cmocka_unit_test(test_async_completion_and_refusal_texts_reach_the_dead_letter_record),
         cmocka_unit_test(test_async_fail_misuse),
         cmocka_unit_test(test_error_branch_route_observer_sees_each_text),
