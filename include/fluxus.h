@@ -1622,10 +1622,12 @@ FLUXUS_API uint32_t fluxus_current_worker(void);
  * A per-item callback's text goes with its next failure. A batch callback's text goes with
  * every item the call fails (its nonzero return, or status[i] without a text of its own: see
  * fluxus_call_set_item_error()). A callback that also throws an exception reports
- * FLUXUS_EEXCEPTION with this text. If the callback returns success after all, the text is
- * dropped when the worker ends its current batch of items, and until then may be given to a
- * later failure of that batch that attaches none: set it on the way out with a failure, or
- * drop it with NULL. Calling it again replaces the text.
+ * FLUXUS_EEXCEPTION with this text. If a per-item callback returns success after all, its text
+ * is dropped when the worker finishes the items it is running (a batch, or the few batches a
+ * pull source fused down to its sink reads in one pass), and until then may be given to a
+ * later failure among them that attaches none: set it on the way out with a failure, or drop it
+ * with NULL. (A batch call's texts are dropped as soon as its items are settled.) Calling it
+ * again replaces the text.
  * @param message  NUL-terminated UTF-8, copied; longer than FLUXUS_ERROR_TEXT_MAX bytes, it is
  *                 cut to at most that many (never inside a UTF-8 sequence). NULL or "" drops the
  *                 text attached so far.

@@ -29,6 +29,10 @@ public:
     // ---- the worker ----
     bool pending() const { return pending_; }
     void discard();
+    // After a call that failed nothing: what it attached goes nowhere.
+    void drop_unused() {
+        if (pending_) discard();
+    }
     // Brackets a batch callback whose items have statuses of their own (index < n).
     void begin_batch(uint32_t n) { batch_n_ = n; }
     void end_batch() { batch_n_ = 0; }
@@ -92,7 +96,7 @@ public:
         c.errors = e;
     }
     ~CurrentCallScope() {
-        if (e_->pending()) e_->discard();
+        e_->drop_unused();
         detail::CurrentCall &c = detail::current_call();
         c.worker_plus_one = saved_worker_;
         c.errors = saved_errors_;

@@ -698,7 +698,7 @@ void SegmentWorker::process(size_t n, size_t first) {
                                                       kMaxPassBatches));
     }
     for (size_t k = 0; k < seg->stages.size(); ++k) tally_[k].flush_to(seg->stages[k]->c);
-    if (call_errors_.pending()) call_errors_.discard();  // a text no failure took: dropped
+    call_errors_.drop_unused();  // a text no failure took: dropped
     size_t b = p.batch_size();
     if (a_.size() < b) a_.resize(b);
     if (b_.size() < b) b_.resize(b);

@@ -296,7 +296,10 @@ void SegmentWorker::fire_set(const std::vector<uint64_t> &items, uint64_t start_
     bool keep_input = false;
     int32_t rc = call_window_fn(*seg->p, *seg->head(), items.data(), items.size(), start_ns, out,
                                 &keep_input);
-    if (rc == 0) return end_consumed(items, rc, keep_input, what);
+    if (rc == 0) {
+        call_errors_.drop_unused();
+        return end_consumed(items, rc, keep_input, what);
+    }
     BatchTexts texts(&call_errors_);  // the call's text goes with every item it fails
     FailureTextScope text(texts.for_call());
     end_consumed(items, rc, keep_input, what);
@@ -405,7 +408,7 @@ void SegmentWorker::run_sliding() {
         int32_t rc = call_window_fn(p, head, items, count, start_ns, out, nullptr);
         // Its items fail when they leave their last window, later: they keep the status only
         // (a text kept that long would land on whichever failure came first).
-        if (call_errors_.pending()) call_errors_.discard();
+        call_errors_.drop_unused();
         return rc;
     };
     // Ends what left its last window, then sends what the callbacks emitted on.
@@ -617,7 +620,7 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
             p.fail_item(head, x, rc, "async callback refused the item", &t);
         }
     }
-    if (call_errors_.pending()) call_errors_.discard();  // a started item's text: dropped
+    call_errors_.drop_unused();  // a started item's text: dropped
     attempt_ = 1;
     t.busy_ns += now_ns() - t0;
     t.flush_to(head.c);

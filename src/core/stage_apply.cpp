@@ -68,7 +68,10 @@ size_t settle_batch(Pipeline &p, Stage &st, CallErrors *call, const uint64_t *in
         for (size_t i = 0; i < n; ++i) fail_batch_item(p, st, texts, i, in[i], rc, what, t);
         return 0;
     }
-    if (all_ok(status, n)) return n;
+    if (all_ok(status, n)) {
+        call->drop_unused();
+        return n;
+    }
     BatchTexts texts(call);
     size_t m = 0;
     for (size_t i = 0; i < n; ++i) {
@@ -365,6 +368,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             for (size_t i = 0; i < n; ++i)
                 fail_batch_item(p, st, texts, i, in[i], rc, "batch flat-map callback failed", t);
         } else {
+            ws.call->drop_unused();
             t.filtered += n;
             for (size_t i = 0; i < n; ++i) {
                 if (!em.keep_input)
@@ -399,6 +403,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             return 0;
         }
         if (!cur && all_ok(status, n)) {
+            ws.call->drop_unused();
             t.out += n;
             return 0;
         }

@@ -506,6 +506,53 @@ static void test_batch_call_failing_as_a_whole_gives_each_item_its_text(void **s
     fc_destroy(&c);
 }
 
+/* A batch call that fails nothing: its text goes nowhere, not to the next stage's failure. */
+static int32_t fc_vanishing_batch(void *user, const uint64_t *in, uint64_t *out, int32_t *status,
+                                  uint32_t count) {
+    fc_ctx *c = (fc_ctx *)user;
+    uint32_t i;
+    (void)status;
+    for (i = 0; i < count; i++) {
+        out[i] = in[i];
+    }
+    if (fluxus_call_set_error("should vanish") != FLUXUS_OK ||
+        fluxus_call_set_item_error(0, "should vanish too") != FLUXUS_OK) {
+        TU_ADD(&c->set_rc_bad, 1);
+    }
+    return 0;
+}
+
+static int32_t fc_odd_fails(void *user, uint64_t in, uint64_t *out) {
+    (void)user;
+    *out = in;
+    return in % 2 == 1 ? FC_STATUS : 0;
+}
+
+static void test_text_of_a_batch_call_that_fails_nothing_goes_nowhere(void **state) {
+    fc_ctx c;
+    tu_range_source src = {0, FC_N, 0};
+    fluxus_runtime *rt = tu_runtime(2);
+    fluxus_pipeline *p;
+    uint64_t x;
+    (void)state;
+    fc_init(&c, FC_N);
+    p = tu_pipeline(rt, "fc", &c.t);
+    TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
+    TU_OK(fluxus_pipeline_add_map_batch(NULL, p, "pre", fc_vanishing_batch, &c, NULL));
+    TU_OK(fluxus_pipeline_add_map(NULL, p, FC_NAME, fc_odd_fails, &c, NULL));
+    TU_OK(fluxus_stage_set_error_policy(p, FC_STAGE, FLUXUS_ERROR_DEAD_LETTER));
+    TU_OK(fluxus_pipeline_set_dead_letter(p, fc_record, &c, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "out", fc_out_sink, &c, NULL));
+    tu_run_expect(p, FLUXUS_OK);
+    for (x = 1; x < FC_N; x += 2) {
+        fc_expect_rec(&c, x, "map callback failed", "map callback failed", 1, 0);
+    }
+    assert_int_equal(TU_LOAD(&c.set_rc_bad), 0);
+    tu_check_conservation(p, &c.t, 0);
+    tu_free_all(p, rt);
+    fc_destroy(&c);
+}
+
 /* ----- windows: a tumbling window's text goes with each of its items, a sliding one's not ----- */
 
 static int32_t fc_one_key(void *user, uint64_t item, const void **key, size_t *len) {
@@ -1294,6 +1341,7 @@ int main(void) {
         cmocka_unit_test(test_batch_map_item_and_call_texts_reach_the_dead_letter_records),
         cmocka_unit_test(test_batch_sink_item_and_call_texts_reach_the_dead_letter_records),
         cmocka_unit_test(test_batch_call_failing_as_a_whole_gives_each_item_its_text),
+        cmocka_unit_test(test_text_of_a_batch_call_that_fails_nothing_goes_nowhere),
         cmocka_unit_test(test_window_text_goes_with_each_item_of_the_window),
         cmocka_unit_test(test_sliding_window_items_keep_the_status_only),
         cmocka_unit_test(test_async_completion_and_refusal_texts_reach_the_dead_letter_record),
