@@ -383,9 +383,9 @@ FLUXUS_API const char *fluxus_failure_description(const fluxus_failure *f);
 /**
  * 1 when the item failed because its retries were used up: the stage retries failures
  * (fluxus_stage_set_retry() with more than one attempt) and this was the last attempt allowed.
- * 0 for a first failure at a stage that does not retry, a failure the retry predicate declined,
- * and failures that are never retried (circuit-breaker refusals, overflow, async timeouts), as
- * for the failures of sources and worker init hooks.
+ * 0 otherwise: a first failure at a stage that does not retry, a failure the retry predicate
+ * declined, a failure that is never retried (circuit-breaker refusal, overflow, async timeout),
+ * the failure of a source or of a worker init hook.
  */
 FLUXUS_API int32_t fluxus_failure_retries_exhausted(const fluxus_failure *f);
 
