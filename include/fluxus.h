@@ -401,25 +401,60 @@ typedef void (*fluxus_item_free_fn)(void *user, uint64_t item);
 FLUXUS_API int32_t fluxus_pipeline_set_item_free(fluxus_pipeline *p, fluxus_item_free_fn fn,
                                                  void *user, fluxus_user_free_fn user_free);
 
-/** A failed item's details, valid only during the dead-letter callback. */
+/**
+ * The details of one failure: where it happened, its status, its message and how many attempts
+ * it had. A dead-letter or route-observer callback borrows one for the duration of the call; the
+ * one from fluxus_pipeline_get_failure() stays valid until the pipeline is freed. Read it only
+ * through the fluxus_failure_* accessors; its strings have the lifetime of the failure itself.
+ */
 typedef struct fluxus_failure fluxus_failure;
 
-/* Accessors of a fluxus_failure. Given NULL they return "", UINT32_MAX, FLUXUS_EINVAL, "" and 0. */
+/*
+ * Accessors of a fluxus_failure. Any thread may call them while the failure is valid. Given NULL
+ * they return "", UINT32_MAX, FLUXUS_EINVAL, "", 0, "" and 0.
+ */
 
-/** Name of the stage where the item failed (borrowed, valid during the callback). */
+/** Name of the stage where the item failed, or of the source (borrowed, as the failure). */
 FLUXUS_API const char *fluxus_failure_stage_name(const fluxus_failure *f);
-/** Index of that stage (0-based, in order of addition). UINT32_MAX for the source. */
+/**
+ * Index of that stage (0-based, in order of addition). UINT32_MAX for the pipeline's own source
+ * (a stage added with fluxus_pipeline_add_source() has its index).
+ */
 FLUXUS_API uint32_t fluxus_failure_stage_index(const fluxus_failure *f);
 /** The failure status: the callback's nonzero return, or a FLUXUS_E* code. */
 FLUXUS_API int32_t fluxus_failure_status(const fluxus_failure *f);
-/** A message describing the failure (borrowed, valid during the callback; never NULL). */
+/**
+ * What went wrong, for people: the text the failing callback attached (fluxus_call_set_error(),
+ * fluxus_call_set_item_error(), fluxus_async_fail()), or else fluxus's own description, as
+ * fluxus_failure_description() gives it. Borrowed, as the failure; never NULL.
+ */
 FLUXUS_API const char *fluxus_failure_message(const fluxus_failure *f);
-/** How many times the item was attempted at that stage (1 until retries exist). */
+/**
+ * How many times the item was attempted at that stage: 1 for a first failure; with
+ * fluxus_stage_set_retry(), every call made (plus a last attempt a circuit breaker refused).
+ */
 FLUXUS_API uint32_t fluxus_failure_attempts(const fluxus_failure *f);
+/**
+ * fluxus's own description of the failure, whatever text the callback attached: "map callback
+ * failed", "map callback threw", "async completion reported an error", "circuit breaker open",
+ * "the pull source returned an error", ... (borrowed, as the failure; never NULL). The wording
+ * may change between versions; the status is the stable part.
+ */
+FLUXUS_API const char *fluxus_failure_description(const fluxus_failure *f);
+/**
+ * 1 when the item failed because its retries were used up: the stage retries failures
+ * (fluxus_stage_set_retry() with more than one attempt) and this was the last attempt allowed.
+ * 0 otherwise: a first failure at a stage that does not retry, a failure the retry predicate
+ * declined, a failure that is never retried (circuit-breaker refusal, overflow, async timeout),
+ * the failure of a source or of a worker init hook.
+ */
+FLUXUS_API int32_t fluxus_failure_retries_exhausted(const fluxus_failure *f);
 
 /**
- * Dead-letter callback: receives every item whose stage uses FLUXUS_ERROR_DEAD_LETTER and fails.
- * It borrows the item; the item destructor runs after it returns. Called on a worker thread.
+ * Dead-letter callback: receives every item whose stage uses FLUXUS_ERROR_DEAD_LETTER and fails,
+ * with the failure (borrowed for the call; its message is the callback's text when the failing
+ * callback attached one). It borrows the item; the item destructor runs after it returns.
+ * Called on a worker thread; fluxus_call_set_error() is refused inside it (FLUXUS_ESTATE).
  */
 typedef void (*fluxus_dead_letter_fn)(void *user, uint64_t item, const fluxus_failure *failure);
 
@@ -431,6 +466,34 @@ typedef void (*fluxus_dead_letter_fn)(void *user, uint64_t item, const fluxus_fa
  */
 FLUXUS_API int32_t fluxus_pipeline_set_dead_letter(fluxus_pipeline *p, fluxus_dead_letter_fn fn,
                                                    void *user, fluxus_user_free_fn user_free);
+
+/**
+ * Failure callback: sees `item` and the failure that sent it somewhere; see
+ * fluxus_pipeline_set_route_observer().
+ */
+typedef void (*fluxus_failure_fn)(void *user, uint64_t item, const fluxus_failure *failure);
+
+/**
+ * Set the route observer: it is called for every item that fails at a stage with an error
+ * branch (FLUXUS_OUTLET_ERROR) or an error route (fluxus_stage_set_error_route()), after the
+ * item's retries, just before the item leaves for the branch or the route's pipeline. Items
+ * carry nothing but their 64-bit word, so this is where the host learns why an item is being
+ * routed: stage, status, the callback's own text (fluxus_failure_message()), attempts and
+ * whether retries were exhausted; a host whose items are pointers may copy what it needs into
+ * the item. The item is borrowed for the call (it may be modified, not freed or replaced).
+ * Called on the worker thread running the failing stage, with no fluxus lock held; it must not
+ * block, and fluxus_call_set_error() is refused inside it (FLUXUS_ESTATE). A routed item that
+ * later cannot be handed over (the route's pipeline closed or went away) fails at the stage,
+ * as fluxus_stage_set_error_route() says; the observer has seen it already.
+ * @param fn         The callback, or NULL to remove it.
+ * @param user       Passed to `fn`; `user_free` (may be NULL) releases it once, when it is
+ *                   replaced or the pipeline is freed.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle), FLUXUS_ESTATE (after start).
+ * Thread safety: any thread, before start.
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_route_observer(fluxus_pipeline *p, fluxus_failure_fn fn,
+                                                      void *user,
+                                                      fluxus_user_free_fn user_free);
 
 /**
  * Let the engine fuse consecutive single-worker stages into one task with no queue between them
@@ -804,6 +867,20 @@ FLUXUS_API int32_t fluxus_pipeline_add_async_map(uint32_t *out_stage, fluxus_pip
  */
 FLUXUS_API int32_t fluxus_async_complete(fluxus_pipeline *p, uint64_t completion, int32_t status,
                                          uint64_t item);
+
+/**
+ * Complete an async item with a failure that carries a text ("HTTP 503 from api.example"): as
+ * fluxus_async_complete() with a nonzero `status`, and fluxus_failure_message() of the failure
+ * (dead-letter and route-observer callbacks, fluxus_pipeline_get_failure(), logs) is `message`.
+ * @param status   Nonzero: the item's failure status.
+ * @param message  NUL-terminated UTF-8, copied (cut as fluxus_call_set_error() says); NULL or
+ *                 "" attaches no text.
+ * @return as fluxus_async_complete(), and FLUXUS_EINVAL for a status of 0 (use
+ *         fluxus_async_complete()), FLUXUS_ENOMEM; on any error fluxus took nothing.
+ * Thread safety: as fluxus_async_complete(): any thread, never blocks.
+ */
+FLUXUS_API int32_t fluxus_async_fail(fluxus_pipeline *p, uint64_t completion, int32_t status,
+                                     uint64_t item, const char *message);
 
 /**
  * In-flight limit of an async stage: how many items may be started and not yet gone on
@@ -1535,6 +1612,10 @@ FLUXUS_API int32_t fluxus_pipeline_start(fluxus_pipeline *p);
 /**
  * Wait until the pipeline finishes (source ended and every item ended) or `timeout_ms` passes
  * (UINT32_MAX = forever). In host-driven mode the calling thread runs the work while it waits.
+ * When it returns FLUXUS_EFAILED or FLUXUS_ESOURCE, fluxus_last_error_message() names the
+ * failure that stopped the pipeline, as one line: "pipeline 'P' ended with FLUXUS_EFAILED:
+ * stage 'S' (index I): map callback failed: <the callback's text> (status N, A attempts,
+ * retries exhausted)"; fluxus_pipeline_get_failure() gives the same details field by field.
  * @return FLUXUS_OK (finished, all well), FLUXUS_ETIMEDOUT (still running), FLUXUS_ECANCELED
  *         (finished by cancel or drain deadline), FLUXUS_EFAILED (stopped by a fail-fast error or
  *         worker init failure), FLUXUS_ESOURCE (stopped by a source error), FLUXUS_EINVAL,
@@ -1553,6 +1634,23 @@ FLUXUS_API int32_t fluxus_pipeline_wait(fluxus_pipeline *p, uint32_t timeout_ms)
  * Thread safety: as fluxus_pipeline_wait().
  */
 FLUXUS_API int32_t fluxus_pipeline_drain(fluxus_pipeline *p, uint32_t timeout_ms);
+
+/**
+ * The failure that stopped the pipeline: the first item failure at a stage with
+ * FLUXUS_ERROR_FAIL_FAST, a source error, or a worker init hook that failed. Only that first
+ * one is kept (what fails during the cancel that follows is not). It is recorded as it
+ * happens, so it can be read while the pipeline is still stopping, and it never changes once
+ * set. The source's failure has the source's name and stage index UINT32_MAX (for a stage added
+ * with fluxus_pipeline_add_source(), its own index); a worker init failure has its stage, the
+ * hook's status and attempts 1.
+ * @param[out] out  Receives the failure (read it with the fluxus_failure_* accessors): borrowed
+ *                  from the pipeline, valid until fluxus_pipeline_free(). Set to NULL when there
+ *                  is none.
+ * @return FLUXUS_OK, FLUXUS_ENOTFOUND (no failure stopped the pipeline: it is running, finished
+ *         well, or was cancelled or drained), FLUXUS_EINVAL (bad handle, or out is NULL).
+ * Thread safety: any thread, also from inside callbacks.
+ */
+FLUXUS_API int32_t fluxus_pipeline_get_failure(fluxus_pipeline *p, const fluxus_failure **out);
 
 /**
  * Cancel: stop promptly. The source is no longer called, pushes fail with FLUXUS_ECANCELED, and
@@ -1601,6 +1699,66 @@ FLUXUS_API int32_t fluxus_pipeline_free(fluxus_pipeline *p);
  * Thread safety: any thread.
  */
 FLUXUS_API uint32_t fluxus_current_worker(void);
+
+/*
+ * The current call: functions a callback calls about the call it is in. They act on the
+ * calling thread's current call, so they need no handle; each is valid only inside the
+ * callbacks it names (elsewhere it returns FLUXUS_ESTATE). fluxus calls a callback on the
+ * thread that then runs it, so a callback written in Go (a cgo export) may call them directly,
+ * but not from another goroutine it started.
+ */
+
+/** Longest text a callback can attach to a failure, in bytes, not counting the final NUL. */
+#define FLUXUS_ERROR_TEXT_MAX 1024
+
+/**
+ * Attach a text to the failure the running callback is about to report ("HTTP 503 from
+ * api.example"), then return the failure status as usual. fluxus copies the text and shows it
+ * wherever the failure goes: fluxus_failure_message() in the dead-letter and route-observer
+ * callbacks and in fluxus_pipeline_get_failure(), the log callback's messages, and
+ * fluxus_last_error_message() after fluxus_pipeline_wait() or _drain() returned FLUXUS_EFAILED
+ * or FLUXUS_ESOURCE. Nothing is stored unless this is called.
+ * Valid inside the callbacks fluxus calls for a stage or a source on the thread running the
+ * pipeline's work: map, filter, flat map, sink and their batch forms, async map (its start
+ * call; a completion carries its text with fluxus_async_fail()), batch, reduce, window and join
+ * callbacks, a join's input callback, router selectors, loader load and attach callbacks, pull
+ * and cursor sources, and worker init hooks. (The items of a sliding window fail when they leave
+ * their last window, later: they keep the status, not the text.) In the dead-letter,
+ * route-observer and log callbacks, in timer callbacks and on host threads it returns
+ * FLUXUS_ESTATE; in the other callbacks that run on those threads (item destructor, key and
+ * copy callbacks, retry predicate) it is not supported.
+ * A per-item callback's text goes with its next failure. A batch callback's text goes with
+ * every item the call fails (its nonzero return, or status[i] without a text of its own: see
+ * fluxus_call_set_item_error()). A callback that also throws an exception reports
+ * FLUXUS_EEXCEPTION with this text. If a per-item callback returns success after all, its text
+ * is dropped when the worker finishes the items it is running (a batch, or the few batches a
+ * pull source fused down to its sink reads in one pass), and until then may be given to a
+ * later failure among them that attaches none: set it on the way out with a failure, or drop it
+ * with NULL. (A batch call's texts are dropped as soon as its items are settled.) Calling it
+ * again replaces the text.
+ * @param message  NUL-terminated UTF-8, copied; longer than FLUXUS_ERROR_TEXT_MAX bytes, it is
+ *                 cut to at most that many (never inside a UTF-8 sequence). NULL or "" drops the
+ *                 text attached so far.
+ * @return FLUXUS_OK, FLUXUS_ESTATE (not inside such a callback on this thread; nothing is
+ *         stored), FLUXUS_ENOMEM (the copy failed; the failure itself is still reported).
+ * Thread safety: only on the thread running the callback, during the call.
+ */
+FLUXUS_API int32_t fluxus_call_set_error(const char *message);
+
+/**
+ * Attach a text to the failure of item `index` of a batch callback with per-item statuses (batch
+ * map, batch filter, batch sink: the item in[index] whose status[index] the call sets nonzero;
+ * a loader's load callback: every item waiting for key `index`). It goes with that item's
+ * failure, whether status[index] or the call's nonzero return fails it; items without a text of
+ * their own get the call's (fluxus_call_set_error()). The rules of fluxus_call_set_error()
+ * apply otherwise.
+ * @param index    0 .. count - 1 of the running call.
+ * @param message  As for fluxus_call_set_error(); NULL or "" drops that item's text.
+ * @return FLUXUS_OK, FLUXUS_ESTATE (not inside such a batch callback on this thread),
+ *         FLUXUS_ERANGE (index >= the call's count), FLUXUS_ENOMEM.
+ * Thread safety: only on the thread running the callback, during the call.
+ */
+FLUXUS_API int32_t fluxus_call_set_item_error(uint32_t index, const char *message);
 
 /* ---------------------------------------------------------------------------------------------
  * Flow control: rate limiters and concurrency limiters

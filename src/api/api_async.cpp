@@ -37,6 +37,35 @@ FLUXUS_API int32_t fluxus_async_complete(fluxus_pipeline *h, uint64_t completion
     });
 }
 
+FLUXUS_API int32_t fluxus_async_fail(fluxus_pipeline *h, uint64_t completion, int32_t status,
+                                     uint64_t item, const char *message) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_async_fail");
+        if (status == 0)
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_async_fail: status is 0 (a success: use "
+                             "fluxus_async_complete)");
+        Stage *st = p->stage(AsyncSlots::token_stage(completion));
+        if (!st || !st->is_async())
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_async_fail: not a completion handle of this pipeline");
+        AsyncSlots *slots = st->async.get();
+        if (!slots)
+            return set_errorf(FLUXUS_ESTATE,
+                              "fluxus_async_fail: stage '%s' is not running (pipeline not "
+                              "started)",
+                              st->name.c_str());
+        // Copied before the table's lock is taken; kept only if the completion is accepted.
+        std::unique_ptr<std::string> text;
+        if (message && *message) text.reset(new std::string(bounded_text(message)));
+        const char *why = "";
+        int32_t rc = slots->complete(completion, status, item, &why, std::move(text));
+        if (rc != FLUXUS_OK)
+            return set_errorf(rc, "fluxus_async_fail: stage '%s': %s", st->name.c_str(), why);
+        return FLUXUS_OK;
+    });
+}
+
 FLUXUS_API int32_t fluxus_stage_set_in_flight(fluxus_pipeline *h, uint32_t stage, uint32_t max) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_set_in_flight");

@@ -1,6 +1,6 @@
 // C API: version and error reporting.
 #include "api/api_util.hpp"
-#include "core/segment.hpp"
+#include "core/current_call.hpp"
 
 extern "C" {
 
@@ -20,6 +20,6 @@ FLUXUS_API int32_t fluxus_last_error_copy(char *buf, size_t cap, size_t *out_len
     return fluxus::copy_last_error(buf, cap, out_len);
 }
 
-FLUXUS_API uint32_t fluxus_current_worker(void) { return fluxus::t_current_worker; }
+FLUXUS_API uint32_t fluxus_current_worker(void) { return fluxus::current_worker(); }
 
 }  // extern "C"

@@ -275,9 +275,40 @@ FLUXUS_API int32_t fluxus_failure_status(const fluxus_failure *f) {
     return f ? f->status : FLUXUS_EINVAL;
 }
 FLUXUS_API const char *fluxus_failure_message(const fluxus_failure *f) {
+    if (f && f->text && *f->text) return f->text;
     return f && f->message ? f->message : "";
 }
 FLUXUS_API uint32_t fluxus_failure_attempts(const fluxus_failure *f) { return f ? f->attempts : 0; }
+FLUXUS_API const char *fluxus_failure_description(const fluxus_failure *f) {
+    return f && f->message ? f->message : "";
+}
+FLUXUS_API int32_t fluxus_failure_retries_exhausted(const fluxus_failure *f) {
+    return f && f->retries_exhausted ? 1 : 0;
+}
+
+FLUXUS_API int32_t fluxus_pipeline_get_failure(fluxus_pipeline *h, const fluxus_failure **out) {
+    if (out) *out = nullptr;
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_get_failure");
+        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_get_failure: out is NULL");
+        const fluxus_failure *f = p->failure();
+        if (!f)
+            return set_errorf(FLUXUS_ENOTFOUND,
+                              "fluxus_pipeline_get_failure: no failure stopped pipeline '%s'",
+                              p->name().c_str());
+        *out = f;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_pipeline_set_route_observer(fluxus_pipeline *h, fluxus_failure_fn fn,
+                                                      void *user,
+                                                      fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_route_observer");
+        return p->set_route_observer(fn, user, user_free);
+    });
+}
 
 }  // extern "C"
 

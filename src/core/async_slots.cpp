@@ -84,6 +84,7 @@ void AsyncSlots::release(uint32_t i, Reason how) {
     s.ended_how = how;
     s.gen = next_generation(s.gen);  // generation 0 is never valid
     s.state = State::free;
+    s.text.reset();
     free_.push_back(i);
 }
 
@@ -115,7 +116,8 @@ bool AsyncSlots::abort(uint64_t token) {
     return true;
 }
 
-int32_t AsyncSlots::complete(uint64_t token, int32_t status, uint64_t out, const char **why) {
+int32_t AsyncSlots::complete(uint64_t token, int32_t status, uint64_t out, const char **why,
+                             std::unique_ptr<std::string> text) {
     uint32_t i = uint32_t((token >> 32) & ((1u << kSlotBits) - 1));
     uint32_t gen = uint32_t(token);
     std::unique_lock<std::mutex> lock(mu_);
@@ -145,6 +147,7 @@ int32_t AsyncSlots::complete(uint64_t token, int32_t status, uint64_t out, const
             s.state = State::done;
             s.status = status;
             s.out = out;
+            s.text = std::move(text);
             if (!ordered_) done_.push_back(i);
             // Under the lock: set_worker(nullptr) is then a barrier against a freed task.
             if (worker_) worker_->notify();
@@ -189,9 +192,8 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
     std::lock_guard<std::mutex> lock(mu_);
     auto take_done = [&](uint32_t i) {
         Slot &s = slots_[i];
-        out.push_back(
-            Ended{s.out, s.status, s.status == 0 ? End::completed : End::failed, s.attempt,
-                  s.epoch, i});
+        out.push_back(Ended{s.out, s.status, s.status == 0 ? End::completed : End::failed,
+                            s.attempt, s.epoch, i, std::move(s.text)});
         release(i, Reason::completed);
     };
     if (!ordered_) {
@@ -217,8 +219,8 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
             // One at a time: while the worker fails it (dead-letter callback...), no other item
             // is half-way through timing out, so a callback that completes another item finds
             // it simply pending.
-            out.push_back(
-                Ended{s.item, FLUXUS_ETIMEDOUT, End::timed_out, s.attempt, s.epoch, e.slot});
+            out.push_back(Ended{s.item, FLUXUS_ETIMEDOUT, End::timed_out, s.attempt, s.epoch,
+                                e.slot, nullptr});
             timed_out.fetch_add(1, std::memory_order_relaxed);
             s.state = State::timing_out;
             timeout_thread_ = std::this_thread::get_id();

@@ -13,7 +13,9 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <unordered_set>
 #include <vector>
@@ -33,6 +35,7 @@ public:
         uint32_t attempt;  // 1 for the first call of the stage on this item
         uint64_t epoch;    // circuit breaker epoch the call was allowed in (0: none)
         uint32_t slot;     // timed out: the slot to pass to finish_timeout()
+        std::unique_ptr<std::string> text;  // failed: the completion's text (fluxus_async_fail)
     };
 
     AsyncSlots(uint32_t stage_index, uint32_t capacity, bool ordered, uint64_t timeout_ns);
@@ -62,8 +65,10 @@ public:
     // ---- host side ----
     // Applies a completion. Returns FLUXUS_OK, or the status explaining why the token was
     // refused (FLUXUS_ETIMEDOUT late, FLUXUS_ECANCELED, FLUXUS_ESTATE used or refused item,
-    // FLUXUS_EINVAL not a token of this stage); `why` gets a static message.
-    int32_t complete(uint64_t token, int32_t status, uint64_t out, const char **why);
+    // FLUXUS_EINVAL not a token of this stage); `why` gets a static message. `text` (a failed
+    // completion's, may be null) is kept with the item only if the completion is accepted.
+    int32_t complete(uint64_t token, int32_t status, uint64_t out, const char **why,
+                     std::unique_ptr<std::string> text = nullptr);
 
     static uint32_t token_stage(uint64_t token) { return uint32_t(token >> 52); }
 
@@ -84,6 +89,7 @@ private:
         uint64_t epoch = 0;
         uint32_t ended_gen = 0;  // the generation that ended last, and how
         Reason ended_how = Reason::none;
+        std::unique_ptr<std::string> text;  // a failed completion's text (null: none)
     };
     struct Started {
         uint32_t slot;

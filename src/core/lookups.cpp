@@ -118,6 +118,7 @@ size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
     std::vector<int32_t> status(keys.size(), 0);
     int32_t rc = 0;
     if (!keys.empty()) {
+        ws.call->begin_batch(uint32_t(reps.size()));  // texts per key: fluxus_call_set_item_error
         try {
             rc = reinterpret_cast<fluxus_load_fn>(st.fn)(st.user.user, reps.data(),
                                                          uint32_t(reps.size()), loaded.data(),
@@ -125,7 +126,10 @@ size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
         } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
+        ws.call->end_batch();
     }
+    // The load call's texts, taken before any attach callback runs (those attach their own).
+    BatchTexts texts(ws.call);
     auto result_of = [&](const Waiter &w, int32_t *st_out) -> uint64_t {
         if (w.hit) {
             *st_out = 0;
@@ -140,6 +144,7 @@ size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
         int32_t s;
         uint64_t r = result_of(w, &s), y = w.item;  // *out arrives preset to the input
         if (s != 0) {
+            FailureTextScope text(texts.for_item(w.slot));
             p.fail_item(st, w.item, s, rc != 0 ? "load callback failed" : "load failed for the key",
                         &t);
             continue;

@@ -9,6 +9,7 @@
 #include <new>
 #include <thread>
 
+#include "core/current_call.hpp"
 #include "core/segment.hpp"
 #include "flow/circuit_breaker.hpp"
 #include "flow/concurrency_limiter.hpp"
@@ -68,6 +69,7 @@ Pipeline::~Pipeline() {
     source_.user.release();
     item_free_user_.release();
     dead_letter_user_.release();
+    route_observer_user_.release();
     rt_->remove_pipeline(this);
     rt_->release();
 }
@@ -511,11 +513,13 @@ void Pipeline::release_item(uint64_t item, bool finished) {
 
 void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char *message,
                          StageTally *tally, bool destroy) {
+    // The failing callback's own text, if it attached one (current_call.hpp).
+    std::string text = take_failure_text();
     if (status == FLUXUS_ECANCELED) {
         // A callback that gave up because of a cancel: the item is cancelled, not failed. No
         // retry, route, dead letter, breaker outcome, auto-pause or fail-fast.
         if (t_retry_scope && t_retry_scope->stage == &stage) ++t_retry_scope->worker->head_cancels;
-        end_cancelled(stage, item, tally, destroy);
+        end_cancelled(stage, item, tally, destroy);  // its text, if any, is dropped
         return;
     }
     // A callback failure at a retrying stage, seen by the worker running it, may get another
@@ -528,6 +532,7 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
         // Out of retries, or refused by the breaker: an error route (another pipeline, or the
         // error branch) takes the item instead of the error policy.
         if (destroy && stage.routes_errors()) {
+            report_routed(stage, item, item_failure(stage, status, message, text));
             t_retry_scope->worker->route_failed(item);
             return;
         }
@@ -553,9 +558,9 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
     uint64_t page = cursor_ && !destroy ? cursor_->page_of(item) : 0;
     StageTally local;
     StageTally &t = tally ? *tally : local;
-    uint32_t attempts = t_retry_scope && t_retry_scope->stage == &stage ? t_retry_scope->attempt : 1;
+    fluxus_failure f = item_failure(stage, status, message, text);
     if (stage.error_policy == FLUXUS_ERROR_DEAD_LETTER && dead_letter_) {
-        fluxus_failure f{stage.name.c_str(), stage.index, status, message, attempts};
+        CallSuspendScope suspended;  // its text would land on another failure
         try {
             dead_letter_(dead_letter_user_.user, item, &f);
         } FLUXUS_CATCH_ALL {
@@ -572,11 +577,12 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
         cursor_->page_ended(page, finished);  // the host still holds it, but it has ended
     if (!tally) local.flush_to(stage.c);
     if (stage.error_policy == FLUXUS_ERROR_FAIL_FAST) {
+        ReportingScope reporting(&f);  // fail_pipeline records it whole
         char buf[256];
         snprintf(buf, sizeof buf, "%s (status %d)", message, status);
         fail_pipeline(FLUXUS_EFAILED, status, &stage, buf);
     } else if (rt_->log_enabled(FLUXUS_LOG_DEBUG)) {
-        log(FLUXUS_LOG_DEBUG, &stage, message);
+        log(FLUXUS_LOG_DEBUG, &stage, describe_failure(f).c_str());
     }
 }
 
@@ -614,12 +620,12 @@ void Pipeline::fail_pipeline(int32_t result, int32_t status, const Stage *stage,
         if (result_ == FLUXUS_OK && !cancel_requested_.load()) {
             result_ = result;
             first = true;
+            record_failure(status, stage, message);
         }
     }
     if (first) {
-        char buf[384];
-        snprintf(buf, sizeof buf, "pipeline stopped: %s (status %d)", message, status);
-        log(FLUXUS_LOG_ERROR, stage, buf);
+        // failure_ no longer changes: it is read without the lock.
+        log(FLUXUS_LOG_ERROR, stage, ("pipeline stopped: " + failure_.summary()).c_str());
     }
     cancel();
 }
@@ -680,8 +686,7 @@ int32_t Pipeline::wait(uint32_t timeout_ms) {
         return set_errorf(FLUXUS_ETIMEDOUT, "wait: pipeline '%s' still running after %u ms",
                           name_.c_str(), timeout_ms);
     std::lock_guard<std::mutex> lock(mu_);
-    if (result_ != FLUXUS_OK)
-        set_errorf(result_, "pipeline '%s' ended with %s", name_.c_str(), status_name(result_));
+    if (result_ != FLUXUS_OK) set_error(result_, ended_message());
     return result_;
 }
 

@@ -170,6 +170,12 @@ public:
     void segment_done();
     void log(int32_t level, const Stage *stage, const char *message);
 
+    // ---- failure causes (pipeline_failures.cpp) ----
+    int32_t set_route_observer(fluxus_failure_fn fn, void *user, fluxus_user_free_fn user_free);
+    // The first failure that stopped the pipeline (fail_pipeline), or null. Never changes once
+    // set; owned by the pipeline.
+    const fluxus_failure *failure() const;
+
 private:
     int32_t validate();
     int32_t validate_graph();  // also computes topo_
@@ -232,6 +238,17 @@ private:
 
     mutable std::mutex mu_;  // guards result_, failure details, start/shut_down transitions
     int32_t result_ = FLUXUS_OK;
+
+    // Failure causes (pipeline_failures.cpp). The route observer hears why an item leaves a
+    // stage for its error route or branch; failure_ is the first fatal failure (under mu_, set
+    // once, with result_).
+    void report_routed(const Stage &stage, uint64_t item, const fluxus_failure &f);
+    void record_failure(int32_t status, const Stage *stage, const char *message);
+    // "pipeline 'P' ended with CODE[: the failure]" for the last-error message of wait().
+    std::string ended_message() const;
+    fluxus_failure_fn route_observer_ = nullptr;
+    UserRef route_observer_user_;
+    FailureRecord failure_;
     std::mutex done_mu_;
     std::condition_variable done_cv_;
 };

@@ -16,7 +16,6 @@
 
 namespace fluxus {
 
-thread_local uint32_t t_current_worker = UINT32_MAX;
 thread_local RetryScope *t_retry_scope = nullptr;
 thread_local UnwindNote t_unwind;
 
@@ -247,6 +246,7 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
     a_.resize(b);
     b_.resize(b);
     state_.resize(s->stages.size());
+    for (WorkerStageState &ws : state_) ws.call = &call_errors_;
     tally_.resize(s->stages.size());
     for (size_t k = 0; k < s->stages.size(); ++k)
     {
@@ -339,11 +339,8 @@ void SegmentWorker::on_forced_unwind() {
 }
 
 void SegmentWorker::run() {
-    struct WorkerIndexScope {
-        uint32_t saved;
-        explicit WorkerIndexScope(uint32_t i) : saved(t_current_worker) { t_current_worker = i; }
-        ~WorkerIndexScope() { t_current_worker = saved; }
-    } scope(index);
+    // fluxus_current_worker(), and the texts callbacks attach to their failures.
+    CurrentCallScope call(index, &call_errors_);
     Pipeline &p = *seg->p;
 
     if (is_exhausted_) {
@@ -570,7 +567,7 @@ void SegmentWorker::pull_settle(size_t n, int32_t rc, uint32_t granted, bool *dr
             rt_->add_timer(rt_->now() + uint64_t(src.poll_interval_us) * 1000u, this, &p);
     } else if (rc != FLUXUS_PULL_ITEM) {
         source_ended_ = true;
-        p.fail_pipeline(FLUXUS_ESOURCE, rc, nullptr, "the pull source returned an error");
+        p.fail_pipeline(FLUXUS_ESOURCE, rc, seg->source_stage, "the pull source returned an error");
     }
     if (src.rate_limiter && n < granted) src.rate_limiter->give_back(uint32_t(granted - n));
     p.admit(n);
@@ -738,6 +735,7 @@ void SegmentWorker::process(size_t n, size_t first) {
                                                       kMaxPassBatches));
     }
     for (size_t k = 0; k < seg->stages.size(); ++k) tally_[k].flush_to(seg->stages[k]->c);
+    call_errors_.drop_unused();  // a text no failure took: dropped
     size_t b = p.batch_size();
     if (a_.size() < b) a_.resize(b);
     if (b_.size() < b) b_.resize(b);

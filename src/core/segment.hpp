@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/current_call.hpp"
 #include "core/item_chain.hpp"
 #include "core/pipeline.hpp"
 #include "dedup/key_set.hpp"
@@ -138,6 +139,7 @@ public:
     std::vector<int8_t> verdict;   // dedup: per-item result of the batch insert
     std::vector<int32_t> status, keep;  // batch callbacks: per-item out-arrays
     std::vector<uint32_t> route;  // router: the route of each output item
+    CallErrors *call = nullptr;   // the worker's: texts its callbacks attach to failures
 
     int32_t *zeroed_status(size_t n) { return zeroed(status, n); }
     int32_t *zeroed_keep(size_t n) { return zeroed(keep, n); }
@@ -271,6 +273,9 @@ private:
     void release_caches();
     bool init_hooks();
     void close_hooks();
+    // Texts the callbacks of this worker attach to their failures (current_call.hpp); the
+    // thread running the worker points at it.
+    CallErrors call_errors_;
 
     std::vector<uint64_t> a_, b_;  // batch buffers: input, then output of each stage in turn
     size_t out_n_ = 0;             // items of the last processed batch, in a_
@@ -365,7 +370,5 @@ size_t apply_cached_map(Pipeline &p, Stage &st, WorkerStageState &ws, const uint
 size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
                     std::vector<uint64_t> &out, StageTally &t);
 
-// Thread-local worker index for fluxus_current_worker().
-extern thread_local uint32_t t_current_worker;
 
 }  // namespace fluxus

@@ -307,6 +307,12 @@ void SegmentWorker::fire_set(const std::vector<uint64_t> &items, uint64_t start_
     bool keep_input = false;
     int32_t rc = call_window_fn(*seg->p, *seg->head(), items.data(), items.size(), start_ns, out,
                                 &keep_input);
+    if (rc == 0) {
+        call_errors_.drop_unused();
+        return end_consumed(items, rc, keep_input, what);
+    }
+    BatchTexts texts(&call_errors_);  // the call's text goes with every item it fails
+    FailureTextScope text(texts.for_call());
     end_consumed(items, rc, keep_input, what);
 }
 
@@ -410,7 +416,11 @@ void SegmentWorker::run_sliding() {
     std::vector<SlidingWindows::Leaving> leaving;
     auto fire = [&](const uint64_t *items, size_t count, uint64_t start_ns) -> int32_t {
         // keep_input has no effect here: items stay held for later windows.
-        return call_window_fn(p, head, items, count, start_ns, out, nullptr);
+        int32_t rc = call_window_fn(p, head, items, count, start_ns, out, nullptr);
+        // Its items fail when they leave their last window, later: they keep the status only
+        // (a text kept that long would land on whichever failure came first).
+        call_errors_.drop_unused();
+        return rc;
     };
     // Ends what left its last window, then sends what the callbacks emitted on.
     auto settle = [&]() -> bool {
@@ -629,6 +639,7 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
             p.fail_item(head, x, rc, "async callback refused the item", &t);
         }
     }
+    call_errors_.drop_unused();  // a started item's text: dropped
     attempt_ = 1;
     t.busy_ns += now_ns() - t0;
     t.flush_to(head.c);
@@ -655,9 +666,12 @@ size_t SegmentWorker::settle_async() {
         case AsyncSlots::End::completed:
             a_[m++] = e.item;
             break;
-        case AsyncSlots::End::failed:
+        case AsyncSlots::End::failed: {
+            // fluxus_async_fail's text, if any (never a callback's: none runs here)
+            FailureTextScope text(e.text ? e.text.get() : no_failure_text());
             p.fail_item(head, e.item, e.status, "async completion reported an error", &t);
             break;
+        }
         case AsyncSlots::End::timed_out:
             p.fail_item(head, e.item, FLUXUS_ETIMEDOUT, "async item timed out", &t, false);
             head.async->finish_timeout(e.slot);  // only now may a late completion hand it back

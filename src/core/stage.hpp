@@ -11,20 +11,12 @@
 #include <vector>
 
 #include "core/async_slots.hpp"
+#include "core/failure_record.hpp"
 #include "core/source_spec.hpp"
 #include "flow/retry_policy.hpp"
 #include "util/user_ref.hpp"
 
 #include "fluxus.h"
-
-// Details of a failed item for the dead-letter callback (opaque to the host).
-struct fluxus_failure {
-    const char *stage_name;
-    uint32_t stage_index;
-    int32_t status;
-    const char *message;
-    uint32_t attempts;
-};
 
 namespace fluxus {
 

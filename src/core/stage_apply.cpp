@@ -77,20 +77,33 @@ bool all_ok(const int32_t *status, size_t n) {
     return any == 0;
 }
 
-// Compacts the items whose status is 0 into out and fails the others.
-size_t settle_batch(Pipeline &p, Stage &st, const uint64_t *in, uint64_t *out, size_t n,
-                    int32_t rc, const int32_t *status, StageTally &t, const char *what) {
+// Fails item i of a batch call that failed, with the text the call attached for it.
+inline void fail_batch_item(Pipeline &p, Stage &st, const BatchTexts &texts, size_t i,
+                            uint64_t item, int32_t status, const char *what, StageTally &t) {
+    FailureTextScope text(texts.for_item(uint32_t(i)));
+    p.fail_item(st, item, status, what, &t);
+}
+
+// Compacts the items whose status is 0 into out and fails the others, with their texts.
+size_t settle_batch(Pipeline &p, Stage &st, CallErrors *call, const uint64_t *in, uint64_t *out,
+                    size_t n, int32_t rc, const int32_t *status, StageTally &t,
+                    const char *what) {
     if (rc != 0) {
-        for (size_t i = 0; i < n; ++i) p.fail_item(st, in[i], rc, what, &t);
+        BatchTexts texts(call);
+        for (size_t i = 0; i < n; ++i) fail_batch_item(p, st, texts, i, in[i], rc, what, t);
         return 0;
     }
-    if (all_ok(status, n)) return n;
+    if (all_ok(status, n)) {
+        call->drop_unused();
+        return n;
+    }
+    BatchTexts texts(call);
     size_t m = 0;
     for (size_t i = 0; i < n; ++i) {
         if (status[i] == 0)
             out[m++] = out[i];
         else
-            p.fail_item(st, in[i], status[i], what, &t);
+            fail_batch_item(p, st, texts, i, in[i], status[i], what, t);
     }
     return m;
 }
@@ -308,19 +321,23 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         int32_t rc;
         std::memcpy(o, in, n * sizeof *in);  // out[] arrives preset to the inputs
         clock.start();
+        ws.call->begin_batch(uint32_t(n));  // texts per item: fluxus_call_set_item_error
         try {
             rc = fn(u, in, o, status, uint32_t(n));
         } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
+        ws.call->end_batch();
         if (rc == 0 && clock.check(st)) {
             // Every item the call mapped is discarded: the outputs fail, the failed ones too.
             st.c.timed_out.fetch_add(n - 1, std::memory_order_relaxed);
+            BatchTexts texts(ws.call);
             for (size_t i = 0; i < n; ++i)
-                p.fail_item(st, status[i] == 0 ? o[i] : in[i], FLUXUS_ETIMEDOUT, kOverran, &t);
+                fail_batch_item(p, st, texts, i, status[i] == 0 ? o[i] : in[i], FLUXUS_ETIMEDOUT,
+                                kOverran, t);
             return 0;
         }
-        return settle_batch(p, st, in, o, n, rc, status, t, "batch map callback failed");
+        return settle_batch(p, st, ws.call, in, o, n, rc, status, t, "batch map callback failed");
     }
     case StageKind::filter_batch: {
         auto fn = reinterpret_cast<fluxus_filter_batch_fn>(st.fn);
@@ -328,21 +345,28 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         int32_t *keep = ws.zeroed_keep(n);
         int32_t rc;
         clock.start();
+        ws.call->begin_batch(uint32_t(n));
         try {
             rc = fn(u, in, keep, status, uint32_t(n));
         } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
+        ws.call->end_batch();
         if (rc == 0 && clock.check(st)) {
             st.c.timed_out.fetch_add(n - 1, std::memory_order_relaxed);
-            for (size_t i = 0; i < n; ++i) p.fail_item(st, in[i], FLUXUS_ETIMEDOUT, kOverran, &t);
+            BatchTexts texts(ws.call);
+            for (size_t i = 0; i < n; ++i)
+                fail_batch_item(p, st, texts, i, in[i], FLUXUS_ETIMEDOUT, kOverran, t);
             return 0;
         }
-        if (rc != 0) return settle_batch(p, st, in, o, n, rc, nullptr, t, "batch filter failed");
+        if (rc != 0)
+            return settle_batch(p, st, ws.call, in, o, n, rc, nullptr, t, "batch filter failed");
+        // What the call attached is taken out now; dropped with `texts` if no item failed.
+        BatchTexts texts(ws.call);
         size_t m = 0;
         for (size_t i = 0; i < n; ++i) {
             if (status[i] != 0) {
-                p.fail_item(st, in[i], status[i], "batch filter failed", &t);
+                fail_batch_item(p, st, texts, i, in[i], status[i], "batch filter failed", t);
             } else if (keep[i]) {
                 o[m++] = in[i];
             } else {
@@ -368,9 +392,11 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         clock.check(st);
         t.spawned += out.size();
         if (rc != 0) {
+            BatchTexts texts(ws.call);  // the call's text goes with every item
             for (size_t i = 0; i < n; ++i)
-                p.fail_item(st, in[i], rc, "batch flat-map callback failed", &t);
+                fail_batch_item(p, st, texts, i, in[i], rc, "batch flat-map callback failed", t);
         } else {
+            ws.call->drop_unused();
             t.filtered += n;
             for (size_t i = 0; i < n; ++i) {
                 if (!em.keep_input)
@@ -390,28 +416,34 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             for (size_t i = 0; i < n; ++i) pages.push_back(cur->page_of(in[i]));
         int32_t rc;
         clock.start();
+        ws.call->begin_batch(uint32_t(n));
         try {
             rc = fn(u, in, status, uint32_t(n));
         } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
+        ws.call->end_batch();
         clock.check(st);
         if (rc != 0) {
+            BatchTexts texts(ws.call);
             for (size_t i = 0; i < n; ++i)
-                p.fail_item(st, in[i], rc, "batch sink callback failed", &t);
+                fail_batch_item(p, st, texts, i, in[i], rc, "batch sink callback failed", t);
             return 0;
         }
         if (!cur && all_ok(status, n)) {
+            ws.call->drop_unused();
             t.out += n;
             return 0;
         }
+        BatchTexts texts(ws.call);
         size_t delivered = 0;
         for (size_t i = 0; i < n; ++i) {
             if (status[i] == 0) {
                 ++delivered;
                 if (cur) cur->page_ended(pages[i], true);
             } else
-                p.fail_item(st, in[i], status[i], "batch sink callback failed", &t);
+                fail_batch_item(p, st, texts, i, in[i], status[i], "batch sink callback failed",
+                                t);
         }
         t.out += delivered;
         return 0;

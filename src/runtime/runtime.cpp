@@ -11,6 +11,7 @@
 #include <unistd.h>
 #endif
 
+#include "core/current_call.hpp"
 #include "core/pipeline.hpp"
 #include "runtime/task.hpp"
 #include "util/clock.hpp"
@@ -144,7 +145,9 @@ void Runtime::log(int32_t level, const char *pipeline, const char *stage, const 
         std::lock_guard<std::mutex> lock(log_mu_);
         sink = log_sink_;
     }
-    if (sink && sink->fn) sink->fn(sink->user, level, pipeline ? pipeline : "", stage ? stage : "", message);
+    if (!sink || !sink->fn) return;
+    CallSuspendScope suspended;  // a text set in the log callback would land on some failure
+    sink->fn(sink->user, level, pipeline ? pipeline : "", stage ? stage : "", message);
 }
 
 int32_t Runtime::start() {

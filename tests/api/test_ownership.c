@@ -20,6 +20,7 @@
     X(fluxus_runtime_call_after)               \
     X(fluxus_pipeline_set_item_free)           \
     X(fluxus_pipeline_set_dead_letter)         \
+    X(fluxus_pipeline_set_route_observer)      \
     X(fluxus_pipeline_set_pull_source)         \
     X(fluxus_pipeline_set_pull_source_batch)   \
     X(fluxus_pipeline_set_cursor_source)       \
@@ -414,6 +415,30 @@ static void fluxus_pipeline_set_dead_letter_takes_user_only_on_ok(void **state) 
     TU_OK(fluxus_pipeline_set_dead_letter(fx.p, nop_dead_letter, &fx.ok, owned_free));
     assert_int_equal(frees(&b), 1); /* replaced */
     fx_done(&fx, 1);
+}
+
+static void fluxus_pipeline_set_route_observer_takes_user_only_on_ok(void **state) {
+    fixture fx;
+    owned b = {0}, c = {0};
+    (void)state;
+    fx_init(&fx);
+    REFUSED(FLUXUS_EINVAL, fluxus_pipeline_set_route_observer(NULL, nop_dead_letter, &g_refused,
+                                                              owned_free));
+    REFUSED(FLUXUS_EINVAL, fluxus_pipeline_set_route_observer(fx.dead, nop_dead_letter,
+                                                              &g_refused, owned_free));
+    REFUSED(FLUXUS_ESTATE, fluxus_pipeline_set_route_observer(fx.running, nop_dead_letter,
+                                                              &g_refused, owned_free));
+    REFUSED(FLUXUS_ESTATE, fluxus_pipeline_set_route_observer(fx.cancelled, nop_dead_letter,
+                                                              &g_refused, owned_free));
+    TU_OK(fluxus_pipeline_set_route_observer(fx.p, nop_dead_letter, &b, owned_free));
+    TU_OK(fluxus_pipeline_set_route_observer(fx.p, NULL, &c, owned_free)); /* replaces b */
+    assert_int_equal(frees(&b), 1);
+    assert_int_equal(frees(&c), 0);
+    TU_OK(fluxus_pipeline_set_route_observer(fx.p, nop_dead_letter, &fx.ok, owned_free));
+    assert_int_equal(frees(&c), 1);
+    fx_done(&fx, 1);
+    assert_int_equal(frees(&b), 1);
+    assert_int_equal(frees(&c), 1);
 }
 
 /* ----- sources ----- */

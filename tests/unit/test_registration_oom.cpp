@@ -170,6 +170,7 @@ const std::vector<Case> &cases() {
         CASE(fluxus_runtime_call_after, nullptr, e.rt, 1000000000, nop_timer, u, uf),
         CASE(fluxus_pipeline_set_item_free, e.p, nop_item_free, u, uf),
         CASE(fluxus_pipeline_set_dead_letter, e.p, nop_dead_letter, u, uf),
+        CASE(fluxus_pipeline_set_route_observer, e.p, nop_dead_letter, u, uf),
         CASE(fluxus_pipeline_set_pull_source, e.q, "s", nop_pull, u, uf),
         CASE(fluxus_pipeline_set_pull_source, e.q, "a name too long to be stored inline",
              nop_pull, u, uf),
