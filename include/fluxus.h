@@ -575,17 +575,23 @@ FLUXUS_API int32_t fluxus_pipeline_resume(fluxus_pipeline *p);
 /* ----- Stages ----- */
 
 /**
- * Map: transform one item. On 0 the callback owns `in` and *out is the item that goes on (it may
+ * Map: transform one item. *out arrives preset to `in`, so a map that returns 0 without
+ * writing it passes its input on (in every path: fused or not, any worker count, with or
+ * without a cache). On 0 the callback owns `in` and *out is the item that goes on (it may
  * equal `in`); on nonzero the item fails with that status and fluxus still owns it.
  */
 typedef int32_t (*fluxus_map_fn)(void *user, uint64_t in, uint64_t *out);
 /**
- * Batch map: out[i] from in[i] for i < count. status[] arrives zeroed; set status[i] nonzero to
- * fail item i. A nonzero return fails every item of the batch with that status.
+ * Batch map: out[i] from in[i] for i < count. out[] arrives preset to in[] (an out[i] left
+ * unwritten passes in[i] on) and status[] zeroed; set status[i] nonzero to fail item i. A
+ * nonzero return fails every item of the batch with that status.
  */
 typedef int32_t (*fluxus_map_batch_fn)(void *user, const uint64_t *in, uint64_t *out,
                                        int32_t *status, uint32_t count);
-/** Filter: set *keep to 1 to pass the item on, 0 to drop it (filtered). Nonzero return fails. */
+/**
+ * Filter: set *keep to 1 to pass the item on, 0 to drop it (filtered); *keep arrives 0. Nonzero
+ * return fails.
+ */
 typedef int32_t (*fluxus_filter_fn)(void *user, uint64_t item, int32_t *keep);
 /** Batch filter: keep[] and status[] arrive zeroed. */
 typedef int32_t (*fluxus_filter_batch_fn)(void *user, const uint64_t *items, int32_t *keep,
@@ -906,8 +912,8 @@ typedef int32_t (*fluxus_route_fn)(void *user, uint64_t item, uint64_t *routes);
 /**
  * Copy callback: make *copy, a new item equal to `item` for route `route`, owned by the
  * pipeline from then on (the item destructor releases it if it does not reach a sink). Return
- * 0, or nonzero if the copy cannot be made. For items that are plain values, `*copy = item` is
- * a valid copy.
+ * 0, or nonzero if the copy cannot be made. *copy arrives preset to `item`: for items that are
+ * plain values, returning 0 without writing it (or `*copy = item`) is a valid copy.
  */
 typedef int32_t (*fluxus_copy_fn)(void *user, uint64_t item, uint32_t route, uint64_t *copy);
 
@@ -1060,14 +1066,15 @@ FLUXUS_API int32_t fluxus_stage_set_join_max_keys(fluxus_pipeline *p, uint32_t s
  * with key i; set results[i] to its result (an item word: fluxus owns it from then on and
  * releases it with the item destructor once it is no longer needed, or keeps it in the stage's
  * cache) or status[i] nonzero to fail every item waiting for that key (results[i] is then
- * ignored). status[] arrives zeroed. A nonzero return fails the whole group, and every
+ * ignored). results[] and status[] arrive zeroed. A nonzero return fails the whole group, and every
  * results[] slot is ignored: release anything the call allocated before returning nonzero.
  */
 typedef int32_t (*fluxus_load_fn)(void *user, const uint64_t *items, uint32_t count,
                                   uint64_t *results, int32_t *status);
 /**
  * Attach callback: make the output of `item` from its key's `result` (borrowed: copy what you
- * keep). On 0 the callback owns `item`, as a map does, and *out goes on; nonzero fails `item`.
+ * keep). *out arrives preset to `item`. On 0 the callback owns `item`, as a map does, and *out
+ * goes on; nonzero fails `item`.
  */
 typedef int32_t (*fluxus_attach_fn)(void *user, uint64_t item, uint64_t result, uint64_t *out);
 

@@ -19,10 +19,8 @@ void release_gone(Pipeline &p, std::vector<uint64_t> &gone) {
 
 // A copy of a cached map output for a new item (the value itself without a copy callback).
 int32_t copy_out(Stage &st, uint64_t v, uint64_t *out) {
-    if (!st.cache_copy) {
-        *out = v;
-        return 0;
-    }
+    *out = v;  // preset: the copy itself without a copy callback (or one that writes nothing)
+    if (!st.cache_copy) return 0;
     try {
         return st.cache_copy(st.cache_copy_user.user, v, 0, out);
     } catch (...) {
@@ -55,6 +53,7 @@ size_t apply_cached_map(Pipeline &p, Stage &st, WorkerStageState &ws, const uint
         }
         ++misses;
         int32_t rc;
+        y = x;  // *out arrives preset to the input, as for every map
         try {
             rc = fn(st.user.user, x, &y);
         } catch (...) {
@@ -138,7 +137,7 @@ size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
     if (out.size() < waiters.size()) out.resize(waiters.size());
     for (const Waiter &w : waiters) {
         int32_t s;
-        uint64_t r = result_of(w, &s), y = 0;
+        uint64_t r = result_of(w, &s), y = w.item;  // *out arrives preset to the input
         if (s != 0) {
             p.fail_item(st, w.item, s, rc != 0 ? "load callback failed" : "load failed for the key",
                         &t);

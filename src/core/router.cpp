@@ -66,7 +66,7 @@ size_t apply_router(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
         ws.route.push_back(uint32_t(__builtin_ctzll(mask)));
         for (uint64_t m = mask & (mask - 1); m != 0 && rc == 0; m &= m - 1) {
             uint32_t r = uint32_t(__builtin_ctzll(m));
-            uint64_t c = 0;
+            uint64_t c = x;  // *copy arrives preset to the item
             try {
                 rc = st.copy(st.copy_user.user, x, r, &c);
                 why = "copy callback failed";

@@ -135,8 +135,10 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         const char *failed = callback_failure_message(StageKind::map, false);
         return per_item(p, st, in, n, t, callback_failure_message(StageKind::map, true),
                         [&](uint64_t x, size_t &m) {
-                            // Written straight into the output slot; a failure leaves the slot
-                            // to be overwritten by the next item.
+                            // Written straight into the output slot, preset to the input (a
+                            // map that returns 0 without writing passes its input on, as in
+                            // the fused chain); a failure leaves the slot to the next item.
+                            o[m] = x;
                             clock.start();
                             int32_t rc = fn(u, x, &o[m]);
                             if (__builtin_expect(rc == 0, 1)) {
@@ -279,6 +281,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         auto fn = reinterpret_cast<fluxus_map_batch_fn>(st.fn);
         int32_t *status = ws.zeroed_status(n);
         int32_t rc;
+        std::memcpy(o, in, n * sizeof *in);  // out[] arrives preset to the inputs
         clock.start();
         try {
             rc = fn(u, in, o, status, uint32_t(n));
