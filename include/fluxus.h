@@ -841,18 +841,26 @@ FLUXUS_API int32_t fluxus_pipeline_add_window(uint32_t *out_stage, fluxus_pipeli
                                               fluxus_user_free_fn user_free);
 
 /**
- * Sliding windows per key: windows of `size` starting every `step` (1 <= step <= size), so an
- * item can be in several windows. By count (`kind` FLUXUS_WINDOW_COUNT): after every `step`
- * items of a key, its last `size` items. By time (FLUXUS_WINDOW_TIME, microseconds): the
- * aligned periods [k * step, k * step + size) of the runtime's clock, each closing at its end
- * with the key's items that arrived in it (a period that holds none does not fire). `fn` gets
- * the window's items borrowed, as for fluxus_pipeline_add_window(); an item stays held while a
- * later window may still hold it, and ends (counted filtered and destroyed) when it leaves its
- * last window — or fails, with the callback's status, if the first window it was in (its home)
- * failed. fluxus_emitter_keep_input() has no effect here. At end of input or on drain every
- * window still holding items fires; on cancel held items are cancelled.
- * @return as fluxus_pipeline_add_window(), and FLUXUS_ERANGE for a step of 0 or above `size`,
- *         or a kind other than COUNT or TIME.
+ * Sliding (hopping) windows per key: the windows [k * step, k * step + size), k = 0, 1, 2, ...
+ * By count (`kind` FLUXUS_WINDOW_COUNT), over the key's items numbered 0, 1, 2, ... in arrival
+ * order: a window fires when its last item arrives, so no partial window leads (size 4, step 2:
+ * items [0..3], [2..5], [4..7], ...); `start_ns` is when its first item arrived. By time
+ * (FLUXUS_WINDOW_TIME, microseconds), over the runtime's clock, the periods aligned to its
+ * zero: a window fires at its end with the key's items that arrived in it (one that holds none
+ * does not fire); `start_ns` is its start.
+ * `step` below `size` makes windows overlap (an item is in several), equal to it makes them
+ * tumbling, above it makes sampling windows with gaps between them: an item in a gap (count:
+ * index mod step >= size) is in no window and ends at once, counted filtered and destroyed.
+ * At end of input or on drain every window that holds items fires as it is, so trailing
+ * partial windows are emitted (count, size 4, step 2, items 0..4: [0..3] when 3 arrives, then
+ * [2..4] and [4] at the end); on cancel held items are cancelled.
+ * `fn` gets the window's items borrowed, as for fluxus_pipeline_add_window(); an item stays held
+ * while a later window may still hold it, and ends (counted filtered and destroyed) when it
+ * leaves its last window, or fails, with the callback's status, if the first window it is in
+ * (its home) failed. fluxus_emitter_keep_input() has no effect here.
+ * @param size, step  Items (COUNT, 1..2^20) or microseconds (TIME, 1 .. one day).
+ * @return as fluxus_pipeline_add_window(), and FLUXUS_ERANGE for a size or step of 0 or out of
+ *         range, or a kind other than COUNT or TIME.
  */
 FLUXUS_API int32_t fluxus_pipeline_add_sliding_window(uint32_t *out_stage, fluxus_pipeline *p,
                                                       const char *name, int32_t kind,

@@ -490,11 +490,12 @@ FLUXUS_API int32_t fluxus_pipeline_add_sliding_window(uint32_t *out, fluxus_pipe
             return set_errorf(FLUXUS_ERANGE,
                               "fluxus_pipeline_add_sliding_window: kind %d is not COUNT or TIME",
                               kind);
+        // A step above the size is allowed: sampling windows, with gaps between them.
         uint64_t max = kind == FLUXUS_WINDOW_COUNT ? (1u << 20) : 86400ull * 1000000ull;
-        if (size < 1 || size > max || step < 1 || step > size)
+        if (size < 1 || size > max || step < 1 || step > max)
             return set_errorf(FLUXUS_ERANGE,
-                              "fluxus_pipeline_add_sliding_window: need 1 <= step <= size <= %llu "
-                              "(got size %llu, step %llu)",
+                              "fluxus_pipeline_add_sliding_window: size and step must be in "
+                              "1..%llu (got size %llu, step %llu)",
                               (unsigned long long)max, (unsigned long long)size,
                               (unsigned long long)step);
         uint32_t index = 0;

@@ -1,12 +1,15 @@
-// SlidingWindows: per-key sliding windows of `size` (items, or ns of the runtime's clock)
-// starting every `step` (step <= size), so an item can be in several windows. Items are held
-// while a later window may still contain them and leave after their last one. Each item's
-// "home" is the first window that fires with it: if the aggregate callback fails for that
-// window, the item leaves as failed. Owned by one stage worker; not thread-safe.
+// SlidingWindows: per-key windows [k*step, k*step + size), k = 0, 1, ..., over the key's item
+// index (count) or the runtime's clock in ns (time). step < size overlaps them, so an item can
+// be in several; step == size makes them tumbling; step > size leaves gaps, and an item in a
+// gap is in no window: it leaves at once, consumed. Items are held while a later window may
+// still contain them and leave after their last one. Each item's "home" is the first window
+// it is in: if the aggregate callback fails for that window, the item leaves as failed. Owned
+// by one stage worker; not thread-safe.
 //
-// Count windows fire after every `step` items of a key with its last `size` items (fewer at
-// first). Time windows are the aligned periods [k*step, k*step + size) and fire at their end
-// with the key's items that arrived in them; only windows holding an item fire.
+// A count window fires when its last item arrives, so none fires partial at the start; a time
+// window fires at its end with the key's items that arrived in it (only windows holding an item
+// fire). At end of input every window that holds items fires as it is: the trailing partial
+// windows.
 #pragma once
 
 #include <cstdint>
@@ -44,12 +47,13 @@ public:
 private:
     struct Held {
         uint64_t item, t;
+        uint64_t index;  // count: the item's index among its key's items
         int32_t status;
     };
     struct Key {
         std::deque<Held> held;
-        uint64_t since = 0;  // count: items since the last firing (they are its home items)
-        uint64_t next = 0;   // time: index of the next window to fire
+        uint64_t count = 0;  // count: the key's items so far (the next item's index)
+        uint64_t next = 0;   // index of the next window to fire
         uint64_t version = 0;
     };
     struct Due {
@@ -58,9 +62,11 @@ private:
         bool operator>(const Due &o) const { return deadline > o.deadline; }
     };
     using Map = std::unordered_map<Key128, Key, Key128Hash>;
-    uint64_t first_window(uint64_t t) const {  // the lowest k whose window holds t
-        return t >= size_ ? (t - size_) / step_ + 1 : 0;
-    }
+    // The lowest k whose window ends after t; it holds t unless t falls in a gap (step > size).
+    uint64_t first_window(uint64_t t) const { return t >= size_ ? (t - size_) / step_ + 1 : 0; }
+    bool in_a_window(uint64_t t) const { return first_window(t) * step_ <= t; }
+    // Count: fires window s.next with the items it holds (all of them once it is complete),
+    // then lets out what no later window holds.
     template <class Fire>
     void fire_count(Key &s, Fire &fire, std::vector<Leaving> &leaving);
     // Time: fires window s.next (if it holds items), lets out what no later window holds.
@@ -77,15 +83,23 @@ private:
 
 template <class Fire>
 void SlidingWindows::fire_count(Key &s, Fire &fire, std::vector<Leaving> &leaving) {
-    size_t n = s.held.size();  // <= size
+    // Items before this window's start left when the window before it fired, so the window
+    // is every held item below its end.
+    uint64_t end = s.next * step_ + size_;
     scratch_.clear();
-    for (const Held &h : s.held) scratch_.push_back(h.item);
-    int32_t rc = fire(scratch_.data(), n, s.held.front().t);
-    if (rc != 0)  // the newest `since` items had this window as their home
-        for (size_t i = n - s.since; i < n; ++i) s.held[i].status = rc;
-    s.since = 0;
-    // The next window keeps the last size - step items.
-    while (s.held.size() > size_ - step_) {
+    for (const Held &h : s.held) {
+        if (h.index >= end) break;
+        scratch_.push_back(h.item);
+    }
+    if (!scratch_.empty()) {
+        int32_t rc = fire(scratch_.data(), scratch_.size(), s.held.front().t);
+        if (rc != 0)
+            for (size_t i = 0; i < scratch_.size(); ++i)
+                if (first_window(s.held[i].index) == s.next) s.held[i].status = rc;
+    }
+    ++s.next;
+    uint64_t next_start = s.next * step_;
+    while (!s.held.empty() && s.held.front().index < next_start) {
         leaving.push_back(Leaving{s.held.front().item, s.held.front().status});
         s.held.pop_front();
     }
@@ -126,12 +140,24 @@ void SlidingWindows::add(const Key128 &k, uint64_t item, uint64_t now, Fire &&fi
         if (s.held.empty()) s.next = first_window(now);
         while (!s.held.empty() && s.next * step_ + size_ <= now) fire_time(s, fire, leaving);
         if (s.held.empty() && s.next < first_window(now)) s.next = first_window(now);
-        s.held.push_back(Held{item, now, 0});
+        if (!in_a_window(now)) {  // between two windows (step > size): in none
+            leaving.push_back(Leaving{item, 0});
+            if (s.held.empty()) keys_.erase(k);
+            return;
+        }
+        s.held.push_back(Held{item, now, 0, 0});
         schedule(k, s);
         return;
     }
-    s.held.push_back(Held{item, now, 0});
-    if (++s.since == step_) fire_count(s, fire, leaving);
+    uint64_t index = s.count++;
+    if (!in_a_window(index)) {  // between two windows (step > size): in none
+        leaving.push_back(Leaving{item, 0});
+        return;
+    }
+    s.held.push_back(Held{item, now, index, 0});
+    // The window that ends with this item is complete. (Windows complete in order, and each
+    // one before it has fired already.)
+    if (index + 1 >= size_ && (index + 1 - size_) % step_ == 0) fire_count(s, fire, leaving);
 }
 
 template <class Fire>
@@ -157,7 +183,8 @@ void SlidingWindows::close_all(Fire &&fire, std::vector<Leaving> &leaving) {
         if (time_) {
             while (!s.held.empty()) fire_time(s, fire, leaving);
         } else {
-            if (s.since > 0) fire_count(s, fire, leaving);
+            // Every window that has begun (it holds its first item) fires as it is.
+            while (s.next * step_ < s.count) fire_count(s, fire, leaving);
             for (const Held &h : s.held) leaving.push_back(Leaving{h.item, h.status});
             s.held.clear();
         }

@@ -1101,6 +1101,58 @@ static void test_registry_user_free_runs_once_after_the_last_owner(void **state)
     assert_int_equal(TU_LOAD(&reg_frees), 2);
 }
 
+/* ----- sliding windows from a spec: a step above the size samples ----- */
+
+static uint32_t g_windows;
+static int32_t count_window(void *user, const uint64_t *items, uint32_t count, uint64_t start_ns,
+                            fluxus_emitter *em) {
+    (void)user, (void)start_ns;
+    TU_ADD(&g_windows, 1);
+    return fluxus_emit(em, items[0] * 100 + count);
+}
+
+static int32_t one_key(void *user, uint64_t item, const void **key, size_t *len) {
+    static const uint64_t k = 1;
+    (void)user, (void)item;
+    *key = &k;
+    *len = sizeof k;
+    return 0;
+}
+
+static void test_a_spec_window_with_a_step_above_its_size_samples(void **state) {
+    fluxus_runtime *rt = tu_runtime(1);
+    fluxus_registry *r = NULL;
+    fluxus_pipeline *p = tu_pipeline(rt, "sample", NULL);
+    rec *got = (rec *)calloc(1, sizeof *got);
+    fluxus_pipeline_stats s;
+    uint64_t i;
+    (void)state;
+    assert_non_null(got);
+    g_windows = 0;
+    TU_OK(fluxus_registry_new(&r));
+    TU_OK(fluxus_registry_add(r, "agg", FLUXUS_FN_WINDOW, (fluxus_any_fn)count_window, NULL,
+                              NULL));
+    TU_OK(fluxus_registry_add(r, "out", FLUXUS_FN_SINK, (fluxus_any_fn)collect, got, NULL));
+    TU_OK(fluxus_registry_add(r, "one", FLUXUS_FN_KEY, (fluxus_any_fn)one_key, NULL, NULL));
+    TU_OK(fluxus_pipeline_set_push_source(p, "in"));
+    TU_OK(fluxus_pipeline_build(p, r,
+                                "window(agg, kind=count, size=2, step=3, key=one) | sink(out)"));
+    TU_OK(fluxus_pipeline_start(p));
+    for (i = 0; i < 6; i++) TU_OK(fluxus_pipeline_push(p, i, UINT32_MAX));
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_OK(tu_wait(p));
+    /* windows [0 1] and [3 4]; 2 and 5 fall between windows */
+    assert_int_equal(g_windows, 2);
+    assert_int_equal(rec_get(got, 2), 1);
+    assert_int_equal(rec_get(got, 302), 1);
+    tu_stats(p, &s);
+    assert_int_equal(s.delivered, 2);
+    assert_int_equal(s.filtered, 6);
+    TU_OK(fluxus_registry_free(r));
+    tu_free_all(p, rt);
+    free(got);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_branching_spec_delivers_exactly_the_expected_items),
@@ -1119,6 +1171,7 @@ int main(void) {
         cmocka_unit_test(test_registry_misuse_returns_exact_codes),
         cmocka_unit_test(test_building_a_started_pipeline_is_refused),
         cmocka_unit_test(test_registry_user_free_runs_once_after_the_last_owner),
+        cmocka_unit_test(test_a_spec_window_with_a_step_above_its_size_samples),
     };
     return TU_RUN_GROUP(tests);
 }

@@ -244,7 +244,9 @@ static fluxus_pipeline *sliding_pipeline(fluxus_runtime *rt, wins *w, tu_tracker
     return p;
 }
 
-/* size 4, step 2: [0 2], [0 2 4 6], then the tail [4 6 8] at end of input. */
+/* size 4, step 2 over one key's items 0 2 4 6 8 (indices 0..4): the windows are the indices
+ * [0..3], [2..5], [4..7]. The first fires when its fourth item arrives (no partial window
+ * leads); at end of input the two that have begun fire as they are: [4 6 8] and [8]. */
 static void test_sliding_count_windows_overlap_and_flush(void **state) {
     fluxus_runtime *rt = tu_vruntime(T0);
     wins w;
@@ -259,24 +261,28 @@ static void test_sliding_count_windows_overlap_and_flush(void **state) {
     tu_tracker_init(&t, 64);
     p = sliding_pipeline(rt, &w, &t, FLUXUS_WINDOW_COUNT, 4, 2);
     TU_OK(fluxus_pipeline_start(p));
-    for (i = 0; i <= 8; i += 2) TU_OK(fluxus_pipeline_push(p, i, 0));
+    for (i = 0; i <= 6; i += 2) TU_OK(fluxus_pipeline_push(p, i, 0));
     tu_drive(rt);
-    assert_int_equal(w.n, 2);
-    assert_int_equal(w.count[0], 2);
+    assert_int_equal(w.n, 1); /* [0 2 4 6], complete when 6 arrived */
+    assert_int_equal(w.count[0], 4);
     assert_int_equal(w.first[0], 0);
-    assert_int_equal(w.count[1], 4);
-    assert_int_equal(w.first[1], 0);
+    assert_int_equal(t.freed_total, 2); /* 0 and 2 are in no later window */
+    TU_OK(fluxus_pipeline_push(p, 8, 0));
+    tu_drive(rt);
+    assert_int_equal(w.n, 1); /* [4 6 8 .] still waits for its fourth item */
     TU_OK(fluxus_pipeline_close_input(p));
     TU_OK(tu_wait(p));
-    assert_int_equal(w.n, 3);
-    assert_int_equal(w.count[2], 3);
-    assert_int_equal(w.first[2], 4);
-    assert_int_equal(sink_total, 2 + 12 + 18);
+    assert_int_equal(w.n, 3); /* the trailing partial windows, in order */
+    assert_int_equal(w.count[1], 3);
+    assert_int_equal(w.first[1], 4);
+    assert_int_equal(w.count[2], 1);
+    assert_int_equal(w.first[2], 8);
+    assert_int_equal(sink_total, 12 + 18 + 8);
     tu_stats(p, &s);
     assert_int_equal(s.filtered, 5); /* each item consumed once, when it left its last window */
     assert_int_equal(s.delivered, 3);
     assert_int_equal(s.balanced, 1);
-    tu_tracker_check_once(&t, 0, 1);
+    for (i = 0; i <= 8; i += 2) assert_int_equal(t.freed[i], 1);
     assert_int_equal(t.freed_total, 5);
     tu_free_all(p, rt);
     tu_tracker_destroy(&t);
@@ -328,8 +334,8 @@ static void test_sliding_time_windows_fire_at_each_period_end(void **state) {
     tu_free_all(p, rt);
 }
 
-/* size 2, step 1: windows [a], [a b], [b c]; the second fails: b (whose home it was) fails,
- * a and c are consumed. */
+/* size 2, step 1: windows [a b], [b c], then the trailing [c]; the second fails: c (whose home
+ * it was: the first window it is in) fails, a and b are consumed. */
 static void test_sliding_window_failure_fails_its_home_items(void **state) {
     fluxus_runtime *rt = tu_vruntime(T0);
     wins w;
@@ -359,6 +365,150 @@ static void test_sliding_window_failure_fails_its_home_items(void **state) {
     tu_tracker_destroy(&t);
 }
 
+/* step == size: the windows are tumbling, the same as fluxus_pipeline_add_window() gives. */
+static void test_sliding_count_windows_with_step_equal_to_size_tumble(void **state) {
+    fluxus_runtime *rt = tu_vruntime(T0);
+    wins w, tw;
+    tu_tracker t;
+    uint64_t i;
+    uint32_t k;
+    fluxus_pipeline *p, *q;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    memset(&tw, 0, sizeof tw);
+    w.rt = rt;
+    tw.rt = rt;
+    tu_tracker_init(&t, 64);
+    p = sliding_pipeline(rt, &w, &t, FLUXUS_WINDOW_COUNT, 3, 3);
+    q = window_pipeline(rt, &tw, NULL, FLUXUS_WINDOW_COUNT, 3);
+    TU_OK(fluxus_pipeline_start(p));
+    TU_OK(fluxus_pipeline_start(q));
+    for (i = 0; i < 20; i++) { /* two keys (even, odd), ten items each */
+        TU_OK(fluxus_pipeline_push(p, i, 0));
+        TU_OK(fluxus_pipeline_push(q, i, 0));
+    }
+    tu_drive(rt);
+    /* per key [0 2 4] [6 8 10] [12 14 16], [1 3 5] [7 9 11] [13 15 17], in arrival order */
+    assert_int_equal(w.n, 6);
+    assert_int_equal(tw.n, 6);
+    for (k = 0; k < 6; k++) {
+        assert_int_equal(w.count[k], 3);
+        assert_int_equal(w.first[k], tw.first[k]);
+    }
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_OK(fluxus_pipeline_close_input(q));
+    TU_OK(tu_wait(p));
+    TU_OK(tu_wait(q));
+    assert_int_equal(w.n, 8); /* then the tails [18] and [19] */
+    assert_int_equal(tw.n, 8);
+    for (k = 6; k < 8; k++) {
+        assert_int_equal(w.count[k], 1);
+        assert_int_equal(tw.count[k], 1);
+    }
+    assert_int_equal(w.first[6] + w.first[7], 18 + 19);
+    assert_int_equal(tw.first[6] + tw.first[7], 18 + 19);
+    assert_int_equal(t.freed_total, 20);
+    tu_check_conservation(p, &t, 0);
+    TU_OK(fluxus_pipeline_free(q));
+    tu_free_all(p, rt);
+    tu_tracker_destroy(&t);
+}
+
+/* step > size samples: size 2, step 3 over one key's items 0 2 4 ... 18 (indices 0..9) gives the
+ * windows [0..1] [3..4] [6..7] [9..10]; the items at indices 2, 5 and 8 are in none and end at
+ * once, filtered; the last window ends partial, at end of input. */
+static void test_sliding_count_windows_with_step_above_size_sample(void **state) {
+    fluxus_runtime *rt = tu_vruntime(T0);
+    wins w;
+    tu_tracker t;
+    uint64_t i;
+    fluxus_pipeline *p;
+    fluxus_pipeline_stats s;
+    fluxus_stage_stats ss;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    w.rt = rt;
+    sink_total = 0;
+    tu_tracker_init(&t, 64);
+    p = sliding_pipeline(rt, &w, &t, FLUXUS_WINDOW_COUNT, 2, 3);
+    TU_OK(fluxus_pipeline_start(p));
+    for (i = 0; i < 20; i += 2) TU_OK(fluxus_pipeline_push(p, i, 0));
+    tu_drive(rt);
+    assert_int_equal(w.n, 3);
+    assert_int_equal(w.first[0], 0);
+    assert_int_equal(w.count[0], 2);
+    assert_int_equal(w.first[1], 6);
+    assert_int_equal(w.count[1], 2);
+    assert_int_equal(w.first[2], 12);
+    assert_int_equal(w.count[2], 2);
+    /* the items between windows were destroyed as they came; 18 is still held */
+    assert_int_equal(t.freed[4], 1);
+    assert_int_equal(t.freed[10], 1);
+    assert_int_equal(t.freed[16], 1);
+    assert_int_equal(t.freed[18], 0);
+    assert_int_equal(t.freed_total, 9);
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_OK(tu_wait(p));
+    assert_int_equal(w.n, 4);
+    assert_int_equal(w.first[3], 18);
+    assert_int_equal(w.count[3], 1);
+    assert_int_equal(sink_total, 2 + 14 + 26 + 18);
+    tu_stats(p, &s);
+    assert_int_equal(s.admitted, 14);
+    assert_int_equal(s.filtered, 10); /* 7 consumed by windows, 3 in no window */
+    assert_int_equal(s.delivered, 4);
+    tu_stage_stats(p, 0, &ss);
+    assert_int_equal(ss.in, 10);
+    assert_int_equal(ss.filtered, 10);
+    assert_int_equal(ss.spawned, 4);
+    tu_check_conservation(p, &t, 0);
+    tu_free_all(p, rt);
+    tu_tracker_destroy(&t);
+}
+
+/* Time windows with step > size: size 0.5 ms every 1 ms, [0, 0.5) [1, 1.5) ...; an item that
+ * arrives at 0.7 ms is in none and ends at once. */
+static void test_sliding_time_windows_with_step_above_size_sample(void **state) {
+    fluxus_runtime *rt = tu_vruntime(T0);
+    wins w;
+    tu_tracker t;
+    fluxus_pipeline *p;
+    fluxus_pipeline_stats s;
+    (void)state;
+    memset(&w, 0, sizeof w);
+    w.rt = rt;
+    sink_total = 0;
+    tu_tracker_init(&t, 64);
+    p = sliding_pipeline(rt, &w, &t, FLUXUS_WINDOW_TIME, 500, 1000);
+    TU_OK(fluxus_pipeline_start(p));
+    push_at(rt, p, 100 * US, 2);
+    push_at(rt, p, 300 * US, 4);
+    tu_step_to(rt, T0 + 500 * US);
+    assert_int_equal(w.n, 1);
+    assert_int_equal(w.count[0], 2);
+    assert_int_equal(w.start[0], 0);
+    push_at(rt, p, 700 * US, 6); /* in the gap */
+    assert_int_equal(t.freed[6], 1);
+    assert_int_equal(w.n, 1);
+    push_at(rt, p, 1200 * US, 8);
+    tu_step_to(rt, T0 + 1500 * US - 1);
+    assert_int_equal(w.n, 1);
+    tu_step_to(rt, T0 + 1500 * US);
+    assert_int_equal(w.n, 2);
+    assert_int_equal(w.count[1], 1);
+    assert_int_equal(w.first[1], 8);
+    assert_int_equal(w.start[1], 1000 * US);
+    TU_OK(fluxus_pipeline_close_input(p));
+    TU_OK(tu_wait(p));
+    assert_int_equal(sink_total, 6 + 8);
+    tu_stats(p, &s);
+    assert_int_equal(s.filtered, 4);
+    assert_int_equal(s.delivered, 2);
+    tu_check_conservation(p, &t, 0);
+    tu_free_all(p, rt);
+    tu_tracker_destroy(&t);
+}
+
 static void test_sliding_window_option_errors(void **state) {
     fluxus_runtime *rt = tu_runtime(1);
     fluxus_pipeline *p = tu_pipeline(rt, "opts", NULL);
@@ -369,10 +519,19 @@ static void test_sliding_window_option_errors(void **state) {
     TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_sliding_window(&st, p, "w", FLUXUS_WINDOW_COUNT,
                                                                  4, 0, aggregate, &w, NULL));
     TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_sliding_window(&st, p, "w", FLUXUS_WINDOW_COUNT,
-                                                                 4, 5, aggregate, &w, NULL));
+                                                                 0, 1, aggregate, &w, NULL));
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_sliding_window(&st, p, "w", FLUXUS_WINDOW_COUNT,
+                                                                 4, (1u << 20) + 1, aggregate, &w,
+                                                                 NULL));
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_sliding_window(&st, p, "w", FLUXUS_WINDOW_TIME,
+                                                                 4, 86400000001ull, aggregate, &w,
+                                                                 NULL));
     TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_sliding_window(
                                  &st, p, "w", FLUXUS_WINDOW_SESSION, 4, 2, aggregate, &w, NULL));
     TU_OK(fluxus_pipeline_add_sliding_window(&st, p, "w", FLUXUS_WINDOW_TIME, 4, 4, aggregate,
+                                             &w, NULL));
+    /* step > size: sampling windows */
+    TU_OK(fluxus_pipeline_add_sliding_window(&st, p, "w", FLUXUS_WINDOW_COUNT, 4, 5, aggregate,
                                              &w, NULL));
     tu_free_all(p, rt);
 }
@@ -388,6 +547,9 @@ int main(void) {
         cmocka_unit_test(test_sliding_count_windows_overlap_and_flush),
         cmocka_unit_test(test_sliding_time_windows_fire_at_each_period_end),
         cmocka_unit_test(test_sliding_window_failure_fails_its_home_items),
+        cmocka_unit_test(test_sliding_count_windows_with_step_equal_to_size_tumble),
+        cmocka_unit_test(test_sliding_count_windows_with_step_above_size_sample),
+        cmocka_unit_test(test_sliding_time_windows_with_step_above_size_sample),
         cmocka_unit_test(test_sliding_window_option_errors),
     };
     return TU_RUN_GROUP(tests);
