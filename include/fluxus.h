@@ -23,8 +23,10 @@
  *    callback) replace the previous registration, whose `user_free` runs during the replacing
  *    call, or, if that callback is running at the moment, as soon as it returns. A NULL
  *    callback, where one is allowed, is a registration like another: its `user` is kept and
- *    released the same way. What can be registered only once (a source, a stage, a registry
- *    name) refuses a second registration with an error, which takes nothing.
+ *    released the same way. What cannot be replaced (a pipeline's source, a registry name)
+ *    refuses a second registration with an error, which takes nothing. `user_free` runs on the
+ *    thread that drops `user` (the one freeing or replacing; for a timer, the one that ran or
+ *    cancelled it).
  *  - Errors: functions return FLUXUS_OK (0) or a negative FLUXUS_E* code, never throw, never
  *    abort on bad input. fluxus_last_error_message() describes the last failure on the calling
  *    thread. Misuse (NULL or freed handles, calls in the wrong state, invalid options) returns a
