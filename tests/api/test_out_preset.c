@@ -27,10 +27,13 @@ typedef struct run {
     uint64_t next;      /* the source's next index */
 } run;
 
+/* Never called concurrently with itself, but from whichever worker runs the source. */
 static int32_t pull(void *user, uint64_t *item) {
     run *r = (run *)user;
-    if (r->next >= N) return FLUXUS_PULL_END;
-    *item = r->next++ % r->keys;
+    uint64_t i = TU_LOAD(&r->next);
+    if (i >= N) return FLUXUS_PULL_END;
+    TU_STORE(&r->next, i + 1);
+    *item = i % r->keys;
     return FLUXUS_PULL_ITEM;
 }
 
@@ -190,17 +193,21 @@ SHAPE_TESTS(test_chained_maps_pass_their_input_when_they_write_no_output, MAP_TH
 SHAPE_TESTS(test_map_with_a_timeout_passes_its_input_when_it_writes_no_output, MAP_TIMEOUT)
 SHAPE_TESTS(test_batch_map_passes_the_inputs_it_writes_no_output_for, MAP_BATCH)
 
-/* Caches are per worker and a loader runs on one worker: fused or not, one worker. */
+/* Caches are per worker (and a loader runs on one worker). */
 static void test_cached_map_passes_its_input_and_caches_it(void **state) {
     (void)state;
     check_run(MAP_CACHED, 1, 1);
     check_run(MAP_CACHED, 0, 1);
+    check_run(MAP_CACHED, 1, 4);
+    check_run(MAP_CACHED, 0, 4);
 }
 
 static void test_cache_copy_that_writes_nothing_hands_out_the_cached_value(void **state) {
     (void)state;
     check_run(MAP_CACHED_COPY, 1, 1);
     check_run(MAP_CACHED_COPY, 0, 1);
+    check_run(MAP_CACHED_COPY, 1, 4);
+    check_run(MAP_CACHED_COPY, 0, 4);
 }
 
 static void test_loader_attach_passes_its_item_when_it_writes_no_output(void **state) {
