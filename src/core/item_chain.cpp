@@ -147,13 +147,18 @@ struct PullFeed {
     fluxus_pull_fn pull;
     void *user;
     int32_t rc = FLUXUS_PULL_ITEM;
+    // rc is stored only when the source stops: a store per item would cost an instruction
+    // of the hot loop (the feed lives on the stack, its fields are not kept in registers).
     bool next(size_t, uint64_t &slot) {
+        int32_t r;
         try {
-            rc = pull(user, &slot);
+            r = pull(user, &slot);
         } FLUXUS_CATCH_ALL {
-            rc = FLUXUS_EEXCEPTION;
+            r = FLUXUS_EEXCEPTION;
         }
-        return __builtin_expect(rc == FLUXUS_PULL_ITEM, 1);
+        if (__builtin_expect(r == FLUXUS_PULL_ITEM, 1)) return true;
+        rc = r;
+        return false;
     }
 };
 
