@@ -1375,6 +1375,109 @@ FLUXUS_API int32_t fluxus_stage_set_debounce_max_keys(fluxus_pipeline *p, uint32
 
 /* ----- Stage options (all: before start; FLUXUS_ENOTFOUND for a bad stage index) ----- */
 
+/*
+ * Every scalar option of a stage has a number, FLUXUS_OPT_*, pinned forever (never reused), and
+ * is set and read through one pair of calls; fluxus_option_get_bounds() gives its range and
+ * fluxus_option_get_name() its name, which is also its keyword in the spec language
+ * (fluxus_pipeline_build()). Durations are in microseconds. Options that belong together (a
+ * retry's attempts, backoff and delays) may be set in any order: what must agree between them
+ * is checked by fluxus_pipeline_start(). The typed setters below (fluxus_stage_set_workers()...)
+ * are the same options under older names; they go away before 1.0.
+ */
+#define FLUXUS_OPT_WORKERS 1              /* workers running the stage in parallel: 1..256 */
+#define FLUXUS_OPT_ORDER 2                /* FLUXUS_ORDER_* */
+#define FLUXUS_OPT_REORDER_WINDOW 3       /* ordered stages: batches held for reordering;
+                                             0: 4 per worker (default) */
+#define FLUXUS_OPT_QUEUE_CAPACITY 4       /* items in the stage's input queue (1024) */
+#define FLUXUS_OPT_OVERFLOW 5             /* FLUXUS_OVERFLOW_* when the input queue is full */
+#define FLUXUS_OPT_OVERFLOW_TIMEOUT_US 6  /* FLUXUS_OVERFLOW_BLOCK_TIMEOUT: longest wait */
+#define FLUXUS_OPT_ERROR_POLICY 7         /* FLUXUS_ERROR_* */
+#define FLUXUS_OPT_IN_FLIGHT 8            /* async stages: items started, not yet completed */
+#define FLUXUS_OPT_TIMEOUT_US 9           /* per-item time limit (0: none); a join: how long
+                                             an incomplete key waits */
+#define FLUXUS_OPT_RETRY_ATTEMPTS 10      /* calls per item, retries included (1: no retry) */
+#define FLUXUS_OPT_RETRY_BACKOFF 11       /* FLUXUS_BACKOFF_* (EXPONENTIAL) */
+#define FLUXUS_OPT_RETRY_BASE_US 12       /* first retry delay (1000) */
+#define FLUXUS_OPT_RETRY_MAX_US 13        /* longest retry delay, at least the base (1000000) */
+#define FLUXUS_OPT_RETRY_SEED 14          /* seed of the jitter (any 64-bit value) */
+#define FLUXUS_OPT_MAX_KEYS 15            /* dedup (0: no bound, else at least 2), debounce
+                                             and join (at least 1): keys remembered at most */
+#define FLUXUS_OPT_DEDUP_TTL_US 16        /* dedup: a key is forgotten this long after it
+                                             passed (0: never) */
+#define FLUXUS_OPT_DEDUP_LAST_KEYS 17     /* dedup: remember only the last N distinct keys */
+#define FLUXUS_OPT_DEFAULT_ROUTE 18       /* routers: where an empty choice goes (-1: none) */
+#define FLUXUS_OPT_PAUSE_AFTER_FAILURES 19 /* pause the source after this many failures here
+                                              within the window (0: never) */
+#define FLUXUS_OPT_PAUSE_WINDOW_US 20     /* ... the window */
+#define FLUXUS_OPT_PAUSE_US 21            /* ... and how long the pause lasts */
+
+/**
+ * Set option `option` of a stage to `value`.
+ * @return FLUXUS_OK; FLUXUS_EINVAL (bad handle, unknown option, or an option that does not apply
+ *         to this stage's kind: the message names the kinds it applies to); FLUXUS_ENOTFOUND (no
+ *         such stage, or no such route for FLUXUS_OPT_DEFAULT_ROUTE); FLUXUS_ERANGE (value out
+ *         of the option's bounds, or one of the few values an option refuses inside them, such
+ *         as 1 for a dedup stage's FLUXUS_OPT_MAX_KEYS); FLUXUS_ESTATE (after start).
+ * Thread safety: any thread, before start; not concurrently with other calls building `p`.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_stage_set_option(fluxus_pipeline *p, uint32_t stage, int32_t option,
+                                           int64_t value);
+
+/**
+ * Read option `option` of a stage: what was set, or the default.
+ * @param[out] out  Receives the value.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL out, unknown option, or an option that
+ *         does not apply to this stage's kind), FLUXUS_ENOTFOUND (no such stage).
+ * Thread safety: any thread, at any time; not concurrently with a call setting it.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_stage_get_option(int64_t *out, fluxus_pipeline *p, uint32_t stage,
+                                           int32_t option);
+
+/**
+ * The values option `option` accepts: out_min..out_max, both included (a few options refuse a
+ * value inside; their FLUXUS_OPT_* line says which).
+ * @param[out] out_min  Receives the smallest value accepted.
+ * @param[out] out_max  Receives the largest.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (NULL out, unknown option).
+ * Thread safety: any thread.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_option_get_bounds(int64_t *out_min, int64_t *out_max, int32_t option);
+
+/**
+ * The name of option `option` ("workers", "timeout_us"...): its keyword in the spec language.
+ * @param[out] out  Receives a static string.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (NULL out, unknown option).
+ * Thread safety: any thread.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_option_get_name(const char **out, int32_t option);
+
+/**
+ * The option named `name` (as fluxus_option_get_name() gives it).
+ * @param[out] out  Receives its FLUXUS_OPT_* number.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (NULL argument), FLUXUS_ENOTFOUND (no option of that name).
+ * Thread safety: any thread.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_option_get_id(int32_t *out, const char *name);
+
+/**
+ * Parse a value of option `option` from text, as the spec language does: a decimal number, or
+ * for enumerated options the name of a value ("unordered", "dead_letter", "jitter"; the names
+ * are the FLUXUS_ORDER_*, FLUXUS_OVERFLOW_*, FLUXUS_ERROR_* and FLUXUS_BACKOFF_* constants'
+ * last words in lower case, except "jitter" for FLUXUS_BACKOFF_EXPONENTIAL_JITTER), or "none"
+ * for FLUXUS_OPT_DEFAULT_ROUTE. Bounds are not checked here (fluxus_stage_set_option() does).
+ * @param[out] out  Receives the value.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (NULL argument, unknown option, text that is neither a
+ *         number in the int64_t range nor one of the option's value names).
+ * Thread safety: any thread.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_option_parse_value(int64_t *out, int32_t option, const char *text);
+
 /**
  * Number of workers running the stage in parallel (default 1, range 1..256). A sink or a dedup
  * stage with several workers needs FLUXUS_ORDER_PER_KEY (dedup switches to it by itself).
@@ -1571,13 +1674,18 @@ FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *r, const char *name, int
  * routes, in order, each with its chain; any other stage's block may hold `error: chain`, its
  * error branch, and the chain goes on after the block. Stage names are the callback's name
  * unless `as NAME` is given. '#' starts a comment; newlines are spaces.
- * Options (VALUE is a number or a word):
- *     workers=N  order=ordered|unordered|per_key  capacity=N
- *     overflow=block|drop_newest|drop_oldest|fail  on_error=fail_fast|skip|dead_letter
+ * Options (VALUE is a number or a word): every stage option FLUXUS_OPT_* by its name
+ * (fluxus_option_get_name(); values as fluxus_option_parse_value() reads them):
+ *     workers=N  order=ordered|unordered|per_key  reorder_window=N  capacity=N
+ *     overflow=block|block_timeout|drop_newest|drop_oldest|fail  overflow_timeout_us=N
+ *     on_error=fail_fast|skip|dead_letter  in_flight=N  timeout_us=N
  *     retry=ATTEMPTS  backoff=constant|exponential|jitter  delay_us=N  max_delay_us=N
- *     retry_if=CALLBACK  timeout_us=N  in_flight=N  key=CALLBACK
- *     router/broadcast: copy=CALLBACK  default=LABEL
- *     dedup: max_keys=N | ttl_us=N | last=N      batch: size=N linger_us=N
+ *     retry_seed=N  max_keys=N  ttl_us=N  last=N
+ *     pause_after_failures=N  pause_window_us=N  pause_us=N
+ * and these, which name callbacks or take other values:
+ *     retry_if=CALLBACK  key=CALLBACK
+ *     router/broadcast: copy=CALLBACK  default=LABEL (a route's label)
+ *     batch: size=N linger_us=N
  *     window: kind=count|time|session size=N step=N      throttle: period_us=N
  *     debounce: quiet_us=N
  *     loader: attach=CALLBACK size=N linger_us=N     join: inputs=N input=CALLBACK

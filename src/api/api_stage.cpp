@@ -138,7 +138,7 @@ FLUXUS_API int32_t fluxus_stage_set_overflow(fluxus_pipeline *p, uint32_t stage,
                               "1..86400000",
                               st.name.c_str(), timeout_ms);
         st.overflow = policy;
-        st.overflow_timeout_ms = timeout_ms;
+        st.overflow_timeout_us = uint64_t(timeout_ms) * 1000u;
         return FLUXUS_OK;
     });
 }

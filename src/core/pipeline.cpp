@@ -322,6 +322,14 @@ int32_t Pipeline::stage_for_option(uint32_t index, const char *option, Stage **o
     return FLUXUS_OK;
 }
 
+int32_t Pipeline::stage_for_reading(uint32_t index, const char *fname, const Stage **out) const {
+    if (index >= stages_.size())
+        return set_errorf(FLUXUS_ENOTFOUND, "%s: pipeline '%s' has no stage %u (it has %zu)",
+                          fname, name_.c_str(), index, stages_.size());
+    *out = stages_[index].get();
+    return FLUXUS_OK;
+}
+
 int32_t Pipeline::start() {
     {
         std::lock_guard<std::mutex> lock(mu_);
@@ -422,6 +430,24 @@ int32_t Pipeline::validate() {
                               "start: stage '%s' has a circuit breaker and %u ordered workers; "
                               "make it unordered or per-key, or use one worker",
                               st.name.c_str(), st.workers);
+        // Options that must agree, set one by one (FLUXUS_OPT_*) in any order.
+        if (st.retry.base_ns > st.retry.max_ns)
+            return set_errorf(FLUXUS_ERANGE,
+                              "start: stage '%s': its first retry delay (%llu us) is above its "
+                              "longest (%llu us)",
+                              st.name.c_str(), (unsigned long long)(st.retry.base_ns / 1000u),
+                              (unsigned long long)(st.retry.max_ns / 1000u));
+        if (st.overflow == FLUXUS_OVERFLOW_BLOCK_TIMEOUT && st.overflow_timeout_us == 0)
+            return set_errorf(FLUXUS_ERANGE,
+                              "start: stage '%s': overflow policy block_timeout needs an "
+                              "overflow timeout (FLUXUS_OPT_OVERFLOW_TIMEOUT_US)",
+                              st.name.c_str());
+        if (st.pause_threshold && (st.pause_window_ns == 0 || st.pause_ns == 0))
+            return set_errorf(FLUXUS_ERANGE,
+                              "start: stage '%s' pauses the source after %u failures but its "
+                              "window or pause is 0 (FLUXUS_OPT_PAUSE_WINDOW_US, "
+                              "FLUXUS_OPT_PAUSE_US)",
+                              st.name.c_str(), st.pause_threshold);
         if (st.kind == StageKind::dedup &&
             (st.dedup_max_keys != 0) + (st.dedup_ttl_ns != 0) + (st.dedup_window != 0) > 1)
             return set_errorf(FLUXUS_EINVAL,

@@ -70,6 +70,8 @@ public:
     int32_t set_default_route(uint32_t stage, uint32_t route);
     // Looks up a stage for an option setter; sets the error message on failure.
     int32_t stage_for_option(uint32_t index, const char *option, Stage **out);
+    // The stage at `index` for reading its options, in any state (FLUXUS_ENOTFOUND if none).
+    int32_t stage_for_reading(uint32_t index, const char *fname, const Stage **out) const;
     uint32_t stage_count() const { return uint32_t(stages_.size()); }
     Stage *stage(uint32_t i) const { return i < stages_.size() ? stages_[i].get() : nullptr; }
 

@@ -180,7 +180,7 @@ bool Segment::accept(PendingItems &pend, SegmentWorker *w) {
         ns.c.in.fetch_sub(pend.size(), std::memory_order_relaxed);
         if (ns.overflow == FLUXUS_OVERFLOW_BLOCK) return false;
         uint64_t now = p->runtime()->now();
-        uint64_t limit = uint64_t(ns.overflow_timeout_ms) * 1000000u;
+        uint64_t limit = ns.overflow_timeout_us * 1000u;
         if (pend.since_ns == 0) {
             pend.since_ns = now;
             if (w) p->runtime()->add_timer(now + limit, w, p);

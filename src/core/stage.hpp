@@ -86,7 +86,7 @@ struct Stage {
     uint32_t reorder_window = 0;  // batches; 0 = 4 per worker
     uint32_t capacity = 1024;
     int32_t overflow = FLUXUS_OVERFLOW_BLOCK;
-    uint32_t overflow_timeout_ms = 0;
+    uint64_t overflow_timeout_us = 0;  // FLUXUS_OVERFLOW_BLOCK_TIMEOUT: longest wait
     int32_t error_policy = FLUXUS_ERROR_FAIL_FAST;
     fluxus_worker_init_fn init = nullptr;
     fluxus_worker_close_fn close = nullptr;

@@ -13,8 +13,8 @@ namespace fluxus {
 struct RetryPolicy {
     uint32_t max_attempts = 1;  // 1: no retry
     int32_t backoff = FLUXUS_BACKOFF_EXPONENTIAL;
-    uint64_t base_ns = 0;
-    uint64_t max_ns = 0;
+    uint64_t base_ns = 1000000;     // 1 ms (FLUXUS_OPT_RETRY_BASE_US 1000)
+    uint64_t max_ns = 1000000000;   // 1 s
     uint64_t seed = 0;  // jitter
     fluxus_retry_fn predicate = nullptr;
     UserRef predicate_user;

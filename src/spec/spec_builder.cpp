@@ -358,65 +358,19 @@ private:
 
         // Options set on the stage.
         bool router = k == "router" || k == "broadcast";
-        uint32_t retry = 0;
-        uint64_t delay = 1000, max_delay = 1000000;
-        int32_t backoff = FLUXUS_BACKOFF_EXPONENTIAL;
-        const SpecArg *retry_pos = nullptr, *default_route = nullptr, *cache_pos = nullptr;
+        const SpecArg *default_route = nullptr, *cache_pos = nullptr;
         uint64_t cache_entries = 0, cache_ttl = 0;
         const RegisteredFn *cache_copy = nullptr;
         for (const SpecArg *a : opts) {
             const std::string &key = a->key;
-            uint64_t v = 0;
-            int32_t w = 0;
             rc = FLUXUS_OK;
+            int32_t option = 0;
             if (key == "size" || key == "step" || key == "linger_us" || key == "kind" ||
                 key == "period_us" || key == "quiet_us" || key == "inputs" ||
                 (key == "attach" && k == "loader") || (key == "input" && k == "join")) {
                 continue;  // used above
-            } else if (key == "workers") {
-                if (!(rc = number(*a, UINT32_MAX, &v)))
-                    rc = api(a->pos, fluxus_stage_set_workers(h_, idx, uint32_t(v)));
-            } else if (key == "order") {
-                if (!(rc = word(*a, kOrders, &w))) rc = api(a->pos, fluxus_stage_set_order(h_, idx, w));
-            } else if (key == "capacity") {
-                if (!(rc = number(*a, UINT32_MAX, &v)))
-                    rc = api(a->pos, fluxus_stage_set_queue_capacity(h_, idx, uint32_t(v)));
-            } else if (key == "overflow") {
-                if (!(rc = word(*a, kOverflows, &w)))
-                    rc = api(a->pos, fluxus_stage_set_overflow(h_, idx, w, 0));
-            } else if (key == "on_error") {
-                if (!(rc = word(*a, kPolicies, &w)))
-                    rc = api(a->pos, fluxus_stage_set_error_policy(h_, idx, w));
-            } else if (key == "retry") {
-                if (!(rc = number(*a, UINT32_MAX, &v))) retry = uint32_t(v);
-                retry_pos = a;
-            } else if (key == "backoff") {
-                rc = word(*a, kBackoffs, &backoff);
-            } else if (key == "delay_us") {
-                rc = number(*a, UINT64_MAX / 1000, &delay);
-            } else if (key == "max_delay_us") {
-                rc = number(*a, UINT64_MAX / 1000, &max_delay);
-            } else if (key == "timeout_us" && k == "join") {
-                if (!(rc = number(*a, UINT64_MAX / 1000, &v)))
-                    rc = api(a->pos, fluxus_stage_set_join_timeout_us(h_, idx, v));
-            } else if (key == "max_keys" && k == "join") {
-                if (!(rc = number(*a, UINT64_MAX, &v)))
-                    rc = api(a->pos, fluxus_stage_set_join_max_keys(h_, idx, v));
-            } else if (key == "timeout_us") {
-                if (!(rc = number(*a, UINT64_MAX / 1000, &v)))
-                    rc = api(a->pos, fluxus_stage_set_timeout_us(h_, idx, v));
-            } else if (key == "in_flight") {
-                if (!(rc = number(*a, UINT32_MAX, &v)))
-                    rc = api(a->pos, fluxus_stage_set_in_flight(h_, idx, uint32_t(v)));
-            } else if (key == "max_keys") {
-                if (!(rc = number(*a, UINT64_MAX, &v)))
-                    rc = api(a->pos, fluxus_stage_set_dedup_max_keys(h_, idx, v));
-            } else if (key == "ttl_us") {
-                if (!(rc = number(*a, UINT64_MAX / 1000, &v)))
-                    rc = api(a->pos, fluxus_stage_set_dedup_ttl_us(h_, idx, v));
-            } else if (key == "last") {
-                if (!(rc = number(*a, UINT64_MAX, &v)))
-                    rc = api(a->pos, fluxus_stage_set_dedup_window(h_, idx, v));
+            } else if (key == "default" && router) {
+                default_route = a;  // a route's label: set once the routes exist
             } else if (key == "key" || key == "retry_if" || key == "copy") {
                 int32_t fk = key == "key" ? FLUXUS_FN_KEY
                              : key == "copy" ? FLUXUS_FN_COPY : FLUXUS_FN_RETRY_IF;
@@ -437,8 +391,12 @@ private:
                 rc = number(*a, UINT64_MAX / 1000, &cache_ttl);
             } else if (key == "cache_copy") {
                 cache_copy = lookup(*a, FLUXUS_FN_COPY, "option 'cache_copy'", &rc);
-            } else if (key == "default" && router) {
-                default_route = a;
+            } else if (fluxus_option_get_id(&option, key.c_str()) == FLUXUS_OK) {
+                // Every numbered stage option (FLUXUS_OPT_*) by its name: the table behind
+                // fluxus_stage_set_option() is the grammar's too.
+                int64_t v = 0;
+                if (!(rc = api(a->pos, fluxus_option_parse_value(&v, option, a->value.c_str()))))
+                    rc = api(a->pos, fluxus_stage_set_option(h_, idx, option, v));
             } else {
                 rc = fail(a->pos, "unknown option '" + key + "' for " + k +
                                       " (see fluxus_pipeline_build in fluxus.h for the options)");
@@ -451,10 +409,6 @@ private:
                                     h_, idx, cache_entries, cache_ttl,
                                     cache_copy ? (fluxus_copy_fn)cache_copy->fn : nullptr,
                                     cache_copy ? cache_copy->user.user : nullptr, nullptr)))
-                return e;
-        if (retry_pos)
-            if (int32_t e = api(retry_pos->pos,
-                                fluxus_stage_set_retry(h_, idx, retry, backoff, delay, max_delay)))
                 return e;
 
         // The block: routes, or the error branch.

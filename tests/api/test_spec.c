@@ -720,7 +720,7 @@ static const bad_spec kBadSpecs[] = {
     {"source | map(parse, workers=123456789012345678901) | collect_x", "spec:1:29: ",
      {"expected a value", "a name or number too long", NULL}},
     {"source | map(parse, workers=4294967296) | collect_x", "spec:1:21: ",
-     {"option 'workers'", "4294967296 is out of range", "(0..4294967295)"}},
+     {"option 'workers'", "4294967296 is not in 1..256", NULL}},
     {"source | router(by_kind, default=missing) { a: collect_x; b: collect_r }", "spec:1:26: ",
      {"default=missing", "no route of that name", NULL}},
     {"source | map(parse) { a: collect_x } | collect_r", "spec:1:23: ",

@@ -29,11 +29,12 @@ import fluxus_api  # noqa: E402
 PURE = {"fluxus_version", "fluxus_version_number", "fluxus_strerror", "fluxus_err_name"}
 # Prefixes that name no object: library-wide functions and the current-call accessors.
 GLOBAL_PREFIXES = ("fluxus_version", "fluxus_strerror", "fluxus_err_name", "fluxus_last_error",
+                   "fluxus_option_",
                    "fluxus_call_")
 # Verbs of functions that do something and may report a result through an out-parameter; any
 # other function with an out-parameter is a reader and must say _get_.
 ACTION_VERBS = ("new", "add", "build", "push", "run", "call", "copy", "acquire", "try", "allow",
-                "emit", "complete", "register", "lookup", "start", "wait", "drain")
+                "emit", "complete", "register", "lookup", "start", "wait", "drain", "parse")
 # Words (between underscores) that make a parameter or field a duration; a name with a unit
 # suffix is a duration or a time as well.
 TIME_WORDS = ("timeout", "delay", "interval", "ttl", "budget", "period", "age")
