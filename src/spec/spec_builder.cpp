@@ -99,23 +99,6 @@ struct Word {
     const char *word;
     int32_t value;
 };
-const Word kOrders[] = {{"ordered", FLUXUS_ORDER_ORDERED},
-                        {"unordered", FLUXUS_ORDER_UNORDERED},
-                        {"per_key", FLUXUS_ORDER_PER_KEY},
-                        {nullptr, 0}};
-const Word kOverflows[] = {{"block", FLUXUS_OVERFLOW_BLOCK},
-                           {"drop_newest", FLUXUS_OVERFLOW_DROP_NEWEST},
-                           {"drop_oldest", FLUXUS_OVERFLOW_DROP_OLDEST},
-                           {"fail", FLUXUS_OVERFLOW_FAIL},
-                           {nullptr, 0}};
-const Word kPolicies[] = {{"fail_fast", FLUXUS_ERROR_FAIL_FAST},
-                          {"skip", FLUXUS_ERROR_SKIP},
-                          {"dead_letter", FLUXUS_ERROR_DEAD_LETTER},
-                          {nullptr, 0}};
-const Word kBackoffs[] = {{"constant", FLUXUS_BACKOFF_CONSTANT},
-                          {"exponential", FLUXUS_BACKOFF_EXPONENTIAL},
-                          {"jitter", FLUXUS_BACKOFF_EXPONENTIAL_JITTER},
-                          {nullptr, 0}};
 const Word kWindows[] = {{"count", FLUXUS_WINDOW_COUNT},
                          {"time", FLUXUS_WINDOW_TIME},
                          {"session", FLUXUS_WINDOW_SESSION},
