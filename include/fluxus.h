@@ -1376,8 +1376,8 @@ FLUXUS_API int32_t fluxus_stage_set_debounce_max_keys(fluxus_pipeline *p, uint32
 /* ----- Stage options (all: before start; FLUXUS_ENOTFOUND for a bad stage index) ----- */
 
 /*
- * Every scalar option of a stage has a number, FLUXUS_OPT_*, pinned forever (never reused), and
- * is set and read through one pair of calls; fluxus_option_get_bounds() gives its range and
+ * Every scalar option of a stage, of a pipeline and of a runtime has a number, FLUXUS_OPT_*,
+ * pinned forever (never reused), and is set and read through one pair of calls per object; fluxus_option_get_bounds() gives its range and
  * fluxus_option_get_name() its name, which is also its keyword in the spec language
  * (fluxus_pipeline_build()). Durations are in microseconds. Options that belong together (a
  * retry's attempts, backoff and delays) may be set in any order: what must agree between them
@@ -1411,6 +1411,18 @@ FLUXUS_API int32_t fluxus_stage_set_debounce_max_keys(fluxus_pipeline *p, uint32
 #define FLUXUS_OPT_PAUSE_WINDOW_US 20     /* ... the window */
 #define FLUXUS_OPT_PAUSE_US 21            /* ... and how long the pause lasts */
 
+/* Pipeline-wide options (fluxus_pipeline_set_option()): */
+#define FLUXUS_OPT_BATCH_SIZE 100         /* items a worker takes at a time: 1..65536 (256) */
+#define FLUXUS_OPT_FUSION 101             /* 1: run chains of cheap stages item by item (1) */
+#define FLUXUS_OPT_POLL_INTERVAL_US 102   /* pull sources: wait after FLUXUS_PULL_LATER (1000) */
+/* Runtime options (fluxus_runtime_set_option()): */
+#define FLUXUS_OPT_RUNTIME_WORKERS 200    /* worker threads, 0: host-driven (the CPU count) */
+#define FLUXUS_OPT_SPIN_US 201            /* how long an idle worker spins before it sleeps
+                                             (50) */
+#define FLUXUS_OPT_STALL_THRESHOLD_US 202 /* a callback running longer is reported and a worker
+                                             added: 0 (off) or 10000.., whole milliseconds
+                                             (1000000) */
+
 /**
  * Set option `option` of a stage to `value`.
  * @return FLUXUS_OK; FLUXUS_EINVAL (bad handle, unknown option, or an option that does not apply
@@ -1434,6 +1446,42 @@ FLUXUS_API int32_t fluxus_stage_set_option(fluxus_pipeline *p, uint32_t stage, i
  */
 FLUXUS_API int32_t fluxus_stage_get_option(int64_t *out, fluxus_pipeline *p, uint32_t stage,
                                            int32_t option);
+
+/**
+ * Set a pipeline-wide option (FLUXUS_OPT_BATCH_SIZE, _FUSION, _POLL_INTERVAL_US).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, not a pipeline option), FLUXUS_ERANGE,
+ *         FLUXUS_ESTATE (after start).
+ * Thread safety: any thread, before start; not concurrently with other calls building `p`.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_pipeline_set_option(fluxus_pipeline *p, int32_t option, int64_t value);
+
+/**
+ * Read a pipeline-wide option.
+ * @param[out] out  Receives the value.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL out, not a pipeline option).
+ * Thread safety: any thread, at any time; not concurrently with a call setting it.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_pipeline_get_option(int64_t *out, fluxus_pipeline *p, int32_t option);
+
+/**
+ * Set a runtime option (FLUXUS_OPT_RUNTIME_WORKERS, _SPIN_US, _STALL_THRESHOLD_US).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, not a runtime option), FLUXUS_ERANGE,
+ *         FLUXUS_ESTATE (the runtime has started).
+ * Thread safety: any thread, before the runtime starts.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_runtime_set_option(fluxus_runtime *rt, int32_t option, int64_t value);
+
+/**
+ * Read a runtime option.
+ * @param[out] out  Receives the value.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL out, not a runtime option).
+ * Thread safety: any thread.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_runtime_get_option(int64_t *out, fluxus_runtime *rt, int32_t option);
 
 /**
  * The values option `option` accepts: out_min..out_max, both included (a few options refuse a
@@ -1656,7 +1704,8 @@ FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *r, const char *name, int
  * Build stages into `p` (which has not started) from a textual spec naming registered
  * callbacks. The grammar:
  *
- *     spec   := chain ( ';' chain )*       each chain after the first starts with source(PULL)
+ *     spec   := [ 'pipeline' '(' args ')' ';' ] chain ( ';' chain )*
+ *                                          each chain after the first starts with source(PULL)
  *     chain  := step ( '|' step )*
  *     step   := KIND [ '(' args ')' ] [ 'as' NAME ] [ block ]
  *             | NAME                     a registered map, filter, flat map or sink by name
@@ -1682,6 +1731,8 @@ FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *r, const char *name, int
  *     retry=ATTEMPTS  backoff=constant|exponential|jitter  delay_us=N  max_delay_us=N
  *     retry_seed=N  max_keys=N  ttl_us=N  last=N
  *     pause_after_failures=N  pause_window_us=N  pause_us=N
+ * pipeline options (FLUXUS_OPT_BATCH_SIZE...) by their names in the leading pipeline(...):
+ *     pipeline(batch_size=64, fusion=0); source | ...
  * and these, which name callbacks or take other values:
  *     retry_if=CALLBACK  key=CALLBACK
  *     router/broadcast: copy=CALLBACK  default=LABEL (a route's label)

@@ -144,6 +144,7 @@ public:
 
     // ---- used by segments ----
     uint32_t batch_size() const { return batch_; }
+    bool fusion() const { return fusion_; }
     const SourceSpec &source() const { return source_; }
     void destroy_item(uint64_t item) { release_item(item, true); }
     // Ends an item fluxus owns: the cursor watermark hears of it, the destructor releases it.

@@ -53,6 +53,8 @@ public:
     int32_t set_stall_threshold_ms(uint32_t ms);
     uint32_t extra_workers() const { return extra_workers_.load(std::memory_order_relaxed); }
     uint32_t workers() const { return workers_; }
+    uint32_t spin_us() const { return spin_us_; }
+    uint32_t stall_threshold_ms() const { return stall_ms_; }
     bool host_driven() const { return workers_ == 0; }
     int32_t set_log(int32_t max_level, fluxus_log_fn fn, void *user, fluxus_user_free_fn user_free);
 

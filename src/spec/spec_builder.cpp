@@ -109,13 +109,20 @@ public:
     Builder(fluxus_pipeline *h, Registry &r) : h_(h), r_(r) {}
 
     // The first chain starts at the pipeline's source; each further one at a source of its own.
+    // A first statement `pipeline(OPTION=VALUE, ...)` sets pipeline-wide options.
     int32_t build(const std::vector<SpecChain> &chains) {
-        for (size_t i = 0; i < chains.size(); ++i) {
+        size_t start = 0;
+        if (!chains.empty() && chains[0].steps.front().kind == "pipeline" &&
+            !chains[0].steps.front().merge) {
+            if (int32_t rc = pipeline_options(chains[0])) return rc;
+            start = 1;
+        }
+        for (size_t i = start; i < chains.size(); ++i) {
             const SpecStep &first = chains[i].steps.front();
-            if (i > 0 && (first.merge || first.kind != "source" || first.args.empty()))
+            if (i > start && (first.merge || first.kind != "source" || first.args.empty()))
                 return fail(first.pos, "a further chain (after ';') must start with "
                                        "source(PULL), a registered pull source of its own");
-            extra_source_ = i > 0;
+            extra_source_ = i > start;
             if (int32_t rc = chain(chains[i], true)) return rc;
         }
         for (const Merge &m : merges_) {
@@ -130,6 +137,25 @@ public:
     }
 
 private:
+    int32_t pipeline_options(const SpecChain &c) {
+        const SpecStep &st = c.steps.front();
+        if (c.steps.size() > 1 || st.has_block || !st.alias.empty())
+            return fail(st.pos, "pipeline(...) sets pipeline options and stands alone: "
+                                "pipeline(OPTION=VALUE, ...); then the chains");
+        for (const SpecArg &a : st.args) {
+            int32_t option = 0;
+            int64_t v = 0;
+            if (a.key.empty())
+                return fail(a.pos, "pipeline(...) takes only OPTION=VALUE arguments");
+            if (fluxus_option_get_id(&option, a.key.c_str()) != FLUXUS_OK)
+                return fail(a.pos, "unknown pipeline option '" + a.key + "'");
+            if (int32_t rc = api(a.pos, fluxus_option_parse_value(&v, option, a.value.c_str())))
+                return rc;
+            if (int32_t rc = api(a.pos, fluxus_pipeline_set_option(h_, option, v))) return rc;
+        }
+        return FLUXUS_OK;
+    }
+
     int32_t fail(SpecPos pos, const std::string &what, int32_t code = FLUXUS_EINVAL) {
         char head[48];
         snprintf(head, sizeof head, "spec:%u:%u: ", pos.line, pos.col);

@@ -119,18 +119,22 @@ static fluxus_pipeline *pipeline_with(enum kind kind, uint32_t *stage) {
     return p;
 }
 
-/* Ids from 1 upwards until one is unknown: the options the library has. */
-static int32_t library_option_count(void) {
-    int32_t id = 1;
+/* Ids from `first` upwards until one is unknown: the options of one object the library has
+ * (stage options from 1, pipeline options from 100, runtime options from 200). */
+static int32_t library_option_count(int32_t first) {
+    int32_t id = first;
     const char *name = NULL;
     while (fluxus_option_get_name(&name, id) == FLUXUS_OK) ++id;
-    return id - 1;
+    return id - first;
 }
 
 static void test_every_option_of_the_library_has_a_case_here(void **state) {
     size_t i;
     (void)state;
-    assert_int_equal(library_option_count(), (int32_t)NCASES);
+    assert_int_equal(library_option_count(1), (int32_t)NCASES);
+    /* The pipeline and runtime tests below name 3 each. */
+    assert_int_equal(library_option_count(100), 3);
+    assert_int_equal(library_option_count(200), 3);
     for (i = 0; i < NCASES; ++i) assert_int_equal(cases[i].id, (int32_t)(i + 1));
 }
 
@@ -434,6 +438,109 @@ static void test_a_retry_set_by_options_alone_runs(void **state) {
     TU_OK(fluxus_pipeline_free(p));
 }
 
+/* ----- pipeline-wide and runtime options ----- */
+
+static void test_pipeline_options_read_back_and_keep_their_bounds(void **state) {
+    static const struct {
+        int32_t id;
+        const char *name;
+        int64_t fallback, value;
+    } pcases[] = {
+        {FLUXUS_OPT_BATCH_SIZE, "batch_size", 256, 64},
+        {FLUXUS_OPT_FUSION, "fusion", 1, 0},
+        {FLUXUS_OPT_POLL_INTERVAL_US, "poll_interval_us", 1000, 250},
+    };
+    size_t i;
+    (void)state;
+    for (i = 0; i < sizeof pcases / sizeof pcases[0]; ++i) {
+        fluxus_pipeline *p = NULL;
+        int64_t v = 0, lo = 0, hi = 0;
+        const char *name = NULL;
+        int32_t id = 0;
+        TU_OK(fluxus_option_get_name(&name, pcases[i].id));
+        assert_string_equal(name, pcases[i].name);
+        TU_OK(fluxus_option_get_id(&id, name));
+        assert_int_equal(id, pcases[i].id);
+        TU_OK(fluxus_option_get_bounds(&lo, &hi, pcases[i].id));
+        TU_OK(fluxus_pipeline_new(&p, g_rt, "p"));
+        TU_OK(fluxus_pipeline_get_option(&v, p, pcases[i].id));
+        assert_int_equal(v, pcases[i].fallback);
+        TU_OK(fluxus_pipeline_set_option(p, pcases[i].id, pcases[i].value));
+        TU_OK(fluxus_pipeline_get_option(&v, p, pcases[i].id));
+        assert_int_equal(v, pcases[i].value);
+        TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_set_option(p, pcases[i].id, lo - 1));
+        TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_set_option(p, pcases[i].id, hi + 1));
+        TU_OK(fluxus_pipeline_get_option(&v, p, pcases[i].id));
+        assert_int_equal(v, pcases[i].value);
+        /* A stage option is not a pipeline option, and the reverse. */
+        TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_set_option(p, FLUXUS_OPT_WORKERS, 2));
+        TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_option(&v, p, FLUXUS_OPT_SPIN_US));
+        TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_option(NULL, p, pcases[i].id));
+        TU_OK(fluxus_pipeline_free(p));
+    }
+}
+
+static void test_runtime_options_read_back_and_refuse_after_start(void **state) {
+    fluxus_runtime *rt = NULL;
+    int64_t v = 0;
+    (void)state;
+    TU_OK(fluxus_runtime_new(&rt));
+    TU_OK(fluxus_runtime_set_option(rt, FLUXUS_OPT_RUNTIME_WORKERS, 3));
+    TU_OK(fluxus_runtime_get_option(&v, rt, FLUXUS_OPT_RUNTIME_WORKERS));
+    assert_int_equal(v, 3);
+    TU_OK(fluxus_runtime_get_option(&v, rt, FLUXUS_OPT_SPIN_US));
+    assert_int_equal(v, 50);
+    TU_OK(fluxus_runtime_set_option(rt, FLUXUS_OPT_SPIN_US, 0));
+    TU_OK(fluxus_runtime_get_option(&v, rt, FLUXUS_OPT_STALL_THRESHOLD_US));
+    assert_int_equal(v, 1000000);
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_runtime_set_option(rt, FLUXUS_OPT_STALL_THRESHOLD_US, 5000));
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_runtime_set_option(rt, FLUXUS_OPT_STALL_THRESHOLD_US, 20500));
+    TU_OK(fluxus_runtime_set_option(rt, FLUXUS_OPT_STALL_THRESHOLD_US, 20000));
+    TU_OK(fluxus_runtime_get_option(&v, rt, FLUXUS_OPT_STALL_THRESHOLD_US));
+    assert_int_equal(v, 20000);
+    TU_OK(fluxus_runtime_set_option(rt, FLUXUS_OPT_STALL_THRESHOLD_US, 0));
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_runtime_set_option(rt, FLUXUS_OPT_RUNTIME_WORKERS, 1025));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_runtime_set_option(rt, FLUXUS_OPT_BATCH_SIZE, 1));
+    TU_OK(fluxus_runtime_start(rt));
+    TU_EXPECT(FLUXUS_ESTATE, fluxus_runtime_set_option(rt, FLUXUS_OPT_SPIN_US, 10));
+    TU_OK(fluxus_runtime_get_option(&v, rt, FLUXUS_OPT_RUNTIME_WORKERS));
+    assert_int_equal(v, 3);
+    TU_OK(fluxus_runtime_free(rt));
+}
+
+static void test_a_spec_sets_pipeline_options_in_its_first_statement(void **state) {
+    fluxus_registry *r = NULL;
+    fluxus_pipeline *p = NULL;
+    int64_t v = 0;
+    tu_msg m;
+    (void)state;
+    TU_OK(fluxus_registry_new(&r));
+    TU_OK(fluxus_registry_add(r, "m", FLUXUS_FN_MAP, (fluxus_any_fn)map_fn, NULL, NULL));
+    TU_OK(fluxus_registry_add(r, "out", FLUXUS_FN_SINK, (fluxus_any_fn)sink_fn, NULL, NULL));
+    TU_OK(fluxus_pipeline_new(&p, g_rt, "spec"));
+    TU_OK(fluxus_pipeline_set_push_source(p, "in"));
+    TU_OK(fluxus_pipeline_build(p, r, "pipeline(batch_size=32, fusion=0, poll_interval_us=77);"
+                                      " source | m | out"));
+    TU_OK(fluxus_pipeline_get_option(&v, p, FLUXUS_OPT_BATCH_SIZE));
+    assert_int_equal(v, 32);
+    TU_OK(fluxus_pipeline_get_option(&v, p, FLUXUS_OPT_FUSION));
+    assert_int_equal(v, 0);
+    TU_OK(fluxus_pipeline_get_option(&v, p, FLUXUS_OPT_POLL_INTERVAL_US));
+    assert_int_equal(v, 77);
+    TU_OK(fluxus_pipeline_free(p));
+    TU_OK(fluxus_pipeline_new(&p, g_rt, "spec2"));
+    TU_OK(fluxus_pipeline_set_push_source(p, "in"));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_build(p, r, "pipeline(workers=2); source | m | out"));
+    tu_msg_take(&m);
+    assert_non_null(strstr(m.text, "spec:1:10: "));
+    assert_non_null(strstr(m.text, "not a pipeline option"));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_build(p, r, "pipeline(batch_size=0); source | out"));
+    tu_msg_take(&m);
+    assert_non_null(strstr(m.text, "batch_size"));
+    TU_OK(fluxus_pipeline_free(p));
+    TU_OK(fluxus_registry_free(r));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_option_of_the_library_has_a_case_here),
@@ -448,6 +555,9 @@ int main(void) {
         cmocka_unit_test(test_options_that_must_agree_are_checked_at_start),
         cmocka_unit_test(test_options_are_read_only_once_started),
         cmocka_unit_test(test_a_retry_set_by_options_alone_runs),
+        cmocka_unit_test(test_pipeline_options_read_back_and_keep_their_bounds),
+        cmocka_unit_test(test_runtime_options_read_back_and_refuse_after_start),
+        cmocka_unit_test(test_a_spec_sets_pipeline_options_in_its_first_statement),
     };
     tu_apply_filters();
     return cmocka_run_group_tests(tests, setup, teardown);
