@@ -13,6 +13,8 @@
  *
  *   usage: orders [EVENTS]      (default 200000)
  */
+/* This example uses the experimental tier (see "Stability" in fluxus.h). */
+#define FLUXUS_EXPERIMENTAL
 #include <fluxus.h>
 
 #include <inttypes.h>

@@ -26,6 +26,8 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+/* This example uses the experimental tier (see "Stability" in fluxus.h). */
+#define FLUXUS_EXPERIMENTAL
 #include <fluxus.h>
 
 #include <errno.h>

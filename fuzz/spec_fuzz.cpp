@@ -14,6 +14,8 @@
 #include <cstring>
 #include <string>
 
+// The spec language is in the experimental tier (fluxus.h, "Stability").
+#define FLUXUS_EXPERIMENTAL
 #include <fluxus.h>
 
 #include "spec_fuzz.hpp"

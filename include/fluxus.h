@@ -4,8 +4,16 @@
  * The contract:
  *  - Only what is declared in this file is public. Everything else in the library is internal
  *    and may change at any time.
- *  - The same FLUXUS_VERSION_MAJOR means the same ABI: a program built against 0.x runs against
- *    any later 0.y library. New options arrive as new functions, never as changed signatures.
+ *  - Stability: 0.x makes no ABI promise; each 0.y is its own ABI (soname libfluxus.so.0.y).
+ *    From 1.0 on, the same FLUXUS_VERSION_MAJOR means the same ABI for the stable tier: a
+ *    program built against 1.x runs against any later 1.y library; additions arrive as new
+ *    functions and options, never as changed signatures. The experimental tier (join, loader
+ *    and cache, sliding windows, the cursor source, registries and the spec language) is
+ *    declared only when FLUXUS_EXPERIMENTAL is defined before this header is included, is
+ *    exported under a version node of its own, and may change in any release. Declarations
+ *    marked FLUXUS_DEPRECATED("...") still work and say what replaces them; they go away at
+ *    the next major version (before 1.0: at the next 0.y). "@since X.Y" says when a
+ *    declaration appeared.
  *  - Threading, by default: every function may be called from any thread, and objects may be
  *    used from several threads at once unless the function's "Thread safety:" line says
  *    otherwise. Callbacks are called without any fluxus lock held.
@@ -68,6 +76,15 @@
 #define FLUXUS_API
 #endif
 
+/* Marks a declaration that still works but will go away; the message says what replaces it. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FLUXUS_DEPRECATED(msg) __attribute__((deprecated(msg)))
+#elif defined(_MSC_VER)
+#define FLUXUS_DEPRECATED(msg) __declspec(deprecated(msg))
+#else
+#define FLUXUS_DEPRECATED(msg)
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -77,11 +94,11 @@ extern "C" {
  * ------------------------------------------------------------------------------------------- */
 
 #define FLUXUS_VERSION_MAJOR 0
-#define FLUXUS_VERSION_MINOR 3
+#define FLUXUS_VERSION_MINOR 4
 #define FLUXUS_VERSION_PATCH 0
 #define FLUXUS_VERSION_NUMBER \
     (FLUXUS_VERSION_MAJOR * 10000 + FLUXUS_VERSION_MINOR * 100 + FLUXUS_VERSION_PATCH)
-#define FLUXUS_VERSION_STRING "0.3.0"
+#define FLUXUS_VERSION_STRING "0.4.0"
 
 /* Status codes. Values are pinned and never reused. */
 #define FLUXUS_OK 0
@@ -554,6 +571,7 @@ FLUXUS_API int32_t fluxus_pipeline_set_pull_source_batch(fluxus_pipeline *p, con
                                                          fluxus_pull_batch_fn fn, void *user,
                                                          fluxus_user_free_fn user_free);
 
+#ifdef FLUXUS_EXPERIMENTAL /* experimental tier: see "Stability" at the top */
 /**
  * Cursor source read: read the page that starts at `cursor` (a page number, a file offset, an
  * API's continuation token id...), fill up to `capacity` items, set *count and set
@@ -614,6 +632,7 @@ FLUXUS_API int32_t fluxus_pipeline_set_cursor_source(fluxus_pipeline *p, const c
  * Thread safety: any thread.
  */
 FLUXUS_API int32_t fluxus_pipeline_get_committed_cursor(fluxus_pipeline *p, uint64_t *cursor);
+#endif /* FLUXUS_EXPERIMENTAL */
 
 /**
  * How long to wait before calling a pull source again after FLUXUS_PULL_LATER
@@ -985,6 +1004,7 @@ FLUXUS_API int32_t fluxus_pipeline_add_window(uint32_t *out_stage, fluxus_pipeli
                                               fluxus_window_fn fn, void *user,
                                               fluxus_user_free_fn user_free);
 
+#ifdef FLUXUS_EXPERIMENTAL /* experimental tier: see "Stability" at the top */
 /**
  * Sliding (hopping) windows per key: the windows [k * step, k * step + size), k = 0, 1, 2, ...
  * By count (`kind` FLUXUS_WINDOW_COUNT), over the key's items numbered 0, 1, 2, ... in arrival
@@ -1012,6 +1032,7 @@ FLUXUS_API int32_t fluxus_pipeline_add_sliding_window(uint32_t *out_stage, fluxu
                                                       uint64_t size, uint64_t step,
                                                       fluxus_window_fn fn, void *user,
                                                       fluxus_user_free_fn user_free);
+#endif /* FLUXUS_EXPERIMENTAL */
 
 /* ----- Graphs: branches, routers, broadcast, merge, error branches ----- */
 
@@ -1163,6 +1184,7 @@ FLUXUS_API int32_t fluxus_pipeline_add_source(uint32_t *out_stage, fluxus_pipeli
                                               const char *name, fluxus_pull_fn fn, void *user,
                                               fluxus_user_free_fn user_free);
 
+#ifdef FLUXUS_EXPERIMENTAL /* experimental tier: see "Stability" at the top */
 /* ----- Join by key (and scatter-gather) ----- */
 
 /**
@@ -1211,7 +1233,9 @@ FLUXUS_API int32_t fluxus_stage_set_join_timeout_us(fluxus_pipeline *p, uint32_t
  */
 FLUXUS_API int32_t fluxus_stage_set_join_max_keys(fluxus_pipeline *p, uint32_t stage,
                                                   uint64_t max_keys);
+#endif /* FLUXUS_EXPERIMENTAL */
 
+#ifdef FLUXUS_EXPERIMENTAL /* experimental tier: see "Stability" at the top */
 /* ----- Dataloader and cache ----- */
 
 /**
@@ -1266,6 +1290,7 @@ FLUXUS_API int32_t fluxus_stage_set_cache(fluxus_pipeline *p, uint32_t stage,
                                           uint64_t max_entries, uint64_t ttl_us,
                                           fluxus_copy_fn copy, void *user,
                                           fluxus_user_free_fn user_free);
+#endif /* FLUXUS_EXPERIMENTAL */
 
 /* ----- Retry ----- */
 
@@ -1646,6 +1671,7 @@ FLUXUS_API int32_t fluxus_stage_set_dedup_ttl_us(fluxus_pipeline *p, uint32_t st
 FLUXUS_API int32_t fluxus_stage_set_dedup_window(fluxus_pipeline *p, uint32_t stage,
                                                  uint64_t keys);
 
+#ifdef FLUXUS_EXPERIMENTAL /* experimental tier: see "Stability" at the top */
 /* ---------------------------------------------------------------------------------------------
  * Declarative pipelines: a registry of named callbacks and a textual spec
  * ------------------------------------------------------------------------------------------- */
@@ -1755,6 +1781,7 @@ FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *r, const char *name, int
  */
 FLUXUS_API int32_t fluxus_pipeline_build(fluxus_pipeline *p, fluxus_registry *r,
                                          const char *spec);
+#endif /* FLUXUS_EXPERIMENTAL */
 
 /* ---------------------------------------------------------------------------------------------
  * Pipeline: running

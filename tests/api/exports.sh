@@ -1,6 +1,6 @@
 #!/bin/sh
 # Fails unless the shared library exports only fluxus_* symbols (plus _init/_fini and the version
-# node FLUXUS_0), and unless every function declared FLUXUS_API in the header is exported.
+# nodes FLUXUS_0 and FLUXUS_EXPERIMENTAL_0), and unless every function declared FLUXUS_API in the header is exported.
 # Usage: exports.sh <path to libfluxus.so> [<path to fluxus.h>]
 set -eu
 
@@ -20,7 +20,7 @@ if [ -z "$symbols" ]; then
     exit 1
 fi
 
-bad=$(printf '%s\n' "$symbols" | grep -v -E '^(fluxus_[A-Za-z0-9_]+|_init|_fini|FLUXUS_0)$' || true)
+bad=$(printf '%s\n' "$symbols" | grep -v -E '^(fluxus_[A-Za-z0-9_]+|_init|_fini|FLUXUS_0|FLUXUS_EXPERIMENTAL_0)$' || true)
 if [ -n "$bad" ]; then
     echo "exports.sh: symbols outside the fluxus_ namespace are exported:" >&2
     printf '%s\n' "$bad" | head -n 20 | sed 's/^/  /' >&2
