@@ -122,6 +122,9 @@ extern "C" {
                                    limiter) */
 #define FLUXUS_ECIRCUITOPEN (-17) /* refused by an open circuit breaker */
 #define FLUXUS_ENOROUTE (-18)   /* a router chose no route and has no default route */
+#define FLUXUS_EINTERNAL (-19)  /* a fault inside fluxus (a bug: please report it with the
+                                   message); never the caller's argument (@since 0.4) */
+#define FLUXUS_ENOTSUP (-20)    /* this platform or build lacks the feature (@since 0.4) */
 
 /**
  * Version of the library actually loaded, as "MAJOR.MINOR.PATCH".

@@ -33,7 +33,7 @@ inline Pipeline *pipeline_of(fluxus_pipeline *h) {
         } catch (const std::bad_alloc &) {                                              \
             return fluxus::set_error(FLUXUS_ENOMEM, "out of memory");                   \
         } FLUXUS_CATCH_ALL {                                                            \
-            return fluxus::set_error(FLUXUS_EINVAL, "internal error (exception caught)"); \
+            return fluxus::set_error(FLUXUS_EINTERNAL, "internal error (exception caught)"); \
         }                                                                               \
     } while (0)
 

@@ -72,6 +72,8 @@ const StatusInfo kStatusTable[] = {
     {FLUXUS_ELIMITED, "FLUXUS_ELIMITED", "no token or permit available in time"},
     {FLUXUS_ECIRCUITOPEN, "FLUXUS_ECIRCUITOPEN", "refused by an open circuit breaker"},
     {FLUXUS_ENOROUTE, "FLUXUS_ENOROUTE", "no route matched and there is no default route"},
+    {FLUXUS_EINTERNAL, "FLUXUS_EINTERNAL", "internal error in fluxus"},
+    {FLUXUS_ENOTSUP, "FLUXUS_ENOTSUP", "not supported on this platform or build"},
 };
 
 const StatusInfo *find_status(int32_t code) {

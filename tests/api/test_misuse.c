@@ -132,6 +132,11 @@ static void test_every_status_code_has_a_name_and_a_description(void **state) {
         {FLUXUS_EDROPPED, "FLUXUS_EDROPPED"},
         {FLUXUS_ENOTFOUND, "FLUXUS_ENOTFOUND"},
         {FLUXUS_ESOURCE, "FLUXUS_ESOURCE"},
+        {FLUXUS_ELIMITED, "FLUXUS_ELIMITED"},
+        {FLUXUS_ECIRCUITOPEN, "FLUXUS_ECIRCUITOPEN"},
+        {FLUXUS_ENOROUTE, "FLUXUS_ENOROUTE"},
+        {FLUXUS_EINTERNAL, "FLUXUS_EINTERNAL"},
+        {FLUXUS_ENOTSUP, "FLUXUS_ENOTSUP"},
     };
     size_t i, j;
     (void)state;
