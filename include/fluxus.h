@@ -1713,8 +1713,9 @@ typedef void (*fluxus_any_fn)(void);
 FLUXUS_API int32_t fluxus_registry_new(fluxus_registry **out);
 
 /**
- * Release the host's handle. Pipelines built from the registry keep using it.
- * @return FLUXUS_OK, FLUXUS_EINVAL (NULL or already freed).
+ * Release the host's handle. Pipelines built from the registry keep using it. NULL is accepted
+ * and ignored.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (already freed).
  */
 FLUXUS_API int32_t fluxus_registry_free(fluxus_registry *r);
 

@@ -47,11 +47,12 @@ FLUXUS_API int32_t fluxus_registry_new(fluxus_registry **out) {
 
 FLUXUS_API int32_t fluxus_registry_free(fluxus_registry *h) {
     FLUXUS_API_GUARD({
+        if (!h) return FLUXUS_OK;  // like every _free
         auto *ref = static_cast<RegistryRef *>(
             handle_unregister(HandleKind::registry, reinterpret_cast<uintptr_t>(h)));
         if (!ref)
             return set_error(FLUXUS_EINVAL,
-                             "fluxus_registry_free: not a live registry (NULL or already freed)");
+                             "fluxus_registry_free: not a live registry (already freed)");
         delete ref;
         return FLUXUS_OK;
     });

@@ -965,7 +965,7 @@ static void test_registry_misuse_returns_exact_codes(void **state) {
     (void)state;
     TU_STORE(&refused_frees, 0);
     TU_EXPECT(FLUXUS_EINVAL, fluxus_registry_new(NULL));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_registry_free(NULL));
+    TU_OK(fluxus_registry_free(NULL)); /* NULL is accepted, as by every _free */
     TU_EXPECT(FLUXUS_EINVAL, fluxus_registry_add(NULL, "a", FLUXUS_FN_MAP, fn, NULL, NULL));
 
     TU_OK(fluxus_registry_new(&dead));
