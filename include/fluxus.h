@@ -282,6 +282,39 @@ FLUXUS_API int32_t fluxus_runtime_set_stall_threshold_ms(fluxus_runtime *rt, uin
 FLUXUS_API int32_t fluxus_runtime_set_log(fluxus_runtime *rt, int32_t max_level, fluxus_log_fn fn,
                                           void *user, fluxus_user_free_fn user_free);
 
+/* The threads a runtime creates (fluxus_thread_start_fn's `kind`). */
+#define FLUXUS_THREAD_LOOP 1   /* the loop thread: timers, wake-ups, host timer callbacks */
+#define FLUXUS_THREAD_WORKER 2 /* a worker; `index` is its slot (slots past the configured
+                                  count are stand-ins the stall watchdog added, and a slot
+                                  may get a new thread after a forced unwind ended its old one) */
+
+/**
+ * Thread start hook: runs first on every thread the runtime creates, before it runs anything
+ * else. `name` is the thread's name ("fluxus-loop", "fluxus-w3"; at most 15 characters, also
+ * given to the OS where it names threads). A binding attaches the thread to its VM here (a JVM
+ * attachment, a Python thread state); a host sets priorities or affinity.
+ */
+typedef void (*fluxus_thread_start_fn)(void *user, int32_t kind, uint32_t index,
+                                       const char *name);
+/** Thread stop hook: runs last on the thread, however it ends (also by a forced unwind). */
+typedef void (*fluxus_thread_stop_fn)(void *user, int32_t kind, uint32_t index);
+
+/**
+ * Set the hooks that run on every thread the runtime creates: `start` first on the new thread,
+ * `stop` last on it. Either may be NULL. A host-driven runtime (0 workers) creates no thread and
+ * calls neither. The hooks may run on several threads at once. Setting them again replaces them
+ * (the previous user_free runs then); `user_free` runs when the runtime is released.
+ * Every thread fluxus creates blocks the host's asynchronous signals (everything but SIGSEGV,
+ * SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS and SIGPROF), whether or not hooks are set:
+ * a SIGINT or SIGTERM sent to the process reaches a host thread, never a fluxus thread.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle), FLUXUS_ESTATE (the runtime has started).
+ * Thread safety: any thread, before the runtime starts.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_runtime_set_thread_hooks(fluxus_runtime *rt, fluxus_thread_start_fn start,
+                                                   fluxus_thread_stop_fn stop, void *user,
+                                                   fluxus_user_free_fn user_free);
+
 /**
  * Start the loop thread and the workers. Starting a pipeline starts its runtime if needed, so
  * calling this is optional.

@@ -60,6 +60,15 @@ FLUXUS_API int32_t fluxus_runtime_set_log(fluxus_runtime *h, int32_t max_level, 
     });
 }
 
+FLUXUS_API int32_t fluxus_runtime_set_thread_hooks(fluxus_runtime *h, fluxus_thread_start_fn start,
+                                                   fluxus_thread_stop_fn stop, void *user,
+                                                   fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_set_thread_hooks");
+        return rt->set_thread_hooks(start, stop, user, user_free);
+    });
+}
+
 FLUXUS_API int32_t fluxus_runtime_start(fluxus_runtime *h) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_start");

@@ -44,7 +44,7 @@ Runtime::Runtime() {
     workers_ = n ? n : 1;
 }
 
-Runtime::~Runtime() = default;
+Runtime::~Runtime() { thread_hooks_user_.release(); }
 
 void Runtime::release() {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
@@ -184,10 +184,11 @@ int32_t Runtime::start() {
                 uv_timer_start(&watchdog_, &Runtime::on_watchdog, period, period);
                 uv_unref(reinterpret_cast<uv_handle_t *>(&watchdog_));
             }
-            loop_thread_ = std::thread([this] { loop_main(); });
+            loop_thread_ =
+                start_thread(thread_hooks_, FLUXUS_THREAD_LOOP, 0, [this] { loop_main(); });
             std::lock_guard<std::mutex> lock(threads_mu_);
             for (uint32_t i = 0; i < workers_; ++i)
-                threads_.emplace_back([this, i] { worker_main(i); });
+                threads_.push_back(start_worker(i));
         }
     } FLUXUS_CATCH_ALL {
         // Could not create every thread: stop those that exist and report.
@@ -341,11 +342,32 @@ void Runtime::worker_main(uint32_t slot_index) {
     }
 }
 
+std::thread Runtime::start_worker(uint32_t slot) {
+    return start_thread(thread_hooks_, FLUXUS_THREAD_WORKER, slot,
+                        [this, slot] { worker_main(slot); });
+}
+
+int32_t Runtime::set_thread_hooks(fluxus_thread_start_fn start, fluxus_thread_stop_fn stop,
+                                  void *user, fluxus_user_free_fn user_free) {
+    UserRef old;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (state_.load() != kCreated)
+            return set_error(FLUXUS_ESTATE,
+                             "fluxus_runtime_set_thread_hooks: the runtime has already started");
+        old = thread_hooks_user_;
+        thread_hooks_ = ThreadHooks{start, stop, user};
+        thread_hooks_user_ = UserRef{user, user_free};
+    }
+    old.release();
+    return FLUXUS_OK;
+}
+
 void Runtime::replace_worker(uint32_t slot_index) {
     std::lock_guard<std::mutex> lock(threads_mu_);
     if (no_more_threads_.load()) return;
     try {
-        threads_.emplace_back([this, slot_index] { worker_main(slot_index); });
+        threads_.push_back(start_worker(slot_index));
     } FLUXUS_CATCH_ALL {
         // No thread to spare: the remaining workers carry on.
     }
@@ -393,7 +415,7 @@ void Runtime::check_stalls() {
 
 bool Runtime::spawn_worker_locked(uint32_t slot) {
     try {
-        threads_.emplace_back([this, slot] { worker_main(slot); });
+        threads_.push_back(start_worker(slot));
     } FLUXUS_CATCH_ALL {
         return false;
     }

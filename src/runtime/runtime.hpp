@@ -16,8 +16,10 @@
 #include <vector>
 
 #include "fluxus.h"
+#include "runtime/thread_start.hpp"
 #include "runtime/timer_heap.hpp"
 #include "util/clock.hpp"
+#include "util/user_ref.hpp"
 
 namespace fluxus {
 
@@ -57,6 +59,9 @@ public:
     uint32_t stall_threshold_ms() const { return stall_ms_; }
     bool host_driven() const { return workers_ == 0; }
     int32_t set_log(int32_t max_level, fluxus_log_fn fn, void *user, fluxus_user_free_fn user_free);
+    // Start and stop hooks of the threads it creates (before start; replaces earlier ones).
+    int32_t set_thread_hooks(fluxus_thread_start_fn start, fluxus_thread_stop_fn stop,
+                             void *user, fluxus_user_free_fn user_free);
 
     int32_t start();  // idempotent while running; FLUXUS_ESTATE after shutdown
     bool started() const { return state_.load(std::memory_order_acquire) == kStarted; }
@@ -115,6 +120,7 @@ private:
     };
 
     void worker_main(uint32_t slot);
+    std::thread start_worker(uint32_t slot);  // start_thread() for worker_main(slot)
     // A callback ended a worker thread (forced unwind): another thread takes its slot.
     void replace_worker(uint32_t slot);
     // Stall watchdog (loop thread): a worker that has been inside one task for the threshold
@@ -186,6 +192,8 @@ private:
     std::vector<Pipeline *> pipelines_;
     std::atomic<int> running_pipelines_{0};
 
+    ThreadHooks thread_hooks_;     // fixed once started: threads copy it when they start
+    UserRef thread_hooks_user_;
     std::mutex log_mu_;
     std::shared_ptr<LogSink> log_sink_;
     std::atomic<int32_t> log_level_{FLUXUS_LOG_WARN};

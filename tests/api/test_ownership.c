@@ -17,6 +17,7 @@
 
 #define REGISTRATIONS(X)                       \
     X(fluxus_runtime_set_log)                  \
+    X(fluxus_runtime_set_thread_hooks)         \
     X(fluxus_runtime_call_after)               \
     X(fluxus_pipeline_set_item_free)           \
     X(fluxus_pipeline_set_dead_letter)         \
@@ -330,6 +331,39 @@ static void fluxus_runtime_set_log_takes_user_only_on_ok(void **state) {
     assert_int_equal(frees(&a), 1);
     assert_int_equal(frees(&b), 1);
     assert_int_equal(frees(&c), 1);
+}
+
+static void nop_thread_start(void *user, int32_t kind, uint32_t index, const char *name) {
+    (void)user;
+    (void)kind;
+    (void)index;
+    (void)name;
+}
+
+static void fluxus_runtime_set_thread_hooks_takes_user_only_on_ok(void **state) {
+    fluxus_runtime *rt = NULL;
+    owned a = {0}, b = {0};
+    (void)state;
+    g_refused.frees = 0;
+    TU_OK(fluxus_runtime_new(&rt));
+    REFUSED(FLUXUS_EINVAL, fluxus_runtime_set_thread_hooks(NULL, nop_thread_start, NULL,
+                                                           &g_refused, owned_free));
+    TU_OK(fluxus_runtime_set_thread_hooks(rt, nop_thread_start, NULL, &a, owned_free));
+    assert_int_equal(frees(&a), 0);
+    /* Replacing releases the previous registration at once. */
+    TU_OK(fluxus_runtime_set_thread_hooks(rt, nop_thread_start, NULL, &b, owned_free));
+    assert_int_equal(frees(&a), 1);
+    TU_OK(fluxus_runtime_set_workers(rt, 1));
+    TU_OK(fluxus_runtime_start(rt));
+    REFUSED(FLUXUS_ESTATE, fluxus_runtime_set_thread_hooks(rt, nop_thread_start, NULL,
+                                                           &g_refused, owned_free));
+    assert_int_equal(frees(&b), 0);
+    TU_OK(fluxus_runtime_free(rt));
+    REFUSED(FLUXUS_EINVAL, fluxus_runtime_set_thread_hooks(rt, nop_thread_start, NULL,
+                                                           &g_refused, owned_free));
+    assert_int_equal(frees(&a), 1);
+    assert_int_equal(frees(&b), 1);
+    assert_int_equal(frees(&g_refused), 0);
 }
 
 static void fluxus_runtime_call_after_takes_user_only_on_ok(void **state) {

@@ -163,10 +163,13 @@ struct Case {
 #define CASE(fn, ...) \
     Case { #fn, [](Env &e, void *u, fluxus_user_free_fn uf) -> int32_t { return fn(__VA_ARGS__); } }
 
+void nop_thread_start(void *, int32_t, uint32_t, const char *) {}
+
 const std::vector<Case> &cases() {
     static const std::vector<Case> all = {
         CASE(fluxus_runtime_set_log, e.rt, FLUXUS_LOG_WARN, nop_log, u, uf),
         CASE(fluxus_runtime_set_log, e.rt, FLUXUS_LOG_WARN, nullptr, u, uf),
+        CASE(fluxus_runtime_set_thread_hooks, e.rt, nop_thread_start, nullptr, u, uf),
         CASE(fluxus_runtime_call_after, nullptr, e.rt, 1000000000, nop_timer, u, uf),
         CASE(fluxus_pipeline_set_item_free, e.p, nop_item_free, u, uf),
         CASE(fluxus_pipeline_set_dead_letter, e.p, nop_dead_letter, u, uf),
