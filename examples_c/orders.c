@@ -147,13 +147,16 @@ static int32_t customer_id(void *user, uint64_t item, const void **key, size_t *
     return 0;
 }
 
-static int32_t by_type(void *user, uint64_t item, uint64_t *routes) {
+static int32_t by_type(void *user, uint64_t item, uint32_t *routes, uint32_t capacity,
+                       uint32_t *count) {
     const struct event *e = (const struct event *)(uintptr_t)item;
     (void)user;
-    if (strcmp(e->type, "payment") == 0) *routes = FLUXUS_ROUTE(0);
-    else if (strcmp(e->type, "refund") == 0) *routes = FLUXUS_ROUTE(1);
-    else if (strcmp(e->type, "view") == 0) *routes = FLUXUS_ROUTE(2);
-    else *routes = 0; /* the default route, "other" */
+    (void)capacity;
+    if (strcmp(e->type, "payment") == 0) routes[0] = 0;
+    else if (strcmp(e->type, "refund") == 0) routes[0] = 1;
+    else if (strcmp(e->type, "view") == 0) routes[0] = 2;
+    else return 0; /* no route: the default route, "other" */
+    *count = 1;
     return 0;
 }
 

@@ -39,7 +39,11 @@ int32_t sink_batch_fn(void *, const uint64_t *, int32_t *, uint32_t) { return 0;
 int32_t async_fn(void *, uint64_t, uint64_t) { return 1; }
 int32_t reduce_fn(void *, uint64_t *acc, int32_t, uint64_t item) { *acc += item; return 0; }
 int32_t window_fn(void *, const uint64_t *, uint32_t, uint64_t, fluxus_emitter *) { return 0; }
-int32_t route_fn(void *, uint64_t, uint64_t *routes) { *routes = 1; return 0; }
+int32_t route_fn(void *, uint64_t, uint32_t *routes, uint32_t, uint32_t *count) {
+    routes[0] = 0;
+    *count = 1;
+    return 0;
+}
 int32_t copy_fn(void *, uint64_t item, uint32_t, uint64_t *copy) { *copy = item; return 0; }
 int32_t key_fn(void *, uint64_t, const void **key, size_t *len) {
     static const char k = 'k';

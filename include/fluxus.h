@@ -1106,18 +1106,21 @@ FLUXUS_API int32_t fluxus_pipeline_add_sliding_window(uint32_t *out_stage, fluxu
 /** The error branch of a stage (see above). */
 #define FLUXUS_OUTLET_ERROR 0xFFFFFFFFu
 /** Routes of one router or broadcast: at most this many. */
-#define FLUXUS_MAX_ROUTES 64u
-/** The bit of route `r` in a router's selection mask. */
-#define FLUXUS_ROUTE(r) ((uint64_t)1 << (r))
+#define FLUXUS_MAX_ROUTES 4096u
 
 /**
- * Router selector: sets *routes to the mask of the routes `item` goes to (FLUXUS_ROUTE(r) for
- * route r; several bits send copies, which need a copy callback). A mask of 0 sends the item to
- * the default route, or, without one, fails it with FLUXUS_ENOROUTE. A bit at or beyond the
- * router's route count fails the item with FLUXUS_ERANGE. A nonzero return fails the item with
- * that status. The callback borrows the item. Called on a worker thread.
+ * Router selector: writes the numbers of the routes `item` goes to into routes[0 .. *count) and
+ * sets *count (it arrives 0; `capacity` is the router's route count, so any selection fits).
+ * The first route listed gets the item itself; each further one a copy, in the order listed,
+ * which needs a copy callback. A count of 0 sends the item to the default route, or, without
+ * one, fails it with FLUXUS_ENOROUTE. A route at or beyond the route count, or more routes than
+ * `capacity`, fails the item with FLUXUS_ERANGE; the same route twice, with FLUXUS_EINVAL. A
+ * nonzero return fails the item with that status. The callback borrows the item. Called on a
+ * worker thread. The common case is `routes[0] = r; *count = 1;`.
+ * @since 0.4 (0.3 selected routes with a 64-bit mask)
  */
-typedef int32_t (*fluxus_route_fn)(void *user, uint64_t item, uint64_t *routes);
+typedef int32_t (*fluxus_route_fn)(void *user, uint64_t item, uint32_t *routes,
+                                   uint32_t capacity, uint32_t *count);
 
 /**
  * Copy callback: make *copy, a new item equal to `item` for route `route`, owned by the

@@ -1,6 +1,6 @@
 // Router and broadcast: each item goes to the routes its selector picks (a broadcast: every
-// route). The first chosen route gets the item itself, every further route a copy made by the
-// stage's copy callback. All routes or none: if a copy cannot be made, the copies made so far
+// route). The first chosen route gets the item itself, every further route (in the order the
+// selector listed them) a copy made by the stage's copy callback. All routes or none: if a copy cannot be made, the copies made so far
 // are destroyed before anyone counted them, and the item fails at the router.
 #include "core/segment.hpp"
 #include "util/status.hpp"
@@ -10,36 +10,70 @@ namespace fluxus {
 
 namespace {
 
-// The mask of routes for `x`, or a failure status with its message.
-int32_t choose_routes(const Stage &st, uint64_t x, uint64_t *mask, const char **why) {
+// The routes `x` goes to, in ws.chosen[0 .. *count), or a failure status with its message. A
+// selector writes route indices (any number: a list, not a bit mask, so that routers have no
+// width limit); one route, the common case, is one store and no loop here.
+int32_t choose_routes(const Stage &st, WorkerStageState &ws, uint64_t x, uint32_t *count,
+                      const char **why) {
     uint32_t routes = uint32_t(st.outlets.size());
-    uint64_t all = routes >= 64 ? ~uint64_t(0) : (uint64_t(1) << routes) - 1;
+    if (ws.chosen.size() != routes) {
+        ws.chosen.assign(routes, 0);
+        ws.taken.assign(routes, 0);
+    }
     if (!st.fn) {  // broadcast
-        *mask = all;
+        for (uint32_t r = 0; r < routes; ++r) ws.chosen[r] = r;
+        *count = routes;
         return 0;
     }
-    *mask = 0;
-    int32_t rc = reinterpret_cast<fluxus_route_fn>(st.fn)(st.user.user, x, mask);
+    *count = 0;
+    int32_t rc = reinterpret_cast<fluxus_route_fn>(st.fn)(st.user.user, x, ws.chosen.data(), routes,
+                                                         count);
     if (rc != 0) {
         *why = "router callback failed";
         return rc;
     }
-    if (*mask == 0) {
+    if (*count == 0) {
         if (st.default_route == UINT32_MAX) {
             *why = "no route matched and the router has no default route";
             return FLUXUS_ENOROUTE;
         }
-        *mask = uint64_t(1) << st.default_route;
+        ws.chosen[0] = st.default_route;
+        *count = 1;
+        return 0;
     }
-    if (*mask & ~all) {
-        *why = "the selector chose a route the router does not have";
+    if (__builtin_expect(*count == 1, 1)) {
+        if (ws.chosen[0] >= routes) {
+            *why = "the selector chose a route the router does not have";
+            return FLUXUS_ERANGE;
+        }
+        return 0;
+    }
+    if (*count > routes) {
+        *why = "the selector chose more routes than the router has";
         return FLUXUS_ERANGE;
     }
-    if ((*mask & (*mask - 1)) && !st.copy) {
-        *why = "the selector chose several routes but the router has no copy callback";
-        return FLUXUS_EINVAL;
+    rc = 0;
+    uint32_t k = 0;
+    for (; k < *count; ++k) {
+        uint32_t r = ws.chosen[k];
+        if (r >= routes) {
+            *why = "the selector chose a route the router does not have";
+            rc = FLUXUS_ERANGE;
+            break;
+        }
+        if (ws.taken[r]) {
+            *why = "the selector chose the same route twice";
+            rc = FLUXUS_EINVAL;
+            break;
+        }
+        ws.taken[r] = 1;
     }
-    return 0;
+    for (uint32_t j = 0; j < k; ++j) ws.taken[ws.chosen[j]] = 0;
+    if (rc == 0 && !st.copy) {
+        *why = "the selector chose several routes but the router has no copy callback";
+        rc = FLUXUS_EINVAL;
+    }
+    return rc;
 }
 
 }  // namespace
@@ -50,11 +84,12 @@ size_t apply_router(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
     ws.route.clear();
     size_t copies = 0;
     for (size_t i = 0; i < n; ++i) {
-        uint64_t x = in[i], mask = 0;
+        uint64_t x = in[i];
+        uint32_t count = 0;
         const char *why = "router callback threw";
         int32_t rc;
         try {
-            rc = choose_routes(st, x, &mask, &why);
+            rc = choose_routes(st, ws, x, &count, &why);
         } FLUXUS_CATCH_ALL {
             rc = FLUXUS_EEXCEPTION;
         }
@@ -64,9 +99,9 @@ size_t apply_router(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
         }
         size_t base = out.size();
         out.push_back(x);
-        ws.route.push_back(uint32_t(__builtin_ctzll(mask)));
-        for (uint64_t m = mask & (mask - 1); m != 0 && rc == 0; m &= m - 1) {
-            uint32_t r = uint32_t(__builtin_ctzll(m));
+        ws.route.push_back(ws.chosen[0]);
+        for (uint32_t k = 1; k < count && rc == 0; ++k) {
+            uint32_t r = ws.chosen[k];
             uint64_t c = x;  // *copy arrives preset to the item
             try {
                 rc = st.copy(st.copy_user.user, x, r, &c);

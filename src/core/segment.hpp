@@ -139,6 +139,8 @@ public:
     std::vector<int8_t> verdict;   // dedup: per-item result of the batch insert
     std::vector<int32_t> status, keep;  // batch callbacks: per-item out-arrays
     std::vector<uint32_t> route;  // router: the route of each output item
+    std::vector<uint32_t> chosen;  // router: the routes one item goes to (one per route)
+    std::vector<uint8_t> taken;    // router: routes already in `chosen` (duplicates)
     CallErrors *call = nullptr;   // the worker's: texts its callbacks attach to failures
 
     int32_t *zeroed_status(size_t n) { return zeroed(status, n); }

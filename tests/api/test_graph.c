@@ -116,25 +116,29 @@ static uint64_t count_mod(uint64_t n, uint64_t mod, uint64_t rem) {
 #define RN 4000u
 
 /* What the selector does with values that are 3 mod 4 (0, 1, 2 go to routes 0, 1, 2). */
-enum { SEL_NONE, SEL_BEYOND, SEL_ERROR, SEL_MULTI };
+enum { SEL_NONE, SEL_BEYOND, SEL_ERROR, SEL_MULTI, SEL_TWICE, SEL_TOO_MANY };
 
 typedef struct selector {
     int mode;
     uint64_t calls;
 } selector;
 
-static int32_t select_mod4(void *user, uint64_t item, uint64_t *routes) {
+static int32_t select_mod4(void *user, uint64_t item, uint32_t *routes, uint32_t capacity,
+                           uint32_t *count) {
     selector *s = (selector *)user;
     TU_ADD(&s->calls, 1);
     if (item % 4 != 3) {
-        *routes = FLUXUS_ROUTE(item % 4);
+        routes[0] = (uint32_t)(item % 4);
+        *count = 1;
         return 0;
     }
     switch (s->mode) {
-    case SEL_NONE: *routes = 0; return 0;
-    case SEL_BEYOND: *routes = FLUXUS_ROUTE(1) | FLUXUS_ROUTE(3); return 0; /* 3 routes only */
+    case SEL_NONE: return 0;
+    case SEL_BEYOND: routes[0] = 1, routes[1] = 3, *count = 2; return 0; /* 3 routes only */
     case SEL_ERROR: return 42;
-    default: *routes = FLUXUS_ROUTE(0) | FLUXUS_ROUTE(2); return 0;
+    case SEL_TWICE: routes[0] = 2, routes[1] = 2, *count = 2; return 0;
+    case SEL_TOO_MANY: routes[0] = 0, *count = capacity + 1; return 0;
+    default: routes[0] = 0, routes[1] = 2, *count = 2; return 0;
     }
 }
 
@@ -181,6 +185,7 @@ static int32_t router_fail_status(const router_case *c) {
     switch (c->mode) {
     case SEL_NONE: return FLUXUS_ENOROUTE;
     case SEL_BEYOND: return FLUXUS_ERANGE;
+    case SEL_TOO_MANY: return FLUXUS_ERANGE;
     case SEL_ERROR: return 42;
     default: return FLUXUS_EINVAL;
     }
@@ -309,7 +314,7 @@ static void test_router_without_default_fails_with_enoroute(void **state) {
                   RN / 4, RN);
 }
 
-/* Proves: a selection with a bit beyond the route count fails the item with FLUXUS_ERANGE and
+/* Proves: a selection with a route beyond the route count fails the item with FLUXUS_ERANGE and
  * sends it nowhere (not even to its valid route), and a selector's nonzero return fails the item
  * with exactly that status. */
 static void test_router_selector_failures(void **state) {
@@ -320,6 +325,13 @@ static void test_router_selector_failures(void **state) {
     router_case_run(&c);
     c.mode = SEL_ERROR;
     c.policy = FLUXUS_ERROR_DEAD_LETTER;
+    router_case_run(&c);
+    /* A count above the capacity (FLUXUS_ERANGE), the same route twice (FLUXUS_EINVAL, even
+     * with a copy callback): the item goes nowhere. */
+    c.mode = SEL_TOO_MANY;
+    router_case_run(&c);
+    c.mode = SEL_TWICE;
+    c.with_copy = 1;
     router_case_run(&c);
     print_message("router selector failures: %u x FLUXUS_ERANGE, %u x status 42\n", RN / 4,
                   RN / 4);
@@ -682,9 +694,12 @@ static int32_t tag_branch(void *user, uint64_t in, uint64_t *out) {
     return 0;
 }
 
-static int32_t select_parity(void *user, uint64_t item, uint64_t *routes) {
+static int32_t select_parity(void *user, uint64_t item, uint32_t *routes, uint32_t capacity,
+                             uint32_t *count) {
+    (void)capacity;
+    *count = 1;
     (void)user;
-    *routes = FLUXUS_ROUTE(item % 2);
+    routes[0] = (uint32_t)(item % 2);
     return 0;
 }
 
@@ -1706,10 +1721,13 @@ static void test_heads_refuse_what_they_cannot_do(void **state) {
  * 5. Build-time errors
  * ------------------------------------------------------------------------------------------- */
 
-static int32_t select_first(void *user, uint64_t item, uint64_t *routes) {
+static int32_t select_first(void *user, uint64_t item, uint32_t *routes, uint32_t capacity,
+                            uint32_t *count) {
+    (void)capacity;
+    *count = 1;
     (void)user;
     (void)item;
-    *routes = FLUXUS_ROUTE(0);
+    routes[0] = 0;
     return 0;
 }
 
@@ -1882,15 +1900,20 @@ static void test_start_checks_of_graphs(void **state) {
                   FLUXUS_MAX_ROUTES);
 }
 
-/* Selector over all 64 routes. */
-static int32_t select_mod64(void *user, uint64_t item, uint64_t *routes) {
+/* Selector over all the routes (more than the 64 a bit mask could name before 0.4). */
+#define WIDE_ROUTES 1000u
+static uint64_t g_wide_bad_calls; /* calls that got a wrong capacity or a nonzero count */
+static int32_t select_wide(void *user, uint64_t item, uint32_t *routes, uint32_t capacity,
+                           uint32_t *count) {
     (void)user;
-    *routes = FLUXUS_ROUTE(item % 64);
+    if (capacity != WIDE_ROUTES || *count != 0) TU_ADD(&g_wide_bad_calls, 1);
+    routes[0] = (uint32_t)(item % WIDE_ROUTES);
+    *count = 1;
     return 0;
 }
 
-/* Proves: a router with FLUXUS_MAX_ROUTES routes, all leading into one shared sink (route 63
- * uses the top bit of the mask), delivers every item exactly once. */
+/* Proves: a router with 1000 routes, all leading into one shared sink, delivers every item
+ * exactly once (routers have no width limit but FLUXUS_MAX_ROUTES). */
 static void test_router_with_max_routes_into_one_sink(void **state) {
     fluxus_runtime *rt = tu_runtime(2);
     tu_tracker t;
@@ -1903,16 +1926,17 @@ static void test_router_with_max_routes_into_one_sink(void **state) {
     tu_tracker_init(&t, 6400);
     p = tu_pipeline(rt, "max-routes", &t);
     TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
-    TU_OK(fluxus_pipeline_add_router(&r, p, "r", select_mod64, NULL, NULL));
-    for (k = 0; k < FLUXUS_MAX_ROUTES; k++) {
+    TU_OK(fluxus_pipeline_add_router(&r, p, "r", select_wide, NULL, NULL));
+    for (k = 0; k < WIDE_ROUTES; k++) {
         snprintf(name, sizeof name, "r%u", k);
         TU_OK(fluxus_stage_add_route(p, r, name, NULL));
     }
     TU_OK(fluxus_pipeline_branch(p, r, 0));
     TU_OK(fluxus_pipeline_add_sink(&sink, p, "all", tu_tracker_sink, &t, NULL));
-    for (k = 1; k < FLUXUS_MAX_ROUTES; k++) TU_OK(fluxus_pipeline_connect(p, r, k, sink));
+    for (k = 1; k < WIDE_ROUTES; k++) TU_OK(fluxus_pipeline_connect(p, r, k, sink));
     TU_OK(fluxus_pipeline_start(p));
     TU_OK(tu_wait(p));
+    assert_int_equal(TU_LOAD(&g_wide_bad_calls), 0);
     tu_tracker_check_once(&t, 0, 6400);
     assert_int_equal(t.delivered_total, 6400);
     assert_int_equal(t.freed_total, 0);
@@ -1922,8 +1946,7 @@ static void test_router_with_max_routes_into_one_sink(void **state) {
     sinks[1] = NO_STAGE;
     check_graph(p, sinks, 6400);
     tu_check_conservation(p, &t, 0); /* the sink is the last stage here */
-    print_message("router with %u routes into one sink: 6400 items once each\n",
-                  FLUXUS_MAX_ROUTES);
+    print_message("router with %u routes into one sink: 6400 items once each\n", WIDE_ROUTES);
     tu_free_all(p, rt);
     tu_tracker_destroy(&t);
 }
@@ -1934,9 +1957,12 @@ static void test_router_with_max_routes_into_one_sink(void **state) {
 
 #define KN 3000u
 
-static int32_t select_mod3(void *user, uint64_t item, uint64_t *routes) {
+static int32_t select_mod3(void *user, uint64_t item, uint32_t *routes, uint32_t capacity,
+                           uint32_t *count) {
     (void)user;
-    *routes = FLUXUS_ROUTE(item % 3);
+    (void)capacity;
+    routes[0] = (uint32_t)(item % 3);
+    *count = 1;
     return 0;
 }
 

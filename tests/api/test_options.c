@@ -29,10 +29,13 @@ static int32_t async_fn(void *user, uint64_t item, uint64_t completion) {
     return 0;
 }
 
-static int32_t route_fn(void *user, uint64_t item, uint64_t *routes) {
+static int32_t route_fn(void *user, uint64_t item, uint32_t *routes, uint32_t capacity,
+                        uint32_t *count) {
     (void)user;
     (void)item;
-    *routes = 1;
+    (void)capacity;
+    routes[0] = 0;
+    *count = 1;
     return 0;
 }
 

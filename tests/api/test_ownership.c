@@ -160,9 +160,11 @@ static int32_t nop_window(void *u, const uint64_t *items, uint32_t count, uint64
     (void)u, (void)items, (void)count, (void)start_ns, (void)em;
     return 0;
 }
-static int32_t nop_route(void *u, uint64_t item, uint64_t *routes) {
-    (void)u, (void)item;
-    *routes = 1;
+static int32_t nop_route(void *u, uint64_t item, uint32_t *routes, uint32_t capacity,
+                         uint32_t *count) {
+    (void)u, (void)item, (void)capacity;
+    routes[0] = 0;
+    *count = 1;
     return 0;
 }
 static int32_t nop_copy(void *u, uint64_t item, uint32_t route, uint64_t *copy) {

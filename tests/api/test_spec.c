@@ -58,9 +58,14 @@ static int32_t fix(void *user, uint64_t in, uint64_t *out) {
 }
 
 /* 0 mod 3 -> route 0 (pairs), 1 mod 3 -> route 1 (copies), 2 mod 3 -> none (the default). */
-static int32_t by_kind(void *user, uint64_t item, uint64_t *routes) {
+static int32_t by_kind(void *user, uint64_t item, uint32_t *routes, uint32_t capacity,
+                       uint32_t *count) {
     (void)user;
-    *routes = item % 3 == 2 ? 0 : FLUXUS_ROUTE(item % 3);
+    (void)capacity;
+    if (item % 3 != 2) {
+        routes[0] = (uint32_t)(item % 3);
+        *count = 1;
+    }
     return 0;
 }
 

@@ -108,7 +108,7 @@ int32_t nop_sink_batch(void *, const uint64_t *, int32_t *, uint32_t) { return 0
 int32_t nop_async_map(void *, uint64_t, uint64_t) { return 1; }
 int32_t nop_reduce(void *, uint64_t *, int32_t, uint64_t) { return 0; }
 int32_t nop_window(void *, const uint64_t *, uint32_t, uint64_t, fluxus_emitter *) { return 0; }
-int32_t nop_route(void *, uint64_t, uint64_t *) { return 0; }
+int32_t nop_route(void *, uint64_t, uint32_t *, uint32_t, uint32_t *) { return 0; }
 int32_t nop_copy(void *, uint64_t, uint32_t, uint64_t *) { return 0; }
 int32_t nop_join_input(void *, uint64_t, uint32_t *) { return 0; }
 int32_t nop_load(void *, const uint64_t *, uint32_t, uint64_t *, int32_t *) { return 0; }
