@@ -899,6 +899,31 @@ FLUXUS_API int32_t fluxus_pipeline_add_async_map(uint32_t *out_stage, fluxus_pip
                                                  void *user, fluxus_user_free_fn user_free);
 
 /**
+ * Async cancel hook: fluxus gave up on the started item `item` (completion token `completion`)
+ * because it timed out (`why` FLUXUS_ETIMEDOUT) or its pipeline was cancelled, or passed a drain
+ * deadline (FLUXUS_ECANCELED). The host may abandon the operation (abort the request, close the
+ * connection) instead of finishing work whose result fluxus will refuse; it still owns the item
+ * and must still release it (its completion returns the same status and hands nothing over).
+ * Called at most once per started item, never after that item's completion was accepted, on the
+ * thread running the stage (or the one cancelling); it must not block. It may call
+ * fluxus_async_complete() for the item (which is then refused).
+ */
+typedef void (*fluxus_async_cancel_fn)(void *user, uint64_t item, uint64_t completion,
+                                       int32_t why);
+
+/**
+ * Set the cancel hook of an async stage (see fluxus_async_cancel_fn). Setting it again replaces
+ * it (the previous user_free runs then); `fn` NULL removes it.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, not an async stage), FLUXUS_ENOTFOUND,
+ *         FLUXUS_ESTATE (after start).
+ * Thread safety: any thread, before start.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_stage_set_async_cancel(fluxus_pipeline *p, uint32_t stage,
+                                                 fluxus_async_cancel_fn fn, void *user,
+                                                 fluxus_user_free_fn user_free);
+
+/**
  * Complete an async item. With `status` 0, `item` goes on to the next stage and fluxus owns it
  * (it may be the started item or a new one). With a nonzero status the item fails with that
  * status at the async stage and follows its error policy; fluxus owns `item` then too (the

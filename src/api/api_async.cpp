@@ -66,6 +66,25 @@ FLUXUS_API int32_t fluxus_async_fail(fluxus_pipeline *h, uint64_t completion, in
     });
 }
 
+FLUXUS_API int32_t fluxus_stage_set_async_cancel(fluxus_pipeline *h, uint32_t stage,
+                                                 fluxus_async_cancel_fn fn, void *user,
+                                                 fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_set_async_cancel");
+        Stage *st = nullptr;
+        if (int32_t rc = p->stage_for_option(stage, "fluxus_stage_set_async_cancel", &st))
+            return rc;
+        if (!st->is_async())
+            return set_errorf(FLUXUS_EINVAL,
+                              "fluxus_stage_set_async_cancel: stage '%s' is not an async stage",
+                              st->name.c_str());
+        st->async_cancel_user.release();
+        st->async_cancel = fn;
+        st->async_cancel_user = (UserRef{user, user_free});
+        return FLUXUS_OK;
+    });
+}
+
 FLUXUS_API int32_t fluxus_stage_set_in_flight(fluxus_pipeline *h, uint32_t stage, uint32_t max) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_set_in_flight");

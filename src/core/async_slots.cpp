@@ -193,7 +193,7 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
     auto take_done = [&](uint32_t i) {
         Slot &s = slots_[i];
         out.push_back(Ended{s.out, s.status, s.status == 0 ? End::completed : End::failed,
-                            s.attempt, s.epoch, i, std::move(s.text)});
+                            s.attempt, s.epoch, i, 0, std::move(s.text)});
         release(i, Reason::completed);
     };
     if (!ordered_) {
@@ -220,7 +220,7 @@ uint64_t AsyncSlots::collect(uint64_t now, std::vector<Ended> &out) {
             // is half-way through timing out, so a callback that completes another item finds
             // it simply pending.
             out.push_back(Ended{s.item, FLUXUS_ETIMEDOUT, End::timed_out, s.attempt, s.epoch,
-                                e.slot, nullptr});
+                                e.slot, token_of(e.slot), nullptr});
             timed_out.fetch_add(1, std::memory_order_relaxed);
             s.state = State::timing_out;
             timeout_thread_ = std::this_thread::get_id();
@@ -247,7 +247,7 @@ void AsyncSlots::finish_timeout(uint32_t slot) {
     release(slot, Reason::timed_out);
 }
 
-size_t AsyncSlots::cancel_all(std::vector<uint64_t> &owned) {
+size_t AsyncSlots::cancel_all(std::vector<uint64_t> &owned, std::vector<Abandoned> *abandoned) {
     std::lock_guard<std::mutex> lock(mu_);
     size_t pending = 0;
     for (uint32_t i = 0; i < slots_.size(); ++i) {
@@ -264,6 +264,7 @@ size_t AsyncSlots::cancel_all(std::vector<uint64_t> &owned) {
             release(i, Reason::completed);
         } else {
             ++pending;
+            if (abandoned) abandoned->push_back(Abandoned{s.item, token_of(i)});
             release(i, Reason::cancelled);
         }
     }

@@ -35,6 +35,7 @@ public:
         uint32_t attempt;  // 1 for the first call of the stage on this item
         uint64_t epoch;    // circuit breaker epoch the call was allowed in (0: none)
         uint32_t slot;     // timed out: the slot to pass to finish_timeout()
+        uint64_t token;    // timed out: the item's completion token (for the cancel hook)
         std::unique_ptr<std::string> text;  // failed: the completion's text (fluxus_async_fail)
     };
 
@@ -57,8 +58,13 @@ public:
     // refused at once.
     void finish_timeout(uint32_t slot);
     // Ends everything in flight as cancelled. Completed items not yet collected (owned by fluxus
-    // again) are appended to `owned`; returns how many host-owned items were pending.
-    size_t cancel_all(std::vector<uint64_t> &owned);
+    // again) are appended to `owned`; the pending ones (the host's) to `abandoned`, with their
+    // completion tokens (item, token pairs), for the stage's cancel hook; returns how many
+    // host-owned items were pending.
+    struct Abandoned {
+        uint64_t item, token;
+    };
+    size_t cancel_all(std::vector<uint64_t> &owned, std::vector<Abandoned> *abandoned = nullptr);
     // The task to notify on completions; set to null before that task is destroyed.
     void set_worker(Task *t);
 

@@ -60,6 +60,7 @@ Pipeline::~Pipeline() {
         st->retry.predicate_user.release();
         st->copy_user.release();
         st->cache_copy_user.release();
+        st->async_cancel_user.release();
         if (st->rate_limiter) st->rate_limiter->release();
         if (st->concurrency) st->concurrency->release();
         if (st->breaker) st->breaker->release();

@@ -851,9 +851,14 @@ void SegmentWorker::cancel_all() {
             // Completed items are fluxus's again and are destroyed; pending ones still belong to
             // the host (its completion will be refused with FLUXUS_ECANCELED).
             std::vector<uint64_t> owned;
-            size_t host_owned = h->async->cancel_all(owned);
+            std::vector<AsyncSlots::Abandoned> abandoned;
+            size_t host_owned =
+                h->async->cancel_all(owned, h->async_cancel ? &abandoned : nullptr);
             if (!owned.empty()) p.cancel_items(*h, owned.data(), owned.size(), false);
             h->c.cancelled.fetch_add(host_owned, std::memory_order_relaxed);
+            // After the slots were released: their completions are refused from here on.
+            for (const AsyncSlots::Abandoned &a : abandoned)
+                tell_async_abandoned(*h, a.item, a.token, FLUXUS_ECANCELED);
             reconcile_permits();
         }
         if (!group_.empty()) {

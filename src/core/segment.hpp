@@ -362,6 +362,11 @@ size_t apply_stage(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t 
 
 // Runs a router (or broadcast) over a batch: out gets each item and its copies, ws.route the
 // route of each (see router.cpp).
+// Tells an async stage's cancel hook (if it has one) that fluxus gave up on a started item
+// (`why`: FLUXUS_ETIMEDOUT or FLUXUS_ECANCELED). Call it only once the item's completion can no
+// longer be accepted.
+void tell_async_abandoned(Stage &st, uint64_t item, uint64_t token, int32_t why);
+
 size_t apply_router(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *in, size_t n,
                     std::vector<uint64_t> &out, StageTally &t);
 

@@ -674,6 +674,9 @@ size_t SegmentWorker::settle_async() {
         }
         case AsyncSlots::End::timed_out:
             p.fail_item(head, e.item, FLUXUS_ETIMEDOUT, "async item timed out", &t, false);
+            // Before finish_timeout(): no completion of it can be accepted while the host hears
+            // it may abandon the work.
+            tell_async_abandoned(head, e.item, e.token, FLUXUS_ETIMEDOUT);
             head.async->finish_timeout(e.slot);  // only now may a late completion hand it back
             break;
         }
@@ -681,6 +684,16 @@ size_t SegmentWorker::settle_async() {
     attempt_ = 1;
     t.out += m;
     return m;
+}
+
+void tell_async_abandoned(Stage &st, uint64_t item, uint64_t token, int32_t why) {
+    if (!st.async_cancel) return;
+    CallSuspendScope no_text;  // a text attached here would land on some other failure
+    try {
+        st.async_cancel(st.async_cancel_user.user, item, token, why);
+    } FLUXUS_CATCH_ALL {
+        // The hook is advice to the host: if it throws, the item is abandoned all the same.
+    }
 }
 
 void SegmentWorker::reconcile_permits() {

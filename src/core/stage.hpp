@@ -96,6 +96,8 @@ struct Stage {
     uint64_t dedup_ttl_ns = 0;   // windowed dedup: a key is remembered this long after it passed
     uint64_t dedup_window = 0;   // windowed dedup: the last N distinct keys
     uint32_t in_flight = 256;  // async: started and not yet completed (and, ordered, emitted)
+    fluxus_async_cancel_fn async_cancel = nullptr;  // async: told when an item is abandoned
+    UserRef async_cancel_user;
     uint64_t timeout_ns = 0;   // per-item time limit in the stage; 0 = none
     std::unique_ptr<AsyncSlots> async;  // async stages, once started
     uint64_t period_ns = 0;             // debounce: quiet period; throttle: period

@@ -34,6 +34,7 @@
     X(fluxus_pipeline_add_sink)                \
     X(fluxus_pipeline_add_sink_batch)          \
     X(fluxus_pipeline_add_async_map)           \
+    X(fluxus_stage_set_async_cancel)           \
     X(fluxus_pipeline_add_batch)               \
     X(fluxus_pipeline_add_reduce)              \
     X(fluxus_pipeline_add_window)              \
@@ -813,6 +814,26 @@ static void fluxus_stage_set_cache_takes_user_only_on_ok(void **state) {
                                                   &g_refused, owned_free));
     /* (a cache on a stage that is not a map or loader is refused by start, not here) */
     CHECK_STAGE_REPLACE(&fx, SET_CACHE, 0, nop_copy, 1);
+    fx_done(&fx, 1);
+}
+
+static void nop_async_cancel(void *u, uint64_t item, uint64_t completion, int32_t why) {
+    (void)u, (void)item, (void)completion, (void)why;
+}
+
+#define SET_ASYNC_CANCEL(p, st, f, u) \
+    fluxus_stage_set_async_cancel((p), (st), (f), (u), owned_free)
+
+static void fluxus_stage_set_async_cancel_takes_user_only_on_ok(void **state) {
+    fixture fx;
+    uint32_t a = 0;
+    (void)state;
+    fx_init(&fx);
+    CHECK_STAGE_SETTER(&fx, SET_ASYNC_CANCEL, nop_async_cancel);
+    /* stage 0 of p is a map, not an async stage */
+    REFUSED(FLUXUS_EINVAL, SET_ASYNC_CANCEL(fx.p, 0, nop_async_cancel, &g_refused));
+    TU_OK(fluxus_pipeline_add_async_map(&a, fx.p, "a", nop_async_map, NULL, NULL));
+    CHECK_STAGE_REPLACE(&fx, SET_ASYNC_CANCEL, a, nop_async_cancel, 1);
     fx_done(&fx, 1);
 }
 

@@ -126,6 +126,7 @@ struct Env {
     fluxus_pipeline *p = nullptr;  // push source -> map (stage 0), open for more stages
     fluxus_pipeline *q = nullptr;  // no source, no stage
     fluxus_pipeline *b = nullptr;  // push source -> broadcast (stage 0)
+    fluxus_pipeline *a = nullptr;  // push source -> async map (stage 0)
     fluxus_registry *reg = nullptr;
     fluxus_circuit_breaker *cb = nullptr;
 
@@ -138,6 +139,9 @@ struct Env {
         ok(fluxus_pipeline_new(&b, rt, "b"));
         ok(fluxus_pipeline_set_push_source(b, "in"));
         ok(fluxus_pipeline_add_broadcast(nullptr, b, "bc"));
+        ok(fluxus_pipeline_new(&a, rt, "a"));
+        ok(fluxus_pipeline_set_push_source(a, "in"));
+        ok(fluxus_pipeline_add_async_map(nullptr, a, "am", nop_async_map, nullptr, nullptr));
         ok(fluxus_registry_new(&reg));
         ok(fluxus_circuit_breaker_new(&cb, rt));
     }
@@ -145,6 +149,7 @@ struct Env {
         fluxus_pipeline_free(p);
         fluxus_pipeline_free(q);
         fluxus_pipeline_free(b);
+        fluxus_pipeline_free(a);
         fluxus_registry_free(reg);
         fluxus_circuit_breaker_free(cb);
         fluxus_runtime_free(rt);
@@ -164,6 +169,7 @@ struct Case {
     Case { #fn, [](Env &e, void *u, fluxus_user_free_fn uf) -> int32_t { return fn(__VA_ARGS__); } }
 
 void nop_thread_start(void *, int32_t, uint32_t, const char *) {}
+void nop_async_cancel(void *, uint64_t, uint64_t, int32_t) {}
 
 const std::vector<Case> &cases() {
     static const std::vector<Case> all = {
@@ -192,6 +198,7 @@ const std::vector<Case> &cases() {
         CASE(fluxus_pipeline_add_sink, nullptr, e.p, "x", nop_sink, u, uf),
         CASE(fluxus_pipeline_add_sink_batch, nullptr, e.p, "x", nop_sink_batch, u, uf),
         CASE(fluxus_pipeline_add_async_map, nullptr, e.p, "x", nop_async_map, u, uf),
+        CASE(fluxus_stage_set_async_cancel, e.a, 0, nop_async_cancel, u, uf),
         CASE(fluxus_pipeline_add_batch, nullptr, e.p, "x", 8, 0, nop_flat_map_batch, u, uf),
         CASE(fluxus_pipeline_add_reduce, nullptr, e.p, "x", nop_reduce, u, uf),
         CASE(fluxus_pipeline_add_window, nullptr, e.p, "x", FLUXUS_WINDOW_COUNT, 4, nop_window,
