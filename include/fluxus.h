@@ -822,8 +822,10 @@ typedef int32_t (*fluxus_sink_batch_fn)(void *user, const uint64_t *items, int32
 /*
  * Adding stages. Each `add` appends a stage after the previous one (the source comes first, the
  * sink last; a sink must be the final stage and there must be exactly one). `out_stage` receives
- * the stage's index (0-based) for the fluxus_stage_* calls; it may be NULL. `name` may be NULL
- * (a name like "map#1" is made). Callbacks run on worker threads (or on the host thread in
+ * the stage's index (0-based) for the fluxus_stage_* calls; it may be NULL. A stage is named by
+ * its pipeline and this index for the pipeline's life. `name` may be NULL (a name like "map#1"
+ * is made); it may not contain '/', which is reserved for the stages of nested pipelines
+ * ("outer/inner"; FLUXUS_EINVAL). Callbacks run on worker threads (or on the host thread in
  * host-driven mode); a stage with one worker never runs concurrently with itself.
  *
  * All return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL fn), FLUXUS_ESTATE (after start, or a

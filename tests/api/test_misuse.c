@@ -268,6 +268,27 @@ static void test_null_handles_are_rejected_with_einval(void **state) {
     assert_int_equal(fluxus_current_worker(), UINT32_MAX);
 }
 
+/* '/' in a stage name is reserved for the stages of nested pipelines ("outer/inner"). */
+static void test_a_stage_name_with_a_slash_is_refused(void **state) {
+    fluxus_runtime *rt = tu_runtime(1);
+    fluxus_pipeline *p = NULL;
+    uint32_t s = 99;
+    tu_msg m;
+    (void)state;
+    TU_OK(fluxus_pipeline_new(&p, rt, "names"));
+    TU_OK(fluxus_pipeline_set_push_source(p, "in"));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_add_map(&s, p, "outer/inner", tu_identity_map, NULL,
+                                                     NULL));
+    tu_msg_take(&m);
+    assert_non_null(strstr(m.text, "reserved"));
+    assert_int_equal(s, 99);
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_add_dedup(NULL, p, "/"));
+    TU_OK(fluxus_pipeline_add_map(&s, p, "outer-inner", tu_identity_map, NULL, NULL));
+    assert_int_equal(s, 0);
+    TU_OK(fluxus_pipeline_free(p));
+    TU_OK(fluxus_runtime_free(rt));
+}
+
 static void test_null_out_pointers_and_null_callbacks_are_rejected_with_einval(void **state) {
     fluxus_runtime *rt = tu_runtime(1);
     fluxus_pipeline *p = tu_pipeline(rt, "p", NULL);
@@ -743,6 +764,7 @@ int main(void) {
         cmocka_unit_test(test_last_error_message_describes_the_last_failure_per_thread),
         cmocka_unit_test(test_null_handles_are_rejected_with_einval),
         cmocka_unit_test(test_null_out_pointers_and_null_callbacks_are_rejected_with_einval),
+        cmocka_unit_test(test_a_stage_name_with_a_slash_is_refused),
         cmocka_unit_test(test_out_of_range_options_are_rejected_with_erange),
         cmocka_unit_test(test_start_checks_the_pipeline_shape),
         cmocka_unit_test(test_calls_in_the_wrong_state_return_estate),
