@@ -282,6 +282,54 @@ FLUXUS_API int32_t fluxus_runtime_set_stall_threshold_ms(fluxus_runtime *rt, uin
 FLUXUS_API int32_t fluxus_runtime_set_log(fluxus_runtime *rt, int32_t max_level, fluxus_log_fn fn,
                                           void *user, fluxus_user_free_fn user_free);
 
+/* ----- Host event loops (host-driven mode) ----- */
+
+/**
+ * Wake-up callback: work became ready in a host-driven runtime (a task to run, or a timer whose
+ * deadline moved earlier), so the host's loop should call fluxus_runtime_run_once() (and ask
+ * fluxus_runtime_get_next_timer_us() again). Called at most once between two run_once() or
+ * run_for() calls, on whichever thread made the work ready (a host thread pushing, a callback),
+ * sometimes with fluxus locks held: it must not block and must not call fluxus; posting to the
+ * host's loop (uv_async_send(), an eventfd write, PostMessage) is what it is for.
+ */
+typedef void (*fluxus_wakeup_fn)(void *user);
+
+/**
+ * Set the wake-up callback of a host-driven runtime (0 workers). Setting it again replaces it
+ * (the previous user_free runs then); `fn` NULL removes it.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle), FLUXUS_ESTATE (the runtime has started).
+ * Thread safety: any thread, before the runtime starts.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_runtime_set_wakeup(fluxus_runtime *rt, fluxus_wakeup_fn fn, void *user,
+                                             fluxus_user_free_fn user_free);
+
+/**
+ * A file descriptor of a host-driven runtime that becomes readable when work is ready (as the
+ * wake-up callback would be called), for hosts that poll: epoll, poll(), a libuv uv_poll_t. The
+ * host does not read it; fluxus_runtime_run_once() and run_for() reset it. Timers do not make it
+ * readable by themselves: poll with fluxus_runtime_get_next_timer_us() as the timeout. The
+ * descriptor belongs to the runtime (closed when it is released).
+ * @param[out] out  Receives the descriptor.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL out), FLUXUS_ESTATE (the runtime has worker
+ *         threads), FLUXUS_ENOTSUP (no such descriptor on this platform: Windows; use the
+ *         wake-up callback), FLUXUS_ENOMEM (no descriptor available).
+ * Thread safety: any thread.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_runtime_get_fd(int32_t *out, fluxus_runtime *rt);
+
+/**
+ * How long a host-driven runtime's host may sleep: microseconds until its earliest timer (rounded
+ * up), 0 if work is ready now, UINT64_MAX if nothing is scheduled (sleep until woken).
+ * @param[out] out  Receives the time.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL out), FLUXUS_ESTATE (the runtime has
+ *         worker threads).
+ * Thread safety: any thread.
+ * @since 0.4
+ */
+FLUXUS_API int32_t fluxus_runtime_get_next_timer_us(uint64_t *out, fluxus_runtime *rt);
+
 /* The threads a runtime creates (fluxus_thread_start_fn's `kind`). */
 #define FLUXUS_THREAD_LOOP 1   /* the loop thread: timers, wake-ups, host timer callbacks */
 #define FLUXUS_THREAD_WORKER 2 /* a worker; `index` is its slot (slots past the configured

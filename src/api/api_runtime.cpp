@@ -60,6 +60,46 @@ FLUXUS_API int32_t fluxus_runtime_set_log(fluxus_runtime *h, int32_t max_level, 
     });
 }
 
+FLUXUS_API int32_t fluxus_runtime_set_wakeup(fluxus_runtime *h, fluxus_wakeup_fn fn, void *user,
+                                             fluxus_user_free_fn user_free) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_set_wakeup");
+        return rt->set_wakeup(fn, user, user_free);
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_get_fd(int32_t *out, fluxus_runtime *h) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_get_fd");
+        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_runtime_get_fd: out is NULL");
+        if (!rt->host_driven())
+            return set_error(FLUXUS_ESTATE,
+                             "fluxus_runtime_get_fd: the runtime has its own worker threads");
+        int32_t status = FLUXUS_OK;
+        int fd = rt->host_wake().fd(&status);
+        if (status == FLUXUS_ENOTSUP)
+            return set_error(FLUXUS_ENOTSUP, "fluxus_runtime_get_fd: this platform has no "
+                                             "such descriptor (use fluxus_runtime_set_wakeup)");
+        if (status != FLUXUS_OK)
+            return set_error(status, "fluxus_runtime_get_fd: could not make a descriptor");
+        *out = fd;
+        return FLUXUS_OK;
+    });
+}
+
+FLUXUS_API int32_t fluxus_runtime_get_next_timer_us(uint64_t *out, fluxus_runtime *h) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_get_next_timer_us");
+        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_runtime_get_next_timer_us: out is NULL");
+        if (!rt->host_driven())
+            return set_error(FLUXUS_ESTATE, "fluxus_runtime_get_next_timer_us: the runtime has "
+                                            "its own worker threads");
+        uint64_t ns = rt->next_due_in_ns();
+        *out = ns == UINT64_MAX ? UINT64_MAX : (ns + 999) / 1000;
+        return FLUXUS_OK;
+    });
+}
+
 FLUXUS_API int32_t fluxus_runtime_set_thread_hooks(fluxus_runtime *h, fluxus_thread_start_fn start,
                                                    fluxus_thread_stop_fn stop, void *user,
                                                    fluxus_user_free_fn user_free) {

@@ -271,13 +271,16 @@ void Runtime::remove_pipeline(Pipeline *p) {
 }
 
 void Runtime::enqueue(Task *task) {
-    std::lock_guard<std::mutex> lock(rq_mu_);
-    rq_.push_back(task);
-    rq_size_.store(uint32_t(rq_.size()), std::memory_order_release);
-    // A spinning worker will take it; waking a sleeper too would cost this thread a futex call
-    // (and the VM an idle-core wake-up) for nothing. A spinner that finds more work queued
-    // behind its task wakes a sleeper itself (worker_main), so bursts still spread out.
-    if (sleepers_ > 0 && spinners_.load(std::memory_order_acquire) == 0) rq_cv_.notify_one();
+    {
+        std::lock_guard<std::mutex> lock(rq_mu_);
+        rq_.push_back(task);
+        rq_size_.store(uint32_t(rq_.size()), std::memory_order_release);
+        // A spinning worker will take it; waking a sleeper too would cost this thread a futex
+        // call (and the VM an idle-core wake-up) for nothing. A spinner that finds more work
+        // queued behind its task wakes a sleeper itself (worker_main), so bursts still spread.
+        if (sleepers_ > 0 && spinners_.load(std::memory_order_acquire) == 0) rq_cv_.notify_one();
+    }
+    if (workers_ == 0) host_wake_.signal();  // outside the lock: it may call the host
 }
 
 void Runtime::wake_one_if_backlog() {
@@ -363,6 +366,22 @@ int32_t Runtime::set_thread_hooks(fluxus_thread_start_fn start, fluxus_thread_st
     return FLUXUS_OK;
 }
 
+int32_t Runtime::set_wakeup(fluxus_wakeup_fn fn, void *user, fluxus_user_free_fn user_free) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_.load() != kCreated)
+        return set_error(FLUXUS_ESTATE, "fluxus_runtime_set_wakeup: the runtime has already started");
+    host_wake_.set_callback(fn, user, user_free);
+    return FLUXUS_OK;
+}
+
+uint64_t Runtime::next_due_in_ns() {
+    if (rq_size_.load(std::memory_order_acquire) > 0) return 0;
+    uint64_t next = timers_.next_deadline();
+    if (next == UINT64_MAX) return UINT64_MAX;
+    uint64_t now = this->now();
+    return next > now ? next - now : 0;
+}
+
 void Runtime::replace_worker(uint32_t slot_index) {
     std::lock_guard<std::mutex> lock(threads_mu_);
     if (no_more_threads_.load()) return;
@@ -441,8 +460,11 @@ uint64_t Runtime::call_after(uint64_t delay_ns, const TimerCallback &cb) {
 void Runtime::timer_wakeup_changed() {
     if (virtual_clock_ || !started()) return;
     if (host_driven()) {
-        std::lock_guard<std::mutex> lock(rq_mu_);
-        if (sleepers_ > 0) rq_cv_.notify_all();
+        {
+            std::lock_guard<std::mutex> lock(rq_mu_);
+            if (sleepers_ > 0) rq_cv_.notify_all();
+        }
+        host_wake_.signal();  // the host's loop sleeps until the earliest deadline: ask again
     } else if (loop_ready_) {
         uv_async_send(&wake_);
     }
@@ -518,6 +540,7 @@ void Runtime::loop_main() {
 }
 
 uint32_t Runtime::run_ready() {
+    host_wake_.clear();  // from here on, new work wakes the host again
     {
         CallbackScope scope;
         timers_.fire_due(now());

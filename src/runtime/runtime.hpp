@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fluxus.h"
+#include "runtime/host_wake.hpp"
 #include "runtime/thread_start.hpp"
 #include "runtime/timer_heap.hpp"
 #include "util/clock.hpp"
@@ -59,6 +60,11 @@ public:
     uint32_t stall_threshold_ms() const { return stall_ms_; }
     bool host_driven() const { return workers_ == 0; }
     int32_t set_log(int32_t max_level, fluxus_log_fn fn, void *user, fluxus_user_free_fn user_free);
+    // Host-driven mode: how the host's event loop hears that work is ready (before start).
+    int32_t set_wakeup(fluxus_wakeup_fn fn, void *user, fluxus_user_free_fn user_free);
+    HostWake &host_wake() { return host_wake_; }
+    // Nanoseconds until something is due: 0 if a task is ready, UINT64_MAX if nothing waits.
+    uint64_t next_due_in_ns();
     // Start and stop hooks of the threads it creates (before start; replaces earlier ones).
     int32_t set_thread_hooks(fluxus_thread_start_fn start, fluxus_thread_stop_fn stop,
                              void *user, fluxus_user_free_fn user_free);
@@ -192,6 +198,7 @@ private:
     std::vector<Pipeline *> pipelines_;
     std::atomic<int> running_pipelines_{0};
 
+    HostWake host_wake_;           // host-driven mode: wake-ups for the host's loop
     ThreadHooks thread_hooks_;     // fixed once started: threads copy it when they start
     UserRef thread_hooks_user_;
     std::mutex log_mu_;

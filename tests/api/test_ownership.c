@@ -18,6 +18,7 @@
 #define REGISTRATIONS(X)                       \
     X(fluxus_runtime_set_log)                  \
     X(fluxus_runtime_set_thread_hooks)         \
+    X(fluxus_runtime_set_wakeup)               \
     X(fluxus_runtime_call_after)               \
     X(fluxus_pipeline_set_item_free)           \
     X(fluxus_pipeline_set_dead_letter)         \
@@ -341,6 +342,29 @@ static void nop_thread_start(void *user, int32_t kind, uint32_t index, const cha
     (void)kind;
     (void)index;
     (void)name;
+}
+
+static void nop_wakeup(void *user) {
+    (void)user;
+}
+
+static void fluxus_runtime_set_wakeup_takes_user_only_on_ok(void **state) {
+    fluxus_runtime *rt = NULL;
+    owned a = {0}, b = {0};
+    (void)state;
+    g_refused.frees = 0;
+    TU_OK(fluxus_runtime_new(&rt));
+    TU_OK(fluxus_runtime_set_workers(rt, 0));
+    REFUSED(FLUXUS_EINVAL, fluxus_runtime_set_wakeup(NULL, nop_wakeup, &g_refused, owned_free));
+    TU_OK(fluxus_runtime_set_wakeup(rt, nop_wakeup, &a, owned_free));
+    TU_OK(fluxus_runtime_set_wakeup(rt, NULL, &b, owned_free)); /* replaces: a released */
+    assert_int_equal(frees(&a), 1);
+    TU_OK(fluxus_runtime_start(rt));
+    REFUSED(FLUXUS_ESTATE, fluxus_runtime_set_wakeup(rt, nop_wakeup, &g_refused, owned_free));
+    assert_int_equal(frees(&b), 0);
+    TU_OK(fluxus_runtime_free(rt));
+    assert_int_equal(frees(&b), 1);
+    assert_int_equal(frees(&g_refused), 0);
 }
 
 static void fluxus_runtime_set_thread_hooks_takes_user_only_on_ok(void **state) {

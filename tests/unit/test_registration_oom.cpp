@@ -169,6 +169,7 @@ struct Case {
     Case { #fn, [](Env &e, void *u, fluxus_user_free_fn uf) -> int32_t { return fn(__VA_ARGS__); } }
 
 void nop_thread_start(void *, int32_t, uint32_t, const char *) {}
+void nop_wakeup(void *) {}
 void nop_async_cancel(void *, uint64_t, uint64_t, int32_t) {}
 
 const std::vector<Case> &cases() {
@@ -176,6 +177,7 @@ const std::vector<Case> &cases() {
         CASE(fluxus_runtime_set_log, e.rt, FLUXUS_LOG_WARN, nop_log, u, uf),
         CASE(fluxus_runtime_set_log, e.rt, FLUXUS_LOG_WARN, nullptr, u, uf),
         CASE(fluxus_runtime_set_thread_hooks, e.rt, nop_thread_start, nullptr, u, uf),
+        CASE(fluxus_runtime_set_wakeup, e.rt, nop_wakeup, u, uf),
         CASE(fluxus_runtime_call_after, nullptr, e.rt, 1000000000, nop_timer, u, uf),
         CASE(fluxus_pipeline_set_item_free, e.p, nop_item_free, u, uf),
         CASE(fluxus_pipeline_set_dead_letter, e.p, nop_dead_letter, u, uf),
