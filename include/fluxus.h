@@ -216,6 +216,70 @@ typedef void (*fluxus_log_fn)(void *user, int32_t level, const char *pipeline, c
 typedef void (*fluxus_user_free_fn)(void *user);
 
 /* ---------------------------------------------------------------------------------------------
+ * Callback concurrency: which threads run each callback type, whether it may run at the same
+ * time as itself (bindings derive their thread-safety requirements from this: a callback that
+ * may run concurrently with itself needs a thread-safe closure, Rust `Fn + Send + Sync`; one
+ * that may not, `FnMut + Send`), and which fluxus functions it may call.
+ *
+ * threads=  worker: a runtime worker thread, or a host thread inside fluxus_runtime_run_once()
+ *                   or _run_for() (host-driven mode)
+ *           loop:   the runtime's loop thread, or a host thread inside run_once(), run_for() or
+ *                   fluxus_runtime_advance_clock()
+ *           new:    the thread the callback is about (it runs on that thread)
+ *           any:    any of the above, or a host thread inside a fluxus call (a push, a cancel,
+ *                   a free)
+ * self=     yes: may run concurrently with itself (other items, other workers, other threads)
+ *           workers: only when its stage has more than one worker (fluxus_stage_set_workers())
+ *           no: calls of one registration never overlap
+ * calls=    nonblocking: any fluxus function except those that wait (fluxus_pipeline_wait(),
+ *                   _drain(), a push or a limiter acquire with a nonzero timeout) and those that
+ *                   would wait for the callback itself (fluxus_runtime_run_once(), _run_for(),
+ *                   the _free of the runtime or pipeline running it): those return
+ *                   FLUXUS_EINCALLBACK
+ *           none:   must not call fluxus at all (it may run with fluxus locks held)
+ * Every callback may run at the same time as the item destructor on another thread, and none
+ * ever runs at the same time as its own registration's user_free (which runs after its last
+ * call has returned).
+ *
+ * @callback fluxus_log_fn            threads=any    self=yes     calls=none
+ * @callback fluxus_user_free_fn      threads=any    self=yes     calls=nonblocking
+ * @callback fluxus_wakeup_fn         threads=any    self=yes     calls=none
+ * @callback fluxus_thread_start_fn   threads=new    self=yes     calls=none
+ * @callback fluxus_thread_stop_fn    threads=new    self=yes     calls=none
+ * @callback fluxus_timer_fn          threads=loop   self=yes     calls=nonblocking
+ * @callback fluxus_item_free_fn      threads=any    self=yes     calls=none
+ * @callback fluxus_dead_letter_fn    threads=worker self=yes     calls=nonblocking
+ * @callback fluxus_failure_fn        threads=worker self=yes     calls=nonblocking
+ * @callback fluxus_pull_fn           threads=worker self=no      calls=nonblocking
+ * @callback fluxus_pull_batch_fn     threads=worker self=no      calls=nonblocking
+ * @callback fluxus_cursor_read_fn    threads=worker self=no      calls=nonblocking
+ * @callback fluxus_cursor_page_fn    threads=any    self=yes     calls=none
+ * @callback fluxus_cursor_commit_fn  threads=any    self=no      calls=none
+ * @callback fluxus_map_fn            threads=worker self=workers calls=nonblocking
+ * @callback fluxus_map_batch_fn      threads=worker self=workers calls=nonblocking
+ * @callback fluxus_filter_fn         threads=worker self=workers calls=nonblocking
+ * @callback fluxus_filter_batch_fn   threads=worker self=workers calls=nonblocking
+ * @callback fluxus_flat_map_fn       threads=worker self=workers calls=nonblocking
+ * @callback fluxus_flat_map_batch_fn threads=worker self=workers calls=nonblocking
+ * @callback fluxus_sink_fn           threads=worker self=workers calls=nonblocking
+ * @callback fluxus_sink_batch_fn     threads=worker self=workers calls=nonblocking
+ * @callback fluxus_async_map_fn      threads=worker self=no      calls=nonblocking
+ * @callback fluxus_async_cancel_fn   threads=any    self=yes     calls=nonblocking
+ * @callback fluxus_reduce_fn         threads=worker self=workers calls=nonblocking
+ * @callback fluxus_window_fn         threads=worker self=workers calls=nonblocking
+ * @callback fluxus_route_fn          threads=worker self=no      calls=nonblocking
+ * @callback fluxus_copy_fn           threads=worker self=workers calls=nonblocking
+ * @callback fluxus_join_input_fn     threads=worker self=workers calls=nonblocking
+ * @callback fluxus_load_fn           threads=worker self=workers calls=nonblocking
+ * @callback fluxus_attach_fn         threads=worker self=workers calls=nonblocking
+ * @callback fluxus_retry_fn          threads=worker self=workers calls=nonblocking
+ * @callback fluxus_worker_init_fn    threads=worker self=workers calls=nonblocking
+ * @callback fluxus_worker_close_fn   threads=worker self=workers calls=nonblocking
+ * @callback fluxus_key_fn            threads=any    self=yes     calls=none
+ * @callback fluxus_breaker_state_fn  threads=any    self=no      calls=nonblocking
+ * ------------------------------------------------------------------------------------------- */
+
+/* ---------------------------------------------------------------------------------------------
  * Runtime: the loop thread and worker threads shared by pipelines
  * ------------------------------------------------------------------------------------------- */
 

@@ -232,6 +232,13 @@ def parse(header_text, nodes):
             api["constants"].append({"name": name, "value": val, "experimental": experimental})
             continue
         # plain comments change nothing
+    # The callback concurrency table ("@callback NAME threads=.. self=.. calls=..").
+    rows = {m.group(1): {"threads": m.group(2), "self": m.group(3), "calls": m.group(4)}
+            for m in re.finditer(r"@callback\s+(fluxus_\w+)\s+threads=(\w+)\s+self=(\w+)"
+                                 r"\s+calls=(\w+)", text)}
+    for c in api["callbacks"]:
+        if c["name"] in rows:
+            c["concurrency"] = rows[c["name"]]
     for b in blocks:
         names = [api["constants"][i]["name"] for i in b]
         group = names[0] if len(names) == 1 else common_prefix(names)

@@ -143,6 +143,8 @@ def check(api):
         elif f["returns"] == "int32_t" and not f["return_codes"]:
             v.append("doc: %s: no @return codes" % name)
     for c in api["callbacks"]:
+        if c["name"] != "fluxus_any_fn" and "concurrency" not in c:
+            v.append("concurrency: %s: no row in the callback concurrency table" % c["name"])
         for p in c["params"]:
             n = p["name"]
             if is_time(n) and not n.endswith("_us"):
