@@ -111,6 +111,17 @@ static void test_hooks_run_first_and_last_on_every_thread_the_runtime_creates(vo
     /* Every map call ran on a thread the start hook had seen first. */
     assert_int_equal(m.on_hooked_thread, 2000);
     TU_OK(fluxus_pipeline_free(p));
+    /* Each thread runs its start hook when it is first scheduled: wait for the last one. */
+    {
+        uint64_t t0 = tu_now_ms();
+        uint32_t starts = 0;
+        do {
+            pthread_mutex_lock(&h.mu);
+            starts = h.starts;
+            pthread_mutex_unlock(&h.mu);
+            if (starts < 4) tu_sleep_us(1000);
+        } while (starts < 4 && tu_now_ms() - t0 < TU_WAIT_MS);
+    }
     pthread_mutex_lock(&h.mu);
     assert_int_equal(h.starts, 4); /* the loop thread and 3 workers */
     for (i = 0; i < h.starts; i++) {
