@@ -35,7 +35,8 @@ void KeyedWindows::add(const Key128 &k, uint64_t item, uint64_t now, std::vector
     uint64_t deadline = kind_ == FLUXUS_WINDOW_TIME ? w.start + size_ : now + size_;
     if (deadline != w.deadline) {
         w.deadline = deadline;
-        due_.push(Due{deadline, ++w.version, k});
+        w.version = ++versions_;
+        due_.push(Due{deadline, w.version, k});
     }
 }
 
