@@ -23,7 +23,7 @@ public:
     KeyedWindows(int32_t kind, uint64_t size) : kind_(kind), size_(size) {}
 
     // Adds `item` of key `k` at `now`; windows it closes (a full count window, or the key's
-    // previous time window) are appended to `out`.
+    // previous time or session window whose end has come by `now`) are appended to `out`.
     void add(const Key128 &k, uint64_t item, uint64_t now, std::vector<Closed> &out);
     // Appends the windows whose time has come at `now`, oldest deadline first.
     void close_due(uint64_t now, std::vector<Closed> &out);
