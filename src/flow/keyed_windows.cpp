@@ -16,8 +16,10 @@ void KeyedWindows::close(std::unordered_map<Key128, Open, Key128Hash>::iterator 
 
 void KeyedWindows::add(const Key128 &k, uint64_t item, uint64_t now, std::vector<Closed> &out) {
     auto it = open_.find(k);
-    if (kind_ == FLUXUS_WINDOW_TIME && it != open_.end() && now >= it->second.deadline) {
-        close(it, out);  // its period is over (its timer has not run yet)
+    if (kind_ != FLUXUS_WINDOW_COUNT && it != open_.end() && now >= it->second.deadline) {
+        // Its period is over, or its session ended (`size` passed without an item), and its
+        // timer has not run yet: the item belongs to the key's next window.
+        close(it, out);
         it = open_.end();
     }
     if (it == open_.end()) {
@@ -35,7 +37,8 @@ void KeyedWindows::add(const Key128 &k, uint64_t item, uint64_t now, std::vector
     uint64_t deadline = kind_ == FLUXUS_WINDOW_TIME ? w.start + size_ : now + size_;
     if (deadline != w.deadline) {
         w.deadline = deadline;
-        due_.push(Due{deadline, ++w.version, k});
+        w.version = ++versions_;
+        due_.push(Due{deadline, w.version, k});
     }
 }
 

@@ -23,7 +23,7 @@ public:
     KeyedWindows(int32_t kind, uint64_t size) : kind_(kind), size_(size) {}
 
     // Adds `item` of key `k` at `now`; windows it closes (a full count window, or the key's
-    // previous time window) are appended to `out`.
+    // previous time or session window whose end has come by `now`) are appended to `out`.
     void add(const Key128 &k, uint64_t item, uint64_t now, std::vector<Closed> &out);
     // Appends the windows whose time has come at `now`, oldest deadline first.
     void close_due(uint64_t now, std::vector<Closed> &out);
@@ -37,7 +37,7 @@ private:
         std::vector<uint64_t> items;
         uint64_t start = 0;
         uint64_t deadline = UINT64_MAX;  // time and session windows
-        uint64_t version = 0;            // bumped when the deadline moves (lazy heap entries)
+        uint64_t version = 0;            // of its current heap entry (see versions_)
         uint64_t order = 0;              // when the window opened, for close_all's order
     };
     struct Due {
@@ -51,6 +51,10 @@ private:
     int32_t kind_;
     uint64_t size_;
     uint64_t opened_ = 0;
+    // Heap entries are lazy: one is stale unless its version is its key's window's version now.
+    // Versions come from this one counter, not per window, so that an entry left behind by a
+    // window that add() closed can never match the key's next window.
+    uint64_t versions_ = 0;
     std::unordered_map<Key128, Open, Key128Hash> open_;
     std::priority_queue<Due, std::vector<Due>, std::greater<Due>> due_;
 };

@@ -4,7 +4,8 @@
 namespace fluxus {
 
 void SlidingWindows::schedule(const Key128 &k, Key &s) {
-    due_.push(Due{s.next * step_ + size_, ++s.version, k});
+    s.version = ++versions_;
+    due_.push(Due{s.next * step_ + size_, s.version, k});
 }
 
 void SlidingWindows::drop_all(std::vector<uint64_t> &items) {

@@ -54,7 +54,7 @@ private:
         std::deque<Held> held;
         uint64_t count = 0;  // count: the key's items so far (the next item's index)
         uint64_t next = 0;   // index of the next window to fire
-        uint64_t version = 0;
+        uint64_t version = 0;  // of its current heap entry (see versions_)
     };
     struct Due {
         uint64_t deadline, version;
@@ -78,6 +78,10 @@ private:
     uint64_t size_, step_;
     Map keys_;
     std::priority_queue<Due, std::vector<Due>, std::greater<Due>> due_;
+    // Heap entries are lazy: one is stale unless its version is its key's version now. Versions
+    // come from this one counter, so an entry left behind when a key was erased can never match
+    // the same key once it holds items again.
+    uint64_t versions_ = 0;
     std::vector<uint64_t> scratch_;
 };
 

@@ -133,13 +133,26 @@ private:
         return false;
     }
 
+    // A stray byte, quoted if it is printable ASCII, else by value: the message must stay
+    // valid UTF-8 (fluxus_last_error_copy() promises it), and a lone byte of a multi-byte
+    // character or a control character quoted as it is would not be, or would not show.
+    static std::string unexpected(unsigned char c) {
+        char buf[48];
+        if (c > 0x20 && c < 0x7f)
+            snprintf(buf, sizeof buf, "an unexpected character '%c'", c);
+        else
+            snprintf(buf, sizeof buf, "an unexpected byte 0x%02X", c);
+        return buf;
+    }
+
     bool fail_expected(const char *what) {
         std::string found = tok_name(tok_.kind);
         if (tok_.kind == Tok::word || tok_.kind == Tok::number)
             found += " '" + tok_.text + "'";
+        else if (tok_.kind == Tok::bad && tok_.text.size() > 20)
+            found = "a name or number too long";
         else if (tok_.kind == Tok::bad && !tok_.text.empty())
-            found = tok_.text.size() > 20 ? "a name or number too long"
-                                          : "an unexpected character '" + tok_.text + "'";
+            found = unexpected(static_cast<unsigned char>(tok_.text[0]));
         return fail_at(tok_.pos, std::string("expected ") + what + ", found " + found);
     }
 
