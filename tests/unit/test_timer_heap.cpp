@@ -26,6 +26,8 @@ using fluxus_test::CountingTask;
 namespace {
 
 // A host callback's log: which ids ran, in order, and how often each user was freed.
+// Declare a Log before the TimerHeap that uses it: the heap's destructor releases pending
+// callbacks, and their free_tag writes into the log.
 struct Log {
     std::vector<int> ran;
     std::vector<int> freed;
@@ -70,13 +72,13 @@ void test_empty_heap_has_no_deadline(void **) {
 void test_add_reports_whether_the_entry_is_now_the_earliest(void **) {
     BareRuntime br;
     CountingTask a(br.rt, &br.owner);
+    Log log;
     TimerHeap heap;
     assert_true(heap.add(100, &a, &br.owner));
     assert_false(heap.add(200, &a, &br.owner));
     assert_false(heap.add(100, &a, &br.owner));  // a tie is not earlier: first added fires first
     assert_true(heap.add(99, &a, &br.owner));
     uint64_t id = 0;
-    Log log;
     Tag t{&log, 1};
     assert_true(heap.add_callback(50, cb(&t), &id));
     assert_int_equal(heap.next_deadline(), 50);
@@ -111,8 +113,8 @@ void test_due_entries_of_one_task_wake_it_once(void **) {
 }
 
 void test_callbacks_run_in_deadline_then_insertion_order(void **) {
-    TimerHeap heap;
     Log log;
+    TimerHeap heap;
     Tag t[6] = {{&log, 0}, {&log, 1}, {&log, 2}, {&log, 3}, {&log, 4}, {&log, 5}};
     const uint64_t deadline[6] = {30, 10, 20, 10, 30, 10};
     uint64_t ids[6];
@@ -126,8 +128,8 @@ void test_callbacks_run_in_deadline_then_insertion_order(void **) {
 void test_callback_ids_are_nonzero_and_distinct(void **) {
     BareRuntime br;
     CountingTask a(br.rt, &br.owner);
-    TimerHeap heap;
     Log log;
+    TimerHeap heap;
     Tag t{&log, 1};
     std::vector<uint64_t> ids;
     for (int i = 0; i < 100; ++i) {
@@ -141,8 +143,8 @@ void test_callback_ids_are_nonzero_and_distinct(void **) {
 }
 
 void test_cancel_removes_a_pending_callback_and_releases_its_user(void **) {
-    TimerHeap heap;
     Log log;
+    TimerHeap heap;
     Tag a{&log, 1}, b{&log, 2};
     uint64_t ida = 0, idb = 0;
     heap.add_callback(10, cb(&a), &ida);
@@ -163,8 +165,8 @@ void test_cancel_removes_a_pending_callback_and_releases_its_user(void **) {
 void test_cancel_does_not_take_a_task_entry_by_its_sequence_number(void **) {
     BareRuntime br;
     CountingTask a(br.rt, &br.owner);
-    TimerHeap heap;
     Log log;
+    TimerHeap heap;
     Tag t{&log, 1};
     uint64_t id = 0;
     heap.add_callback(10, cb(&t), &id);
@@ -174,8 +176,8 @@ void test_cancel_does_not_take_a_task_entry_by_its_sequence_number(void **) {
 }
 
 void test_a_callback_can_cancel_another_due_at_the_same_moment(void **) {
-    TimerHeap heap;
     Log log;
+    TimerHeap heap;
     log.heap = &heap;
     Tag first{&log, 100}, second{&log, 2};
     uint64_t id1 = 0;
@@ -187,8 +189,8 @@ void test_a_callback_can_cancel_another_due_at_the_same_moment(void **) {
 }
 
 void test_a_timer_added_for_now_by_a_callback_waits_for_the_next_pass(void **) {
-    TimerHeap heap;
     Log log;
+    TimerHeap heap;
     log.heap = &heap;
     log.rearm = true;
     log.now = 10;
@@ -203,8 +205,8 @@ void test_a_timer_added_for_now_by_a_callback_waits_for_the_next_pass(void **) {
 }
 
 void test_a_throwing_callback_loses_only_its_own_call(void **) {
-    TimerHeap heap;
     Log log;
+    TimerHeap heap;
     Tag bad{&log, 300}, good{&log, 2};
     uint64_t id = 0;
     heap.add_callback(1, cb(&bad), &id);
@@ -217,8 +219,8 @@ void test_a_throwing_callback_loses_only_its_own_call(void **) {
 void test_remove_owner_drops_only_that_owners_tasks(void **) {
     BareRuntime br;
     CountingTask a(br.rt, &br.owner), b(br.rt, &br.other_owner);
-    TimerHeap heap;
     Log log;
+    TimerHeap heap;
     Tag t{&log, 1};
     uint64_t id = 0;
     heap.add(5, &a, &br.owner);
