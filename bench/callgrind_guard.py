@@ -20,8 +20,8 @@ What is counted (see BENCHMARK.md, "Instruction-count guard"):
     bench/callgrind_guard.py [--bench build/bench/fluxus-bench] [--runs K] [--update]
 
 Exit status: 0 all within bounds, 1 a figure above its bound (or a failed run), 77 skipped
-(no valgrind, a sanitizer build, a bench built without valgrind/callgrind.h, or a build type the
-baseline was not measured for), 2 bad usage. --keep DIR keeps the callgrind files
+(no valgrind, a sanitizer build, a bench built without valgrind/callgrind.h, or a build type or
+compiler the baseline was not measured for), 2 bad usage. --keep DIR keeps the callgrind files
 (DIR/<workload>-<items>.out) for callgrind_annotate.
 """
 import argparse
@@ -260,6 +260,11 @@ def main():
         if o.buildtype and want_bt and o.buildtype != want_bt:
             say("skipped: the baselines are for buildtype=%s, this build is %s"
                 % (want_bt, o.buildtype))
+            return SKIP
+        want_cc = build.get("compiler", "")
+        if o.compiler and want_cc and o.compiler.split("-")[0] != want_cc.split("-")[0]:
+            # Another compiler is another program: its counts say nothing against these.
+            say("skipped: the baselines are for %s, this build uses %s" % (want_cc, o.compiler))
             return SKIP
         if o.compiler and build.get("compiler") and o.compiler != build["compiler"]:
             say("warning: the baselines were measured with %s, this build uses %s; a change of "

@@ -5,7 +5,9 @@
 # once. Usage: resumable_test.sh <path to resumable>
 set -eu
 
+# In a cross build Meson runs tests through an emulator and passes it in MESON_EXE_WRAPPER.
 exe="$1"
+wrapper=${MESON_EXE_WRAPPER:-}
 records=1000
 per_page=20
 dir=$(mktemp -d)
@@ -20,7 +22,7 @@ fail() {
 }
 
 set +e
-"$exe" "$state" "$dead" --stop-after 300 --delivered-log "$log"
+$wrapper "$exe" "$state" "$dead" --stop-after 300 --delivered-log "$log"
 rc=$?
 set -e
 [ "$rc" -eq 3 ] || fail "first run exited with $rc, expected 3 (simulated crash)"
@@ -30,7 +32,7 @@ case "$c1" in '' | *[!0-9]*) fail "state file holds '$c1', not a cursor" ;; esac
 [ "$c1" -gt 0 ] && [ "$c1" -lt 50 ] || fail "committed cursor after the crash is $c1, expected 1..49"
 echo "--- first run committed cursor $c1; resuming"
 
-"$exe" "$state" "$dead" --delivered-log "$log" || fail "second run exited with $?, expected 0"
+$wrapper "$exe" "$state" "$dead" --delivered-log "$log" || fail "second run exited with $?, expected 0"
 [ "$(cat "$state")" = 50 ] || fail "state after the second run is $(cat "$state"), expected 50"
 
 # Count each record id over both runs' stored and dead-lettered records.

@@ -50,7 +50,10 @@
  *    place of the lost one. (Exact for map, filter and sink callbacks, fused or not; a
  *    thread ended inside a batch callback or another callback kind still ends the pipeline,
  *    but the items of that call are not accounted for.) Other platforms do not unwind on
- *    pthread_exit(), and a thread ended that way inside a callback is a host error there.
+ *    pthread_exit(), and a thread ended that way inside a callback is a host error there. A
+ *    fluxus built with libc++ (clang -stdlib=libc++) cannot let a forced unwind through either:
+ *    libc++abi terminates the process when it is rethrown. Hosts that end threads this way
+ *    need a fluxus built with libstdc++.
  *
  * An item is one 64-bit word: an integer, or a pointer cast to uint64_t. fluxus never looks
  * inside it; a pipeline may be given an item destructor that is called exactly once for every

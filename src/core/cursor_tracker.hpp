@@ -21,8 +21,8 @@ namespace fluxus {
 
 class CursorTracker {
 public:
-    CursorTracker(fluxus_cursor_page_fn page_of, fluxus_cursor_commit_fn commit, void *user)
-        : page_of_(page_of), commit_(commit), user_(user) {}
+    CursorTracker(fluxus_cursor_page_fn page_fn, fluxus_cursor_commit_fn commit, void *user)
+        : page_of_(page_fn), commit_(commit), user_(user) {}
 
     // Source side: a read from `cursor` admitted `n` items; the next read starts at `next`.
     void page_read(uint64_t cursor, uint64_t next, uint64_t n);

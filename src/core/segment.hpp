@@ -152,7 +152,6 @@ private:
         std::fill(v.begin(), v.begin() + n, 0);
         return v.data();
     }
-    uint64_t keys_reported = 0, forgotten_reported = 0;
 };
 
 class SegmentWorker : public Task {

@@ -4,11 +4,11 @@
 
 #include <xxhash.h>
 
-#include <sys/mman.h>
-
 #include <cstdlib>
 #include <cstring>
 #include <new>
+
+#include "platform/large_alloc.hpp"
 
 namespace fluxus {
 
@@ -21,18 +21,13 @@ Key128 digest_bytes(const void *data, size_t len) {
 
 namespace {
 
-// Tables from 2 MiB up are mapped directly and offered transparent huge pages: a dedup set is
-// probed at random, and with 4 KiB pages nearly every probe also misses the TLB.
+// Tables from 2 MiB up come from the OS and are offered transparent huge pages where it has them:
+// a dedup set is probed at random, and with 4 KiB pages nearly every probe also misses the TLB.
 constexpr size_t kHugeThreshold = size_t(2) << 20;
 
 void *alloc_zeroed(size_t bytes) {
     if (bytes < kHugeThreshold) return std::calloc(bytes, 1);
-    void *p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return nullptr;
-#ifdef MADV_HUGEPAGE
-    madvise(p, bytes, MADV_HUGEPAGE);  // a hint; without it the table still works
-#endif
-    return p;
+    return large_alloc_zeroed(bytes);
 }
 
 void free_zeroed(void *p, size_t bytes) {
@@ -40,7 +35,7 @@ void free_zeroed(void *p, size_t bytes) {
     if (bytes < kHugeThreshold)
         std::free(p);
     else
-        munmap(p, bytes);
+        large_free(p, bytes);
 }
 
 inline bool is_zero(uint64_t k) { return k == 0; }

@@ -2,15 +2,12 @@
 #pragma once
 
 #include <cstdint>
-#include <ctime>
+
+#include "platform/clock.hpp"
 
 namespace fluxus {
 
-inline uint64_t now_ns() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
-}
+inline uint64_t now_ns() { return monotonic_ns(); }
 
 // Deadline for a timeout in milliseconds; UINT32_MAX means "never".
 inline uint64_t deadline_after_ms(uint32_t timeout_ms) {

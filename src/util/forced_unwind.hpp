@@ -48,5 +48,13 @@ extern thread_local UnwindNote t_unwind;
         throw;                         \
     }
 #else
-#define FLUXUS_ON_FORCED_UNWIND(stmt)
+// Without forced unwinds the handler still has to be a handler (it follows a try block), so it
+// catches a type nothing throws.
+namespace fluxus {
+struct NeverThrown {};
+}  // namespace fluxus
+#define FLUXUS_ON_FORCED_UNWIND(stmt)  \
+    catch (fluxus::NeverThrown &) {    \
+        throw;                         \
+    }
 #endif

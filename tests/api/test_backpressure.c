@@ -53,19 +53,7 @@ static void checking_dead_letter(void *user, uint64_t item, const fluxus_failure
     }
 }
 
-static fluxus_runtime *g_rt;
-
-static int setup(void **state) {
-    (void)state;
-    g_rt = tu_runtime(2);
-    tu_user_frees = 0;
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    return fluxus_runtime_free(g_rt) == FLUXUS_OK ? 0 : -1;
-}
+TU_RUNTIME_FIXTURE(2);
 
 static void test_slow_sink_holds_back_a_fast_source_within_queue_capacities(void **state) {
     bp_ctx c;

@@ -56,19 +56,7 @@ static int32_t long_map(void *user, uint64_t in, uint64_t *out) {
     return 0;
 }
 
-static fluxus_runtime *g_rt;
-
-static int setup(void **state) {
-    (void)state;
-    g_rt = tu_runtime(2);
-    tu_user_frees = 0;
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    return fluxus_runtime_free(g_rt) == FLUXUS_OK ? 0 : -1;
-}
+TU_RUNTIME_FIXTURE(2);
 
 static fluxus_pipeline *build(cancel_ctx *c, tu_range_source *src) {
     fluxus_pipeline *p;

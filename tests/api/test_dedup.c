@@ -66,19 +66,7 @@ static uint64_t reference_first_seen(uint64_t seed, uint64_t n, uint64_t range, 
     return unique;
 }
 
-static fluxus_runtime *g_rt;
-
-static int setup(void **state) {
-    (void)state;
-    g_rt = tu_runtime(2);
-    tu_user_frees = 0;
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    return fluxus_runtime_free(g_rt) == FLUXUS_OK ? 0 : -1;
-}
+TU_RUNTIME_FIXTURE(2);
 
 typedef struct dedup_run {
     tu_tracker t; /* destructor calls per key value */

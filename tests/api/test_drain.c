@@ -31,19 +31,7 @@ static int32_t endless_pull(void *user, uint64_t *item) {
     return tu_range_pull(s, item);
 }
 
-static fluxus_runtime *g_rt;
-
-static int setup(void **state) {
-    (void)state;
-    g_rt = tu_runtime(2);
-    tu_user_frees = 0;
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    return fluxus_runtime_free(g_rt) == FLUXUS_OK ? 0 : -1;
-}
+TU_RUNTIME_FIXTURE(2);
 
 /* source (endless) -> map "fast" -> map SLOW_NAME -> sink */
 static fluxus_pipeline *build(drain_ctx *c, tu_range_source *src, uint64_t n, uint32_t *slow) {

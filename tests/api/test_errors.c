@@ -77,19 +77,7 @@ static void counting_dead_letter(void *user, uint64_t item, const fluxus_failure
     }
 }
 
-static fluxus_runtime *g_rt;
-
-static int setup(void **state) {
-    (void)state;
-    g_rt = tu_runtime(2);
-    tu_user_frees = 0;
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    return fluxus_runtime_free(g_rt) == FLUXUS_OK ? 0 : -1;
-}
+TU_RUNTIME_FIXTURE(2);
 
 static fluxus_pipeline *build(err_ctx *c, int32_t policy, tu_range_source *src) {
     fluxus_pipeline *p;

@@ -534,18 +534,7 @@ static int32_t fc_flat(void *user, uint64_t item, fluxus_emitter *em) {
 
 /* ----- building, running, checking ----- */
 
-static fluxus_runtime *g_rt;
-
-static int setup(void **state) {
-    (void)state;
-    g_rt = tu_runtime(FC_WORKERS);
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    return fluxus_runtime_free(g_rt) == FLUXUS_OK ? 0 : -1;
-}
+TU_RUNTIME_FIXTURE(FC_WORKERS);
 
 /* A harness with stages from a layout string: M map, F filter, S sink (last). */
 static void fc_init(fc_harness *h, const char *layout) {

@@ -133,19 +133,7 @@ static void batch_expected(batch_expect *e) {
     }
 }
 
-static fluxus_runtime *g_rt;
-
-static int setup(void **state) {
-    (void)state;
-    g_rt = tu_runtime(2);
-    tu_user_frees = 0;
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    return fluxus_runtime_free(g_rt) == FLUXUS_OK ? 0 : -1;
-}
+TU_RUNTIME_FIXTURE(2);
 
 static void run_batch_pipeline(int32_t fusion) {
     batch_ctx c;

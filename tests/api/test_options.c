@@ -89,19 +89,7 @@ static const option_case cases[] = {
 };
 #define NCASES (sizeof(cases) / sizeof(cases[0]))
 
-static fluxus_runtime *g_rt;
-
-static int setup(void **state) {
-    (void)state;
-    g_rt = tu_runtime(2);
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    TU_OK(fluxus_runtime_free(g_rt));
-    return 0;
-}
+TU_RUNTIME_FIXTURE(2);
 
 /* A pipeline with one stage of `kind` (returned in *stage), not started. */
 static fluxus_pipeline *pipeline_with(enum kind kind, uint32_t *stage) {

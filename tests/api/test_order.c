@@ -78,19 +78,7 @@ static int32_t mod_key(void *user, uint64_t item, const void **key, size_t *len)
     return 0;
 }
 
-static fluxus_runtime *g_rt;
-
-static int setup(void **state) {
-    (void)state;
-    g_rt = tu_runtime(ORDER_WORKERS);
-    tu_user_frees = 0;
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    return fluxus_runtime_free(g_rt) == FLUXUS_OK ? 0 : -1;
-}
+TU_RUNTIME_FIXTURE(ORDER_WORKERS);
 
 static void run_ordered(uint32_t reorder_window) {
     seq_sink s;

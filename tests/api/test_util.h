@@ -253,6 +253,24 @@ static inline fluxus_runtime *tu_runtime(uint32_t workers) {
     return rt;
 }
 
+/* The fixture most test files share: a runtime `g_rt` with `workers` workers made before each
+ * test (cmocka's setup) and freed after it (teardown, which fails the test if the free does),
+ * and the user-free counter reset. Write TU_RUNTIME_FIXTURE(n) once at file scope and pass
+ * setup/teardown to cmocka_unit_test_setup_teardown(). */
+#define TU_RUNTIME_FIXTURE(workers)                                     \
+    static fluxus_runtime *g_rt;                                        \
+    static int setup(void **state) {                                    \
+        (void)state;                                                    \
+        g_rt = tu_runtime(workers);                                     \
+        tu_user_frees = 0;                                              \
+        return 0;                                                       \
+    }                                                                   \
+    static int teardown(void **state) {                                 \
+        (void)state;                                                    \
+        return fluxus_runtime_free(g_rt) == FLUXUS_OK ? 0 : -1;         \
+    }                                                                   \
+    typedef int tu_runtime_fixture_needs_a_semicolon
+
 /* A pipeline whose item destructor feeds `t` (if not NULL). */
 static inline fluxus_pipeline *tu_pipeline(fluxus_runtime *rt, const char *name, tu_tracker *t) {
     fluxus_pipeline *p = NULL;

@@ -304,9 +304,11 @@ int main(int argc, char **argv) {
             return 1;
         }
         if (cycle == 1 && mappings_of(st.st_dev, st.st_ino) <= 0) {
-            /* Otherwise the check below could never fail. */
+            /* Otherwise the check below could never fail. Under an emulator (qemu-user, which
+             * a cross build's tests run in: Meson sets MESON_EXE_WRAPPER) the maps are the
+             * emulator's, not the program's: the test cannot see unmapping there. */
             fprintf(stderr, "the loaded library is not found in /proc/self/maps\n");
-            return 1;
+            return getenv("MESON_EXE_WRAPPER") != NULL ? 77 : 1;
         }
 
         run_one_pipeline();

@@ -295,8 +295,8 @@ void replace_self(void *user, int32_t, int32_t) {
 }
 
 void test_a_callback_that_replaces_itself_keeps_its_user_until_it_returns(void **) {
+    Recorder next;  // before the breaker, whose destructor releases it
     CircuitBreaker b(nullptr);
-    Recorder next;
     SelfReplacing s{&b, &next};
     b.set_callback(replace_self, &s, self_free);
     b.set_consecutive(1);

@@ -26,8 +26,8 @@ using fluxus_test::CountingTask;
 namespace {
 
 // A host callback's log: which ids ran, in order, and how often each user was freed.
-// Declare a Log before the TimerHeap that uses it: the heap's destructor releases pending
-// callbacks, and their free_tag writes into the log.
+// Declare the Log and the Tags before the TimerHeap that uses them: the heap's destructor
+// releases pending callbacks, and their free_tag reads the tag and writes into the log.
 struct Log {
     std::vector<int> ran;
     std::vector<int> freed;
@@ -73,13 +73,13 @@ void test_add_reports_whether_the_entry_is_now_the_earliest(void **) {
     BareRuntime br;
     CountingTask a(br.rt, &br.owner);
     Log log;
+    Tag t{&log, 1};
     TimerHeap heap;
     assert_true(heap.add(100, &a, &br.owner));
     assert_false(heap.add(200, &a, &br.owner));
     assert_false(heap.add(100, &a, &br.owner));  // a tie is not earlier: first added fires first
     assert_true(heap.add(99, &a, &br.owner));
     uint64_t id = 0;
-    Tag t{&log, 1};
     assert_true(heap.add_callback(50, cb(&t), &id));
     assert_int_equal(heap.next_deadline(), 50);
     assert_int_equal(heap.size(), 5);
@@ -129,8 +129,8 @@ void test_callback_ids_are_nonzero_and_distinct(void **) {
     BareRuntime br;
     CountingTask a(br.rt, &br.owner);
     Log log;
-    TimerHeap heap;
     Tag t{&log, 1};
+    TimerHeap heap;
     std::vector<uint64_t> ids;
     for (int i = 0; i < 100; ++i) {
         uint64_t id = 0;
@@ -144,8 +144,8 @@ void test_callback_ids_are_nonzero_and_distinct(void **) {
 
 void test_cancel_removes_a_pending_callback_and_releases_its_user(void **) {
     Log log;
-    TimerHeap heap;
     Tag a{&log, 1}, b{&log, 2};
+    TimerHeap heap;
     uint64_t ida = 0, idb = 0;
     heap.add_callback(10, cb(&a), &ida);
     heap.add_callback(20, cb(&b), &idb);
@@ -166,8 +166,8 @@ void test_cancel_does_not_take_a_task_entry_by_its_sequence_number(void **) {
     BareRuntime br;
     CountingTask a(br.rt, &br.owner);
     Log log;
-    TimerHeap heap;
     Tag t{&log, 1};
+    TimerHeap heap;
     uint64_t id = 0;
     heap.add_callback(10, cb(&t), &id);
     heap.add(10, &a, &br.owner);  // its sequence number is id + 1
@@ -177,9 +177,9 @@ void test_cancel_does_not_take_a_task_entry_by_its_sequence_number(void **) {
 
 void test_a_callback_can_cancel_another_due_at_the_same_moment(void **) {
     Log log;
+    Tag first{&log, 100}, second{&log, 2};
     TimerHeap heap;
     log.heap = &heap;
-    Tag first{&log, 100}, second{&log, 2};
     uint64_t id1 = 0;
     heap.add_callback(10, cb(&first), &id1);
     heap.add_callback(10, cb(&second), &log.cancel_id);
@@ -190,11 +190,11 @@ void test_a_callback_can_cancel_another_due_at_the_same_moment(void **) {
 
 void test_a_timer_added_for_now_by_a_callback_waits_for_the_next_pass(void **) {
     Log log;
+    Tag t{&log, 200};
     TimerHeap heap;
     log.heap = &heap;
     log.rearm = true;
     log.now = 10;
-    Tag t{&log, 200};
     uint64_t id = 0;
     heap.add_callback(10, cb(&t), &id);
     assert_int_equal(heap.fire_due(10), 10);  // the new one is due but did not run
@@ -206,8 +206,8 @@ void test_a_timer_added_for_now_by_a_callback_waits_for_the_next_pass(void **) {
 
 void test_a_throwing_callback_loses_only_its_own_call(void **) {
     Log log;
-    TimerHeap heap;
     Tag bad{&log, 300}, good{&log, 2};
+    TimerHeap heap;
     uint64_t id = 0;
     heap.add_callback(1, cb(&bad), &id);
     heap.add_callback(2, cb(&good), &id);
@@ -220,8 +220,8 @@ void test_remove_owner_drops_only_that_owners_tasks(void **) {
     BareRuntime br;
     CountingTask a(br.rt, &br.owner), b(br.rt, &br.other_owner);
     Log log;
-    TimerHeap heap;
     Tag t{&log, 1};
+    TimerHeap heap;
     uint64_t id = 0;
     heap.add(5, &a, &br.owner);
     heap.add(15, &a, &br.owner);
