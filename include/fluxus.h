@@ -40,6 +40,28 @@
  *    thread. Misuse (NULL or freed handles, calls in the wrong state, invalid options) returns a
  *    code; using a handle after it was freed is detected on a best-effort basis and stays
  *    forbidden.
+ *  - Handles and frees: a host may free a handle on one thread while other threads are still
+ *    calling functions that take it (a garbage collector's finalizer, a shutdown path). Every
+ *    call holds the handles it takes for its whole duration, and a free waits for such calls
+ *    before it destroys anything. A call that overlaps the free of its handle therefore either
+ *    runs as if the free came after it (its own return codes) or finds the handle freed and
+ *    returns FLUXUS_EINVAL (fluxus_pipeline_is_cancelled() returns 0, fluxus_stage_name()
+ *    NULL); it never touches freed memory. Calls that block inside the object are woken by the
+ *    free rather than waited for: fluxus_pipeline_wait(), _drain() and a blocking push return
+ *    FLUXUS_ECANCELED (a pipeline's free cancels it first, so an overlapping call may also see
+ *    what a cancel causes: FLUXUS_ESTATE from a building call, FLUXUS_ECANCELED from
+ *    fluxus_pipeline_start(), FLUXUS_ECANCELED or FLUXUS_ECLOSED from a push), a limiter acquire
+ *    returns FLUXUS_ECANCELED, and fluxus_runtime_run_for() returns FLUXUS_ECANCELED. Of two
+ *    frees of one handle, one returns FLUXUS_OK and the other FLUXUS_EINVAL. A runtime's free
+ *    also cancels its pipelines, whose handles stay valid: a call on such a pipeline that
+ *    overlaps the runtime's free returns its own codes, which for fluxus_pipeline_start() are
+ *    FLUXUS_OK, FLUXUS_ESTATE (the runtime is gone) or FLUXUS_ECANCELED (cancelled while
+ *    starting); a wait, drain or push that it wakes returns FLUXUS_ECANCELED. Because they
+ *    wait for the calls on their handle, the frees of a runtime, a pipeline and a circuit
+ *    breaker return FLUXUS_EINCALLBACK (and free nothing) when called from inside any fluxus
+ *    callback, or from a thread that is itself inside a fluxus call; the frees of limiters and
+ *    registries, whose calls never wait for a callback, may be called from callbacks. Holding a
+ *    handle costs a few atomic operations per call, never anything per item.
  *  - The library writes nothing to stdout or stderr; diagnostics go to the log callback.
  *  - Threads that end inside a callback: on glibc, pthread_exit() and pthread_cancel() unwind
  *    the thread's stack (a "forced unwind"; Python up to 3.13 ends its threads that way when
@@ -237,7 +259,7 @@ typedef void (*fluxus_user_free_fn)(void *user);
  * calls=    nonblocking: any fluxus function except those that wait (fluxus_pipeline_wait(),
  *                   _drain(), a push or a limiter acquire with a nonzero timeout) and those that
  *                   would wait for the callback itself (fluxus_runtime_run_once(), _run_for(),
- *                   the _free of the runtime or pipeline running it): those return
+ *                   the _free of any runtime, pipeline or circuit breaker): those return
  *                   FLUXUS_EINCALLBACK
  *           none:   must not call fluxus at all (it may run with fluxus locks held)
  * Every callback may run at the same time as the item destructor on another thread, and none
@@ -454,7 +476,7 @@ FLUXUS_API int32_t fluxus_runtime_run_once(fluxus_runtime *rt, uint32_t *ran);
  * is nothing to do. Returns early when no pipeline on the runtime is running. Host threads that
  * call this in a loop act as the runtime's worker threads.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (runtime has its own workers),
- *         FLUXUS_EINCALLBACK.
+ *         FLUXUS_EINCALLBACK, FLUXUS_ECANCELED (another thread freed the runtime meanwhile).
  * Thread safety: any thread; several host threads may call it at once.
  */
 FLUXUS_API int32_t fluxus_runtime_run_for(fluxus_runtime *rt, uint32_t timeout_ms);
@@ -464,8 +486,10 @@ FLUXUS_API int32_t fluxus_runtime_run_for(fluxus_runtime *rt, uint32_t timeout_m
  * threads, and release it. Pipelines created on it stay valid handles and must still be freed:
  * their stats can be read, fluxus_pipeline_wait() returns FLUXUS_ECANCELED, starting one returns
  * FLUXUS_ESTATE. NULL is accepted and ignored.
- * @return FLUXUS_OK, FLUXUS_EINVAL (not a live runtime), FLUXUS_EINCALLBACK (called from a
- *         callback of this runtime; nothing was freed).
+ * Calls on the runtime that other threads are making meanwhile end first (see "Handles and
+ * frees" at the top).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a live runtime), FLUXUS_EINCALLBACK (called from inside
+ *         a fluxus callback or another fluxus call; nothing was freed).
  * Thread safety: any thread except the runtime's own; the handle is invalid afterwards.
  */
 FLUXUS_API int32_t fluxus_runtime_free(fluxus_runtime *rt);
@@ -2054,9 +2078,11 @@ FLUXUS_API int32_t fluxus_pipeline_get_state(fluxus_pipeline *p, int32_t *state)
 
 /**
  * Free a pipeline. A running pipeline is cancelled and finished first (this waits for callbacks
- * in progress). The user_free of every callback is called. NULL is accepted.
+ * in progress). The user_free of every callback is called. NULL is accepted. Calls on the
+ * pipeline that other threads are making meanwhile end first; a wait, drain or blocking push
+ * among them returns FLUXUS_ECANCELED (see "Handles and frees" at the top).
  * @return FLUXUS_OK, FLUXUS_EINVAL (not a live pipeline), FLUXUS_EINCALLBACK (called from inside
- *         a callback of this runtime: nothing was freed).
+ *         a fluxus callback or another fluxus call: nothing was freed).
  * Thread safety: any thread except fluxus callbacks; the handle is invalid afterwards.
  */
 FLUXUS_API int32_t fluxus_pipeline_free(fluxus_pipeline *p);
@@ -2431,7 +2457,14 @@ FLUXUS_API int32_t fluxus_circuit_breaker_allow(fluxus_circuit_breaker *cb, uint
 FLUXUS_API int32_t fluxus_circuit_breaker_record(fluxus_circuit_breaker *cb, uint64_t ticket,
                                                  int32_t success);
 
-/** Release the handle; stages using the breaker keep it alive. NULL is accepted. */
+/**
+ * Release the handle; stages using the breaker keep it alive. NULL is accepted. Calls on the
+ * handle that other threads are making meanwhile end first.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (not a live breaker, e.g. already freed),
+ *         FLUXUS_EINCALLBACK (called from inside a fluxus callback, such as the breaker's own
+ *         state callback, or another fluxus call: nothing was freed).
+ * Thread safety: any thread except fluxus callbacks; the handle is invalid afterwards.
+ */
 FLUXUS_API int32_t fluxus_circuit_breaker_free(fluxus_circuit_breaker *cb);
 
 /* What a stage does with items while its breaker refuses calls. */

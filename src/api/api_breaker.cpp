@@ -4,17 +4,10 @@
 
 using namespace fluxus;
 
-namespace fluxus {
-
-CircuitBreaker *circuit_breaker_of(fluxus_circuit_breaker *h) {
-    return static_cast<CircuitBreaker *>(
-        handle_lookup(HandleKind::circuit_breaker, reinterpret_cast<uintptr_t>(h)));
-}
-
-}  // namespace fluxus
-
 #define FLUXUS_GET_BREAKER(var, handle, fname)                                              \
-    fluxus::CircuitBreaker *var = fluxus::circuit_breaker_of(handle);                       \
+    fluxus::HandleRef var##_pin(fluxus::HandleKind::circuit_breaker,                        \
+                                reinterpret_cast<uintptr_t>(handle));                       \
+    fluxus::CircuitBreaker *var = static_cast<fluxus::CircuitBreaker *>(var##_pin.get());   \
     if (!var)                                                                               \
         return fluxus::set_error(FLUXUS_EINVAL, std::string(fname) +                        \
                                                     ": not a live circuit breaker handle " \
@@ -26,8 +19,9 @@ FLUXUS_API int32_t fluxus_circuit_breaker_new(fluxus_circuit_breaker **out, flux
     FLUXUS_API_GUARD({
         if (!out) return set_error(FLUXUS_EINVAL, "fluxus_circuit_breaker_new: out is NULL");
         *out = nullptr;
-        Runtime *rt = nullptr;
-        if (rth && !(rt = runtime_of(rth)))
+        HandleRef rt_pin(HandleKind::runtime, reinterpret_cast<uintptr_t>(rth));
+        Runtime *rt = static_cast<Runtime *>(rt_pin.get());
+        if (rth && !rt)
             return set_error(FLUXUS_EINVAL, "fluxus_circuit_breaker_new: not a live runtime");
         CircuitBreaker *cb = new (std::nothrow) CircuitBreaker(rt);
         if (!cb) return set_error(FLUXUS_ENOMEM, "fluxus_circuit_breaker_new: out of memory");
@@ -140,11 +134,21 @@ FLUXUS_API int32_t fluxus_circuit_breaker_record(fluxus_circuit_breaker *h, uint
 FLUXUS_API int32_t fluxus_circuit_breaker_free(fluxus_circuit_breaker *h) {
     FLUXUS_API_GUARD({
         if (!h) return FLUXUS_OK;
+        if (!handle_lookup(HandleKind::circuit_breaker, reinterpret_cast<uintptr_t>(h)))
+            return set_error(FLUXUS_EINVAL,
+                             "fluxus_circuit_breaker_free: not a live circuit breaker handle");
+        // A state callback runs inside a breaker call (or a stage's task): the free would wait
+        // for the call that runs it.
+        if (free_would_deadlock())
+            return set_error(FLUXUS_EINCALLBACK,
+                             "fluxus_circuit_breaker_free: not allowed from inside a fluxus "
+                             "callback or call");
         CircuitBreaker *cb = static_cast<CircuitBreaker *>(
             handle_unregister(HandleKind::circuit_breaker, reinterpret_cast<uintptr_t>(h)));
         if (!cb)
             return set_error(FLUXUS_EINVAL,
                              "fluxus_circuit_breaker_free: not a live circuit breaker handle");
+        handle_retire(reinterpret_cast<uintptr_t>(h));
         cb->release();
         return FLUXUS_OK;
     });
@@ -155,8 +159,9 @@ FLUXUS_API int32_t fluxus_stage_set_circuit_breaker(fluxus_pipeline *ph, uint32_
                                                     int32_t when_open) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, ph, "fluxus_stage_set_circuit_breaker");
-        CircuitBreaker *cb = nullptr;
-        if (h && !(cb = circuit_breaker_of(h)))
+        HandleRef cb_pin(HandleKind::circuit_breaker, reinterpret_cast<uintptr_t>(h));
+        CircuitBreaker *cb = static_cast<CircuitBreaker *>(cb_pin.get());
+        if (h && !cb)
             return set_error(FLUXUS_EINVAL,
                              "fluxus_stage_set_circuit_breaker: not a live circuit breaker");
         if (when_open != FLUXUS_BREAKER_FAIL && when_open != FLUXUS_BREAKER_WAIT)
@@ -203,8 +208,9 @@ FLUXUS_API int32_t fluxus_pipeline_set_source_breaker(fluxus_pipeline *ph,
                                                       fluxus_circuit_breaker *h) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, ph, "fluxus_pipeline_set_source_breaker");
-        CircuitBreaker *cb = nullptr;
-        if (h && !(cb = circuit_breaker_of(h)))
+        HandleRef cb_pin(HandleKind::circuit_breaker, reinterpret_cast<uintptr_t>(h));
+        CircuitBreaker *cb = static_cast<CircuitBreaker *>(cb_pin.get());
+        if (h && !cb)
             return set_error(FLUXUS_EINVAL,
                              "fluxus_pipeline_set_source_breaker: not a live circuit breaker");
         return p->set_source_breaker(cb);

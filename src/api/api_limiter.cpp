@@ -1,10 +1,10 @@
 // C API: rate limiter and concurrency limiter handles.
-// A handle holds one reference to its limiter. Every call looks the handle up and retains the
-// limiter under a shared lock that fluxus_*_limiter_free() takes exclusively, so a free on
-// another thread can never delete a limiter between the lookup and the retain; a thread blocked
-// in acquire therefore always holds its own reference, and free wakes it with FLUXUS_ECANCELED.
+// A handle holds one reference to its limiter, and stages that use it hold their own. Every call
+// pins the handle (handle_registry.hpp), so fluxus_*_limiter_free() on another thread can never
+// release the handle's reference under a call: it unregisters the handle, wakes the threads
+// blocked in acquire (they return FLUXUS_ECANCELED), waits for the calls to end, then releases.
+// No limiter call runs a host callback, so a free may still run from inside one.
 #include <cmath>
-#include <shared_mutex>
 
 #include "api/api_util.hpp"
 #include "flow/concurrency_limiter.hpp"
@@ -12,29 +12,7 @@
 
 using namespace fluxus;
 
-namespace fluxus {
-
 namespace {
-
-// Guards lookup+retain against unregister+release of limiter handles (both kinds).
-std::shared_mutex g_limiter_handles_mu;
-
-// Holds one reference for the duration of an API call.
-template <class T>
-class Ref {
-public:
-    explicit Ref(T *p) : p_(p) {}
-    ~Ref() {
-        if (p_) p_->release();
-    }
-    Ref(const Ref &) = delete;
-    Ref &operator=(const Ref &) = delete;
-    T *operator->() const { return p_; }
-    explicit operator bool() const { return p_ != nullptr; }
-
-private:
-    T *p_;
-};
 
 int32_t bad_handle(const char *fname, const char *kind) {
     return set_errorf(FLUXUS_EINVAL, "%s: not a live %s handle (NULL or already freed)", fname,
@@ -43,38 +21,14 @@ int32_t bad_handle(const char *fname, const char *kind) {
 
 }  // namespace
 
-RateLimiter *rate_limiter_of(fluxus_rate_limiter *h) {
-    return static_cast<RateLimiter *>(
-        handle_lookup(HandleKind::rate_limiter, reinterpret_cast<uintptr_t>(h)));
-}
-
-RateLimiter *rate_limiter_ref(fluxus_rate_limiter *h) {
-    std::shared_lock<std::shared_mutex> lock(g_limiter_handles_mu);
-    RateLimiter *l = rate_limiter_of(h);
-    if (l) l->retain();
-    return l;
-}
-
-ConcurrencyLimiter *concurrency_limiter_of(fluxus_concurrency_limiter *h) {
-    return static_cast<ConcurrencyLimiter *>(
-        handle_lookup(HandleKind::concurrency_limiter, reinterpret_cast<uintptr_t>(h)));
-}
-
-ConcurrencyLimiter *concurrency_limiter_ref(fluxus_concurrency_limiter *h) {
-    std::shared_lock<std::shared_mutex> lock(g_limiter_handles_mu);
-    ConcurrencyLimiter *l = concurrency_limiter_of(h);
-    if (l) l->retain();
-    return l;
-}
-
-}  // namespace fluxus
-
-#define FLUXUS_GET_RATE_LIMITER(var, handle, fname)        \
-    Ref<RateLimiter> var(fluxus::rate_limiter_ref(handle)); \
+#define FLUXUS_GET_RATE_LIMITER(var, handle, fname)                                            \
+    HandleRef var##_pin(HandleKind::rate_limiter, reinterpret_cast<uintptr_t>(handle));        \
+    RateLimiter *var = static_cast<RateLimiter *>(var##_pin.get());                            \
     if (!var) return bad_handle(fname, "rate limiter");
 
-#define FLUXUS_GET_CONCURRENCY_LIMITER(var, handle, fname)                \
-    Ref<ConcurrencyLimiter> var(fluxus::concurrency_limiter_ref(handle)); \
+#define FLUXUS_GET_CONCURRENCY_LIMITER(var, handle, fname)                                     \
+    HandleRef var##_pin(HandleKind::concurrency_limiter, reinterpret_cast<uintptr_t>(handle)); \
+    ConcurrencyLimiter *var = static_cast<ConcurrencyLimiter *>(var##_pin.get());              \
     if (!var) return bad_handle(fname, "concurrency limiter");
 
 namespace {
@@ -107,9 +61,9 @@ FLUXUS_API int32_t fluxus_rate_limiter_new(fluxus_rate_limiter **out, fluxus_run
     FLUXUS_API_GUARD({
         if (!out) return set_error(FLUXUS_EINVAL, "fluxus_rate_limiter_new: out is NULL");
         *out = nullptr;
-        Runtime *rt = nullptr;
+        HandleRef rt_pin(HandleKind::runtime, reinterpret_cast<uintptr_t>(rth));
+        Runtime *rt = static_cast<Runtime *>(rt_pin.get());
         if (rth) {
-            rt = runtime_of(rth);
             if (!rt)
                 return set_error(FLUXUS_EINVAL,
                                  "fluxus_rate_limiter_new: rt is not a live runtime handle "
@@ -188,17 +142,14 @@ FLUXUS_API int32_t fluxus_rate_limiter_acquire(fluxus_rate_limiter *h, uint32_t 
 FLUXUS_API int32_t fluxus_rate_limiter_free(fluxus_rate_limiter *h) {
     FLUXUS_API_GUARD({
         if (!h) return FLUXUS_OK;
-        RateLimiter *l;
-        {
-            std::unique_lock<std::shared_mutex> lock(g_limiter_handles_mu);
-            l = static_cast<RateLimiter *>(
-                handle_unregister(HandleKind::rate_limiter, reinterpret_cast<uintptr_t>(h)));
-        }
+        RateLimiter *l = static_cast<RateLimiter *>(
+            handle_unregister(HandleKind::rate_limiter, reinterpret_cast<uintptr_t>(h)));
         if (!l)
             return set_error(FLUXUS_EINVAL,
                              "fluxus_rate_limiter_free: not a live rate limiter handle (already "
                              "freed?)");
         l->close_host_waiters();
+        handle_retire(reinterpret_cast<uintptr_t>(h));
         l->release();
         return FLUXUS_OK;
     });
@@ -290,17 +241,14 @@ FLUXUS_API int32_t fluxus_concurrency_limiter_in_use(fluxus_concurrency_limiter 
 FLUXUS_API int32_t fluxus_concurrency_limiter_free(fluxus_concurrency_limiter *h) {
     FLUXUS_API_GUARD({
         if (!h) return FLUXUS_OK;
-        ConcurrencyLimiter *l;
-        {
-            std::unique_lock<std::shared_mutex> lock(g_limiter_handles_mu);
-            l = static_cast<ConcurrencyLimiter *>(handle_unregister(
-                HandleKind::concurrency_limiter, reinterpret_cast<uintptr_t>(h)));
-        }
+        ConcurrencyLimiter *l = static_cast<ConcurrencyLimiter *>(handle_unregister(
+            HandleKind::concurrency_limiter, reinterpret_cast<uintptr_t>(h)));
         if (!l)
             return set_error(FLUXUS_EINVAL,
                              "fluxus_concurrency_limiter_free: not a live concurrency limiter "
                              "handle (already freed?)");
         l->close_host_waiters();
+        handle_retire(reinterpret_cast<uintptr_t>(h));
         l->release();
         return FLUXUS_OK;
     });

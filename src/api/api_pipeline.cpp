@@ -23,11 +23,13 @@ FLUXUS_API int32_t fluxus_pipeline_new(fluxus_pipeline **out, fluxus_runtime *rt
         if (rt->dead()) return set_error(FLUXUS_ESTATE, "fluxus_pipeline_new: runtime is shut down");
         Pipeline *p = new (std::nothrow) Pipeline(rt, name);
         if (!p) return set_error(FLUXUS_ENOMEM, "fluxus_pipeline_new: out of memory");
-        uintptr_t h = handle_register(HandleKind::pipeline, p);
+        HandleSlot *slot = nullptr;
+        uintptr_t h = handle_register(HandleKind::pipeline, p, &slot);
         if (!h) {
             delete p;
             return set_error(FLUXUS_ENOMEM, "fluxus_pipeline_new: no handle slot left");
         }
+        p->set_handle_slot(slot);
         *out = reinterpret_cast<fluxus_pipeline *>(h);
         return FLUXUS_OK;
     });
@@ -36,16 +38,21 @@ FLUXUS_API int32_t fluxus_pipeline_new(fluxus_pipeline **out, fluxus_runtime *rt
 FLUXUS_API int32_t fluxus_pipeline_free(fluxus_pipeline *h) {
     FLUXUS_API_GUARD({
         if (!h) return FLUXUS_OK;
-        if (!pipeline_of(h))
+        if (!pipeline_live(h))
             return set_error(FLUXUS_EINVAL,
                              "fluxus_pipeline_free: not a live pipeline handle (already freed?)");
-        if (in_callback())
+        if (free_would_deadlock())
             return set_error(FLUXUS_EINCALLBACK,
-                             "fluxus_pipeline_free: not allowed from inside a callback; cancel "
-                             "it there and free it from a host thread");
-        // Waits for error routes of other pipelines that are pushing into this one right now.
-        Pipeline *p = Pipeline::unregister_for_free(reinterpret_cast<uintptr_t>(h));
+                             "fluxus_pipeline_free: not allowed from inside a fluxus callback or "
+                             "call; cancel it there and free it from a host thread");
+        // From here on every lookup of the handle fails. Calls already inside the pipeline
+        // (pinned) are woken by the cancel (wait, drain and a blocked push return), the free
+        // waits until the last of them has returned, and only then destroys the pipeline.
+        Pipeline *p = static_cast<Pipeline *>(
+            handle_unregister(HandleKind::pipeline, reinterpret_cast<uintptr_t>(h)));
         if (!p) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_free: already freed");
+        p->cancel();
+        handle_retire(reinterpret_cast<uintptr_t>(h));
         delete p;
         return FLUXUS_OK;
     });
@@ -200,7 +207,8 @@ FLUXUS_API int32_t fluxus_pipeline_cancel(fluxus_pipeline *h) {
 }
 
 FLUXUS_API int32_t fluxus_pipeline_is_cancelled(fluxus_pipeline *h) {
-    Pipeline *p = pipeline_of(h);
+    HandleRef pin(HandleKind::pipeline, reinterpret_cast<uintptr_t>(h));
+    Pipeline *p = static_cast<Pipeline *>(pin.get());
     return p && p->cancelling() ? 1 : 0;
 }
 
@@ -259,7 +267,8 @@ FLUXUS_API int32_t fluxus_pipeline_stage_count(fluxus_pipeline *h, uint32_t *out
 }
 
 FLUXUS_API const char *fluxus_stage_name(fluxus_pipeline *h, uint32_t stage) {
-    Pipeline *p = pipeline_of(h);
+    HandleRef pin(HandleKind::pipeline, reinterpret_cast<uintptr_t>(h));
+    Pipeline *p = static_cast<Pipeline *>(pin.get());
     if (!p) return nullptr;
     Stage *st = p->stage(stage);
     return st ? st->name.c_str() : nullptr;

@@ -143,7 +143,9 @@ FLUXUS_API int32_t fluxus_runtime_run_for(fluxus_runtime *h, uint32_t timeout_ms
         if (in_callback())
             return set_error(FLUXUS_EINCALLBACK,
                              "fluxus_runtime_run_for: not allowed from inside a callback");
-        rt->run_for(deadline_after_ms(timeout_ms), nullptr);
+        if (!rt->run_for(deadline_after_ms(timeout_ms), nullptr))
+            return set_error(FLUXUS_ECANCELED,
+                             "fluxus_runtime_run_for: the runtime is being freed");
         return FLUXUS_OK;
     });
 }
@@ -208,15 +210,19 @@ FLUXUS_API int32_t fluxus_runtime_cancel_timer(fluxus_runtime *h, uint64_t id) {
 FLUXUS_API int32_t fluxus_runtime_free(fluxus_runtime *h) {
     FLUXUS_API_GUARD({
         if (!h) return FLUXUS_OK;
-        if (!runtime_of(h))
+        if (!runtime_live(h))
             return set_error(FLUXUS_EINVAL,
                              "fluxus_runtime_free: not a live runtime handle (already freed?)");
-        if (in_callback())
+        if (free_would_deadlock())
             return set_error(FLUXUS_EINCALLBACK,
-                             "fluxus_runtime_free: not allowed from inside a callback");
+                             "fluxus_runtime_free: not allowed from inside a fluxus callback or "
+                             "call");
         Runtime *rt = static_cast<Runtime *>(
             handle_unregister(HandleKind::runtime, reinterpret_cast<uintptr_t>(h)));
         if (!rt) return set_error(FLUXUS_EINVAL, "fluxus_runtime_free: already freed");
+        // Host threads in run_for() return; then wait for every call on the handle to end.
+        rt->begin_close();
+        handle_retire(reinterpret_cast<uintptr_t>(h));
         rt->shutdown();
         rt->release();
         return FLUXUS_OK;

@@ -16,11 +16,6 @@ struct RegistryRef {
 
 namespace {
 
-RegistryRef *registry_of(fluxus_registry *h) {
-    return static_cast<RegistryRef *>(
-        handle_lookup(HandleKind::registry, reinterpret_cast<uintptr_t>(h)));
-}
-
 bool valid_name(const char *n) {
     if (!n || !*n || std::isdigit(static_cast<unsigned char>(*n)) || strlen(n) > 128) return false;
     for (const char *c = n; *c; ++c)
@@ -53,6 +48,8 @@ FLUXUS_API int32_t fluxus_registry_free(fluxus_registry *h) {
         if (!ref)
             return set_error(FLUXUS_EINVAL,
                              "fluxus_registry_free: not a live registry (already freed)");
+        // Registry calls run no host callback and never block: waiting for them is short.
+        handle_retire(reinterpret_cast<uintptr_t>(h));
         delete ref;
         return FLUXUS_OK;
     });
@@ -62,7 +59,8 @@ FLUXUS_API int32_t fluxus_registry_add(fluxus_registry *h, const char *name, int
                                        fluxus_any_fn fn, void *user,
                                        fluxus_user_free_fn user_free) {
     FLUXUS_API_GUARD({
-        RegistryRef *ref = registry_of(h);
+        HandleRef ref_pin(HandleKind::registry, reinterpret_cast<uintptr_t>(h));
+        RegistryRef *ref = static_cast<RegistryRef *>(ref_pin.get());
         if (!ref)
             return set_error(FLUXUS_EINVAL,
                              "fluxus_registry_add: not a live registry (NULL or already freed)");
@@ -91,7 +89,8 @@ FLUXUS_API int32_t fluxus_pipeline_build(fluxus_pipeline *h, fluxus_registry *r,
                                          const char *spec) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_build");
-        RegistryRef *ref = registry_of(r);
+        HandleRef ref_pin(HandleKind::registry, reinterpret_cast<uintptr_t>(r));
+        RegistryRef *ref = static_cast<RegistryRef *>(ref_pin.get());
         if (!ref)
             return set_error(FLUXUS_EINVAL,
                              "fluxus_pipeline_build: not a live registry (NULL or already freed)");

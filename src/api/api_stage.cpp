@@ -253,8 +253,9 @@ FLUXUS_API int32_t fluxus_stage_set_rate_limiter(fluxus_pipeline *h, uint32_t st
                                                  uint32_t wait_timeout_ms) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_set_rate_limiter");
-        RateLimiter *l = nullptr;
-        if (lh && !(l = rate_limiter_of(lh)))
+        HandleRef l_pin(HandleKind::rate_limiter, reinterpret_cast<uintptr_t>(lh));
+        RateLimiter *l = static_cast<RateLimiter *>(l_pin.get());
+        if (lh && !l)
             return set_error(FLUXUS_EINVAL,
                              "fluxus_stage_set_rate_limiter: not a live rate limiter handle");
         Stage *st = nullptr;
@@ -268,8 +269,9 @@ FLUXUS_API int32_t fluxus_pipeline_set_source_rate_limiter(fluxus_pipeline *h,
                                                            fluxus_rate_limiter *lh) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_set_source_rate_limiter");
-        RateLimiter *l = nullptr;
-        if (lh && !(l = rate_limiter_of(lh)))
+        HandleRef l_pin(HandleKind::rate_limiter, reinterpret_cast<uintptr_t>(lh));
+        RateLimiter *l = static_cast<RateLimiter *>(l_pin.get());
+        if (lh && !l)
             return set_error(FLUXUS_EINVAL, "fluxus_pipeline_set_source_rate_limiter: not a live "
                                             "rate limiter handle");
         return p->set_source_rate_limiter(l);
@@ -280,8 +282,9 @@ FLUXUS_API int32_t fluxus_stage_set_concurrency_limiter(fluxus_pipeline *h, uint
                                                         fluxus_concurrency_limiter *lh) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_set_concurrency_limiter");
-        ConcurrencyLimiter *l = nullptr;
-        if (lh && !(l = concurrency_limiter_of(lh)))
+        HandleRef l_pin(HandleKind::concurrency_limiter, reinterpret_cast<uintptr_t>(lh));
+        ConcurrencyLimiter *l = static_cast<ConcurrencyLimiter *>(l_pin.get());
+        if (lh && !l)
             return set_error(FLUXUS_EINVAL, "fluxus_stage_set_concurrency_limiter: not a live "
                                             "concurrency limiter handle");
         Stage *st = nullptr;
@@ -350,9 +353,9 @@ FLUXUS_API int32_t fluxus_stage_set_error_route(fluxus_pipeline *h, uint32_t sta
                                                 fluxus_pipeline *target) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_set_error_route");
-        Pipeline *t = nullptr;
+        HandleRef t_pin(HandleKind::pipeline, reinterpret_cast<uintptr_t>(target));
+        Pipeline *t = static_cast<Pipeline *>(t_pin.get());
         if (target) {
-            t = pipeline_of(target);
             if (!t)
                 return set_error(FLUXUS_EINVAL,
                                  "fluxus_stage_set_error_route: target is not a live pipeline");

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <shared_mutex>
 #include <chrono>
 #include <new>
 #include <thread>
@@ -181,28 +180,10 @@ int32_t Pipeline::set_cursor_source(const char *name, uint64_t start, fluxus_cur
     return FLUXUS_OK;
 }
 
-namespace {
-// Pins take it shared around lookup + pin; a free takes it exclusively around unregistering,
-// so a pin either happens before the handle dies (and the free waits for it) or fails.
-std::shared_mutex g_route_mu;
-}  // namespace
-
 Pipeline *Pipeline::pin_route_target(uintptr_t handle) {
-    std::shared_lock<std::shared_mutex> lock(g_route_mu);
-    Pipeline *t = static_cast<Pipeline *>(handle_lookup(HandleKind::pipeline, handle));
-    if (t) t->pins_.fetch_add(1, std::memory_order_acq_rel);
-    return t;
-}
-
-Pipeline *Pipeline::unregister_for_free(uintptr_t handle) {
-    Pipeline *p;
-    {
-        std::unique_lock<std::shared_mutex> lock(g_route_mu);
-        p = static_cast<Pipeline *>(handle_unregister(HandleKind::pipeline, handle));
-    }
-    if (p)
-        while (p->pins_.load(std::memory_order_acquire) > 0) std::this_thread::yield();
-    return p;
+    HandleSlot *slot = nullptr;
+    Pipeline *t = static_cast<Pipeline *>(handle_pin(HandleKind::pipeline, handle, &slot));
+    return t;  // its slot is t->handle_slot_: unpin() releases the pin
 }
 
 int32_t Pipeline::set_source_breaker(CircuitBreaker *cb) {
@@ -888,7 +869,9 @@ void Pipeline::shut_down() {
     // Tasks may still be finishing their last slice, and timers may still point at them.
     for (int pass = 0; pass < 2; ++pass) {
         while (active_tasks.load(std::memory_order_acquire) > 0) {
-            if (rt_->host_driven()) {
+            // A dead runtime has no workers: a task notified after it shut down (a resume, a
+            // completion, a limiter wake-up) waits in its queue, and only we can run it.
+            if (rt_->host_driven() || rt_->dead()) {
                 if (rt_->run_ready() == 0) std::this_thread::yield();
             } else {
                 std::this_thread::sleep_for(std::chrono::microseconds(20));

@@ -17,6 +17,7 @@
 #include "core/stage.hpp"
 #include "fluxus.h"
 #include "runtime/task.hpp"
+#include "util/handle_registry.hpp"
 #include "util/spin_mutex.hpp"
 
 namespace fluxus {
@@ -133,11 +134,11 @@ public:
     void pause_source_for(uint64_t ns, const Stage &why);
     int32_t set_source_breaker(CircuitBreaker *cb);
     // Error routes: another pipeline's handle is pinned while items are pushed into it, and
-    // freeing a pipeline waits until nobody pins it (see pin_route_target()).
+    // freeing a pipeline waits until nobody pins it (handle_registry.hpp).
     static Pipeline *pin_route_target(uintptr_t handle);
-    void unpin() { pins_.fetch_sub(1, std::memory_order_acq_rel); }
-    // Unregisters the handle so no new pin can start, then waits for current pins to end.
-    static Pipeline *unregister_for_free(uintptr_t handle);
+    void unpin() { handle_unpin(handle_slot_); }
+    // The slot of this pipeline's handle (set once, right after the handle is registered).
+    void set_handle_slot(HandleSlot *slot) { handle_slot_ = slot; }
     bool finished() const { return finished_.load(std::memory_order_acquire); }
     void fill_stats(fluxus_pipeline_stats &s) const;
     void fill_stage_stats(const Stage &st, fluxus_stage_stats &s) const;
@@ -237,7 +238,7 @@ private:
     std::atomic<uint64_t> source_pauses_{0};
     CircuitBreaker *source_breaker_ = nullptr;  // retained
     std::unique_ptr<CursorTracker> cursor_;
-    std::atomic<int64_t> pins_{0};
+    HandleSlot *handle_slot_ = nullptr;
 
     mutable std::mutex mu_;  // guards result_, failure details, start/shut_down transitions
     int32_t result_ = FLUXUS_OK;

@@ -101,7 +101,4 @@ private:
     bool has_retired_ = false;
 };
 
-// Maps a public handle to its breaker (not retained), or nullptr. In api_breaker.cpp.
-CircuitBreaker *circuit_breaker_of(fluxus_circuit_breaker *h);
-
 }  // namespace fluxus

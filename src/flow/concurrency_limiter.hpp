@@ -83,11 +83,4 @@ private:
     std::vector<Waiter> waiters_;
 };
 
-// Maps a public handle to its limiter: nullptr if the handle is NULL, freed or of another kind.
-// Not retained (see rate_limiter_of()). Defined in src/api/api_limiter.cpp.
-ConcurrencyLimiter *concurrency_limiter_of(fluxus_concurrency_limiter *h);
-// As concurrency_limiter_of(), but returns the limiter already retained (the caller
-// release()s it), atomically with respect to fluxus_concurrency_limiter_free().
-ConcurrencyLimiter *concurrency_limiter_ref(fluxus_concurrency_limiter *h);
-
 }  // namespace fluxus

@@ -153,12 +153,4 @@ private:
     std::atomic<uint64_t> rejected_{0};
 };
 
-// Maps a public handle to its limiter: nullptr if the handle is NULL, freed or of another kind.
-// Not retained: the caller must retain() it before the host could free the handle (or use
-// rate_limiter_ref()). Defined in src/api/api_limiter.cpp.
-RateLimiter *rate_limiter_of(fluxus_rate_limiter *h);
-// As rate_limiter_of(), but returns the limiter already retained (the caller release()s it),
-// atomically with respect to fluxus_rate_limiter_free() on another thread.
-RateLimiter *rate_limiter_ref(fluxus_rate_limiter *h);
-
 }  // namespace fluxus

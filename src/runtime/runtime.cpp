@@ -245,12 +245,18 @@ void Runtime::shutdown() {
         loop_stop_.store(true);
         uv_async_send(&wake_);
         loop_thread_.join();
-    } else if (loop_ready_) {
-        close_loop_handles();
-        uv_run(&loop_, UV_RUN_DEFAULT);
-        uv_loop_close(&loop_);
+        loop_ready_.store(false);
+    } else {
+        // Host mode: a host thread may be in run_ready() (a pipeline's wait, a free driving its
+        // own cancellation); it runs the loop only under loop_mu_, so close it under it too.
+        std::lock_guard<std::mutex> lock(loop_mu_);
+        if (loop_ready_.load()) {
+            close_loop_handles();
+            uv_run(&loop_, UV_RUN_DEFAULT);
+            uv_loop_close(&loop_);
+        }
+        loop_ready_.store(false);
     }
-    loop_ready_ = false;
 #if defined(__linux__)
     if (timerfd_ >= 0) close(timerfd_);
     timerfd_ = -1;
@@ -545,8 +551,8 @@ uint32_t Runtime::run_ready() {
         CallbackScope scope;
         timers_.fire_due(now());
     }
-    if (loop_ready_ && loop_mu_.try_lock()) {
-        uv_run(&loop_, UV_RUN_NOWAIT);
+    if (loop_ready_.load(std::memory_order_acquire) && loop_mu_.try_lock()) {
+        if (loop_ready_.load(std::memory_order_relaxed)) uv_run(&loop_, UV_RUN_NOWAIT);
         loop_mu_.unlock();
     }
     // Run only what is queued now, so a task that keeps re-notifying itself cannot trap us.
@@ -561,18 +567,26 @@ uint32_t Runtime::run_ready() {
     return ran;
 }
 
-void Runtime::run_for(uint64_t deadline_ns, const std::atomic<bool> *until) {
+void Runtime::begin_close() {
+    closing_.store(true, std::memory_order_release);
+    std::lock_guard<std::mutex> lock(rq_mu_);
+    rq_cv_.notify_all();
+}
+
+bool Runtime::run_for(uint64_t deadline_ns, const std::atomic<bool> *until) {
     for (;;) {
-        if (until && until->load(std::memory_order_acquire)) return;
+        if (until && until->load(std::memory_order_acquire)) return true;
+        if (!until && closing_.load(std::memory_order_acquire)) return false;
         uint64_t now = now_ns();
-        if (now >= deadline_ns) return;
+        if (now >= deadline_ns) return true;
         if (run_ready() > 0) continue;
-        if (!until && running_pipelines_.load() == 0) return;
+        if (!until && running_pipelines_.load() == 0) return true;
         uint64_t wake = deadline_ns;
         if (!virtual_clock_) wake = std::min(wake, timers_.next_deadline());
         wake = std::min(wake, now + 1000000);  // re-check flags at least every millisecond
         std::unique_lock<std::mutex> lock(rq_mu_);
         if (!rq_.empty()) continue;
+        if (!until && closing_.load(std::memory_order_acquire)) return false;
         ++sleepers_;
         rq_cv_.wait_for(lock, std::chrono::nanoseconds(wake > now ? wake - now : 0));
         --sleepers_;

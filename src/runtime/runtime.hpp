@@ -75,6 +75,9 @@ public:
 
     // Cancels and finishes every pipeline, stops and joins the threads. Idempotent.
     void shutdown();
+    // The public handle is being freed: host threads in run_for() (the public call, not a
+    // pipeline's wait) return now, so the free can wait for the calls on the handle to end.
+    void begin_close();
 
     // Clock: every internal deadline (timers, timeouts, rate limits, debounce) is read from
     // here. A virtual clock stands still until the host advances it, for exact tests.
@@ -98,7 +101,8 @@ public:
 
     // Host-driven mode: run what is ready; run_for also sleeps while idle.
     uint32_t run_ready();
-    void run_for(uint64_t deadline_ns, const std::atomic<bool> *until);
+    // Returns false if it stopped early because the handle is being freed (begin_close()).
+    bool run_for(uint64_t deadline_ns, const std::atomic<bool> *until);
     // Waits (threaded mode) or drives work (host mode) until *flag or the deadline.
     // Returns true if the flag was set.
     bool wait_flag(const std::atomic<bool> &flag, std::mutex &mu, std::condition_variable &cv,
@@ -184,7 +188,10 @@ private:
     uv_timer_t timer_;
     int timerfd_ = -1;   // Linux: nanosecond wake-ups for the timer heap (libuv's are in ms)
     uv_poll_t timerfd_poll_;
-    bool loop_ready_ = false;
+    // The uv loop exists (start() to shutdown()). Host mode: read and cleared under loop_mu_,
+    // so a host thread never runs the loop while shutdown() closes it.
+    std::atomic<bool> loop_ready_{false};
+    std::atomic<bool> closing_{false};  // begin_close() was called
     bool virtual_clock_ = false;
     std::atomic<uint64_t> vnow_{0};
     // One clock advance at a time; recursive because a timer callback fired by an advance may
