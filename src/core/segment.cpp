@@ -451,7 +451,15 @@ void SegmentWorker::run_batches() {
                 }
             }
         }
-        if (seg->ordered && !seg->reorder.reserve(this)) return;
+        if (live_share_) {  // the rest of a shared batch first (segment_share.cpp)
+            if (!run_share()) return;
+            continue;
+        }
+        if (seg->ordered && !seg->reorder.reserve(this)) {
+            // No room for another batch: help with a sibling's instead, if it has items left.
+            if (seg->shares && idle_or_steal()) continue;
+            return;
+        }
         bool drained = false;
         // A pull source feeding a chain reads each item straight into it, except in the batch
         // whose callback time is sampled (process() runs that one stage by stage).
@@ -466,6 +474,9 @@ void SegmentWorker::run_batches() {
         if (time_source) sample_source_ns_ = now_ns() - t0;
         if (n == 0) {
             if (seg->ordered) seg->reorder.unreserve();
+            // The queue is empty: take the unstarted tail of a sibling's batch, or park as idle
+            // so that the next sibling with items to spare wakes this one.
+            if (seg->shares && idle_or_steal()) continue;
             if (!retries_.empty()) {
                 arm_timer(retries_.front().due, rt_->now());
                 if (retries_.front().due <= rt_->now()) continue;
@@ -479,7 +490,15 @@ void SegmentWorker::run_batches() {
             if (!run_guarded(n, nullptr)) return;
             continue;
         }
+        if (seg->shares && n > claim_) {
+            // More items than one claim: share the batch (idle siblings take part of it).
+            shared_.assign(a_.begin(), a_.begin() + n);
+            publish_share(uint32_t(n), 0, nullptr, ticket_);
+            continue;
+        }
+        uint64_t tp = seg->shares ? now_ns() : 0;
         if (!through) process(n);
+        if (seg->shares) note_claim_time(n, now_ns() - tp);
         deliver();
         if (p.cancelling()) {
             cancel_all();
@@ -505,12 +524,15 @@ namespace {
 // The per-item pull loop, on its own so that its few variables stay in registers across the
 // callback (in pull() they lived on the stack). A callback that throws ends the loop; the items
 // pulled before it are in *count and go on as usual.
-[[gnu::noinline]] int32_t pull_items(fluxus_pull_fn fn, void *user, uint64_t *buf, size_t max,
-                                     size_t *count) {
-    uint64_t *at = buf, *end = buf + max;
+// The loop's limit (a Pipeline::CallLimit that calls the source) drops to 0 when the source must
+// stop (drain, pause, cancel, a fail-fast failure): it then stops between items, not at the end
+// of the batch, and reports FLUXUS_PULL_ITEM for the items it got.
+[[gnu::noinline]] int32_t pull_items(fluxus_pull_fn fn, void *user, uint64_t *buf,
+                                     const Pipeline::CallLimit &calls, size_t *count) {
+    uint64_t *at = buf;
     int32_t rc = FLUXUS_PULL_ITEM;
     try {
-        for (; at < end; ++at) {
+        for (; at < buf + calls.get(); ++at) {
             rc = fn(user, at);
             if (rc != FLUXUS_PULL_ITEM) break;
         }
@@ -588,8 +610,9 @@ size_t SegmentWorker::pull(bool *drained) {
     int32_t rc = FLUXUS_PULL_ITEM;
     try {
         if (src.kind == SourceKind::pull) {
+            Pipeline::CallLimit calls(p, max, true);
             rc = pull_items(reinterpret_cast<fluxus_pull_fn>(src.fn), src.user.user, a_.data(),
-                            max, &n);
+                            calls, &n);
         } else if (src.kind == SourceKind::cursor) {
             auto fn = reinterpret_cast<fluxus_cursor_read_fn>(src.fn);
             uint32_t count = 0;
@@ -812,6 +835,7 @@ void SegmentWorker::deliver() {
 
 void SegmentWorker::cancel_all() {
     Pipeline &p = *seg->p;
+    abandon_share();
     if (!pending.empty()) {
         if (Stage *ns = seg->out_stage())
             p.cancel_items(*ns, pending.items.data() + pending.head, pending.size(), true);
