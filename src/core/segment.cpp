@@ -285,6 +285,8 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
             step_at_[k].assign(&s->stages[k], 1);
         }
     }
+    // A shared head that runs as an item chain claims item by item inside the chain's loop.
+    claims_in_loop_ = s->shares && !s->stages.empty() && chain_at_[0].size() > 0;
     pull_chain_ = s->pull_input && s->source && s->source->kind == SourceKind::pull &&
                   !s->stages.empty() && chain_at_[0].size() > 0 && !s->head()->rate_limiter;
     chain_to_sink_ = pull_chain_ && chain_at_[0].size() == s->stages.size() &&
@@ -490,15 +492,18 @@ void SegmentWorker::run_batches() {
             if (!run_guarded(n, nullptr)) return;
             continue;
         }
-        if (seg->shares && n > claim_) {
+        if (seg->shares && n > (claims_in_loop_ ? 1 : claim_) && worth_sharing(n)) {
             // More items than one claim: share the batch (idle siblings take part of it).
-            shared_.assign(a_.begin(), a_.begin() + n);
+            // The batch becomes the share without a copy: a_ takes the share's old buffer.
+            if (shared_.size() < a_.size()) shared_.resize(a_.size());
+            a_.swap(shared_);
             publish_share(uint32_t(n), 0, nullptr, ticket_);
             continue;
         }
-        uint64_t tp = seg->shares ? now_ns() : 0;
+        bool timed_claim = seg->shares && !claims_in_loop_;
+        uint64_t tp = timed_claim ? now_ns() : 0;
         if (!through) process(n);
-        if (seg->shares) note_claim_time(n, now_ns() - tp);
+        if (timed_claim) note_claim_time(n, now_ns() - tp);
         deliver();
         if (p.cancelling()) {
             cancel_all();
@@ -707,9 +712,12 @@ void SegmentWorker::process(size_t n, size_t first) {
         for (size_t k = first; k < seg->stages.size() && cur > 0; ++k) {
             // A queue head counted its items on arrival; every other stage counts them here.
             bool count_in = k > 0 || seg->pull_input;
+            // A shared batch's head claims its items in the loop (see run_share()): those not
+            // claimed stay in the share, which cancel_all() ends.
+            bool claims = k == 0 && claiming_;
             if (p.cancelling()) {
                 // Cancelled (or stopped by a failure): no stage starts on these items.
-                cancel_unstarted(k, in->data(), cur, count_in);
+                if (!claims) cancel_unstarted(k, in->data(), cur, count_in);
                 cur = 0;
                 break;
             }
@@ -723,14 +731,18 @@ void SegmentWorker::process(size_t n, size_t first) {
                 uint64_t t0 = timed ? now_ns() : 0;
                 size_t read;
                 unwind_at = UnwindAt{k + chain.size(), true};
-                size_t m = chain.run(p, a_.data(), cur, &tally_[k], count_in, &read);
+                size_t m = claims ? chain.run_claimed(p, shared_.data(), &share_.range,
+                                                      2 * seg->workers, cur,
+                                                      a_.data(), &tally_[k], count_in, &read)
+                                  : chain.run(p, a_.data(), cur, &tally_[k], count_in, &read);
                 if (timed) {
                     uint64_t dt = now_ns() - t0;
                     timed_ns += dt;
                     tally_[k].busy_ns += dt * kBusySample;
                 }
                 // A cancel stopped the chain between items: the rest never entered it.
-                if (read < cur) cancel_unstarted(k, a_.data() + read, cur - read, count_in);
+                if (read < cur && !claims)
+                    cancel_unstarted(k, a_.data() + read, cur - read, count_in);
                 cur = m;
                 k += chain.size() - 1;
                 continue;

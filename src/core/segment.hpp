@@ -318,7 +318,15 @@ private:
     std::vector<uint64_t> shared_;
     std::vector<uint64_t> share_out_;  // ordered: this part's outputs so far, in order
     bool live_share_ = false;
+    uint32_t share_n_ = 0;  // items in the live share (shared_ may be longer)
+    // The head is an item chain (a map or filter): it claims its items one at a time inside
+    // the chain's loop (ItemChain::run_claimed()), so claim_ is not used. claiming_: process()
+    // runs the live share that way.
+    bool claims_in_loop_ = false;
+    bool claiming_ = false;
     uint32_t claim_ = 1;
+    // Whether a batch of n items just taken is shared (see segment_share.cpp).
+    bool worth_sharing(size_t n);
     // Publishes shared_[0..n) as this worker's share and wakes idle siblings.
     void publish_share(uint32_t n, uint32_t base, BatchJoin *join, uint64_t ticket);
     // Claims and runs the next items of the live share. False: stop this run (parked or

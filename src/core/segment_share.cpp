@@ -21,6 +21,21 @@ void SegmentWorker::note_claim_time(size_t k, uint64_t dt) {
     claim_ = uint32_t(std::clamp<uint64_t>(kClaimBudgetNs / per_item, 1, seg->p->batch_size()));
 }
 
+bool SegmentWorker::worth_sharing(size_t n) {
+    // This worker is busy again.
+    if (wants_work.load(std::memory_order_relaxed))
+        wants_work.store(false, std::memory_order_relaxed);
+    // A batch that emptied the queue (fewer items than a full one): a sibling that runs out of
+    // work finds nothing there, so it may take part of this one.
+    if (n < seg->p->batch_size()) return true;
+    // A full batch: siblings that are idle now take part of it; one that goes idle later takes
+    // the next batch from the queue. (A full batch that happens to be the last of the input
+    // is not shared unless someone is idle when it is taken.)
+    for (auto &t : seg->tasks)
+        if (t.get() != this && t->wants_work.load(std::memory_order_relaxed)) return true;
+    return false;
+}
+
 void SegmentWorker::publish_share(uint32_t n, uint32_t base, BatchJoin *join, uint64_t ticket) {
     {
         std::lock_guard<SpinLock> lock(share_.mu);
@@ -30,6 +45,7 @@ void SegmentWorker::publish_share(uint32_t n, uint32_t base, BatchJoin *join, ui
         share_.range.store(pack(0, n), std::memory_order_release);
     }
     live_share_ = true;
+    share_n_ = n;
     share_out_.clear();
     wants_work.store(false, std::memory_order_relaxed);
     if (n > 1) wake_idle_siblings();
@@ -90,7 +106,9 @@ bool SegmentWorker::steal() {
                     continue;
                 // shared_[cut..end) is ours; the owner cannot retire its share (and reuse the
                 // buffer) while we hold its lock.
-                shared_.assign(victim->shared_.begin() + cut, victim->shared_.begin() + end);
+                if (shared_.size() < n) shared_.resize(std::max<size_t>(n, p.batch_size()));
+                std::copy(victim->shared_.begin() + cut, victim->shared_.begin() + end,
+                          shared_.begin());
                 join = vs.join;
                 if (seg->ordered) {
                     if (!join) {
@@ -122,17 +140,32 @@ bool SegmentWorker::run_share() {
         cancel_all();
         return false;
     }
-    uint64_t r = share_.range.fetch_add(claim_, std::memory_order_acq_rel);
-    uint32_t lo = uint32_t(r), end = uint32_t(r >> 32);
-    if (lo >= end) {
-        finish_share();
-        return true;
+    if (claims_in_loop_) {
+        // The chain claims each item as it starts it, until the share runs out (or a cancel).
+        uint64_t r = share_.range.load(std::memory_order_acquire);
+        if (uint32_t(r) >= uint32_t(r >> 32)) {
+            finish_share();
+            return true;
+        }
+        struct Claiming {
+            bool &on;
+            explicit Claiming(bool &b) : on(b) { on = true; }
+            ~Claiming() { on = false; }  // also when a forced unwind passes
+        } claiming(claiming_);
+        process(share_n_);
+    } else {
+        uint64_t r = share_.range.fetch_add(claim_, std::memory_order_acq_rel);
+        uint32_t lo = uint32_t(r), end = uint32_t(r >> 32);
+        if (lo >= end) {
+            finish_share();
+            return true;
+        }
+        size_t k = std::min<size_t>(claim_, end - lo);
+        std::copy(shared_.begin() + lo, shared_.begin() + lo + k, a_.begin());
+        uint64_t t0 = now_ns();
+        process(k);
+        note_claim_time(k, now_ns() - t0);
     }
-    size_t k = std::min<size_t>(claim_, end - lo);
-    std::copy(shared_.begin() + lo, shared_.begin() + lo + k, a_.begin());
-    uint64_t t0 = now_ns();
-    process(k);
-    note_claim_time(k, now_ns() - t0);
     if (seg->ordered)
         share_out_.insert(share_out_.end(), a_.begin(), a_.begin() + out_n_);
     else
