@@ -392,6 +392,87 @@ static void test_drain_stops_a_slow_source_between_items(void **state) {
     tu_tracker_destroy(&c.t);
 }
 
+/* A filter (an item chain, like a map) shares its batches too. */
+static int32_t gated_filter(void *user, uint64_t in, int32_t *keep) {
+    uint64_t out;
+    gated_map(user, in, &out);
+    *keep = 1;
+    return 0;
+}
+
+static void test_filter_with_four_workers_runs_four_items_at_once(void **state) {
+    par_ctx c;
+    tu_range_source src = {0, 10, 0};
+    fluxus_runtime *rt = tu_runtime(5);
+    fluxus_pipeline *p;
+    uint32_t f;
+    (void)state;
+
+    par_init(&c, 4, 10);
+    p = tu_pipeline(rt, "filter", &c.t);
+    TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
+    TU_OK(fluxus_pipeline_add_filter(&f, p, "slow", gated_filter, &c, NULL));
+    TU_OK(fluxus_stage_set_workers(p, f, 4));
+    TU_OK(fluxus_stage_set_order(p, f, FLUXUS_ORDER_ORDERED));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", ordered_sink, &c, NULL));
+    tu_run_expect(p, FLUXUS_OK);
+    assert_int_equal(TU_LOAD(&c.max_running), 4);
+    assert_int_equal(TU_LOAD(&c.calls), 10);
+    assert_int_equal(TU_LOAD(&c.order_errors), 0);
+    check_all_delivered(&c, p, 10);
+    tu_free_all(p, rt);
+    tu_tracker_destroy(&c.t);
+}
+
+/* A fail-fast failure in one item of a shared batch: the other workers stop between items (at
+ * most the calls already past their check start after it), the rest of the batch is cancelled,
+ * and every item is accounted for. */
+typedef struct ff_par {
+    par_ctx c;
+    fluxus_pipeline *p;
+    uint32_t late; /* calls that started when the pipeline was already stopped */
+} ff_par;
+
+static int32_t failing_map(void *user, uint64_t in, uint64_t *out) {
+    ff_par *f = (ff_par *)user;
+    if (fluxus_pipeline_is_cancelled(f->p)) {
+        TU_ADD(&f->late, 1);
+    }
+    gated_map(&f->c, in, out);
+    return in == 12 ? -100 : 0;
+}
+
+static void test_fail_fast_stops_a_shared_batch_between_items(void **state) {
+    ff_par f;
+    tu_range_source src = {0, 200, 0};
+    fluxus_runtime *rt = tu_runtime(5);
+    uint32_t m;
+    fluxus_pipeline_stats s;
+    (void)state;
+
+    memset(&f, 0, sizeof f);
+    par_init(&f.c, 4, 200);
+    f.c.sleep_us = 1000;
+    f.p = tu_pipeline(rt, "fail-fast", &f.c.t);
+    TU_OK(fluxus_pipeline_set_pull_source(f.p, "src", tu_range_pull, &src, NULL));
+    TU_OK(fluxus_pipeline_add_map(&m, f.p, "fails-on-12", failing_map, &f, NULL));
+    TU_OK(fluxus_stage_set_workers(f.p, m, 4));
+    TU_OK(fluxus_stage_set_order(f.p, m, FLUXUS_ORDER_UNORDERED));
+    TU_OK(fluxus_pipeline_add_sink(NULL, f.p, "sink", ordered_sink, &f.c, NULL));
+    TU_OK(fluxus_pipeline_start(f.p));
+    TU_EXPECT(FLUXUS_EFAILED, tu_wait(f.p));
+    tu_stats(f.p, &s);
+    assert_int_equal(s.failed, 1);
+    if (TU_LOAD(&f.late) > 3) {
+        fail_msg("%u map calls started after the failure (at most 3)", TU_LOAD(&f.late));
+    }
+    assert_true(TU_LOAD(&f.c.calls) < 200);
+    assert_int_equal(s.delivered + s.failed + s.cancelled, s.admitted);
+    tu_check_conservation(f.p, &f.c.t, 0);
+    tu_free_all(f.p, rt);
+    tu_tracker_destroy(&f.c.t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_two_workers_run_two_items_of_one_small_batch_at_once),
@@ -403,6 +484,8 @@ int main(void) {
         cmocka_unit_test(test_per_key_stage_keeps_each_key_serial_and_in_order),
         cmocka_unit_test(test_cancel_stops_within_one_callback_per_worker),
         cmocka_unit_test(test_drain_stops_a_slow_source_between_items),
+        cmocka_unit_test(test_filter_with_four_workers_runs_four_items_at_once),
+        cmocka_unit_test(test_fail_fast_stops_a_shared_batch_between_items),
     };
     return TU_RUN_GROUP(tests);
 }
