@@ -1,7 +1,7 @@
 /*
  * fluxus-parallel-bench: per-item parallelism of a stage with several workers (issue 13).
  *
- *   fluxus-parallel-bench [--runs N] [--quick]
+ *   fluxus-parallel-bench [--runs N] [--quick] [--only CASE]
  *
  * A pull source of n items feeds a map with W workers and a sink. Each map call either sleeps
  * (an I/O-like call: W of them overlap on any number of cores) or spins on its thread's CPU
@@ -173,6 +173,9 @@ static double median_ms(int runs, uint64_t n, uint32_t item_us, int cpu, uint32_
 }
 
 static long cores;
+static const char *only; /* --only: run this case (few-slow, many-sleep, many-cpu) only */
+
+static int selected(const char *name) { return !only || !strcmp(only, name); }
 
 /* A case at W = 1 and the given worker counts; ideal speed-up W (sleep) or min(W, cores). */
 static void run_case(const char *name, int runs, uint64_t n, uint32_t item_us, int cpu,
@@ -201,8 +204,10 @@ int main(int argc, char **argv) {
             runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = 1;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--runs N] [--quick]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--runs N] [--quick] [--only CASE]\n", argv[0]);
             return 2;
         }
     }
@@ -214,7 +219,7 @@ int main(int argc, char **argv) {
            cores, runs);
 
     /* The issue's case: 10 items x 50 ms on a stage with W workers. */
-    for (i = 0; i < 3; i++) {
+    for (i = 0; i < 3 && selected("few-slow"); i++) {
         static const uint32_t ws[3] = {1, 2, 4};
         uint32_t w = ws[i];
         uint64_t n = 10, ms = quick ? 5 : 50;
@@ -228,10 +233,14 @@ int main(int argc, char **argv) {
         static const uint32_t w4[1] = {4};
         static const uint32_t w24[2] = {2, 4};
         uint64_t n = quick ? 100 : 1000;
-        run_case("many-sleep", runs, n, 1000, 0, w4, 1, 0);
-        run_case("many-sleep", runs, n, 1000, 0, w4, 1, 1);
-        run_case("many-cpu", runs, n, 1000, 1, w24, 2, 0);
-        run_case("many-cpu", runs, n, 1000, 1, w24, 2, 1);
+        if (selected("many-sleep")) {
+            run_case("many-sleep", runs, n, 1000, 0, w4, 1, 0);
+            run_case("many-sleep", runs, n, 1000, 0, w4, 1, 1);
+        }
+        if (selected("many-cpu")) {
+            run_case("many-cpu", runs, n, 1000, 1, w24, 2, 0);
+            run_case("many-cpu", runs, n, 1000, 1, w24, 2, 1);
+        }
     }
     return 0;
 }
