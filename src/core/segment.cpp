@@ -470,11 +470,15 @@ void SegmentWorker::run_batches() {
         // when process() sizes the passes.
         bool time_source = chain_to_sink_ && !guarded && !through;
         uint64_t t0 = time_source ? now_ns() : 0;
+        // Shared batches: siblings that find the queue drained wait for this worker's batch
+        // to be published (or kept) before they count themselves done.
+        if (seg->shares) seg->taking.fetch_add(1, std::memory_order_seq_cst);
         size_t n = through   ? pull_through_chain(&drained)
                    : limited ? take_input(p.batch_size(), rt_->now(), &drained)
                              : fetch(&drained);
         if (time_source) sample_source_ns_ = now_ns() - t0;
         if (n == 0) {
+            if (seg->shares) seg->taking.fetch_sub(1, std::memory_order_release);
             if (seg->ordered) seg->reorder.unreserve();
             // The queue is empty: take the unstarted tail of a sibling's batch, or park as idle
             // so that the next sibling with items to spare wakes this one.
@@ -485,7 +489,10 @@ void SegmentWorker::run_batches() {
                 return;
             }
             if (routes_waiting()) continue;  // failed retries to route: flush first
-            if (drained) exhaust();
+            if (drained) {
+                if (seg->shares && !nothing_left_to_steal()) continue;
+                exhaust();
+            }
             return;
         }
         if (guarded) {
@@ -498,8 +505,10 @@ void SegmentWorker::run_batches() {
             if (shared_.size() < a_.size()) shared_.resize(a_.size());
             a_.swap(shared_);
             publish_share(uint32_t(n), 0, nullptr, ticket_);
+            seg->taking.fetch_sub(1, std::memory_order_release);
             continue;
         }
+        if (seg->shares) seg->taking.fetch_sub(1, std::memory_order_release);
         bool timed_claim = seg->shares && !claims_in_loop_;
         uint64_t tp = timed_claim ? now_ns() : 0;
         if (!through) process(n);

@@ -123,6 +123,10 @@ public:
     std::atomic<uint32_t> exhausted{0};
     std::atomic<bool> output_closed{false};
     bool shares = false;  // several workers share their batches (see BatchShare)
+    // Shared batches: workers between taking a batch from the queue and publishing it (or
+    // deciding not to). A worker that finds the queue drained does not count itself done
+    // while this is not 0: the batch a sibling just took may still become stealable.
+    std::atomic<uint32_t> taking{0};
 
     Stage *head() const { return stages.empty() ? nullptr : stages[0]; }
     // The stage the output goes to, or null.
@@ -336,6 +340,10 @@ private:
     bool steal();
     // Parks as idle (wants_work) and looks once more for something to steal.
     bool idle_or_steal();
+    // The queue is drained: true once no sibling is between taking a batch and publishing it
+    // and nothing is left to steal (this worker may then count itself done); false when it
+    // took part of a sibling's batch instead.
+    bool nothing_left_to_steal();
     // The live share is done: retire it and, ordered, hand its part on (see BatchJoin).
     void finish_share();
     // Cancellation: the unclaimed items of the live share end as cancelled.

@@ -5,6 +5,7 @@
 #include "core/segment_internal.hpp"
 
 #include <algorithm>
+#include <thread>
 
 #include "util/clock.hpp"
 
@@ -72,8 +73,19 @@ bool SegmentWorker::idle_or_steal() {
     return true;
 }
 
+bool SegmentWorker::nothing_left_to_steal() {
+    // The window is short (a queue pop and a few stores, no callback): wait it out.
+    while (seg->taking.load(std::memory_order_acquire) != 0) {
+        if (steal()) return false;
+        std::this_thread::yield();
+    }
+    return !steal();
+}
+
 bool SegmentWorker::steal() {
     Pipeline &p = *seg->p;
+    // Counted done: what it took could outlive the segment's output.
+    if (is_exhausted_) return false;
     for (int attempt = 0; attempt < 8; ++attempt) {
         if (p.cancelling()) return false;
         // The sibling with the most unstarted items.
