@@ -424,9 +424,12 @@ static void test_filter_with_four_workers_runs_four_items_at_once(void **state) 
     tu_tracker_destroy(&c.t);
 }
 
-/* A fail-fast failure in one item of a shared batch: the other workers stop between items (at
- * most the calls already past their check start after it), the rest of the batch is cancelled,
- * and every item is accounted for. */
+/* A fail-fast failure in one item of a shared batch: the other workers stop between items, the
+ * rest of the batch is cancelled, and every item is accounted for. "late" counts calls that
+ * start once fluxus_pipeline_is_cancelled() says 1; that flag is set a moment before the item
+ * loops' limits are lowered (Pipeline::cancel()), and on a loaded machine the failing thread can
+ * be preempted in between (seen once in 20 ASan runs at load 17: 10 late calls, each call here
+ * takes 1-2 ms). Stopping only at the end of a batch would start well over 100. */
 typedef struct ff_par {
     par_ctx c;
     fluxus_pipeline *p;
@@ -463,8 +466,8 @@ static void test_fail_fast_stops_a_shared_batch_between_items(void **state) {
     TU_EXPECT(FLUXUS_EFAILED, tu_wait(f.p));
     tu_stats(f.p, &s);
     assert_int_equal(s.failed, 1);
-    if (TU_LOAD(&f.late) > 3) {
-        fail_msg("%u map calls started after the failure (at most 3)", TU_LOAD(&f.late));
+    if (TU_LOAD(&f.late) > 40) {
+        fail_msg("%u map calls started after the failure (at most 40)", TU_LOAD(&f.late));
     }
     assert_true(TU_LOAD(&f.c.calls) < 200);
     assert_int_equal(s.delivered + s.failed + s.cancelled, s.admitted);
