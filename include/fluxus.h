@@ -706,7 +706,10 @@ FLUXUS_API int32_t fluxus_pipeline_set_fusion(fluxus_pipeline *p, int32_t enable
  * pass of its worker then reads, item by item, as many batches as its source and callbacks get
  * through in about 50 us (by the last sampled batch; at least 1, at most 16; not with a rate
  * limit, auto-pause or breaker on the source), and its counters are updated once per pass.
- * Pause, cancel and drain requests from other threads are still seen between batches.
+ * Pause, cancel and drain requests from other threads are still seen between items.
+ * Neither parallelism nor cancel granularity depends on the batch size: N workers of a stage
+ * run N items at once even when all of them came in one batch (fluxus_stage_set_workers()),
+ * and cancel, fail-fast, drain and pause take effect between items, not at the end of a batch.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ERANGE, FLUXUS_ESTATE (after start).
  */
 FLUXUS_API int32_t fluxus_pipeline_set_batch_size(fluxus_pipeline *p, uint32_t n);
@@ -866,8 +869,9 @@ FLUXUS_API int32_t fluxus_pipeline_close_input(fluxus_pipeline *p);
  * Pause the source: a pull source is not called, pushes wait (try-push says FLUXUS_EFULL).
  * Items already admitted keep flowing. Pausing a paused source is allowed. Called from one of
  * this pipeline's callbacks (as are cancel and a failure), the pull source is not called again
- * once the callback returns; called from another thread, a worker may still finish reading
- * the batch it is reading (at most the batch size of calls).
+ * once the callback returns; called from another thread, a worker reading a pull source item
+ * by item stops between items (the call it had already started still runs). A batch or cursor
+ * source's call in progress may still return up to a batch of items.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (no source).
  */
 FLUXUS_API int32_t fluxus_pipeline_pause(fluxus_pipeline *p);
@@ -1759,6 +1763,12 @@ FLUXUS_API int32_t fluxus_option_parse_value(int64_t *out, int32_t option, const
 /**
  * Number of workers running the stage in parallel (default 1, range 1..256). A sink or a dedup
  * stage with several workers needs FLUXUS_ORDER_PER_KEY (dedup switches to it by itself).
+ * N workers run up to N items at once whatever the batch size: the workers of a map, filter or
+ * flat-map stage (not per-key) share their batches, a worker with nothing to do taking the
+ * unstarted part of a sibling's batch, so 10 items that arrive in one batch on a stage with 4
+ * workers run 4 at a time (ordered output stays in input order). A per-key stage runs each key's
+ * items on one worker, one at a time, in order. Host-driven runtimes do the same with the host
+ * threads inside fluxus_runtime_run_for(). Cancel and fail-fast stop between items.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND, FLUXUS_ERANGE, FLUXUS_ESTATE.
  */
 FLUXUS_API int32_t fluxus_stage_set_workers(fluxus_pipeline *p, uint32_t stage, uint32_t n);

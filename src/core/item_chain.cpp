@@ -6,6 +6,7 @@
 // costs nothing until a callback throws.
 #include "core/item_chain.hpp"
 
+#include <algorithm>
 #include <utility>
 
 #include "util/forced_unwind.hpp"
@@ -129,8 +130,11 @@ constexpr Known known_kind() {
 // Pipeline::CallLimit) drops to 0 on cancel or a fail-fast failure, and for a pull source also
 // when the source must stop.
 // A batch already read, run in place:
+// kRestInItems: whether the items the loop did not reach are in `items` past the ones it read
+// (the caller's to end), which a forced unwind then ends as cancelled.
 struct BatchFeed {
     static constexpr bool kCallsSource = false;
+    static constexpr bool kRestInItems = true;
     const uint64_t *items;
     bool next(size_t i, uint64_t &slot) {
         slot = items[i];
@@ -144,6 +148,7 @@ struct BatchFeed {
 // when the batch was read before any callback ran.
 struct PullFeed {
     static constexpr bool kCallsSource = true;
+    static constexpr bool kRestInItems = false;
     fluxus_pull_fn pull;
     void *user;
     int32_t rc = FLUXUS_PULL_ITEM;
@@ -159,6 +164,55 @@ struct PullFeed {
         if (__builtin_expect(r == FLUXUS_PULL_ITEM, 1)) return true;
         rc = r;
         return false;
+    }
+};
+
+// The items of a shared batch (see ItemChain::run_claimed()), claimed a few at a time: each
+// claim takes 1/parts of the unclaimed rest (at least one item), so a batch costs a few dozen
+// atomic adds rather than one per item, and a sibling that goes idle still finds about half of
+// what is left unclaimed. Only this worker claims from the front, so no item is taken twice; a
+// sibling that lowered the end meanwhile shortens the claim.
+struct ClaimFeed {
+    static constexpr bool kCallsSource = false;
+    static constexpr bool kRestInItems = false;
+    const uint64_t *shared;
+    std::atomic<uint64_t> *range;
+    uint32_t parts;
+    const uint64_t *at = nullptr, *stop = nullptr;  // the current claim, not started yet
+    // A new claim as from | to << 32, or 0 when nothing is left. Static, on values: the
+    // feed's fields then stay in registers in the loop (a call through `this` would keep them
+    // in memory).
+    [[gnu::noinline]] static uint64_t claim(std::atomic<uint64_t> *range, uint32_t parts) {
+        uint64_t r = range->load(std::memory_order_relaxed);
+        uint32_t rest = uint32_t(r >> 32) - uint32_t(r);
+        if (int32_t(rest) <= 0) return 0;
+        uint32_t c = std::max<uint32_t>(1, rest / parts);
+        r = range->fetch_add(c, std::memory_order_acq_rel);
+        uint32_t from = uint32_t(r), end = uint32_t(r >> 32);
+        if (from >= end) return 0;
+        return uint64_t(std::min(from + c, end)) << 32 | from;
+    }
+    // Hands the claimed items the loop did not start (it stopped on cancel or unwound) back to
+    // the share: the claim index has not moved since this claim, as only this worker moves it,
+    // and a sibling's cut is never below it.
+    void give_back() {
+        if (at == stop) return;
+        uint64_t lo = uint64_t(at - shared);
+        uint64_t r = range->load(std::memory_order_relaxed);
+        while (!range->compare_exchange_weak(r, (r >> 32) << 32 | lo, std::memory_order_acq_rel,
+                                             std::memory_order_relaxed)) {
+        }
+        stop = at;
+    }
+    bool next(size_t, uint64_t &slot) {
+        if (__builtin_expect(at == stop, 0)) {
+            uint64_t c = claim(range, parts);
+            if (c == 0) return false;
+            at = shared + uint32_t(c);
+            stop = shared + uint32_t(c >> 32);
+        }
+        slot = *at++;
+        return true;
     }
 };
 
@@ -187,7 +241,7 @@ template <Shape S, class Feed, size_t... J>
         }
     } FLUXUS_ON_FORCED_UNWIND((t_unwind.read = i, t_unwind.survivors = m,
                                stopped[L - 1] += calls.withheld,
-                               tallies[L - 1].cancelled += calls.withheld))
+                               tallies[L - 1].cancelled += calls.withheld, feed_in = feed))
     stopped[L - 1] += calls.withheld;
     tallies[L - 1].cancelled += calls.withheld;
     feed_in = feed;
@@ -221,7 +275,7 @@ void ItemChain::settle_counts(size_t n, const uint64_t *stopped, StageTally *tal
 
 void ItemChain::settle_unwind(Pipeline &p, uint64_t *items, size_t max, StageTally *tallies,
                               const uint64_t *stopped, bool count_first_in,
-                              bool pulled) const {
+                              bool rest_in_items) const {
     // The items that went all the way through count as usual.
     size_t read = t_unwind.read, entered = read;
     settle_counts(read, stopped, tallies, count_first_in);
@@ -237,7 +291,7 @@ void ItemChain::settle_unwind(Pipeline &p, uint64_t *items, size_t max, StageTal
         ++entered;
         t_unwind.step = 0;
     }
-    if (!pulled) {
+    if (rest_in_items) {
         // The rest of the batch never entered the chain.
         for (size_t i = entered; i < max; ++i) {
             if (count_first_in) ++tallies[0].in;
@@ -270,7 +324,7 @@ size_t ItemChain::run_feed(Pipeline &p, Feed &feed, size_t max, uint64_t *items,
             break;
         }
     } FLUXUS_ON_FORCED_UNWIND(settle_unwind(p, items, max, tallies, stopped, count_first_in,
-                                            Feed::kCallsSource))
+                                            Feed::kRestInItems))
     settle_counts(*read, stopped, tallies, count_first_in);
     return steps[len - 1].kind == StageKind::sink ? 0 : m;
 }
@@ -287,6 +341,18 @@ size_t ItemChain::run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallie
                       bool count_first_in, size_t *read) {
     BatchFeed feed{items};
     return run_feed(p, feed, n, items, tallies, count_first_in, read);
+}
+
+size_t ItemChain::run_claimed(Pipeline &p, const uint64_t *shared, std::atomic<uint64_t> *range,
+                              uint32_t parts, size_t max, uint64_t *items,
+                              StageTally *tallies, bool count_first_in, size_t *read) {
+    ClaimFeed feed{shared, range, std::max<uint32_t>(parts, 1)};
+    size_t m;
+    try {
+        m = run_feed(p, feed, max, items, tallies, count_first_in, read);
+    } FLUXUS_ON_FORCED_UNWIND(feed.give_back())
+    feed.give_back();
+    return m;
 }
 
 }  // namespace fluxus

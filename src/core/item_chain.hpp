@@ -12,6 +12,7 @@
 // Pipeline::destroy_item, with the same messages and the same counters.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -53,6 +54,16 @@ public:
     size_t run(Pipeline &p, uint64_t *items, size_t n, StageTally *tallies, bool count_first_in,
                size_t *read);
 
+    // A shared batch (segment_share.cpp): claims items before they start, by advancing the
+    // claim index in the low half of *range (the high half is the end, which siblings lower
+    // when they take the unclaimed tail), and runs shared[index] through the chain. A claim
+    // takes 1/parts of the unclaimed rest (at least one item). Stops when a claim reaches the
+    // end, after `max` items, or on cancel; what is left unclaimed stays in the share (the
+    // caller ends it). Survivors go to items[0..m) as in run(); *read: the items run.
+    size_t run_claimed(Pipeline &p, const uint64_t *shared, std::atomic<uint64_t> *range,
+                       uint32_t parts, size_t max, uint64_t *items, StageTally *tallies,
+                       bool count_first_in, size_t *read);
+
     // Reads up to `max` items from a pull source and runs each through the chain as it is read
     // (the first step's `in` counts them). *pulled: the items read; *rc: the source's last
     // status (FLUXUS_PULL_ITEM if it gave `max` items, or fewer because the source was stopped
@@ -72,7 +83,7 @@ private:
     // ends the item in the callback (kept by the host) and the unread rest of a batch as
     // cancelled, and leaves the survivors' count in t_unwind for the worker.
     void settle_unwind(Pipeline &p, uint64_t *items, size_t max, StageTally *tallies,
-                       const uint64_t *stopped, bool count_first_in, bool pulled) const;
+                       const uint64_t *stopped, bool count_first_in, bool rest_in_items) const;
     std::vector<ChainStep> steps_;
     Shape shape_ = Shape::any;
 };

@@ -354,6 +354,14 @@ int32_t Pipeline::build_segments() {
     for (size_t i = 0; i < all.size(); ++i) {
         Segment &seg = *all[i];
         if (seg.input) seg.input->set_producers(producers[i]);
+        // Per-item stages with several workers share their batches (segment_share.cpp), except
+        // per-key ones (a key's items stay on one worker) and heads whose worker does more than
+        // run a batch for them (a rate limiter's held items, a breaker's guarded calls).
+        if (Stage *h = seg.head())
+            seg.shares = seg.workers > 1 && !seg.keyed && seg.next && !seg.split &&
+                         (h->kind == StageKind::map || h->kind == StageKind::filter ||
+                          h->kind == StageKind::flat_map) &&
+                         !h->rate_limiter && !h->breaker;
         for (uint32_t w = 0; w < seg.workers; ++w)
             seg.tasks.emplace_back(new SegmentWorker(rt_, &seg, w));
     }

@@ -285,6 +285,8 @@ SegmentWorker::SegmentWorker(Runtime *rt, Segment *s, uint32_t i)
             step_at_[k].assign(&s->stages[k], 1);
         }
     }
+    // A shared head that runs as an item chain claims item by item inside the chain's loop.
+    claims_in_loop_ = s->shares && !s->stages.empty() && chain_at_[0].size() > 0;
     pull_chain_ = s->pull_input && s->source && s->source->kind == SourceKind::pull &&
                   !s->stages.empty() && chain_at_[0].size() > 0 && !s->head()->rate_limiter;
     chain_to_sink_ = pull_chain_ && chain_at_[0].size() == s->stages.size() &&
@@ -451,7 +453,15 @@ void SegmentWorker::run_batches() {
                 }
             }
         }
-        if (seg->ordered && !seg->reorder.reserve(this)) return;
+        if (live_share_) {  // the rest of a shared batch first (segment_share.cpp)
+            if (!run_share()) return;
+            continue;
+        }
+        if (seg->ordered && !seg->reorder.reserve(this)) {
+            // No room for another batch: help with a sibling's instead, if it has items left.
+            if (seg->shares && idle_or_steal()) continue;
+            return;
+        }
         bool drained = false;
         // A pull source feeding a chain reads each item straight into it, except in the batch
         // whose callback time is sampled (process() runs that one stage by stage).
@@ -460,26 +470,49 @@ void SegmentWorker::run_batches() {
         // when process() sizes the passes.
         bool time_source = chain_to_sink_ && !guarded && !through;
         uint64_t t0 = time_source ? now_ns() : 0;
+        // Shared batches: siblings that find the queue drained wait for this worker's batch
+        // to be published (or kept) before they count themselves done.
+        if (seg->shares) seg->taking.fetch_add(1, std::memory_order_seq_cst);
         size_t n = through   ? pull_through_chain(&drained)
                    : limited ? take_input(p.batch_size(), rt_->now(), &drained)
                              : fetch(&drained);
         if (time_source) sample_source_ns_ = now_ns() - t0;
         if (n == 0) {
+            if (seg->shares) seg->taking.fetch_sub(1, std::memory_order_release);
             if (seg->ordered) seg->reorder.unreserve();
+            // The queue is empty: take the unstarted tail of a sibling's batch, or park as idle
+            // so that the next sibling with items to spare wakes this one.
+            if (seg->shares && idle_or_steal()) continue;
             if (!retries_.empty()) {
                 arm_timer(retries_.front().due, rt_->now());
                 if (retries_.front().due <= rt_->now()) continue;
                 return;
             }
             if (routes_waiting()) continue;  // failed retries to route: flush first
-            if (drained) exhaust();
+            if (drained) {
+                if (seg->shares && !nothing_left_to_steal()) continue;
+                exhaust();
+            }
             return;
         }
         if (guarded) {
             if (!run_guarded(n, nullptr)) return;
             continue;
         }
+        if (seg->shares && n > (claims_in_loop_ ? 1 : claim_) && worth_sharing(n)) {
+            // More items than one claim: share the batch (idle siblings take part of it).
+            // The batch becomes the share without a copy: a_ takes the share's old buffer.
+            if (shared_.size() < a_.size()) shared_.resize(a_.size());
+            a_.swap(shared_);
+            publish_share(uint32_t(n), 0, nullptr, ticket_);
+            seg->taking.fetch_sub(1, std::memory_order_release);
+            continue;
+        }
+        if (seg->shares) seg->taking.fetch_sub(1, std::memory_order_release);
+        bool timed_claim = seg->shares && !claims_in_loop_;
+        uint64_t tp = timed_claim ? now_ns() : 0;
         if (!through) process(n);
+        if (timed_claim) note_claim_time(n, now_ns() - tp);
         deliver();
         if (p.cancelling()) {
             cancel_all();
@@ -505,12 +538,15 @@ namespace {
 // The per-item pull loop, on its own so that its few variables stay in registers across the
 // callback (in pull() they lived on the stack). A callback that throws ends the loop; the items
 // pulled before it are in *count and go on as usual.
-[[gnu::noinline]] int32_t pull_items(fluxus_pull_fn fn, void *user, uint64_t *buf, size_t max,
-                                     size_t *count) {
-    uint64_t *at = buf, *end = buf + max;
+// The loop's limit (a Pipeline::CallLimit that calls the source) drops to 0 when the source must
+// stop (drain, pause, cancel, a fail-fast failure): it then stops between items, not at the end
+// of the batch, and reports FLUXUS_PULL_ITEM for the items it got.
+[[gnu::noinline]] int32_t pull_items(fluxus_pull_fn fn, void *user, uint64_t *buf,
+                                     const Pipeline::CallLimit &calls, size_t *count) {
+    uint64_t *at = buf;
     int32_t rc = FLUXUS_PULL_ITEM;
     try {
-        for (; at < end; ++at) {
+        for (; at < buf + calls.get(); ++at) {
             rc = fn(user, at);
             if (rc != FLUXUS_PULL_ITEM) break;
         }
@@ -588,8 +624,9 @@ size_t SegmentWorker::pull(bool *drained) {
     int32_t rc = FLUXUS_PULL_ITEM;
     try {
         if (src.kind == SourceKind::pull) {
+            Pipeline::CallLimit calls(p, max, true);
             rc = pull_items(reinterpret_cast<fluxus_pull_fn>(src.fn), src.user.user, a_.data(),
-                            max, &n);
+                            calls, &n);
         } else if (src.kind == SourceKind::cursor) {
             auto fn = reinterpret_cast<fluxus_cursor_read_fn>(src.fn);
             uint32_t count = 0;
@@ -684,9 +721,12 @@ void SegmentWorker::process(size_t n, size_t first) {
         for (size_t k = first; k < seg->stages.size() && cur > 0; ++k) {
             // A queue head counted its items on arrival; every other stage counts them here.
             bool count_in = k > 0 || seg->pull_input;
+            // A shared batch's head claims its items in the loop (see run_share()): those not
+            // claimed stay in the share, which cancel_all() ends.
+            bool claims = k == 0 && claiming_;
             if (p.cancelling()) {
                 // Cancelled (or stopped by a failure): no stage starts on these items.
-                cancel_unstarted(k, in->data(), cur, count_in);
+                if (!claims) cancel_unstarted(k, in->data(), cur, count_in);
                 cur = 0;
                 break;
             }
@@ -700,14 +740,18 @@ void SegmentWorker::process(size_t n, size_t first) {
                 uint64_t t0 = timed ? now_ns() : 0;
                 size_t read;
                 unwind_at = UnwindAt{k + chain.size(), true};
-                size_t m = chain.run(p, a_.data(), cur, &tally_[k], count_in, &read);
+                size_t m = claims ? chain.run_claimed(p, shared_.data(), &share_.range,
+                                                      2 * seg->workers, cur,
+                                                      a_.data(), &tally_[k], count_in, &read)
+                                  : chain.run(p, a_.data(), cur, &tally_[k], count_in, &read);
                 if (timed) {
                     uint64_t dt = now_ns() - t0;
                     timed_ns += dt;
                     tally_[k].busy_ns += dt * kBusySample;
                 }
                 // A cancel stopped the chain between items: the rest never entered it.
-                if (read < cur) cancel_unstarted(k, a_.data() + read, cur - read, count_in);
+                if (read < cur && !claims)
+                    cancel_unstarted(k, a_.data() + read, cur - read, count_in);
                 cur = m;
                 k += chain.size() - 1;
                 continue;
@@ -812,6 +856,7 @@ void SegmentWorker::deliver() {
 
 void SegmentWorker::cancel_all() {
     Pipeline &p = *seg->p;
+    abandon_share();
     if (!pending.empty()) {
         if (Stage *ns = seg->out_stage())
             p.cancel_items(*ns, pending.items.data() + pending.head, pending.size(), true);

@@ -25,6 +25,7 @@
 #include "queue/item_queue.hpp"
 #include "runtime/task.hpp"
 #include "util/forced_unwind.hpp"
+#include "util/spin_mutex.hpp"
 
 struct fluxus_emitter {
     uint32_t magic;
@@ -70,6 +71,32 @@ private:
     std::vector<Task *> waiters_;
 };
 
+// Shared batches (segment_share.cpp). A worker of a stage with several workers publishes the
+// batch it took as a BatchShare and claims its items from the front, a few at a time; a sibling
+// with nothing to do takes the unstarted half of the tail (a thief), publishes that part as its
+// own share, and so on. In ordered mode the parts of one batch meet in a BatchJoin, and the
+// part that finishes last hands the whole batch's output to the reorder window under the
+// batch's ticket.
+struct BatchJoin {
+    std::mutex mu;
+    uint64_t ticket = 0;
+    uint32_t open = 0;  // parts still running (under mu)
+    std::vector<std::pair<uint32_t, std::vector<uint64_t>>> parts;  // (first index, outputs)
+};
+
+struct BatchShare {
+    // Low 32 bits: the next unstarted index; high 32 bits: the end. The owner claims with a
+    // fetch_add on the low half; a thief lowers the end with a CAS while it holds `mu`. Both
+    // halves are indices into the owner's items, so lo > end (a claim past the end) means empty.
+    std::atomic<uint64_t> range{0};
+    // Held by a thief while it copies the items it took, and by the owner to retire the share:
+    // the owner's item buffer is never reused under a thief.
+    SpinLock mu;
+    BatchJoin *join = nullptr;  // ordered: where the parts meet (under mu; set by the first thief)
+    uint32_t base = 0;          // index of the first item in the original batch
+    uint64_t ticket = 0;        // ordered: the original batch's ticket
+};
+
 class Segment {
 public:
     Pipeline *p = nullptr;
@@ -95,6 +122,11 @@ public:
     uint64_t next_ticket = 0;
     std::atomic<uint32_t> exhausted{0};
     std::atomic<bool> output_closed{false};
+    bool shares = false;  // several workers share their batches (see BatchShare)
+    // Shared batches: workers between taking a batch from the queue and publishing it (or
+    // deciding not to). A worker that finds the queue drained does not count itself done
+    // while this is not 0: the batch a sibling just took may still become stealable.
+    std::atomic<uint32_t> taking{0};
 
     Stage *head() const { return stages.empty() ? nullptr : stages[0]; }
     // The stage the output goes to, or null.
@@ -185,6 +217,9 @@ public:
     }
     // Hands held output downstream. False: some queue is full (this worker is woken on room).
     bool flush_output();
+    // Shared batches: set while this worker is parked with nothing to do, so that a sibling
+    // that publishes stealable items wakes it.
+    std::atomic<bool> wants_work{false};
 
 private:
     size_t fetch(bool *drained);
@@ -279,6 +314,43 @@ private:
     CallErrors call_errors_;
 
     std::vector<uint64_t> a_, b_;  // batch buffers: input, then output of each stage in turn
+    // Shared batches (segment_share.cpp; only when seg->shares). shared_ holds the items of the
+    // live share; claim_ is how many items one claim takes: as many as the callbacks get through
+    // in kClaimBudgetNs by the last measurement, and 1 until something was measured.
+    BatchShare share_;
+    std::vector<uint64_t> shared_;
+    std::vector<uint64_t> share_out_;  // ordered: this part's outputs so far, in order
+    bool live_share_ = false;
+    uint32_t share_n_ = 0;  // items in the live share (shared_ may be longer)
+    // The head is an item chain (a map or filter): it claims its items one at a time inside
+    // the chain's loop (ItemChain::run_claimed()), so claim_ is not used. claiming_: process()
+    // runs the live share that way.
+    bool claims_in_loop_ = false;
+    bool claiming_ = false;
+    uint32_t claim_ = 1;
+    // Whether a batch of n items just taken is shared (see segment_share.cpp).
+    bool worth_sharing(size_t n);
+    // Publishes shared_[0..n) as this worker's share and wakes idle siblings.
+    void publish_share(uint32_t n, uint32_t base, BatchJoin *join, uint64_t ticket);
+    // Claims and runs the next items of the live share. False: stop this run (parked or
+    // cancelled).
+    bool run_share();
+    // Takes the unstarted half of the tail of a sibling's share. False: nothing to take.
+    bool steal();
+    // Parks as idle (wants_work) and looks once more for something to steal.
+    bool idle_or_steal();
+    // The queue is drained: true once no sibling is between taking a batch and publishing it
+    // and nothing is left to steal (this worker may then count itself done); false when it
+    // took part of a sibling's batch instead.
+    bool nothing_left_to_steal();
+    // The live share is done: retire it and, ordered, hand its part on (see BatchJoin).
+    void finish_share();
+    // Cancellation: the unclaimed items of the live share end as cancelled.
+    void abandon_share();
+    void wake_idle_siblings();
+    void commit_ordered(uint64_t ticket, const uint64_t *items, size_t n);
+    // Sets claim_ from a measurement: k items took dt ns.
+    void note_claim_time(size_t k, uint64_t dt);
     size_t out_n_ = 0;             // items of the last processed batch, in a_
     uint64_t ticket_ = 0;
     // Busy-time sampling: batches processed (a pass of several batches counts each of them) and

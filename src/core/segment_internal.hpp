@@ -50,6 +50,13 @@ constexpr uint64_t kBusySample = 64;
 constexpr uint32_t kMaxPassBatches = 16;
 constexpr uint64_t kPassBudgetNs = 50000;
 
+// Shared batches: one claim takes as many items as the callbacks get through in this time, by
+// the last measurement (1 until there is one). Shorter claims let idle siblings take more of a
+// batch (an item waits unstarted in a claim at most this long); longer ones cost less per item.
+// Batches whose items all fit in one claim are not shared at all: cheap callbacks keep the
+// whole batch. About the cost of waking a parked worker on this VM.
+constexpr uint64_t kClaimBudgetNs = 100000;
+
 inline uint32_t lane_for_hash(uint64_t h, uint32_t lanes) {
     // High bits pick the lane: dedup sets index their tables with the low bits of the same hash.
     return uint32_t(((h >> 32) * uint64_t(lanes)) >> 32);
