@@ -7,6 +7,7 @@
  * later call replaces the registration). The first test reads include/fluxus.h and fails if a
  * function taking a user_free has no test here.
  */
+#include "nop_callbacks.h"
 #include "test_util.h"
 
 #ifndef OWNERSHIP_HEADER
@@ -75,91 +76,14 @@ static owned g_refused;
         assert_int_equal(frees(&g_refused), 0);      \
     } while (0)
 
-/* ----- callbacks (none of them runs, except where a test says so) ----- */
+/* ----- callbacks beside nop_callbacks.h (none of them runs, except where a test says so) ----- */
 
-static void nop_log(void *u, int32_t level, const char *pl, const char *st, const char *msg) {
-    (void)u, (void)level, (void)pl, (void)st, (void)msg;
-}
-static void nop_timer(void *u) {
-    (void)u;
-}
-static void nop_item_free(void *u, uint64_t item) {
-    (void)u, (void)item;
-}
-static void nop_dead_letter(void *u, uint64_t item, const fluxus_failure *f) {
-    (void)u, (void)item, (void)f;
-}
-static int32_t nop_pull(void *u, uint64_t *item) {
-    (void)u, (void)item;
-    return FLUXUS_PULL_END;
-}
-static int32_t nop_pull_batch(void *u, uint64_t *items, uint32_t cap, uint32_t *count) {
-    (void)u, (void)items, (void)cap;
-    *count = 0;
-    return FLUXUS_PULL_END;
-}
-static int32_t nop_cursor_read(void *u, uint64_t cursor, uint64_t *items, uint32_t cap,
-                               uint32_t *count, uint64_t *next) {
-    (void)u, (void)items, (void)cap;
-    *count = 0;
-    *next = cursor + 1;
-    return FLUXUS_PULL_END;
-}
-static uint64_t nop_page_of(void *u, uint64_t item) {
-    (void)u, (void)item;
-    return 0;
-}
-static void nop_commit(void *u, uint64_t cursor) {
-    (void)u, (void)cursor;
-}
-static int32_t nop_map(void *u, uint64_t in, uint64_t *out) {
-    (void)u;
-    *out = in;
-    return 0;
-}
-static int32_t nop_map_batch(void *u, const uint64_t *in, uint64_t *out, int32_t *status,
-                             uint32_t count) {
-    (void)u, (void)in, (void)out, (void)status, (void)count;
-    return 0;
-}
-static int32_t nop_filter(void *u, uint64_t item, int32_t *keep) {
-    (void)u, (void)item;
-    *keep = 1;
-    return 0;
-}
-static int32_t nop_filter_batch(void *u, const uint64_t *items, int32_t *keep, int32_t *status,
-                                uint32_t count) {
-    (void)u, (void)items, (void)keep, (void)status, (void)count;
-    return 0;
-}
-static int32_t nop_flat_map(void *u, uint64_t item, fluxus_emitter *em) {
-    (void)u, (void)item, (void)em;
-    return 0;
-}
-static int32_t nop_flat_map_batch(void *u, const uint64_t *items, uint32_t count,
-                                  fluxus_emitter *em) {
-    (void)u, (void)items, (void)count, (void)em;
-    return 0;
-}
-static int32_t nop_sink(void *u, uint64_t item) {
-    (void)u, (void)item;
-    return 0;
-}
-static int32_t nop_sink_batch(void *u, const uint64_t *items, int32_t *status, uint32_t count) {
-    (void)u, (void)items, (void)status, (void)count;
-    return 0;
-}
 static int32_t nop_async_map(void *u, uint64_t item, uint64_t completion) {
     (void)u, (void)item, (void)completion;
     return 1;
 }
 static int32_t nop_reduce(void *u, uint64_t *acc, int32_t first, uint64_t item) {
     (void)u, (void)acc, (void)first, (void)item;
-    return 0;
-}
-static int32_t nop_window(void *u, const uint64_t *items, uint32_t count, uint64_t start_ns,
-                          fluxus_emitter *em) {
-    (void)u, (void)items, (void)count, (void)start_ns, (void)em;
     return 0;
 }
 static int32_t nop_route(void *u, uint64_t item, uint32_t *routes, uint32_t capacity,
@@ -169,39 +93,12 @@ static int32_t nop_route(void *u, uint64_t item, uint32_t *routes, uint32_t capa
     *count = 1;
     return 0;
 }
-static int32_t nop_copy(void *u, uint64_t item, uint32_t route, uint64_t *copy) {
-    (void)u, (void)route;
-    *copy = item;
-    return 0;
-}
-static int32_t nop_join_input(void *u, uint64_t item, uint32_t *input) {
-    (void)u, (void)item;
-    *input = 0;
-    return 0;
-}
-static int32_t nop_load(void *u, const uint64_t *items, uint32_t count, uint64_t *results,
-                        int32_t *status) {
-    (void)u, (void)items, (void)count, (void)results, (void)status;
-    return 0;
-}
-static int32_t nop_attach(void *u, uint64_t item, uint64_t result, uint64_t *out) {
-    (void)u, (void)result;
-    *out = item;
-    return 0;
-}
-static int32_t nop_retry(void *u, uint64_t item, int32_t status, uint32_t attempt) {
-    (void)u, (void)item, (void)status, (void)attempt;
-    return 0;
-}
 static int32_t nop_key(void *u, uint64_t item, const void **key, size_t *len) {
     static const uint64_t zero = 0;
     (void)u, (void)item;
     *key = &zero;
     *len = sizeof zero;
     return 0;
-}
-static void nop_breaker_state(void *u, int32_t from, int32_t to) {
-    (void)u, (void)from, (void)to;
 }
 
 /* ----- fixture: one pipeline in each state a refusal needs ----- */
@@ -344,9 +241,6 @@ static void nop_thread_start(void *user, int32_t kind, uint32_t index, const cha
     (void)name;
 }
 
-static void nop_wakeup(void *user) {
-    (void)user;
-}
 
 static void fluxus_runtime_set_wakeup_takes_user_only_on_ok(void **state) {
     fluxus_runtime *rt = NULL;
@@ -841,9 +735,6 @@ static void fluxus_stage_set_cache_takes_user_only_on_ok(void **state) {
     fx_done(&fx, 1);
 }
 
-static void nop_async_cancel(void *u, uint64_t item, uint64_t completion, int32_t why) {
-    (void)u, (void)item, (void)completion, (void)why;
-}
 
 #define SET_ASYNC_CANCEL(p, st, f, u) \
     fluxus_stage_set_async_cancel((p), (st), (f), (u), owned_free)
