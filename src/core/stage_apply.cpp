@@ -262,13 +262,13 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             uint64_t before_forgotten =
                 ws.throttle ? ws.throttle->forgotten() : ws.window->forgotten();
             size_t m = per_item(p, st, in, n, t, "dedup key callback threw",
-                                [&](uint64_t x, size_t &m) {
+                                [&](uint64_t x, size_t &kept) {
                                     Key128 k;
                                     if (int32_t rc = stage_key(st, x, &k)) {
                                         p.fail_item(st, x, rc, "dedup key callback failed", &t);
                                     } else if (ws.throttle ? ws.throttle->admit(k, now)
                                                            : ws.window->admit(k)) {
-                                        o[m++] = x;
+                                        o[kept++] = x;
                                     } else {
                                         ++t.filtered;
                                         p.destroy_item(x);
@@ -301,13 +301,13 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             keys.insert_words(in, n, ws.verdict.data());
             for (size_t i = 0; i < n; ++i) settle(in[i], ws.verdict[i], m);
         } else {
-            m = per_item(p, st, in, n, t, "dedup key callback threw", [&](uint64_t x, size_t &m) {
+            m = per_item(p, st, in, n, t, "dedup key callback threw", [&](uint64_t x, size_t &kept) {
                 Key128 key;
                 if (int32_t rc = byte_key_digest(st, x, &key)) {
                     p.fail_item(st, x, rc, "dedup key callback failed", &t);
                     return;
                 }
-                settle(x, keys.insert_digest(key), m);
+                settle(x, keys.insert_digest(key), kept);
             });
         }
         st.c.dedup_keys.fetch_add(keys.size() - before_keys, std::memory_order_relaxed);

@@ -186,7 +186,7 @@ int32_t Runtime::start() {
             }
             loop_thread_ =
                 start_thread(thread_hooks_, FLUXUS_THREAD_LOOP, 0, [this] { loop_main(); });
-            std::lock_guard<std::mutex> lock(threads_mu_);
+            std::lock_guard<std::mutex> threads_lock(threads_mu_);
             for (uint32_t i = 0; i < workers_; ++i)
                 threads_.push_back(start_worker(i));
         }
@@ -356,7 +356,7 @@ std::thread Runtime::start_worker(uint32_t slot) {
                         [this, slot] { worker_main(slot); });
 }
 
-int32_t Runtime::set_thread_hooks(fluxus_thread_start_fn start, fluxus_thread_stop_fn stop,
+int32_t Runtime::set_thread_hooks(fluxus_thread_start_fn on_start, fluxus_thread_stop_fn on_stop,
                                   void *user, fluxus_user_free_fn user_free) {
     UserRef old;
     {
@@ -365,7 +365,7 @@ int32_t Runtime::set_thread_hooks(fluxus_thread_start_fn start, fluxus_thread_st
             return set_error(FLUXUS_ESTATE,
                              "fluxus_runtime_set_thread_hooks: the runtime has already started");
         old = thread_hooks_user_;
-        thread_hooks_ = ThreadHooks{start, stop, user};
+        thread_hooks_ = ThreadHooks{on_start, on_stop, user};
         thread_hooks_user_ = UserRef{user, user_free};
     }
     old.release();

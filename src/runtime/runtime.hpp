@@ -66,7 +66,7 @@ public:
     // Nanoseconds until something is due: 0 if a task is ready, UINT64_MAX if nothing waits.
     uint64_t next_due_in_ns();
     // Start and stop hooks of the threads it creates (before start; replaces earlier ones).
-    int32_t set_thread_hooks(fluxus_thread_start_fn start, fluxus_thread_stop_fn stop,
+    int32_t set_thread_hooks(fluxus_thread_start_fn on_start, fluxus_thread_stop_fn on_stop,
                              void *user, fluxus_user_free_fn user_free);
 
     int32_t start();  // idempotent while running; FLUXUS_ESTATE after shutdown
