@@ -59,7 +59,7 @@ static void *host_main(void *arg) {
         pfd.events = POLLIN;
         pfd.revents = 0;
         if (poll(&pfd, 1, timeout_ms) == 0 && us >= 20000) continue; /* only the stop check */
-        if (fluxus_runtime_run_once(l->rt, &ran) != FLUXUS_OK) break;
+        if (fluxus_runtime_run_once(&ran, l->rt) != FLUXUS_OK) break;
         TU_ADD(&l->rounds, 1);
     }
     return NULL;
