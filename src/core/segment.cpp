@@ -338,6 +338,13 @@ void SegmentWorker::on_forced_unwind() {
                 "a callback ended its thread (forced unwind, e.g. pthread_exit): the pipeline is "
                 "cancelled");
     seg->p->cancel();
+    if (ticket_open_) {
+        // The batch behind the ticket was ended by the loops the unwind left: an empty commit
+        // (the pipeline is cancelling) releases its place in the reorder window.
+        ticket_open_ = false;
+        PendingItems none;
+        seg->reorder.commit(ticket_, none, this);
+    }
 }
 
 void SegmentWorker::run() {
@@ -504,6 +511,7 @@ void SegmentWorker::run_batches() {
             // The batch becomes the share without a copy: a_ takes the share's old buffer.
             if (shared_.size() < a_.size()) shared_.resize(a_.size());
             a_.swap(shared_);
+            ticket_open_ = false;  // the share carries the ticket now (see finish_share())
             publish_share(uint32_t(n), 0, nullptr, ticket_);
             seg->taking.fetch_sub(1, std::memory_order_release);
             continue;
@@ -529,7 +537,10 @@ size_t SegmentWorker::fetch(bool *drained) {
     if (!seg->ordered) return seg->input->pop(lane, a_.data(), max, this, drained);
     std::lock_guard<std::mutex> lock(seg->ticket_mu);
     size_t n = seg->input->pop(lane, a_.data(), max, this, drained);
-    if (n) ticket_ = seg->next_ticket++;
+    if (n) {
+        ticket_ = seg->next_ticket++;
+        ticket_open_ = true;
+    }
     return n;
 }
 
@@ -844,6 +855,7 @@ void SegmentWorker::deliver() {
         PendingItems out;
         std::swap(out, pending);  // reuse pending's buffers; it is empty on this path
         seg->prepare_out(a_.data(), out_n_, out);
+        ticket_open_ = false;
         seg->reorder.commit(ticket_, out, this);
         out.clear();
         std::swap(out, pending);

@@ -353,6 +353,9 @@ private:
     void note_claim_time(size_t k, uint64_t dt);
     size_t out_n_ = 0;             // items of the last processed batch, in a_
     uint64_t ticket_ = 0;
+    // Ordered: ticket_ is reserved in the reorder window and not yet committed (a forced unwind
+    // out of a callback commits it empty, or the window would wait for it forever).
+    bool ticket_open_ = false;
     // Busy-time sampling: batches processed (a pass of several batches counts each of them) and
     // the count at which the next batch is timed.
     uint64_t batches_ = 0;

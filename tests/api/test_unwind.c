@@ -150,12 +150,6 @@ static void test_pthread_exit_in_a_shared_batch(void **state) {
     size_t w;
     int32_t ordered;
     (void)state;
-    /* KNOWN ISSUE, skipped: the pipeline never finishes (the wait times out after 30 s), on
-     * main (f1a652c, before shared batches) as well as here, already with 2 workers unordered.
-     * Set FLUXUS_TEST_UNWIND_SHARED=1 to run it. */
-    if (!getenv("FLUXUS_TEST_UNWIND_SHARED")) {
-        skip();
-    }
     for (w = 0; w < 2; w++) {
         for (ordered = 0; ordered <= 1; ordered++) {
             unwind_ctx c;
