@@ -21,16 +21,31 @@ namespace {
 [[gnu::cold, gnu::noinline]] void cancel_rest(Pipeline &p, const uint64_t *items, size_t n,
                                               StageTally &t) {
     t.cancelled += n;
-    for (size_t i = 0; i < n; ++i) p.release_item(items[i], false);
+    p.release_items(items, n, false);
 }
 
 // Under a forced unwind out of the callback of item i: that item stays with the host (cancelled,
-// not destroyed), the rest is cancelled, and the m outputs so far are left to the worker.
+// not destroyed) unless it had already ended (the unwind came out of its destructor or its
+// dead-letter callback, which counted it), the rest is cancelled, and the m outputs so far are
+// left to the worker.
 [[gnu::cold, gnu::noinline]] void unwind_rest(Pipeline &p, const uint64_t *in, size_t i,
                                               size_t n, size_t m, StageTally &t) {
-    ++t.cancelled;
-    if (i + 1 < n) cancel_rest(p, in + i + 1, n - i - 1, t);
+    if (!t_unwind.ended) ++t.cancelled;
+    t_unwind.ended = false;
     t_unwind.survivors = m;
+    if (i + 1 < n) cancel_rest(p, in + i + 1, n - i - 1, t);
+}
+
+// Under a forced unwind out of a batch callback: the host holds every item of the call
+// (cancelled, not destroyed). `emitted`: items a flat-map call emitted (fluxus's, new), which
+// go on to be cancelled downstream.
+[[gnu::cold, gnu::noinline]] void unwind_batch(WorkerStageState &ws, size_t n, size_t emitted,
+                                               StageTally &t) {
+    ws.call->end_batch();
+    ws.call->drop_unused();
+    t.cancelled += n;
+    t.spawned += emitted;
+    t_unwind.survivors = emitted;
 }
 
 // The emitter of the flat-map call running on this thread. fluxus_emit() compares against it by
@@ -49,16 +64,22 @@ size_t per_item(Pipeline &p, Stage &st, const uint64_t *in, size_t n, StageTally
     while (i < n) {
         try {
             for (; i < n; ++i) {
-                if (__builtin_expect(p.cancelling(), 0)) {
-                    cancel_rest(p, in + i, n - i, t);
-                    return m;
-                }
+                if (__builtin_expect(p.cancelling(), 0)) break;
                 body(in[i], m);
             }
         } FLUXUS_ON_FORCED_UNWIND(unwind_rest(p, in, i, n, m, t)) catch (...) {
             p.fail_item(st, in[i], FLUXUS_EEXCEPTION, what, &t);
             ++i;
+            continue;
         }
+        if (i < n) {
+            // Outside the loop's try: a forced unwind out of an item destructor here leaves
+            // these items ended (see Pipeline::release_items) and the m outputs to the worker.
+            try {
+                cancel_rest(p, in + i, n - i, t);
+            } FLUXUS_ON_FORCED_UNWIND((t_unwind.ended = false, t_unwind.survivors = m))
+        }
+        break;
     }
     return m;
 }
@@ -234,10 +255,9 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         out.clear();
         fluxus_emitter em{kEmitterMagic, &out, false, p.cursor()};
         EmitterScope live(&em);
-        size_t before = 0;
-        per_item(p, st, in, n, t, "flat-map callback threw", [&](uint64_t x, size_t &) {
+        try {
+            per_item(p, st, in, n, t, "flat-map callback threw", [&](uint64_t x, size_t &) {
             em.keep_input = false;
-            before = out.size();
             clock.start();
             int32_t rc = fn(u, x, &em);
             clock.check(st);  // emitted items are already admitted: only counted
@@ -250,7 +270,10 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             } else {
                 p.fail_item(st, x, rc, "flat-map callback failed", &t);
             }
-        });
+            });
+        } FLUXUS_ON_FORCED_UNWIND((t.spawned += out.size(), t_unwind.survivors = out.size()))
+        // (Under a forced unwind every item emitted so far, by the interrupted call too, is
+        // fluxus's and goes on to be cancelled downstream.)
         t.spawned += out.size();
         return out.size();
     }
@@ -324,7 +347,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         ws.call->begin_batch(uint32_t(n));  // texts per item: fluxus_call_set_item_error
         try {
             rc = fn(u, in, o, status, uint32_t(n));
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(unwind_batch(ws, n, 0, t)) catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
         ws.call->end_batch();
@@ -348,7 +371,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         ws.call->begin_batch(uint32_t(n));
         try {
             rc = fn(u, in, keep, status, uint32_t(n));
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(unwind_batch(ws, n, 0, t)) catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
         ws.call->end_batch();
@@ -386,7 +409,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         clock.start();
         try {
             rc = fn(u, in, uint32_t(n), &em);
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(unwind_batch(ws, n, out.size(), t)) catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
         clock.check(st);
@@ -419,7 +442,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         ws.call->begin_batch(uint32_t(n));
         try {
             rc = fn(u, in, status, uint32_t(n));
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(unwind_batch(ws, n, 0, t)) catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
         ws.call->end_batch();

@@ -34,6 +34,10 @@ struct UnwindNote {
     size_t read = 0;             // items that went all the way through the loop
     size_t survivors = SIZE_MAX; // items in the stage's output (SIZE_MAX: not known)
     size_t entered = 0;          // a chain fed by a pull source: items the source gave
+    // The item of the interrupted call has already ended and was counted (the unwind came out
+    // of its destructor, or out of the dead-letter callback, which counted it cancelled): the
+    // loop it was in does not end it again. Cleared by the loop that reads it.
+    bool ended = false;
 };
 extern thread_local UnwindNote t_unwind;
 
