@@ -771,6 +771,7 @@ void SegmentWorker::process(size_t n, size_t first) {
             StageTally &t = tally_[k];
             if (count_in) t.in += cur;
             uint64_t t0 = timed ? now_ns() : 0;
+            unwind_at = UnwindAt{k, false};
             size_t m = apply_stage(p, st, state_[k], in->data(), cur, *out, t);
             if (timed) t.busy_ns += (now_ns() - t0) * kBusySample;
             if (!st.is_sink()) t.out += m;
