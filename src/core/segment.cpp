@@ -809,6 +809,9 @@ void SegmentWorker::end_unwound(size_t next, const uint64_t *buf, size_t stage) 
     if (s) {
         if (next < seg->stages.size())
             cancel_unstarted(next, buf, s, true);
+        else if (seg->split)  // a router's outputs, each for its route
+            for (size_t i = 0; i < s; ++i)
+                seg->p->cancel_items(*seg->outs[state_.back().route[i]]->head(), buf + i, 1, true);
         else if (Stage *ns = seg->out_stage())
             seg->p->cancel_items(*ns, buf, s, true);
         else

@@ -241,12 +241,13 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             uint64_t page = cur ? cur->page_of(x) : 0;
             clock.start();
             int32_t rc = fn(u, x);
-            if (cur && rc == 0) cur->page_ended(page, true);
             clock.check(st);  // the sink owns the item now: an overrun is only counted
-            if (__builtin_expect(rc == 0, 1))
-                ++m;
-            else
+            if (__builtin_expect(rc == 0, 1)) {
+                ++m;  // before the commit callback the page's end may call (it may unwind)
+                if (cur) cur->page_ended(page, true);
+            } else {
                 p.fail_item(st, x, rc, failed, &t);
+            }
         });
         return 0;
     }

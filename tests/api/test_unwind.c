@@ -382,7 +382,7 @@ static int32_t k_load(void *user, const uint64_t *items, uint32_t n, uint64_t *r
         k_exit_holding(items, n);
     }
     for (i = 0; i < n; i++) {
-        results[i] = items[i];
+        results[i] = 3u * K_OUT + items[i];
     }
     return 0;
 }
@@ -894,48 +894,50 @@ typedef struct kind_case {
     int source;
     k_build_fn build;
     uint32_t batch; /* pipeline batch size (0: default) */
+    int consumes;   /* the stage destroys inputs it answers with new items (a cache hit): the
+                       destructor total does not follow from the stats */
 } kind_case;
 
 static const kind_case k_cases[] = {
-    {"filter", SRC_PULL, b_filter, 16},
-    {"map batch", SRC_PULL, b_map_batch, 16},
-    {"filter batch", SRC_PULL, b_filter_batch, 16},
-    {"sink batch", SRC_PULL, b_sink_batch, 16},
-    {"flat map", SRC_PULL, b_flat_map, 16},
-    {"flat map batch", SRC_PULL, b_flat_map_batch, 16},
-    {"batch stage", SRC_PULL, b_batch, 16},
-    {"dedup key fn", SRC_PULL, b_dedup_key, 16},
-    {"throttle key fn", SRC_PULL, b_throttle_key, 16},
-    {"async start", SRC_PULL, b_async_start, 16},
-    {"map behind an async stage", SRC_PULL, b_async_behind, 16},
-    {"reduce", SRC_PULL, b_reduce, 16},
-    {"reduce key fn", SRC_PULL, b_reduce_key, 16},
-    {"count window", SRC_PULL, b_window_count, 16},
-    {"session window", SRC_PULL, b_window_session, 16},
-    {"time window", SRC_PULL, b_window_time, 16},
-    {"window key fn", SRC_PULL, b_window_key, 16},
-    {"sliding window", SRC_PULL, b_sliding, 16},
-    {"debounce key fn", SRC_PULL, b_debounce_key, 16},
-    {"join input fn", SRC_PULL, b_join_input, 16},
-    {"join fn", SRC_PULL, b_join_fn, 16},
-    {"loader load", SRC_PULL, b_loader_load, 16},
-    {"loader attach", SRC_PULL, b_loader_attach, 16},
-    {"cache copy", SRC_PULL, b_cache_copy, 16},
-    {"map behind a cache", SRC_PULL, b_cache_map, 16},
-    {"router selector", SRC_PULL, b_router, 16},
-    {"broadcast copy", SRC_PULL, b_broadcast_copy, 16},
-    {"pull source (fused)", SRC_PULL_TRAP, b_plain_chain, 16},
-    {"pull source (batch stage)", SRC_PULL_TRAP, b_plain_batch_stage, 16},
-    {"pull batch source", SRC_PULL_BATCH_TRAP, b_plain_chain, 16},
-    {"cursor read", SRC_CURSOR_TRAP, b_plain_chain, 16},
-    {"cursor page fn", SRC_CURSOR_PAGE_TRAP, b_plain_chain, 16},
-    {"cursor commit", SRC_CURSOR_COMMIT_TRAP, b_plain_chain, 16},
-    {"map on a cursor source", SRC_CURSOR, b_trap_map, 16},
-    {"item destructor", SRC_PULL, b_item_free, 16},
-    {"item destructor (batch stage behind)", SRC_PULL, b_item_free_batch, 16},
-    {"dead letter", SRC_PULL, b_dead_letter, 16},
-    {"dead letter (batch)", SRC_PULL, b_dead_letter_batch, 16},
-    {"retry predicate", SRC_PULL, b_retry_pred, 16},
+    {"filter", SRC_PULL, b_filter, 16, 0},
+    {"map batch", SRC_PULL, b_map_batch, 16, 0},
+    {"filter batch", SRC_PULL, b_filter_batch, 16, 0},
+    {"sink batch", SRC_PULL, b_sink_batch, 16, 0},
+    {"flat map", SRC_PULL, b_flat_map, 16, 0},
+    {"flat map batch", SRC_PULL, b_flat_map_batch, 16, 0},
+    {"batch stage", SRC_PULL, b_batch, 16, 0},
+    {"dedup key fn", SRC_PULL, b_dedup_key, 16, 0},
+    {"throttle key fn", SRC_PULL, b_throttle_key, 16, 0},
+    {"async start", SRC_PULL, b_async_start, 16, 0},
+    {"map behind an async stage", SRC_PULL, b_async_behind, 16, 0},
+    {"reduce", SRC_PULL, b_reduce, 16, 0},
+    {"reduce key fn", SRC_PULL, b_reduce_key, 16, 0},
+    {"count window", SRC_PULL, b_window_count, 16, 0},
+    {"session window", SRC_PULL, b_window_session, 16, 0},
+    {"time window", SRC_PULL, b_window_time, 16, 0},
+    {"window key fn", SRC_PULL, b_window_key, 16, 0},
+    {"sliding window", SRC_PULL, b_sliding, 16, 0},
+    {"debounce key fn", SRC_PULL, b_debounce_key, 16, 0},
+    {"join input fn", SRC_PULL, b_join_input, 16, 0},
+    {"join fn", SRC_PULL, b_join_fn, 16, 0},
+    {"loader load", SRC_PULL, b_loader_load, 16, 0},
+    {"loader attach", SRC_PULL, b_loader_attach, 16, 0},
+    {"cache copy", SRC_PULL, b_cache_copy, 16, 1},
+    {"map behind a cache", SRC_PULL, b_cache_map, 16, 0},
+    {"router selector", SRC_PULL, b_router, 16, 0},
+    {"broadcast copy", SRC_PULL, b_broadcast_copy, 16, 0},
+    {"pull source (fused)", SRC_PULL_TRAP, b_plain_chain, 16, 0},
+    {"pull source (batch stage)", SRC_PULL_TRAP, b_plain_batch_stage, 16, 0},
+    {"pull batch source", SRC_PULL_BATCH_TRAP, b_plain_chain, 16, 0},
+    {"cursor read", SRC_CURSOR_TRAP, b_plain_chain, 16, 0},
+    {"cursor page fn", SRC_CURSOR_PAGE_TRAP, b_plain_chain, 16, 0},
+    {"cursor commit", SRC_CURSOR_COMMIT_TRAP, b_plain_chain, 16, 0},
+    {"map on a cursor source", SRC_CURSOR, b_trap_map, 16, 0},
+    {"item destructor", SRC_PULL, b_item_free, 16, 0},
+    {"item destructor (batch stage behind)", SRC_PULL, b_item_free_batch, 16, 0},
+    {"dead letter", SRC_PULL, b_dead_letter, 16, 0},
+    {"dead letter (batch)", SRC_PULL, b_dead_letter_batch, 16, 0},
+    {"retry predicate", SRC_PULL, b_retry_pred, 16, 0},
 };
 
 static void *k_drive(void *arg) {
@@ -943,7 +945,7 @@ static void *k_drive(void *arg) {
     return NULL;
 }
 
-static void k_check(const char *name, int32_t rc) {
+static void k_check(const char *name, int32_t rc, int consumes) {
     fluxus_pipeline_stats s;
     uint64_t i;
     if (rc != FLUXUS_ECANCELED) {
@@ -951,6 +953,18 @@ static void k_check(const char *name, int32_t rc) {
                  fluxus_err_name(rc));
     }
     tu_stats(g_k.p, &s);
+    if (getenv("FLUXUS_TEST_VERBOSE")) {
+        for (i = 0; i < K_N; i++) {
+            fprintf(stderr, "%llu:%u%u%u ", (unsigned long long)i, g_k.held[i],
+                    TU_LOAD(&g_k.t.delivered[i]), TU_LOAD(&g_k.t.freed[i]));
+        }
+        fprintf(stderr, "\nadmitted %llu delivered %llu filtered %llu failed %llu dead %llu "
+                "cancelled %llu freed %llu out_of_range %llu\n",
+                (unsigned long long)s.admitted, (unsigned long long)s.delivered,
+                (unsigned long long)s.filtered, (unsigned long long)s.failed,
+                (unsigned long long)s.dead_lettered, (unsigned long long)s.cancelled,
+                (unsigned long long)g_k.t.freed_total, (unsigned long long)g_k.t.out_of_range);
+    }
     if (!TU_LOAD(&g_k.exited)) {
         fail_msg("%s: the callback never ended its thread", name);
     }
@@ -965,7 +979,7 @@ static void k_check(const char *name, int32_t rc) {
                      (unsigned long long)i, d, f);
         }
     }
-    tu_check_conservation(g_k.p, &g_k.t, g_k.held_count);
+    tu_check_conservation(g_k.p, consumes ? NULL : &g_k.t, g_k.held_count);
 }
 
 /* The runtime still runs pipelines after one of its threads was ended. */
@@ -1004,7 +1018,7 @@ static void k_run_case(const kind_case *kc, int on_worker) {
         assert_int_equal(pthread_create(&host, NULL, k_drive, g_k.p), 0);
         assert_int_equal(pthread_join(host, NULL), 0);
     }
-    k_check(kc->name, tu_wait(g_k.p));
+    k_check(kc->name, tu_wait(g_k.p), kc->consumes);
     TU_OK(fluxus_pipeline_free(g_k.p));
     k_run_after(rt);
     TU_OK(fluxus_runtime_free(rt));
