@@ -281,6 +281,12 @@ private:
                   std::vector<uint64_t> &out, const char *what);
     // Sends what a head callback emitted on. False: stop this run.
     bool send_emitted(std::vector<uint64_t> &out);
+    // Under a forced unwind: what a head callback emitted is counted and cancelled downstream.
+    void unwind_emitted(std::vector<uint64_t> &out);
+    // Under a forced unwind out of a callback for items[i] of a head's input loop: that item
+    // stays with the host (cancelled, not destroyed) unless `held` is false or it had ended, the
+    // rest is cancelled, and the head's tally is flushed.
+    void unwind_input(const uint64_t *items, size_t i, size_t n, bool held);
     // Sliding window head: as run_windows, with items held across windows.
     void run_sliding();
     std::unordered_map<Key128, size_t, Key128Hash> acc_index_;  // key -> position in accs_

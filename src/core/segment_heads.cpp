@@ -34,6 +34,17 @@ bool SegmentWorker::key_or_fail(uint64_t item, Key128 *key, const char *what) {
     return fluxus::key_or_fail(*seg->p, *seg->head(), item, key, what, &tally_[0]);
 }
 
+void SegmentWorker::unwind_input(const uint64_t *items, size_t i, size_t n, bool held) {
+    StageTally &t = tally_[0];
+    if (held && !t_unwind.ended) ++t.cancelled;
+    t_unwind.ended = false;
+    if (i + 1 < n) {
+        t.cancelled += n - i - 1;
+        seg->p->release_items(items + i + 1, n - i - 1, false);
+    }
+    t.flush_to(seg->head()->c);
+}
+
 namespace {
 
 // Calls a window stage's aggregate callback with a live emitter that collects into `out`.
@@ -219,29 +230,32 @@ void SegmentWorker::run_reduce() {
         bool drained = false;
         size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
         uint64_t t0 = now_ns();
-        for (size_t i = 0; i < n; ++i) {
-            uint64_t x = a_[i];
-            if (p.cancelling()) {  // no callback starts once the pipeline is cancelled
-                t.cancelled += n - i;
-                for (size_t j = i; j < n; ++j) p.release_item(a_[j], false);
-                break;
+        size_t i = 0;
+        try {
+            for (; i < n; ++i) {
+                uint64_t x = a_[i];
+                if (p.cancelling()) break;  // no callback starts once the pipeline is cancelled
+                Key128 k;
+                if (!key_or_fail(x, &k, "reduce key callback failed")) continue;
+                int32_t rc;
+                try {
+                    auto ins = acc_index_.emplace(k, accs_.size());
+                    if (ins.second) accs_.push_back(0);
+                    rc = fn(head.user.user, &accs_[ins.first->second], ins.second ? 1 : 0, x);
+                } FLUXUS_CATCH_ALL {
+                    rc = FLUXUS_EEXCEPTION;
+                }
+                if (rc != 0) {
+                    p.fail_item(head, x, rc, "reduce callback failed", &t);
+                } else {
+                    ++t.filtered;  // folded into its key's accumulator
+                    p.destroy_item(x);
+                }
             }
-            Key128 k;
-            if (!key_or_fail(x, &k, "reduce key callback failed")) continue;
-            int32_t rc;
-            try {
-                auto ins = acc_index_.emplace(k, accs_.size());
-                if (ins.second) accs_.push_back(0);
-                rc = fn(head.user.user, &accs_[ins.first->second], ins.second ? 1 : 0, x);
-            } FLUXUS_CATCH_ALL {
-                rc = FLUXUS_EEXCEPTION;
-            }
-            if (rc != 0) {
-                p.fail_item(head, x, rc, "reduce callback failed", &t);
-            } else {
-                ++t.filtered;  // folded into its key's accumulator
-                p.destroy_item(x);
-            }
+        } FLUXUS_ON_FORCED_UNWIND(unwind_input(a_.data(), i, n, true))
+        if (i < n) {
+            t.cancelled += n - i;
+            p.release_items(a_.data() + i, n - i, false);
         }
         if (n) t.busy_ns += now_ns() - t0;
         t.flush_to(head.c);
@@ -273,17 +287,29 @@ void SegmentWorker::end_consumed(const std::vector<uint64_t> &items, int32_t rc,
     Pipeline &p = *seg->p;
     Stage &head = *seg->head();
     StageTally &t = tally_[0];
-    for (uint64_t x : items) {
-        if (rc != 0) {
-            p.fail_item(head, x, rc, what, &t);
-            continue;
+    size_t i = 0;
+    try {
+        for (; i < items.size(); ++i) {
+            uint64_t x = items[i];
+            if (rc != 0) {
+                p.fail_item(head, x, rc, what, &t);
+                continue;
+            }
+            ++t.filtered;  // consumed by the callback
+            if (!keep_input)
+                p.destroy_item(x);
+            else if (CursorTracker *cur = p.cursor())
+                cur->item_ended(x, true);
         }
-        ++t.filtered;  // consumed by the callback
-        if (!keep_input)
-            p.destroy_item(x);
-        else if (CursorTracker *cur = p.cursor())
-            cur->item_ended(x, true);
-    }
+    } FLUXUS_ON_FORCED_UNWIND(([&] {
+        // Out of the dead-letter callback (item i stays with the host) or the item destructor
+        // (item i has ended): the items after it are cancelled.
+        if (!t_unwind.ended) ++t.cancelled;
+        t_unwind.ended = false;
+        size_t rest = items.size() - i - 1;
+        t.cancelled += rest;
+        p.release_items(items.data() + i + 1, rest, false);
+    }()))
 }
 
 bool SegmentWorker::send_emitted(std::vector<uint64_t> &out) {
@@ -301,12 +327,15 @@ void SegmentWorker::fire_set(const std::vector<uint64_t> &items, uint64_t start_
                              std::vector<uint64_t> &out, const char *what) {
     if (seg->p->cancelling()) {  // no callback starts once the pipeline is cancelled
         tally_[0].cancelled += items.size();
-        for (uint64_t x : items) seg->p->release_item(x, false);
+        seg->p->release_items(items.data(), items.size(), false);
         return;
     }
     bool keep_input = false;
-    int32_t rc = call_window_fn(*seg->p, *seg->head(), items.data(), items.size(), start_ns, out,
-                                &keep_input);
+    int32_t rc;
+    try {
+        rc = call_window_fn(*seg->p, *seg->head(), items.data(), items.size(), start_ns, out,
+                            &keep_input);
+    } FLUXUS_ON_FORCED_UNWIND(tally_[0].cancelled += items.size())  // the host holds them
     if (rc == 0) {
         call_errors_.drop_unused();
         return end_consumed(items, rc, keep_input, what);
@@ -316,25 +345,45 @@ void SegmentWorker::fire_set(const std::vector<uint64_t> &items, uint64_t start_
     end_consumed(items, rc, keep_input, what);
 }
 
+void SegmentWorker::unwind_emitted(std::vector<uint64_t> &out) {
+    // New items of the head that a forced unwind stopped before they went on: cancelled where
+    // they were headed.
+    StageTally &t = tally_[0];
+    t.spawned += out.size();
+    t.out += out.size();
+    t_unwind.survivors = out.size();
+    end_unwound(1, out.data(), SIZE_MAX);
+    out.clear();
+}
+
 bool SegmentWorker::fire_windows(std::vector<KeyedWindows::Closed> &closed) {
     std::vector<uint64_t> out;
-    for (KeyedWindows::Closed &w : closed)
-        fire_set(w.items, w.start_ns, out, "window callback failed");
+    size_t w = 0;
+    try {
+        for (; w < closed.size(); ++w)
+            fire_set(closed[w].items, closed[w].start_ns, out, "window callback failed");
+    } FLUXUS_ON_FORCED_UNWIND((closed.erase(closed.begin(), closed.begin() + w + 1),
+                               unwind_emitted(out)))
     closed.clear();
     return send_emitted(out);
 }
 
 bool SegmentWorker::fire_joins() {
     std::vector<uint64_t> out;
-    for (JoinTable::Done &d : joined_) {
-        if (d.status == 0)
-            fire_set(d.items, d.start_ns, out, "join callback failed");
-        else
-            end_consumed(d.items, d.status, false,
-                         d.status == FLUXUS_ETIMEDOUT
-                             ? "join key still incomplete after the join timeout"
-                             : "join key still incomplete at end of input");
-    }
+    size_t j = 0;
+    try {
+        for (; j < joined_.size(); ++j) {
+            JoinTable::Done &d = joined_[j];
+            if (d.status == 0)
+                fire_set(d.items, d.start_ns, out, "join callback failed");
+            else
+                end_consumed(d.items, d.status, false,
+                             d.status == FLUXUS_ETIMEDOUT
+                                 ? "join key still incomplete after the join timeout"
+                                 : "join key still incomplete at end of input");
+        }
+    } FLUXUS_ON_FORCED_UNWIND((joined_.erase(joined_.begin(), joined_.begin() + j + 1),
+                               unwind_emitted(out)))
     joined_.clear();
     return send_emitted(out);
 }
@@ -373,7 +422,9 @@ void SegmentWorker::run_join() {
         bool drained = false;
         size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
         input_drained_ = drained;
-        for (size_t i = 0; i < n; ++i) {
+        size_t i = 0;
+        try {
+        for (; i < n; ++i) {
             uint64_t x = a_[i];
             Key128 k;
             if (!key_or_fail(x, &k, "join key callback failed")) continue;
@@ -396,6 +447,7 @@ void SegmentWorker::run_join() {
             }
             if (rc != 0) p.fail_item(head, x, rc, why, &t);
         }
+        } FLUXUS_ON_FORCED_UNWIND(unwind_input(a_.data(), i, n, true))
         t.flush_to(head.c);
         if (n || drained) continue;
         arm_timer(jt.next_deadline(), now);
@@ -519,11 +571,14 @@ void SegmentWorker::run_windows() {
         size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
         input_drained_ = drained;
         std::vector<uint64_t> batch(a_.begin(), a_.begin() + n);  // a_ is reused by firing
-        for (uint64_t x : batch) {
-            Key128 k;
-            if (!key_or_fail(x, &k, "window key callback failed")) continue;
-            wins.add(k, x, now, closed_);
-        }
+        size_t i = 0;
+        try {
+            for (; i < n; ++i) {
+                Key128 k;
+                if (!key_or_fail(batch[i], &k, "window key callback failed")) continue;
+                wins.add(k, batch[i], now, closed_);
+            }
+        } FLUXUS_ON_FORCED_UNWIND(unwind_input(batch.data(), i, n, true))
         t.flush_to(head.c);
         if (n || drained) continue;
         arm_timer(wins.next_deadline(), now);
@@ -566,15 +621,18 @@ void SegmentWorker::run_debounce() {
             bool drained = false;
             size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
             input_drained_ = drained;
-            for (size_t i = 0; i < n; ++i) {
-                uint64_t x = a_[i], old = 0;
-                Key128 k;
-                if (!key_or_fail(x, &k, "debounce key callback failed")) continue;
-                if (deb.offer(k, x, now, &old, emit_)) {
-                    ++t.filtered;  // superseded by a newer item of the same key
-                    p.destroy_item(old);
+            size_t i = 0;
+            try {
+                for (; i < n; ++i) {
+                    uint64_t x = a_[i], old = 0;
+                    Key128 k;
+                    if (!key_or_fail(x, &k, "debounce key callback failed")) continue;
+                    if (deb.offer(k, x, now, &old, emit_)) {
+                        ++t.filtered;  // superseded by a newer item of the same key
+                        p.destroy_item(old);  // (x is held now: an unwind here ends `old`)
+                    }
                 }
-            }
+            } FLUXUS_ON_FORCED_UNWIND(unwind_input(a_.data(), i, n, true))
             t.flush_to(head.c);
             if (n || drained) progress = true;
         }
@@ -598,11 +656,17 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
     AsyncSlots &slots = *head.async;
     RetryScopeGuard retry_scope(this, &head, 1);
     uint64_t t0 = now_ns();
-    for (size_t i = 0; i < n; ++i) {
+    size_t i = 0;
+    bool started = false;  // item i is in flight (its slot accounts for it)
+    try {
+    for (; i < n; ++i) {
         uint64_t x = a_[i];
+        started = false;
         if (p.cancelling()) {  // no callback starts once the pipeline is cancelled
             t.cancelled += n - i;
-            for (size_t j = i; j < n; ++j) p.release_item(a_[j], false);
+            size_t from = i;
+            i = n;
+            p.release_items(a_.data() + from, n - from, false);
             break;
         }
         attempt_ = attempts ? attempts[i] : 1;
@@ -623,6 +687,7 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
             }
         }
         uint64_t token = slots.begin(x, now, attempt_, epoch);
+        started = true;
         int32_t rc;
         try {
             rc = fn(u, x, token);
@@ -636,9 +701,11 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
                 head.breaker->abandon(epoch);
             else if (epoch)
                 head.breaker->record(epoch, false, rt_->now());
+            started = false;  // no longer in flight: the failure ends it
             p.fail_item(head, x, rc, "async callback refused the item", &t);
         }
     }
+    } FLUXUS_ON_FORCED_UNWIND((attempt_ = 1, unwind_input(a_.data(), i, n, !started)))
     call_errors_.drop_unused();  // a started item's text: dropped
     attempt_ = 1;
     t.busy_ns += now_ns() - t0;
