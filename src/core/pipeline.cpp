@@ -535,7 +535,7 @@ void Pipeline::release_items(const uint64_t *items, size_t n, bool finished) {
     size_t i = 0;
     try {
         for (; i < n; ++i) release_item(items[i], finished);
-    } FLUXUS_ON_FORCED_UNWIND(orphan_rest(items + i + 1, n - i - 1))
+    } FLUXUS_ON_FORCED_UNWIND((t_unwind.ended = false, orphan_rest(items + i + 1, n - i - 1)))
 }
 
 void Pipeline::orphan_rest(const uint64_t *items, size_t n) {

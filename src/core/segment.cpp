@@ -815,7 +815,7 @@ void SegmentWorker::end_unwound(size_t next, const uint64_t *buf, size_t stage) 
         else if (Stage *ns = seg->out_stage())
             seg->p->cancel_items(*ns, buf, s, true);
         else
-            for (size_t i = 0; i < s; ++i) seg->p->release_item(buf[i], false);
+            seg->p->release_items(buf, s, false);
     }
     for (size_t k = 0; k < seg->stages.size(); ++k) tally_[k].flush_to(seg->stages[k]->c);
 }
@@ -824,7 +824,7 @@ void SegmentWorker::cancel_unstarted(size_t k, const uint64_t *items, size_t n, 
     StageTally &t = tally_[k];
     if (count_in) t.in += n;
     t.cancelled += n;
-    for (size_t i = 0; i < n; ++i) seg->p->release_item(items[i], false);
+    seg->p->release_items(items, n, false);
 }
 
 void SegmentWorker::arm_timer(uint64_t deadline, uint64_t now) {
@@ -872,6 +872,7 @@ void SegmentWorker::deliver() {
 
 void SegmentWorker::cancel_all() {
     Pipeline &p = *seg->p;
+    p.release_orphans();  // items a destructor that ended its thread left (release_items())
     abandon_share();
     if (!pending.empty()) {
         if (Stage *ns = seg->out_stage())
@@ -929,6 +930,21 @@ void SegmentWorker::cancel_all() {
         if (state_.size() && state_[0].sliding) {
             std::vector<uint64_t> held;
             state_[0].sliding->drop_all(held);
+            if (!host_kept_.empty()) {
+                // A window callback's items the host kept (see run_sliding()): one each.
+                std::vector<uint64_t> ours;
+                for (uint64_t x : held) {
+                    auto it = std::find(host_kept_.begin(), host_kept_.end(), x);
+                    if (it == host_kept_.end()) {
+                        ours.push_back(x);
+                    } else {
+                        host_kept_.erase(it);
+                        h->c.cancelled.fetch_add(1, std::memory_order_relaxed);
+                    }
+                }
+                held.swap(ours);
+                host_kept_.clear();
+            }
             if (!held.empty()) p.cancel_items(*h, held.data(), held.size(), false);
         }
         if (state_.size() && state_[0].windows) {

@@ -269,6 +269,9 @@ private:
     // Runs the aggregate callback over closed windows; their outputs go on. False: stop.
     bool fire_windows(std::vector<KeyedWindows::Closed> &closed);
     std::vector<KeyedWindows::Closed> closed_;
+    // Sliding windows: the items of a window callback that ended its thread. They stay with the
+    // host: cancel_all() counts them cancelled without destroying them.
+    std::vector<uint64_t> host_kept_;
     // Join head: keys wait for every input; complete sets go to the callback (see run_join).
     void run_join();
     bool fire_joins();

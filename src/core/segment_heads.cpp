@@ -468,7 +468,10 @@ void SegmentWorker::run_sliding() {
     std::vector<SlidingWindows::Leaving> leaving;
     auto fire = [&](const uint64_t *items, size_t count, uint64_t start_ns) -> int32_t {
         // keep_input has no effect here: items stay held for later windows.
-        int32_t rc = call_window_fn(p, head, items, count, start_ns, out, nullptr);
+        int32_t rc;
+        try {
+            rc = call_window_fn(p, head, items, count, start_ns, out, nullptr);
+        } FLUXUS_ON_FORCED_UNWIND(host_kept_.assign(items, items + count))
         // Its items fail when they leave their last window, later: they keep the status only
         // (a text kept that long would land on whichever failure came first).
         call_errors_.drop_unused();
@@ -495,7 +498,25 @@ void SegmentWorker::run_sliding() {
         out.clear();
         return send_on(m);
     };
+    std::vector<uint64_t> batch;
+    size_t bi = 0;
+    bool keying = false;  // batch[bi] is in the key callback (not yet held by the windows)
+    // Under a forced unwind out of a callback: items that left their last window and the rest
+    // of the input batch are cancelled, the key callback's item stays with the host, what the
+    // callbacks emitted is released uncounted (as on cancel), and the window callback's items
+    // (host_kept_, still held by the windows) are left to cancel_all().
+    auto unwind = [&] {
+        for (const SlidingWindows::Leaving &l : leaving) p.cancel_items(head, &l.item, 1, false);
+        leaving.clear();
+        for (uint64_t x : out) p.free_unadmitted(x);
+        out.clear();
+        if (bi < batch.size()) unwind_input(batch.data(), bi, batch.size(), keying);
+        t.flush_to(head.c);
+    };
+    try {
     for (int round = 0;; ++round) {
+        batch.clear();
+        bi = 0;
         if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
             notify();
             return;
@@ -525,17 +546,20 @@ void SegmentWorker::run_sliding() {
         bool drained = false;
         size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
         input_drained_ = drained;
-        std::vector<uint64_t> batch(a_.begin(), a_.begin() + n);
-        for (uint64_t x : batch) {
+        batch.assign(a_.begin(), a_.begin() + n);
+        for (bi = 0; bi < n; ++bi) {
             Key128 k;
-            if (!key_or_fail(x, &k, "window key callback failed")) continue;
-            wins.add(k, x, now, fire, leaving);
+            keying = true;
+            bool ok = key_or_fail(batch[bi], &k, "window key callback failed");
+            keying = false;
+            if (ok) wins.add(k, batch[bi], now, fire, leaving);
         }
         t.flush_to(head.c);
         if (n || drained) continue;
         arm_timer(wins.next_deadline(), now);
         return;
     }
+    } FLUXUS_ON_FORCED_UNWIND(unwind())
 }
 
 // The window head's loop: new input joins its key's window (a full count window closes at

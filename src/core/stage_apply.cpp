@@ -105,13 +105,38 @@ inline void fail_batch_item(Pipeline &p, Stage &st, const BatchTexts &texts, siz
     p.fail_item(st, item, status, what, &t);
 }
 
+// Under a forced unwind out of the dead-letter callback (or the item destructor, or a cursor
+// commit) while the results of a batch call are settled, at item i: item i stays with the host
+// (cancelled, not destroyed) unless it had ended; `rest` (what fluxus owns of the items after
+// it that had not ended: a batch map's output where its status is 0) is cancelled. The m
+// outputs so far go on to be cancelled downstream.
+[[gnu::cold, gnu::noinline]] void unwind_settle(Pipeline &p, size_t m, StageTally &t,
+                                                const std::vector<uint64_t> &rest) {
+    if (!t_unwind.ended) ++t.cancelled;
+    t_unwind.ended = false;
+    t_unwind.survivors = m;
+    t.cancelled += rest.size();
+    p.release_items(rest.data(), rest.size(), false);
+}
+
+// The items after i of a batch: in[j], or out[j] where status[j] is 0 (when `out` is set).
+[[gnu::cold]] std::vector<uint64_t> rest_after(size_t i, size_t n, const uint64_t *in,
+                                               const uint64_t *out, const int32_t *status) {
+    std::vector<uint64_t> rest;
+    for (size_t j = i + 1; j < n; ++j) rest.push_back(out && status[j] == 0 ? out[j] : in[j]);
+    return rest;
+}
+
 // Compacts the items whose status is 0 into out and fails the others, with their texts.
 size_t settle_batch(Pipeline &p, Stage &st, CallErrors *call, const uint64_t *in, uint64_t *out,
                     size_t n, int32_t rc, const int32_t *status, StageTally &t,
                     const char *what) {
+    size_t i = 0, m = 0;
     if (rc != 0) {
         BatchTexts texts(call);
-        for (size_t i = 0; i < n; ++i) fail_batch_item(p, st, texts, i, in[i], rc, what, t);
+        try {
+            for (; i < n; ++i) fail_batch_item(p, st, texts, i, in[i], rc, what, t);
+        } FLUXUS_ON_FORCED_UNWIND(unwind_settle(p, 0, t, rest_after(i, n, in, nullptr, nullptr)))
         return 0;
     }
     if (all_ok(status, n)) {
@@ -119,13 +144,14 @@ size_t settle_batch(Pipeline &p, Stage &st, CallErrors *call, const uint64_t *in
         return n;
     }
     BatchTexts texts(call);
-    size_t m = 0;
-    for (size_t i = 0; i < n; ++i) {
-        if (status[i] == 0)
-            out[m++] = out[i];
-        else
-            fail_batch_item(p, st, texts, i, in[i], status[i], what, t);
-    }
+    try {
+        for (; i < n; ++i) {
+            if (status[i] == 0)
+                out[m++] = out[i];
+            else
+                fail_batch_item(p, st, texts, i, in[i], status[i], what, t);
+        }
+    } FLUXUS_ON_FORCED_UNWIND(unwind_settle(p, m, t, rest_after(i, n, in, out, status)))
     return m;
 }
 
@@ -387,17 +413,19 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             return settle_batch(p, st, ws.call, in, o, n, rc, nullptr, t, "batch filter failed");
         // What the call attached is taken out now; dropped with `texts` if no item failed.
         BatchTexts texts(ws.call);
-        size_t m = 0;
-        for (size_t i = 0; i < n; ++i) {
-            if (status[i] != 0) {
-                fail_batch_item(p, st, texts, i, in[i], status[i], "batch filter failed", t);
-            } else if (keep[i]) {
-                o[m++] = in[i];
-            } else {
-                ++t.filtered;
-                p.destroy_item(in[i]);
+        size_t m = 0, i = 0;
+        try {
+            for (; i < n; ++i) {
+                if (status[i] != 0) {
+                    fail_batch_item(p, st, texts, i, in[i], status[i], "batch filter failed", t);
+                } else if (keep[i]) {
+                    o[m++] = in[i];
+                } else {
+                    ++t.filtered;
+                    p.destroy_item(in[i]);
+                }
             }
-        }
+        } FLUXUS_ON_FORCED_UNWIND(unwind_settle(p, m, t, rest_after(i, n, in, nullptr, nullptr)))
         return m;
     }
     case StageKind::batch:  // a formed group: the same contract as a batch flat map
@@ -415,20 +443,33 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         }
         clock.check(st);
         t.spawned += out.size();
-        if (rc != 0) {
-            BatchTexts texts(ws.call);  // the call's text goes with every item
-            for (size_t i = 0; i < n; ++i)
-                fail_batch_item(p, st, texts, i, in[i], rc, "batch flat-map callback failed", t);
-        } else {
-            ws.call->drop_unused();
-            t.filtered += n;
-            for (size_t i = 0; i < n; ++i) {
-                if (!em.keep_input)
-                    p.destroy_item(in[i]);
-                else if (CursorTracker *cur = p.cursor())
-                    cur->item_ended(in[i], true);
+        size_t i = 0;
+        try {
+            if (rc != 0) {
+                BatchTexts texts(ws.call);  // the call's text goes with every item
+                for (; i < n; ++i)
+                    fail_batch_item(p, st, texts, i, in[i], rc, "batch flat-map callback failed",
+                                    t);
+            } else {
+                ws.call->drop_unused();
+                t.filtered += n;
+                for (; i < n; ++i) {
+                    if (!em.keep_input)
+                        p.destroy_item(in[i]);
+                    else if (CursorTracker *cur = p.cursor())
+                        cur->item_ended(in[i], true);
+                }
             }
-        }
+        } FLUXUS_ON_FORCED_UNWIND(([&] {
+            if (rc != 0)
+                return unwind_settle(p, out.size(), t, rest_after(i, n, in, nullptr, nullptr));
+            // Consumed, and counted filtered already: out of item i's destructor (or a cursor
+            // commit), the items after it are destroyed by another thread (or kept, with
+            // keep_input).
+            t_unwind.ended = false;
+            t_unwind.survivors = out.size();
+            if (!em.keep_input) p.orphan_rest(in + i + 1, n - i - 1);
+        }()))
         return out.size();
     }
     case StageKind::sink_batch: {
@@ -460,15 +501,31 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             return 0;
         }
         BatchTexts texts(ws.call);
-        size_t delivered = 0;
-        for (size_t i = 0; i < n; ++i) {
-            if (status[i] == 0) {
-                ++delivered;
-                if (cur) cur->page_ended(pages[i], true);
-            } else
-                fail_batch_item(p, st, texts, i, in[i], status[i], "batch sink callback failed",
-                                t);
-        }
+        size_t delivered = 0, i = 0;
+        try {
+            for (; i < n; ++i) {
+                if (status[i] == 0) {
+                    ++delivered;
+                    if (cur) cur->page_ended(pages[i], true);
+                } else {
+                    fail_batch_item(p, st, texts, i, in[i], status[i],
+                                    "batch sink callback failed", t);
+                }
+            }
+        } FLUXUS_ON_FORCED_UNWIND(([&] {
+            // Out of the dead-letter callback, the destructor or a cursor commit: the items
+            // the sink accepted are delivered, the failed ones not yet ended are cancelled.
+            if (status[i] == 0) t_unwind.ended = true;  // counted in `delivered`
+            std::vector<uint64_t> rest;
+            for (size_t j = i + 1; j < n; ++j) {
+                if (status[j] == 0)
+                    ++delivered;
+                else
+                    rest.push_back(in[j]);
+            }
+            t.out += delivered;
+            unwind_settle(p, 0, t, rest);
+        }()))
         t.out += delivered;
         return 0;
     }

@@ -366,6 +366,21 @@ static int32_t k_window(void *user, const uint64_t *items, uint32_t n, uint64_t 
     return 0;
 }
 
+/* A sliding window's emitted items are in [5 K_OUT, 6 K_OUT): on cancel those not yet sent on
+ * are released without being admitted (not counted by k_free). */
+static int32_t k_window_sliding(void *user, const uint64_t *items, uint32_t n, uint64_t start_ns,
+                                fluxus_emitter *em) {
+    (void)user;
+    (void)start_ns;
+    if (fluxus_emit(em, 5u * K_OUT + items[0]) != FLUXUS_OK) {
+        return -1;
+    }
+    if (k_hits(items, n)) {
+        k_exit_holding(items, n);
+    }
+    return 0;
+}
+
 static int32_t k_join_input(void *user, uint64_t item, uint32_t *input) {
     (void)user;
     k_trap(item);
@@ -533,6 +548,27 @@ static int32_t k_map_fail_odd(void *user, uint64_t in, uint64_t *out) {
     return in % 2u ? -5 : 0;
 }
 
+static int32_t k_map_batch_fail_all(void *user, const uint64_t *in, uint64_t *out,
+                                    int32_t *status, uint32_t n) {
+    (void)user;
+    (void)in;
+    (void)out;
+    (void)status;
+    (void)n;
+    return -5;
+}
+
+/* Cancels the pipeline at item 33: the rest of its batch is cancelled in bulk, and the item
+ * destructor ends the thread at K_AT among them. */
+static int32_t k_map_cancel(void *user, uint64_t in, uint64_t *out) {
+    (void)user;
+    if (in == 33u) {
+        (void)fluxus_pipeline_cancel(g_k.p);
+    }
+    *out = in;
+    return 0;
+}
+
 static void k_dead_letter(void *user, uint64_t item, const fluxus_failure *f) {
     (void)user;
     (void)f;
@@ -649,7 +685,7 @@ static int32_t k_map_batch_fail_odd(void *user, const uint64_t *in, uint64_t *ou
 /* The destructor of the case pipelines: values the cache or a loader keeps (never admitted)
  * are not counted, so the conservation check sees items only. */
 static void k_free(void *user, uint64_t item) {
-    if (item >= 2u * K_OUT && item < 4u * K_OUT) {
+    if ((item >= 2u * K_OUT && item < 4u * K_OUT) || item >= 5u * K_OUT) {
         return;
     }
     tu_item_free(user, item);
@@ -745,8 +781,10 @@ static void b_window_key(fluxus_pipeline *p) {
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
 }
 static void b_sliding(fluxus_pipeline *p) {
-    TU_OK(fluxus_pipeline_add_sliding_window(NULL, p, "slide", FLUXUS_WINDOW_COUNT, 4, 2,
-                                             k_window, NULL, NULL));
+    uint32_t s;
+    TU_OK(fluxus_pipeline_add_sliding_window(&s, p, "slide", FLUXUS_WINDOW_COUNT, 4, 2,
+                                             k_window_sliding, NULL, NULL));
+    TU_OK(fluxus_stage_set_key_fn(p, s, k_key_plain, NULL, NULL));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
 }
 static void b_debounce_key(fluxus_pipeline *p) {
@@ -830,6 +868,19 @@ static void b_item_free_batch(fluxus_pipeline *p) {
     TU_OK(fluxus_pipeline_set_item_free(p, k_item_free, &g_k.t, NULL));
     TU_OK(fluxus_pipeline_add_filter(NULL, p, "odd", k_filter_odd, NULL, NULL));
     TU_OK(fluxus_pipeline_add_map_batch(NULL, p, "mb", k_map_batch_plain, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
+}
+static void b_item_free_batch_failure(fluxus_pipeline *p) {
+    uint32_t s;
+    TU_OK(fluxus_pipeline_set_item_free(p, k_item_free, &g_k.t, NULL));
+    TU_OK(fluxus_pipeline_add_map_batch(&s, p, "mb", k_map_batch_fail_all, NULL, NULL));
+    TU_OK(fluxus_stage_set_error_policy(p, s, FLUXUS_ERROR_SKIP));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
+}
+static void b_item_free_in_cancel(fluxus_pipeline *p) {
+    TU_OK(fluxus_pipeline_set_item_free(p, k_item_free, &g_k.t, NULL));
+    TU_OK(fluxus_pipeline_add_map_batch(NULL, p, "mb", k_map_batch_plain, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_map(NULL, p, "m", k_map_cancel, NULL, NULL));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
 }
 static void b_dead_letter(fluxus_pipeline *p) {
@@ -935,6 +986,8 @@ static const kind_case k_cases[] = {
     {"map on a cursor source", SRC_CURSOR, b_trap_map, 16, 0},
     {"item destructor", SRC_PULL, b_item_free, 16, 0},
     {"item destructor (batch stage behind)", SRC_PULL, b_item_free_batch, 16, 0},
+    {"item destructor (failed batch)", SRC_PULL, b_item_free_batch_failure, 16, 0},
+    {"item destructor (bulk cancel)", SRC_PULL, b_item_free_in_cancel, 16, 0},
     {"dead letter", SRC_PULL, b_dead_letter, 16, 0},
     {"dead letter (batch)", SRC_PULL, b_dead_letter_batch, 16, 0},
     {"retry predicate", SRC_PULL, b_retry_pred, 16, 0},
