@@ -625,9 +625,15 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
         ReportingScope reporting(&f);  // fail_pipeline records it whole
         char buf[256];
         snprintf(buf, sizeof buf, "%s (status %d)", message, status);
-        fail_pipeline(FLUXUS_EFAILED, status, &stage, buf);
+        try {
+            fail_pipeline(FLUXUS_EFAILED, status, &stage, buf);  // it logs
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.ended = true)
     } else if (rt_->log_enabled(FLUXUS_LOG_DEBUG)) {
-        log(FLUXUS_LOG_DEBUG, &stage, describe_failure(f).c_str());
+        // The item has ended: if the log callback ends the thread, the loop it was in must not
+        // end it again (see UnwindNote::ended).
+        try {
+            log(FLUXUS_LOG_DEBUG, &stage, describe_failure(f).c_str());
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.ended = true)
     }
 }
 

@@ -334,9 +334,6 @@ void SegmentWorker::on_forced_unwind() {
         holding_permit_ = false;
         seg->head()->concurrency->give(1);
     }
-    seg->p->log(FLUXUS_LOG_ERROR, seg->head(),
-                "a callback ended its thread (forced unwind, e.g. pthread_exit): the pipeline is "
-                "cancelled");
     seg->p->cancel();
     if (ticket_open_) {
         // The batch behind the ticket was ended by the loops the unwind left: an empty commit
@@ -345,6 +342,10 @@ void SegmentWorker::on_forced_unwind() {
         PendingItems none;
         seg->reorder.commit(ticket_, none, this);
     }
+    // Last: the log callback may end this thread too.
+    seg->p->log(FLUXUS_LOG_ERROR, seg->head(),
+                "a callback ended its thread (forced unwind, e.g. pthread_exit): the pipeline is "
+                "cancelled");
 }
 
 void SegmentWorker::run() {
@@ -1003,8 +1004,10 @@ void SegmentWorker::exhaust() {
         return;
     }
     is_exhausted_ = true;
-    release_caches();
-    close_hooks();
+    try {
+        release_caches();
+        close_hooks();
+    } FLUXUS_ON_FORCED_UNWIND(seg->worker_exhausted())  // a hook or destructor ended the thread
     seg->worker_exhausted();
 }
 
