@@ -1245,6 +1245,210 @@ static void test_every_callback_kind_on_a_worker_thread(void **state) {
     k_run_all(1);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Threads the runtime owns, and host threads that drive it, ended outside any pipeline
+ * callback: host timers, thread hooks, the wake-up callback. The runtime keeps working (timers
+ * fire, pipelines run) and frees cleanly.
+ */
+
+typedef struct timer_ctx {
+    uint32_t exit_calls; /* the timer that ends its thread ran */
+    uint32_t fired;      /* the timer after it ran */
+    uint32_t frees;      /* user_free calls */
+} timer_ctx;
+
+static timer_ctx g_tm;
+
+static void tm_exit(void *user) {
+    (void)user;
+    TU_ADD(&g_tm.exit_calls, 1);
+    pthread_exit(NULL);
+}
+
+static void tm_fire(void *user) {
+    (void)user;
+    TU_ADD(&g_tm.fired, 1);
+}
+
+static void tm_free(void *user) {
+    (void)user;
+    TU_ADD(&g_tm.frees, 1);
+}
+
+/* Waits up to 10 s for *flag to reach `want`. */
+static void tm_wait_for(uint32_t *flag, uint32_t want) {
+    uint64_t until = tu_now_ms() + 10000u;
+    while (TU_LOAD(flag) < want && tu_now_ms() < until) {
+        tu_sleep_us(1000);
+    }
+    assert_int_equal(TU_LOAD(flag), want);
+}
+
+/* Threaded: a host timer callback ends the loop thread; another loop thread takes over. */
+static void test_pthread_exit_in_a_timer_on_the_loop_thread(void **state) {
+    fluxus_runtime *rt = tu_runtime(1);
+    (void)state;
+    memset(&g_tm, 0, sizeof g_tm);
+    TU_OK(fluxus_runtime_start(rt));
+    TU_OK(fluxus_runtime_call_after(NULL, rt, 1000000u, tm_exit, NULL, tm_free));
+    tm_wait_for(&g_tm.exit_calls, 1);
+    tm_wait_for(&g_tm.frees, 1); /* its user_free ran although the callback never returned */
+    TU_OK(fluxus_runtime_call_after(NULL, rt, 1000000u, tm_fire, NULL, tm_free));
+    tm_wait_for(&g_tm.fired, 1);
+    tm_wait_for(&g_tm.frees, 2);
+    k_run_after(rt);
+    TU_OK(fluxus_runtime_free(rt));
+}
+
+static void *tm_drive(void *arg) {
+    /* Until a timer ends this thread (run_for returns at once while no pipeline runs). */
+    uint64_t until = tu_now_ms() + 10000u;
+    while (tu_now_ms() < until) {
+        (void)fluxus_runtime_run_for((fluxus_runtime *)arg, 10);
+        tu_sleep_us(100);
+    }
+    return NULL;
+}
+
+/* Host-driven: a host timer callback ends the thread driving the runtime. */
+static void test_pthread_exit_in_a_timer_on_a_host_thread(void **state) {
+    fluxus_runtime *rt = tu_runtime(0);
+    pthread_t host;
+    uint64_t until;
+    (void)state;
+    memset(&g_tm, 0, sizeof g_tm);
+    TU_OK(fluxus_runtime_start(rt));
+    TU_OK(fluxus_runtime_call_after(NULL, rt, 1000000u, tm_exit, NULL, tm_free));
+    assert_int_equal(pthread_create(&host, NULL, tm_drive, rt), 0);
+    assert_int_equal(pthread_join(host, NULL), 0);
+    assert_int_equal(TU_LOAD(&g_tm.exit_calls), 1);
+    assert_int_equal(TU_LOAD(&g_tm.frees), 1);
+    TU_OK(fluxus_runtime_call_after(NULL, rt, 1000000u, tm_fire, NULL, tm_free));
+    until = tu_now_ms() + 10000u;
+    while (TU_LOAD(&g_tm.fired) == 0 && tu_now_ms() < until) {
+        TU_OK(fluxus_runtime_run_for(rt, 10));
+    }
+    assert_int_equal(TU_LOAD(&g_tm.fired), 1);
+    k_run_after(rt);
+    TU_OK(fluxus_runtime_free(rt));
+    assert_int_equal(TU_LOAD(&g_tm.frees), 2);
+}
+
+static void *tm_advance(void *arg) {
+    (void)fluxus_runtime_advance_clock((fluxus_runtime *)arg, 2000000u);
+    return NULL;
+}
+
+/* Virtual clock: a timer callback ends the thread advancing the clock; the clock still
+ * advances from another thread. */
+static void test_pthread_exit_in_a_timer_while_advancing_a_virtual_clock(void **state) {
+    fluxus_runtime *rt = tu_vruntime(0);
+    pthread_t host;
+    (void)state;
+    memset(&g_tm, 0, sizeof g_tm);
+    TU_OK(fluxus_runtime_start(rt));
+    TU_OK(fluxus_runtime_call_after(NULL, rt, 1000000u, tm_exit, NULL, tm_free));
+    assert_int_equal(pthread_create(&host, NULL, tm_advance, rt), 0);
+    assert_int_equal(pthread_join(host, NULL), 0);
+    assert_int_equal(TU_LOAD(&g_tm.exit_calls), 1);
+    assert_int_equal(TU_LOAD(&g_tm.frees), 1);
+    TU_OK(fluxus_runtime_call_after(NULL, rt, 1000000u, tm_fire, NULL, tm_free));
+    TU_OK(fluxus_runtime_advance_clock(rt, 2000000u));
+    assert_int_equal(TU_LOAD(&g_tm.fired), 1);
+    TU_OK(fluxus_runtime_free(rt));
+    assert_int_equal(TU_LOAD(&g_tm.frees), 2);
+}
+
+typedef struct hook_ctx {
+    int32_t exit_kind;  /* the thread kind whose start (or stop) hook ends the thread once */
+    int stop;           /* the stop hook ends it, not the start hook */
+    uint32_t exited;
+    uint32_t starts;
+} hook_ctx;
+
+static hook_ctx g_hk;
+
+static void hk_start(void *user, int32_t kind, uint32_t index, const char *name) {
+    (void)user;
+    (void)index;
+    (void)name;
+    TU_ADD(&g_hk.starts, 1);
+    if (!g_hk.stop && kind == g_hk.exit_kind &&
+        __atomic_exchange_n(&g_hk.exited, 1, __ATOMIC_SEQ_CST) == 0) {
+        pthread_exit(NULL);
+    }
+}
+
+static void hk_stop(void *user, int32_t kind, uint32_t index) {
+    (void)user;
+    (void)index;
+    if (g_hk.stop && kind == g_hk.exit_kind &&
+        __atomic_exchange_n(&g_hk.exited, 1, __ATOMIC_SEQ_CST) == 0) {
+        pthread_exit(NULL);
+    }
+}
+
+/* A start hook ends its thread: the worker (or the loop thread) is replaced, so pipelines run
+ * and timers fire. A stop hook that ends its thread (at the runtime's free) is harmless. */
+static void test_pthread_exit_in_a_thread_hook(void **state) {
+    static const int32_t kinds[] = {FLUXUS_THREAD_WORKER, FLUXUS_THREAD_LOOP};
+    size_t k;
+    int stop;
+    (void)state;
+    for (stop = 0; stop <= 1; stop++) {
+        for (k = 0; k < 2; k++) {
+            fluxus_runtime *rt = tu_runtime(1);
+            memset(&g_hk, 0, sizeof g_hk);
+            memset(&g_tm, 0, sizeof g_tm);
+            g_hk.exit_kind = kinds[k];
+            g_hk.stop = stop;
+            TU_OK(fluxus_runtime_set_thread_hooks(rt, hk_start, hk_stop, NULL, NULL));
+            TU_OK(fluxus_runtime_start(rt));
+            k_run_after(rt);
+            TU_OK(fluxus_runtime_call_after(NULL, rt, 1000000u, tm_fire, NULL, NULL));
+            tm_wait_for(&g_tm.fired, 1);
+            TU_OK(fluxus_runtime_free(rt));
+            assert_int_equal(TU_LOAD(&g_hk.exited), 1);
+        }
+    }
+}
+
+/* Host-driven: the wake-up callback ends the (non-main) thread driving the pipeline. */
+static pthread_t g_main_thread;
+
+static void k_wakeup_trap(void *user) {
+    (void)user;
+    if (!pthread_equal(pthread_self(), g_main_thread)) {
+        k_trap_call(1);
+    }
+}
+
+static void test_pthread_exit_in_the_wakeup_callback(void **state) {
+    fluxus_runtime *rt = tu_runtime(0);
+    pthread_t host;
+    (void)state;
+    g_main_thread = pthread_self();
+    memset(&g_k, 0, sizeof g_k);
+    TU_OK(fluxus_runtime_set_wakeup(rt, k_wakeup_trap, NULL, NULL));
+    tu_tracker_init(&g_k.t, K_N);
+    g_k.p = tu_pipeline(rt, "wakeup", NULL);
+    TU_OK(fluxus_pipeline_set_fusion(g_k.p, 0)); /* stages hand batches on: tasks wake others */
+    TU_OK(fluxus_pipeline_set_item_free(g_k.p, k_free, &g_k.t, NULL));
+    TU_OK(fluxus_pipeline_set_batch_size(g_k.p, 16));
+    TU_OK(fluxus_pipeline_set_pull_source(g_k.p, "in", k_pull, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_map_batch(NULL, g_k.p, "mb", k_map_batch_plain, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_map(NULL, g_k.p, "m", tu_identity_map, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, g_k.p, "sink", k_sink, NULL, NULL));
+    TU_OK(fluxus_pipeline_start(g_k.p));
+    assert_int_equal(pthread_create(&host, NULL, k_drive, g_k.p), 0);
+    assert_int_equal(pthread_join(host, NULL), 0);
+    k_check("wakeup callback", tu_wait(g_k.p), 0, 1);
+    TU_OK(fluxus_pipeline_free(g_k.p));
+    k_run_after(rt);
+    TU_OK(fluxus_runtime_free(rt));
+    tu_tracker_destroy(&g_k.t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pthread_exit_on_host_thread),
@@ -1252,6 +1456,11 @@ int main(void) {
         cmocka_unit_test(test_pthread_exit_in_a_shared_batch),
         cmocka_unit_test(test_every_callback_kind_on_a_host_thread),
         cmocka_unit_test(test_every_callback_kind_on_a_worker_thread),
+        cmocka_unit_test(test_pthread_exit_in_a_timer_on_the_loop_thread),
+        cmocka_unit_test(test_pthread_exit_in_a_timer_on_a_host_thread),
+        cmocka_unit_test(test_pthread_exit_in_a_timer_while_advancing_a_virtual_clock),
+        cmocka_unit_test(test_pthread_exit_in_a_thread_hook),
+        cmocka_unit_test(test_pthread_exit_in_the_wakeup_callback),
     };
     return TU_RUN_GROUP(tests);
 }
