@@ -138,7 +138,9 @@ void Segment::stage_items(const uint64_t *items, size_t n, PendingItems &pend) {
     }
     Stage &ns = *head();
     uint32_t lanes = input->lanes();
-    for (size_t i = 0; i < n; ++i) {
+    size_t i = 0;
+    try {
+    for (; i < n; ++i) {
         uint64_t h;
         if (ns.key_fn) {
             Key128 key;
@@ -160,6 +162,17 @@ void Segment::stage_items(const uint64_t *items, size_t n, PendingItems &pend) {
         pend.items.push_back(items[i]);
         pend.lanes.push_back(lane_for_hash(h, lanes));
     }
+    } FLUXUS_ON_FORCED_UNWIND(([&] {
+        // Out of the key callback (or the dead-letter callback of its failure) for items[i]:
+        // it stays with the host unless it had ended; the rest never reached the queue. Both
+        // arrive at the head stage cancelled. (What was staged is the caller's to hand on or
+        // cancel.)
+        size_t held = t_unwind.ended ? 0 : 1;
+        t_unwind.ended = false;
+        ns.c.in.fetch_add(held, std::memory_order_relaxed);
+        ns.c.cancelled.fetch_add(held, std::memory_order_relaxed);
+        p->cancel_items(ns, items + i + 1, n - i - 1, true);
+    }()))
 }
 
 bool Segment::accept(PendingItems &pend, SegmentWorker *w) {

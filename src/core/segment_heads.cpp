@@ -744,15 +744,55 @@ size_t SegmentWorker::settle_async() {
     Stage &head = *seg->head();
     StageTally &t = tally_[0];
     if (a_.size() < ended_.size()) a_.resize(ended_.size());
-    size_t m = 0;
+    size_t m = 0, i = 0;
+    // How far ended_[i] got: its breaker outcome being recorded (the item is untouched), its
+    // failure being reported (the dead-letter callback holds it), or (timed out) failed with
+    // the cancel hook being told.
+    enum class At { record, fail, hook } at = At::record;
     RetryScopeGuard retry_scope(this, &head, 1);
-    for (const AsyncSlots::Ended &e : ended_) {
+    // Under a forced unwind out of a callback (the breaker's state callback, the dead-letter
+    // callback, the async cancel hook, the destructor): the results not yet settled end as
+    // cancelled (fluxus's items destroyed; a timed-out item stays the host's and its slot is
+    // finished), an item in the dead-letter callback stays with the host, and the m completed
+    // items go on to be cancelled downstream.
+    auto unwind = [&] {
+        attempt_ = 1;
+        size_t from = i;
+        if (at != At::record) {
+            const AsyncSlots::Ended &cur = ended_[i];
+            if (at == At::fail && !t_unwind.ended) ++t.cancelled;
+            if (cur.how == AsyncSlots::End::timed_out) head.async->finish_timeout(cur.slot);
+            from = i + 1;
+        }
+        t_unwind.ended = false;
+        std::vector<uint64_t> ours;
+        for (size_t j = from; j < ended_.size(); ++j) {
+            const AsyncSlots::Ended &e = ended_[j];
+            if (e.how == AsyncSlots::End::timed_out) {
+                ++t.cancelled;  // the host's item: not destroyed
+                head.async->finish_timeout(e.slot);
+            } else {
+                ours.push_back(e.item);
+            }
+        }
+        t.cancelled += ours.size();
+        seg->p->release_items(ours.data(), ours.size(), false);
+        ended_.clear();
+        t.out += m;
+        t_unwind.survivors = m;
+        end_unwound(1, a_.data(), SIZE_MAX);
+    };
+    try {
+    for (; i < ended_.size(); ++i) {
+        const AsyncSlots::Ended &e = ended_[i];
+        at = At::record;
         attempt_ = e.attempt;
         retry_scope.set_attempt(e.attempt);
         if (e.epoch && e.how == AsyncSlots::End::failed && e.status == FLUXUS_ECANCELED)
             head.breaker->abandon(e.epoch);  // cancelled: not the service's failure
         else if (e.epoch)
             head.breaker->record(e.epoch, e.how == AsyncSlots::End::completed, rt_->now());
+        at = At::fail;
         switch (e.how) {
         case AsyncSlots::End::completed:
             a_[m++] = e.item;
@@ -765,6 +805,7 @@ size_t SegmentWorker::settle_async() {
         }
         case AsyncSlots::End::timed_out:
             p.fail_item(head, e.item, FLUXUS_ETIMEDOUT, "async item timed out", &t, false);
+            at = At::hook;
             // Before finish_timeout(): no completion of it can be accepted while the host hears
             // it may abandon the work.
             tell_async_abandoned(head, e.item, e.token, FLUXUS_ETIMEDOUT);
@@ -772,6 +813,7 @@ size_t SegmentWorker::settle_async() {
             break;
         }
     }
+    } FLUXUS_ON_FORCED_UNWIND(unwind())
     attempt_ = 1;
     t.out += m;
     return m;

@@ -859,6 +859,19 @@ static void b_trap_map(fluxus_pipeline *p) {
     TU_OK(fluxus_pipeline_add_map(NULL, p, "m", k_map, NULL, NULL));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
 }
+static void b_extra_source(fluxus_pipeline *p) {
+    TU_OK(fluxus_pipeline_add_source(NULL, p, "extra", k_pull_trap, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_map(NULL, p, "m", tu_identity_map, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
+}
+static void b_keyed_lanes(fluxus_pipeline *p) {
+    uint32_t s;
+    TU_OK(fluxus_pipeline_add_map(NULL, p, "m", tu_identity_map, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_dedup(&s, p, "dedup"));
+    TU_OK(fluxus_stage_set_workers(p, s, 2));
+    TU_OK(fluxus_stage_set_key_fn(p, s, k_key, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
+}
 static void b_item_free(fluxus_pipeline *p) {
     TU_OK(fluxus_pipeline_set_item_free(p, k_item_free, &g_k.t, NULL));
     TU_OK(fluxus_pipeline_add_filter(NULL, p, "odd", k_filter_odd, NULL, NULL));
@@ -1014,6 +1027,14 @@ static void b_async_cancel(fluxus_pipeline *p) {
     TU_OK(fluxus_stage_set_async_cancel(p, s, k_async_cancel_trap, NULL, NULL));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink_cancel_at_39, NULL, NULL));
 }
+static void b_async_timeout(fluxus_pipeline *p) {
+    uint32_t s;
+    TU_OK(fluxus_pipeline_add_async_map(&s, p, "async", k_async_keep, NULL, NULL));
+    TU_OK(fluxus_stage_set_timeout_us(p, s, 1000));
+    TU_OK(fluxus_stage_set_error_policy(p, s, FLUXUS_ERROR_SKIP));
+    TU_OK(fluxus_stage_set_async_cancel(p, s, k_async_cancel_trap, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
+}
 static void b_route_observer(fluxus_pipeline *p) {
     uint32_t s, sink;
     TU_OK(fluxus_pipeline_set_route_observer(p, k_route_observer, NULL, NULL));
@@ -1035,7 +1056,7 @@ static void r_breaker(fluxus_runtime *rt) {
 
 /* Sources. */
 enum { SRC_PULL, SRC_PULL_TRAP, SRC_PULL_BATCH_TRAP, SRC_CURSOR_TRAP, SRC_CURSOR_PAGE_TRAP,
-       SRC_CURSOR_COMMIT_TRAP, SRC_CURSOR };
+       SRC_CURSOR_COMMIT_TRAP, SRC_CURSOR, SRC_NONE };
 
 static void k_set_source(fluxus_pipeline *p, int src) {
     switch (src) {
@@ -1060,6 +1081,8 @@ static void k_set_source(fluxus_pipeline *p, int src) {
     case SRC_CURSOR:
         TU_OK(fluxus_pipeline_set_cursor_source(p, "in", 0, k_cursor_read_plain, k_cursor_page,
                                                 k_cursor_commit, NULL, NULL));
+        break;
+    case SRC_NONE:
         break;
     default:
         TU_OK(fluxus_pipeline_set_pull_source(p, "in", k_pull, NULL, NULL));
@@ -1125,6 +1148,9 @@ static const kind_case k_cases[] = {
     {"worker close hook", SRC_PULL, b_worker_close, 16, 0, 1, NULL},
     {"breaker state callback", SRC_PULL, b_breaker_state, 16, 0, 0, r_breaker},
     {"async cancel hook", SRC_PULL, b_async_cancel, 16, 0, 0, NULL},
+    {"async cancel hook (timeout)", SRC_PULL, b_async_timeout, 16, 0, 0, NULL},
+    {"extra source", SRC_NONE, b_extra_source, 16, 0, 0, NULL},
+    {"key fn of a keyed multi-worker stage", SRC_PULL, b_keyed_lanes, 16, 0, 0, NULL},
     {"route observer", SRC_PULL, b_route_observer, 16, 0, 0, NULL},
 };
 
