@@ -862,7 +862,9 @@ int32_t Pipeline::push(const uint64_t *items, uint32_t count, uint32_t timeout_m
         uint32_t n = std::min(step, count - done);
         pend.clear();
         admit(n);
-        seg.stage_items(items + done, n, pend);  // key failures end here, counted
+        try {
+            seg.stage_items(items + done, n, pend);  // key failures end here, counted
+        } FLUXUS_ON_FORCED_UNWIND(cancel_items(head, pend.items.data(), pend.size(), true))
         if (!blocking_policy) {
             seg.accept(pend, nullptr);
             *pushed += n;

@@ -1439,8 +1439,60 @@ static void test_pthread_exit_in_a_thread_hook(void **state) {
     }
 }
 
-/* Host-driven: the wake-up callback ends the (non-main) thread driving the pipeline. */
 static pthread_t g_main_thread;
+
+/* A push source in front of a keyed multi-worker stage: the key callback runs on the pushing
+ * host thread and ends it. The items it had admitted are accounted; the pipeline goes on. */
+static void *k_push_all(void *arg) {
+    uint64_t i;
+    for (i = 0; i < K_N; i++) {
+        (void)fluxus_pipeline_push((fluxus_pipeline *)arg, i, TU_WAIT_MS);
+    }
+    return NULL;
+}
+
+static int32_t k_key_on_host(void *user, uint64_t item, const void **key, size_t *len) {
+    (void)user;
+    if (!pthread_equal(pthread_self(), g_main_thread) && item == K_AT &&
+        fluxus_current_worker() == UINT32_MAX) {
+        k_exit_holding(&item, 1);
+    }
+    g_k.pair_keys[item % K_N] = item; /* every item its own key: dedup passes them all */
+    *key = &g_k.pair_keys[item % K_N];
+    *len = sizeof(uint64_t);
+    return 0;
+}
+
+static void test_pthread_exit_in_a_key_callback_run_by_a_push(void **state) {
+    int on_worker;
+    (void)state;
+    g_main_thread = pthread_self();
+    for (on_worker = 0; on_worker <= 1; on_worker++) {
+        fluxus_runtime *rt = tu_runtime(on_worker ? 2u : 0u);
+        pthread_t host;
+        uint32_t s;
+        memset(&g_k, 0, sizeof g_k);
+        tu_tracker_init(&g_k.t, K_N);
+        g_k.p = tu_pipeline(rt, "push", NULL);
+        TU_OK(fluxus_pipeline_set_item_free(g_k.p, k_free, &g_k.t, NULL));
+        TU_OK(fluxus_pipeline_set_push_source(g_k.p, "in"));
+        TU_OK(fluxus_pipeline_add_dedup(&s, g_k.p, "dedup")); /* per key: keyed lanes */
+        TU_OK(fluxus_stage_set_workers(g_k.p, s, 2));
+        TU_OK(fluxus_stage_set_key_fn(g_k.p, s, k_key_on_host, NULL, NULL));
+        TU_OK(fluxus_pipeline_add_sink(NULL, g_k.p, "sink", k_sink, NULL, NULL));
+        TU_OK(fluxus_pipeline_start(g_k.p));
+        assert_int_equal(pthread_create(&host, NULL, k_push_all, g_k.p), 0);
+        assert_int_equal(pthread_join(host, NULL), 0);
+        TU_OK(fluxus_pipeline_close_input(g_k.p));
+        k_check("key callback run by a push", tu_wait(g_k.p), 0, 1);
+        TU_OK(fluxus_pipeline_free(g_k.p));
+        k_run_after(rt);
+        TU_OK(fluxus_runtime_free(rt));
+        tu_tracker_destroy(&g_k.t);
+    }
+}
+
+/* Host-driven: the wake-up callback ends the (non-main) thread driving the pipeline. */
 
 static void k_wakeup_trap(void *user) {
     (void)user;
@@ -1487,6 +1539,7 @@ int main(void) {
         cmocka_unit_test(test_pthread_exit_in_a_timer_while_advancing_a_virtual_clock),
         cmocka_unit_test(test_pthread_exit_in_a_thread_hook),
         cmocka_unit_test(test_pthread_exit_in_the_wakeup_callback),
+        cmocka_unit_test(test_pthread_exit_in_a_key_callback_run_by_a_push),
     };
     return TU_RUN_GROUP(tests);
 }
