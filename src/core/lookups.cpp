@@ -150,79 +150,80 @@ size_t apply_loader(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
         release_gone(p, ws.gone);
     };
     try {
-    for (size_t i = 0; i < n; ++i) {
-        Key128 k;
-        at = i;
-        if (!key_or_fail(p, st, in[i], &k, "key callback failed", &t)) continue;
-        auto it = slot_of.find(k);
-        if (it != slot_of.end()) {  // coalesced with an earlier waiter of the group
-            // Slots from n on are cache hits; below n, keys to load.
-            waiters.push_back(Waiter{in[i], it->second, it->second >= n});
-            continue;
-        }
-        uint64_t v = 0;
-        if (ws.cache && ws.cache->get(k, now, &v, ws.gone)) {
-            ++hits;  // once per distinct key of the group, as misses are
-            uint32_t slot = uint32_t(n + results.size());
+        for (size_t i = 0; i < n; ++i) {
+            Key128 k;
+            at = i;
+            if (!key_or_fail(p, st, in[i], &k, "key callback failed", &t)) continue;
+            auto it = slot_of.find(k);
+            if (it != slot_of.end()) {  // coalesced with an earlier waiter of the group
+                // Slots from n on are cache hits; below n, keys to load.
+                waiters.push_back(Waiter{in[i], it->second, it->second >= n});
+                continue;
+            }
+            uint64_t v = 0;
+            if (ws.cache && ws.cache->get(k, now, &v, ws.gone)) {
+                ++hits;  // once per distinct key of the group, as misses are
+                uint32_t slot = uint32_t(n + results.size());
+                slot_of.emplace(k, slot);
+                waiters.push_back(Waiter{in[i], slot, true});
+                results.push_back(v);
+                continue;
+            }
+            uint32_t slot = uint32_t(keys.size());
             slot_of.emplace(k, slot);
-            waiters.push_back(Waiter{in[i], slot, true});
-            results.push_back(v);
-            continue;
+            keys.push_back(k);
+            reps.push_back(in[i]);
+            waiters.push_back(Waiter{in[i], slot, false});
         }
-        uint32_t slot = uint32_t(keys.size());
-        slot_of.emplace(k, slot);
-        keys.push_back(k);
-        reps.push_back(in[i]);
-        waiters.push_back(Waiter{in[i], slot, false});
-    }
-    // One load call for every distinct key not in the cache.
-    loaded.assign(keys.size(), 0);
-    status.assign(keys.size(), 0);
-    phase = Phase::kLoad;
-    if (!keys.empty()) {
-        ws.call->begin_batch(uint32_t(reps.size()));  // texts per key: fluxus_call_set_item_error
-        try {
-            rc = reinterpret_cast<fluxus_load_fn>(st.fn)(st.user.user, reps.data(),
-                                                         uint32_t(reps.size()), loaded.data(),
-                                                         status.data());
-        } FLUXUS_CATCH_ALL {
-            rc = FLUXUS_EEXCEPTION;
+        // One load call for every distinct key not in the cache.
+        loaded.assign(keys.size(), 0);
+        status.assign(keys.size(), 0);
+        phase = Phase::kLoad;
+        if (!keys.empty()) {
+            // Texts per key: fluxus_call_set_item_error.
+            ws.call->begin_batch(uint32_t(reps.size()));
+            try {
+                rc = reinterpret_cast<fluxus_load_fn>(st.fn)(st.user.user, reps.data(),
+                                                             uint32_t(reps.size()), loaded.data(),
+                                                             status.data());
+            } FLUXUS_CATCH_ALL {
+                rc = FLUXUS_EEXCEPTION;
+            }
+            ws.call->end_batch();
         }
-        ws.call->end_batch();
-    }
-    // The load call's texts, taken before any attach callback runs (those attach their own).
-    BatchTexts texts(ws.call);
-    auto result_of = [&](const Waiter &w, int32_t *st_out) -> uint64_t {
-        if (w.hit) {
-            *st_out = 0;
-            return results[w.slot - n];
+        // The load call's texts, taken before any attach callback runs (those attach their own).
+        BatchTexts texts(ws.call);
+        auto result_of = [&](const Waiter &w, int32_t *st_out) -> uint64_t {
+            if (w.hit) {
+                *st_out = 0;
+                return results[w.slot - n];
+            }
+            *st_out = rc != 0 ? rc : status[w.slot];
+            return loaded[w.slot];
+        };
+        phase = Phase::kAttach;
+        if (out.size() < waiters.size()) out.resize(waiters.size());
+        for (at = 0; at < waiters.size(); ++at) {
+            const Waiter &w = waiters[at];
+            int32_t s;
+            uint64_t r = result_of(w, &s), y = w.item;  // *out arrives preset to the input
+            if (s != 0) {
+                FailureTextScope text(texts.for_item(w.slot));
+                p.fail_item(st, w.item, s,
+                            rc != 0 ? "load callback failed" : "load failed for the key", &t);
+                continue;
+            }
+            try {
+                s = st.loader_attach(st.user.user, w.item, r, &y);
+            } FLUXUS_CATCH_ALL {
+                s = FLUXUS_EEXCEPTION;
+            }
+            if (s != 0) {
+                p.fail_item(st, w.item, s, "attach callback failed", &t);
+                continue;
+            }
+            out[m++] = y;
         }
-        *st_out = rc != 0 ? rc : status[w.slot];
-        return loaded[w.slot];
-    };
-    phase = Phase::kAttach;
-    if (out.size() < waiters.size()) out.resize(waiters.size());
-    for (at = 0; at < waiters.size(); ++at) {
-        const Waiter &w = waiters[at];
-        int32_t s;
-        uint64_t r = result_of(w, &s), y = w.item;  // *out arrives preset to the input
-        if (s != 0) {
-            FailureTextScope text(texts.for_item(w.slot));
-            p.fail_item(st, w.item, s, rc != 0 ? "load callback failed" : "load failed for the key",
-                        &t);
-            continue;
-        }
-        try {
-            s = st.loader_attach(st.user.user, w.item, r, &y);
-        } FLUXUS_CATCH_ALL {
-            s = FLUXUS_EEXCEPTION;
-        }
-        if (s != 0) {
-            p.fail_item(st, w.item, s, "attach callback failed", &t);
-            continue;
-        }
-        out[m++] = y;
-    }
     } FLUXUS_ON_FORCED_UNWIND(unwind())
     // The loaded results belong to fluxus now: kept by the cache, or released.
     for (size_t i = 0; i < keys.size(); ++i) {

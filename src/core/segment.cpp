@@ -140,28 +140,28 @@ void Segment::stage_items(const uint64_t *items, size_t n, PendingItems &pend) {
     uint32_t lanes = input->lanes();
     size_t i = 0;
     try {
-    for (; i < n; ++i) {
-        uint64_t h;
-        if (ns.key_fn) {
-            Key128 key;
-            int32_t rc;
-            try {
-                rc = byte_key_digest(ns, items[i], &key);
-            } FLUXUS_CATCH_ALL {
-                rc = FLUXUS_EEXCEPTION;
+        for (; i < n; ++i) {
+            uint64_t h;
+            if (ns.key_fn) {
+                Key128 key;
+                int32_t rc;
+                try {
+                    rc = byte_key_digest(ns, items[i], &key);
+                } FLUXUS_CATCH_ALL {
+                    rc = FLUXUS_EEXCEPTION;
+                }
+                if (rc != 0) {
+                    ns.c.in.fetch_add(1, std::memory_order_relaxed);
+                    p->fail_item(ns, items[i], rc, "key callback failed", nullptr);
+                    continue;
+                }
+                h = key.lo;
+            } else {
+                h = hash_word(items[i]);
             }
-            if (rc != 0) {
-                ns.c.in.fetch_add(1, std::memory_order_relaxed);
-                p->fail_item(ns, items[i], rc, "key callback failed", nullptr);
-                continue;
-            }
-            h = key.lo;
-        } else {
-            h = hash_word(items[i]);
+            pend.items.push_back(items[i]);
+            pend.lanes.push_back(lane_for_hash(h, lanes));
         }
-        pend.items.push_back(items[i]);
-        pend.lanes.push_back(lane_for_hash(h, lanes));
-    }
     } FLUXUS_ON_FORCED_UNWIND(([&] {
         // Out of the key callback (or the dead-letter callback of its failure) for items[i]:
         // it stays with the host unless it had ended; the rest never reached the queue. Both

@@ -424,29 +424,29 @@ void SegmentWorker::run_join() {
         input_drained_ = drained;
         size_t i = 0;
         try {
-        for (; i < n; ++i) {
-            uint64_t x = a_[i];
-            Key128 k;
-            if (!key_or_fail(x, &k, "join key callback failed")) continue;
-            uint32_t input = 0;
-            int32_t rc;
-            try {
-                rc = head.join_input(head.user.user, x, &input);
-            } FLUXUS_CATCH_ALL {
-                rc = FLUXUS_EEXCEPTION;
+            for (; i < n; ++i) {
+                uint64_t x = a_[i];
+                Key128 k;
+                if (!key_or_fail(x, &k, "join key callback failed")) continue;
+                uint32_t input = 0;
+                int32_t rc;
+                try {
+                    rc = head.join_input(head.user.user, x, &input);
+                } FLUXUS_CATCH_ALL {
+                    rc = FLUXUS_EEXCEPTION;
+                }
+                const char *why = "join input callback failed";
+                if (rc == 0 && input >= head.join_inputs) {
+                    rc = FLUXUS_ERANGE;
+                    why = "the join input callback named an input the join does not have";
+                }
+                if (rc == 0) {
+                    rc = jt.add(k, input, x, now, joined_);
+                    why = rc == FLUXUS_EFULL ? "join full: its most keys are waiting"
+                                             : "a second item for an input of a key still waiting";
+                }
+                if (rc != 0) p.fail_item(head, x, rc, why, &t);
             }
-            const char *why = "join input callback failed";
-            if (rc == 0 && input >= head.join_inputs) {
-                rc = FLUXUS_ERANGE;
-                why = "the join input callback named an input the join does not have";
-            }
-            if (rc == 0) {
-                rc = jt.add(k, input, x, now, joined_);
-                why = rc == FLUXUS_EFULL ? "join full: its most keys are waiting"
-                                         : "a second item for an input of a key still waiting";
-            }
-            if (rc != 0) p.fail_item(head, x, rc, why, &t);
-        }
         } FLUXUS_ON_FORCED_UNWIND(unwind_input(a_.data(), i, n, true))
         t.flush_to(head.c);
         if (n || drained) continue;
@@ -514,51 +514,51 @@ void SegmentWorker::run_sliding() {
         t.flush_to(head.c);
     };
     try {
-    for (int round = 0;; ++round) {
-        batch.clear();
-        bi = 0;
-        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
-            notify();
+        for (int round = 0;; ++round) {
+            batch.clear();
+            bi = 0;
+            if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+                notify();
+                return;
+            }
+            if (p.cancelling()) {
+                // Items that left their last window are cancelled; what the callbacks emitted was
+                // never admitted and is released uncounted.
+                for (const SlidingWindows::Leaving &l : leaving)
+                    p.cancel_items(head, &l.item, 1, false);
+                leaving.clear();
+                for (uint64_t x : out) p.free_unadmitted(x);
+                out.clear();
+                cancel_all();
+                return;
+            }
+            uint64_t now = rt_->now();
+            wins.close_due(now, fire, leaving);
+            if (input_drained_) wins.close_all(fire, leaving);
+            if (!leaving.empty() || !out.empty()) {
+                if (!settle()) return;
+                continue;
+            }
+            if (input_drained_) {
+                exhaust();
+                return;
+            }
+            bool drained = false;
+            size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
+            input_drained_ = drained;
+            batch.assign(a_.begin(), a_.begin() + n);
+            for (bi = 0; bi < n; ++bi) {
+                Key128 k;
+                keying = true;
+                bool ok = key_or_fail(batch[bi], &k, "window key callback failed");
+                keying = false;
+                if (ok) wins.add(k, batch[bi], now, fire, leaving);
+            }
+            t.flush_to(head.c);
+            if (n || drained) continue;
+            arm_timer(wins.next_deadline(), now);
             return;
         }
-        if (p.cancelling()) {
-            // Items that left their last window are cancelled; what the callbacks emitted was
-            // never admitted and is released uncounted.
-            for (const SlidingWindows::Leaving &l : leaving)
-                p.cancel_items(head, &l.item, 1, false);
-            leaving.clear();
-            for (uint64_t x : out) p.free_unadmitted(x);
-            out.clear();
-            cancel_all();
-            return;
-        }
-        uint64_t now = rt_->now();
-        wins.close_due(now, fire, leaving);
-        if (input_drained_) wins.close_all(fire, leaving);
-        if (!leaving.empty() || !out.empty()) {
-            if (!settle()) return;
-            continue;
-        }
-        if (input_drained_) {
-            exhaust();
-            return;
-        }
-        bool drained = false;
-        size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
-        input_drained_ = drained;
-        batch.assign(a_.begin(), a_.begin() + n);
-        for (bi = 0; bi < n; ++bi) {
-            Key128 k;
-            keying = true;
-            bool ok = key_or_fail(batch[bi], &k, "window key callback failed");
-            keying = false;
-            if (ok) wins.add(k, batch[bi], now, fire, leaving);
-        }
-        t.flush_to(head.c);
-        if (n || drained) continue;
-        arm_timer(wins.next_deadline(), now);
-        return;
-    }
     } FLUXUS_ON_FORCED_UNWIND(unwind())
 }
 
@@ -683,52 +683,52 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
     size_t i = 0;
     bool started = false;  // item i is in flight (its slot accounts for it)
     try {
-    for (; i < n; ++i) {
-        uint64_t x = a_[i];
-        started = false;
-        if (p.cancelling()) {  // no callback starts once the pipeline is cancelled
-            t.cancelled += n - i;
-            size_t from = i;
-            i = n;
-            p.release_items(a_.data() + from, n - from, false);
-            break;
-        }
-        attempt_ = attempts ? attempts[i] : 1;
-        retry_scope.set_attempt(attempt_);
-        uint64_t epoch = 0;
-        if (head.breaker) {
-            bool wait = false;
-            if (!breaker_allows(now, &epoch, &wait)) {
-                if (wait) {
-                    for (size_t j = i; j < n; ++j)
-                        blocked_.push_back(RetryEntry{0, 0, a_[j], attempts ? attempts[j] : 1});
-                    break;
+        for (; i < n; ++i) {
+            uint64_t x = a_[i];
+            started = false;
+            if (p.cancelling()) {  // no callback starts once the pipeline is cancelled
+                t.cancelled += n - i;
+                size_t from = i;
+                i = n;
+                p.release_items(a_.data() + from, n - from, false);
+                break;
+            }
+            attempt_ = attempts ? attempts[i] : 1;
+            retry_scope.set_attempt(attempt_);
+            uint64_t epoch = 0;
+            if (head.breaker) {
+                bool wait = false;
+                if (!breaker_allows(now, &epoch, &wait)) {
+                    if (wait) {
+                        for (size_t j = i; j < n; ++j)
+                            blocked_.push_back(RetryEntry{0, 0, a_[j], attempts ? attempts[j] : 1});
+                        break;
+                    }
+                    retry_scope.set_refusal(true);  // reported with its attempt, never retried
+                    p.fail_item(head, x, FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
+                    retry_scope.set_refusal(false);
+                    continue;
                 }
-                retry_scope.set_refusal(true);  // reported with its attempt, never retried
-                p.fail_item(head, x, FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
-                retry_scope.set_refusal(false);
-                continue;
+            }
+            uint64_t token = slots.begin(x, now, attempt_, epoch);
+            started = true;
+            int32_t rc;
+            try {
+                rc = fn(u, x, token);
+            } FLUXUS_CATCH_ALL {
+                rc = FLUXUS_EEXCEPTION;
+            }
+            // A refusal after the host already completed the item is too late: the completion
+            // stands and the item goes on.
+            if (rc != 0 && slots.abort(token)) {
+                if (epoch && rc == FLUXUS_ECANCELED)
+                    head.breaker->abandon(epoch);
+                else if (epoch)
+                    head.breaker->record(epoch, false, rt_->now());
+                started = false;  // no longer in flight: the failure ends it
+                p.fail_item(head, x, rc, "async callback refused the item", &t);
             }
         }
-        uint64_t token = slots.begin(x, now, attempt_, epoch);
-        started = true;
-        int32_t rc;
-        try {
-            rc = fn(u, x, token);
-        } FLUXUS_CATCH_ALL {
-            rc = FLUXUS_EEXCEPTION;
-        }
-        // A refusal after the host already completed the item is too late: the completion
-        // stands and the item goes on.
-        if (rc != 0 && slots.abort(token)) {
-            if (epoch && rc == FLUXUS_ECANCELED)
-                head.breaker->abandon(epoch);
-            else if (epoch)
-                head.breaker->record(epoch, false, rt_->now());
-            started = false;  // no longer in flight: the failure ends it
-            p.fail_item(head, x, rc, "async callback refused the item", &t);
-        }
-    }
     } FLUXUS_ON_FORCED_UNWIND((attempt_ = 1, unwind_input(a_.data(), i, n, !started)))
     call_errors_.drop_unused();  // a started item's text: dropped
     attempt_ = 1;
@@ -783,36 +783,36 @@ size_t SegmentWorker::settle_async() {
         end_unwound(1, a_.data(), SIZE_MAX);
     };
     try {
-    for (; i < ended_.size(); ++i) {
-        const AsyncSlots::Ended &e = ended_[i];
-        at = At::record;
-        attempt_ = e.attempt;
-        retry_scope.set_attempt(e.attempt);
-        if (e.epoch && e.how == AsyncSlots::End::failed && e.status == FLUXUS_ECANCELED)
-            head.breaker->abandon(e.epoch);  // cancelled: not the service's failure
-        else if (e.epoch)
-            head.breaker->record(e.epoch, e.how == AsyncSlots::End::completed, rt_->now());
-        at = At::fail;
-        switch (e.how) {
-        case AsyncSlots::End::completed:
-            a_[m++] = e.item;
-            break;
-        case AsyncSlots::End::failed: {
-            // fluxus_async_fail's text, if any (never a callback's: none runs here)
-            FailureTextScope text(e.text ? e.text.get() : no_failure_text());
-            p.fail_item(head, e.item, e.status, "async completion reported an error", &t);
-            break;
+        for (; i < ended_.size(); ++i) {
+            const AsyncSlots::Ended &e = ended_[i];
+            at = At::record;
+            attempt_ = e.attempt;
+            retry_scope.set_attempt(e.attempt);
+            if (e.epoch && e.how == AsyncSlots::End::failed && e.status == FLUXUS_ECANCELED)
+                head.breaker->abandon(e.epoch);  // cancelled: not the service's failure
+            else if (e.epoch)
+                head.breaker->record(e.epoch, e.how == AsyncSlots::End::completed, rt_->now());
+            at = At::fail;
+            switch (e.how) {
+            case AsyncSlots::End::completed:
+                a_[m++] = e.item;
+                break;
+            case AsyncSlots::End::failed: {
+                // fluxus_async_fail's text, if any (never a callback's: none runs here)
+                FailureTextScope text(e.text ? e.text.get() : no_failure_text());
+                p.fail_item(head, e.item, e.status, "async completion reported an error", &t);
+                break;
+            }
+            case AsyncSlots::End::timed_out:
+                p.fail_item(head, e.item, FLUXUS_ETIMEDOUT, "async item timed out", &t, false);
+                at = At::hook;
+                // Before finish_timeout(): no completion of it can be accepted while the host hears
+                // it may abandon the work.
+                tell_async_abandoned(head, e.item, e.token, FLUXUS_ETIMEDOUT);
+                head.async->finish_timeout(e.slot);  // only now may a late completion hand it back
+                break;
+            }
         }
-        case AsyncSlots::End::timed_out:
-            p.fail_item(head, e.item, FLUXUS_ETIMEDOUT, "async item timed out", &t, false);
-            at = At::hook;
-            // Before finish_timeout(): no completion of it can be accepted while the host hears
-            // it may abandon the work.
-            tell_async_abandoned(head, e.item, e.token, FLUXUS_ETIMEDOUT);
-            head.async->finish_timeout(e.slot);  // only now may a late completion hand it back
-            break;
-        }
-    }
     } FLUXUS_ON_FORCED_UNWIND(unwind())
     attempt_ = 1;
     t.out += m;

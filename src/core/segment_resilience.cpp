@@ -150,46 +150,46 @@ bool SegmentWorker::run_guarded(size_t n, const uint32_t *attempts) {
     enum class At { asking, refused, running, after } at = At::asking;
     size_t i = 0;
     try {
-    for (; i < n; ++i) {
-        uint64_t now = rt_->now(), epoch = 0;
-        bool wait = false;
-        at = At::asking;
-        if (!breaker_allows(now, &epoch, &wait)) {
-            if (wait) {
-                keep_rest(i);
+        for (; i < n; ++i) {
+            uint64_t now = rt_->now(), epoch = 0;
+            bool wait = false;
+            at = At::asking;
+            if (!breaker_allows(now, &epoch, &wait)) {
+                if (wait) {
+                    keep_rest(i);
+                    return false;
+                }
+                StageTally &t = tally_[0];
+                at = At::refused;
+                {
+                    RetryScopeGuard refused(this, &head, attempts ? attempts[i] : 1, true);
+                    p.fail_item(head, items[i], FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
+                }
+                t.flush_to(head.c);
+                continue;
+            }
+            a_[0] = items[i];
+            attempt_ = attempts ? attempts[i] : 1;
+            uint64_t failures = head_failures, cancels = head_cancels;
+            at = At::running;
+            process(1);
+            at = At::after;
+            attempt_ = 1;
+            if (head_cancels != cancels)
+                head.breaker->abandon(epoch);  // the callback gave up on a cancel: no outcome
+            else
+                head.breaker->record(epoch, head_failures == failures, rt_->now());
+            deliver();
+            if (p.cancelling()) {
+                keep_rest(i + 1);
+                cancel_all();
                 return false;
             }
-            StageTally &t = tally_[0];
-            at = At::refused;
-            {
-                RetryScopeGuard refused(this, &head, attempts ? attempts[i] : 1, true);
-                p.fail_item(head, items[i], FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
+            if (has_output()) {
+                keep_rest(i + 1);
+                return false;
             }
-            t.flush_to(head.c);
-            continue;
         }
-        a_[0] = items[i];
-        attempt_ = attempts ? attempts[i] : 1;
-        uint64_t failures = head_failures, cancels = head_cancels;
-        at = At::running;
-        process(1);
-        at = At::after;
-        attempt_ = 1;
-        if (head_cancels != cancels)
-            head.breaker->abandon(epoch);  // the callback gave up on a cancel: no outcome
-        else
-            head.breaker->record(epoch, head_failures == failures, rt_->now());
-        deliver();
-        if (p.cancelling()) {
-            keep_rest(i + 1);
-            cancel_all();
-            return false;
-        }
-        if (has_output()) {
-            keep_rest(i + 1);
-            return false;
-        }
-    }
     } FLUXUS_ON_FORCED_UNWIND(([&] {
         attempt_ = 1;
         if (at == At::refused) {

@@ -68,7 +68,11 @@ size_t per_item(Pipeline &p, Stage &st, const uint64_t *in, size_t n, StageTally
                 body(in[i], m);
             }
         } FLUXUS_ON_FORCED_UNWIND(unwind_rest(p, in, i, n, m, t)) catch (...) {
-            p.fail_item(st, in[i], FLUXUS_EEXCEPTION, what, &t);
+            // (A handler is outside its try: the dead-letter callback or the destructor of
+            // this failure may end the thread too.)
+            try {
+                p.fail_item(st, in[i], FLUXUS_EEXCEPTION, what, &t);
+            } FLUXUS_ON_FORCED_UNWIND(unwind_rest(p, in, i, n, m, t))
             ++i;
             continue;
         }
