@@ -704,6 +704,19 @@ static void b_map_batch(fluxus_pipeline *p) {
     TU_OK(fluxus_pipeline_add_map_batch(NULL, p, "mb", k_map_batch, NULL, NULL));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
 }
+static void b_map_batch_ordered_workers(fluxus_pipeline *p) {
+    uint32_t s;
+    TU_OK(fluxus_pipeline_add_map_batch(&s, p, "mb", k_map_batch, NULL, NULL));
+    TU_OK(fluxus_stage_set_workers(p, s, 2));
+    TU_OK(fluxus_stage_set_order(p, s, FLUXUS_ORDER_ORDERED));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
+}
+static void b_flat_map_workers(fluxus_pipeline *p) {
+    uint32_t s;
+    TU_OK(fluxus_pipeline_add_flat_map(&s, p, "fm", k_flat_map, NULL, NULL));
+    TU_OK(fluxus_stage_set_workers(p, s, 2));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
+}
 static void b_filter_batch(fluxus_pipeline *p) {
     TU_OK(fluxus_pipeline_add_filter_batch(NULL, p, "fb", k_filter_batch, NULL, NULL));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", k_sink, NULL, NULL));
@@ -1105,6 +1118,8 @@ static const kind_case k_cases[] = {
     {"filter", SRC_PULL, b_filter, 16, 0, 0, NULL},
     {"map batch", SRC_PULL, b_map_batch, 16, 0, 0, NULL},
     {"filter batch", SRC_PULL, b_filter_batch, 16, 0, 0, NULL},
+    {"map batch (2 workers, ordered)", SRC_PULL, b_map_batch_ordered_workers, 16, 0, 0, NULL},
+    {"flat map (2 workers)", SRC_PULL, b_flat_map_workers, 16, 0, 0, NULL},
     {"sink batch", SRC_PULL, b_sink_batch, 16, 0, 0, NULL},
     {"flat map", SRC_PULL, b_flat_map, 16, 0, 0, NULL},
     {"flat map batch", SRC_PULL, b_flat_map_batch, 16, 0, 0, NULL},
@@ -1492,6 +1507,71 @@ static void test_pthread_exit_in_a_key_callback_run_by_a_push(void **state) {
     }
 }
 
+/* Threaded: the stall watchdog (on the loop thread) logs a stalled worker, and the log callback
+ * ends the loop thread; another takes over (timers fire), and the pipeline finishes. */
+static int32_t wd_slow_map(void *user, uint64_t in, uint64_t *out) {
+    (void)user;
+    if (in == 5u) {
+        tu_sleep_us(200000);
+    }
+    *out = in;
+    return 0;
+}
+
+static pthread_t g_loop_thread;
+static uint32_t g_loop_known;
+
+static void wd_start(void *user, int32_t kind, uint32_t index, const char *name) {
+    (void)user;
+    (void)index;
+    (void)name;
+    if (kind == FLUXUS_THREAD_LOOP) {
+        g_loop_thread = pthread_self();
+        TU_STORE(&g_loop_known, 1);
+    }
+}
+
+static void wd_log(void *user, int32_t level, const char *pipeline, const char *stage,
+                   const char *message) {
+    (void)user;
+    (void)level;
+    (void)pipeline;
+    (void)stage;
+    (void)message;
+    if (TU_LOAD(&g_loop_known) && pthread_equal(pthread_self(), g_loop_thread) &&
+        __atomic_exchange_n(&g_hk.exited, 1, __ATOMIC_SEQ_CST) == 0) {
+        pthread_exit(NULL);
+    }
+}
+
+static void test_pthread_exit_in_the_watchdog_log_on_the_loop_thread(void **state) {
+    fluxus_runtime *rt = tu_runtime(2);
+    tu_tracker t;
+    tu_range_source src = {0, 50, 0};
+    fluxus_pipeline *p;
+    (void)state;
+    memset(&g_hk, 0, sizeof g_hk);
+    memset(&g_tm, 0, sizeof g_tm);
+    TU_STORE(&g_loop_known, 0);
+    TU_OK(fluxus_runtime_set_stall_threshold_ms(rt, 20));
+    TU_OK(fluxus_runtime_set_log(rt, FLUXUS_LOG_WARN, wd_log, NULL, NULL));
+    TU_OK(fluxus_runtime_set_thread_hooks(rt, wd_start, NULL, NULL, NULL));
+    tu_tracker_init(&t, 50);
+    p = tu_pipeline(rt, "stall", &t);
+    TU_OK(fluxus_pipeline_set_pull_source(p, "in", tu_range_pull, &src, NULL));
+    TU_OK(fluxus_pipeline_add_map(NULL, p, "slow", wd_slow_map, NULL, NULL));
+    TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", tu_tracker_sink, &t, NULL));
+    tu_run_expect(p, FLUXUS_OK);
+    assert_int_equal(TU_LOAD(&g_hk.exited), 1);
+    tu_check_conservation(p, &t, 0);
+    TU_OK(fluxus_pipeline_free(p));
+    TU_OK(fluxus_runtime_call_after(NULL, rt, 1000000u, tm_fire, NULL, NULL));
+    tm_wait_for(&g_tm.fired, 1);
+    k_run_after(rt);
+    TU_OK(fluxus_runtime_free(rt));
+    tu_tracker_destroy(&t);
+}
+
 /* Host-driven: the wake-up callback ends the (non-main) thread driving the pipeline. */
 
 static void k_wakeup_trap(void *user) {
@@ -1540,6 +1620,7 @@ int main(void) {
         cmocka_unit_test(test_pthread_exit_in_a_thread_hook),
         cmocka_unit_test(test_pthread_exit_in_the_wakeup_callback),
         cmocka_unit_test(test_pthread_exit_in_a_key_callback_run_by_a_push),
+        cmocka_unit_test(test_pthread_exit_in_the_watchdog_log_on_the_loop_thread),
     };
     return TU_RUN_GROUP(tests);
 }
