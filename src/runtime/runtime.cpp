@@ -184,9 +184,8 @@ int32_t Runtime::start() {
                 uv_timer_start(&watchdog_, &Runtime::on_watchdog, period, period);
                 uv_unref(reinterpret_cast<uv_handle_t *>(&watchdog_));
             }
-            loop_thread_ =
-                start_thread(thread_hooks_, FLUXUS_THREAD_LOOP, 0, [this] { loop_main(); });
             std::lock_guard<std::mutex> threads_lock(threads_mu_);
+            loop_thread_ = start_loop_thread();
             for (uint32_t i = 0; i < workers_; ++i)
                 threads_.push_back(start_worker(i));
         }
@@ -235,16 +234,18 @@ void Runtime::shutdown() {
     }
     rq_cv_.notify_all();
     std::vector<std::thread> joining;
+    std::thread loop_thread;
     {
         std::lock_guard<std::mutex> lock(threads_mu_);
         no_more_threads_.store(true);
         joining.swap(threads_);
+        loop_thread.swap(loop_thread_);  // no replacement swaps it from here on
     }
     for (std::thread &t : joining) t.join();
-    if (loop_thread_.joinable()) {
+    if (loop_thread.joinable()) {
         loop_stop_.store(true);
         uv_async_send(&wake_);
-        loop_thread_.join();
+        loop_thread.join();
         loop_ready_.store(false);
     } else {
         // Host mode: a host thread may be in run_ready() (a pipeline's wait, a free driving its
@@ -345,15 +346,37 @@ void Runtime::worker_main(uint32_t slot_index) {
         slot.busy.store(true, std::memory_order_relaxed);
         try {
             execute(task);
-        } FLUXUS_ON_FORCED_UNWIND((slot.busy.store(false, std::memory_order_relaxed),
-                                   replace_worker(slot_index)))
+        } FLUXUS_ON_FORCED_UNWIND(slot.busy.store(false, std::memory_order_relaxed))
         slot.busy.store(false, std::memory_order_relaxed);
     }
 }
 
 std::thread Runtime::start_worker(uint32_t slot) {
-    return start_thread(thread_hooks_, FLUXUS_THREAD_WORKER, slot,
-                        [this, slot] { worker_main(slot); });
+    // A callback (or a thread hook) that ends the thread: another thread takes its slot.
+    return start_thread(
+        thread_hooks_, FLUXUS_THREAD_WORKER, slot, [this, slot] { worker_main(slot); },
+        [this, slot] { replace_worker(slot); });
+}
+
+std::thread Runtime::start_loop_thread() {
+    return start_thread(
+        thread_hooks_, FLUXUS_THREAD_LOOP, 0, [this] { loop_main(); },
+        [this] { replace_loop_thread(); });
+}
+
+void Runtime::replace_loop_thread() {
+    // The loop ended inside a host timer callback (or the watchdog's log callback, or a thread
+    // hook), outside uv_run(): the uv loop is intact and a new thread goes on running it. Timers
+    // that were due may not have fired yet: the new thread looks first.
+    std::lock_guard<std::mutex> lock(threads_mu_);
+    if (no_more_threads_.load()) return;
+    if (loop_thread_.joinable()) loop_thread_.detach();  // this thread, which is ending
+    timers_due_.store(true);
+    try {
+        loop_thread_ = start_loop_thread();
+    } FLUXUS_CATCH_ALL {
+        // No thread to spare: timers stop firing; pipelines without timers carry on.
+    }
 }
 
 int32_t Runtime::set_thread_hooks(fluxus_thread_start_fn on_start, fluxus_thread_stop_fn on_stop,
@@ -399,7 +422,8 @@ void Runtime::replace_worker(uint32_t slot_index) {
 }
 
 void Runtime::on_watchdog(uv_timer_t *handle) {
-    static_cast<Runtime *>(handle->data)->check_stalls();
+    // check_stalls() may call the log callback: it runs after uv_run() returns (loop_main()).
+    static_cast<Runtime *>(handle->data)->stalls_due_.store(true);
 }
 
 void Runtime::check_stalls() {
@@ -516,17 +540,20 @@ void Runtime::close_loop_handles() {
     if (timerfd_ >= 0) uv_close(reinterpret_cast<uv_handle_t *>(&timerfd_poll_), nullptr);
 }
 
+// The uv callbacks run no host code: a host timer callback may end its thread (a forced
+// unwind), which must not pass through uv_run(). They note that timers are due, and the timers
+// fire after uv_run() returns (loop_main(), run_ready()).
 void Runtime::on_async(uv_async_t *handle) {
     Runtime *rt = static_cast<Runtime *>(handle->data);
     if (rt->loop_stop_.load()) {
         rt->close_loop_handles();
         return;
     }
-    rt->fire_timers_and_rearm();
+    rt->timers_due_.store(true);
 }
 
 void Runtime::on_timer(uv_timer_t *handle) {
-    static_cast<Runtime *>(handle->data)->fire_timers_and_rearm();
+    static_cast<Runtime *>(handle->data)->timers_due_.store(true);
 }
 
 void Runtime::on_timerfd(uv_poll_t *handle, int status, int) {
@@ -537,11 +564,20 @@ void Runtime::on_timerfd(uv_poll_t *handle, int status, int) {
 #else
     (void)status;
 #endif
-    rt->fire_timers_and_rearm();
+    rt->timers_due_.store(true);
 }
 
 void Runtime::loop_main() {
-    uv_run(&loop_, UV_RUN_DEFAULT);
+    for (;;) {
+        int alive = uv_run(&loop_, UV_RUN_ONCE);
+        if (!loop_stop_.load()) {
+            // Host code (timer callbacks; the log callback of the watchdog) runs here, outside
+            // uv_run(): if it ends this thread, another one takes over the loop.
+            if (timers_due_.exchange(false)) fire_timers_and_rearm();
+            if (stalls_due_.exchange(false)) check_stalls();
+        }
+        if (!alive) break;
+    }
     uv_loop_close(&loop_);
 }
 
@@ -552,8 +588,12 @@ uint32_t Runtime::run_ready() {
         timers_.fire_due(now());
     }
     if (loop_ready_.load(std::memory_order_acquire) && loop_mu_.try_lock()) {
-        if (loop_ready_.load(std::memory_order_relaxed)) uv_run(&loop_, UV_RUN_NOWAIT);
-        loop_mu_.unlock();
+        // Unlocked also when a timer callback ends this thread (a forced unwind).
+        std::unique_lock<std::mutex> lock(loop_mu_, std::adopt_lock);
+        if (loop_ready_.load(std::memory_order_relaxed)) {
+            uv_run(&loop_, UV_RUN_NOWAIT);
+            if (timers_due_.exchange(false)) fire_timers_and_rearm();  // outside uv_run()
+        }
     }
     // Run only what is queued now, so a task that keeps re-notifying itself cannot trap us.
     uint32_t budget = rq_size_.load(std::memory_order_acquire);

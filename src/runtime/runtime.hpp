@@ -131,6 +131,9 @@ private:
 
     void worker_main(uint32_t slot);
     std::thread start_worker(uint32_t slot);  // start_thread() for worker_main(slot)
+    std::thread start_loop_thread();          // start_thread() for loop_main()
+    // A callback ended the loop thread (forced unwind): another thread runs the loop.
+    void replace_loop_thread();
     // A callback ended a worker thread (forced unwind): another thread takes its slot.
     void replace_worker(uint32_t slot);
     // Stall watchdog (loop thread): a worker that has been inside one task for the threshold
@@ -199,6 +202,9 @@ private:
     std::recursive_mutex advance_mu_;
     std::mutex loop_mu_;  // host mode: one thread at a time runs the uv loop
     std::atomic<bool> loop_stop_{false};
+    // Set by the uv callbacks; the host code they stand for runs after uv_run() returns.
+    std::atomic<bool> timers_due_{false};
+    std::atomic<bool> stalls_due_{false};
     TimerHeap timers_;
 
     std::mutex mu_;  // guards pipelines_ and state transitions
