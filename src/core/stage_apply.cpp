@@ -26,8 +26,10 @@ namespace {
 
 // Under a forced unwind out of the callback of item i: that item stays with the host (cancelled,
 // not destroyed), the rest is cancelled, and the m outputs so far are left to the worker.
-[[gnu::cold, gnu::noinline]] void unwind_rest(Pipeline &p, const uint64_t *in, size_t i,
-                                              size_t n, size_t m, StageTally &t) {
+// Unused where FLUXUS_ON_FORCED_UNWIND expands to nothing (no forced unwinds there).
+[[maybe_unused, gnu::cold, gnu::noinline]] void unwind_rest(Pipeline &p, const uint64_t *in,
+                                                             size_t i, size_t n, size_t m,
+                                                             StageTally &t) {
     ++t.cancelled;
     if (i + 1 < n) cancel_rest(p, in + i + 1, n - i - 1, t);
     t_unwind.survivors = m;
