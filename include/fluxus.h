@@ -63,14 +63,24 @@
  *  - The library writes nothing to stdout or stderr; diagnostics go to the log callback.
  *  - Threads that end inside a callback: on glibc, pthread_exit() and pthread_cancel() unwind
  *    the thread's stack (a "forced unwind"; Python up to 3.13 ends its threads that way when
- *    the interpreter exits). fluxus lets such an unwind pass through and stays consistent: the
- *    item in that callback stays with the host (it counts as cancelled and the item destructor
- *    is not called for it), the rest of its batch is cancelled, the pipeline is cancelled and
- *    ends with FLUXUS_ECANCELED, and in threaded mode the runtime starts a worker thread in
- *    place of the lost one. (Exact for map, filter and sink callbacks, fused or not; a
- *    thread ended inside a batch callback or another callback kind still ends the pipeline,
- *    but the items of that call are not accounted for.) Other platforms do not unwind on
- *    pthread_exit(), and a thread ended that way inside a callback is a host error there. A
+ *    the interpreter exits). fluxus lets such an unwind pass through and stays consistent, for
+ *    every callback kind in this header: the items of the interrupted call stay with the host
+ *    (they count as cancelled and the item destructor is not called for them: the item of a
+ *    per-item callback, key function, copy, selector, dead-letter callback or route observer;
+ *    every item given to a batch, window, join or load call), every other item the thread held
+ *    is cancelled, the pipeline is cancelled and ends with FLUXUS_ECANCELED, and a lost fluxus
+ *    thread (a worker, or the loop thread that runs host timers) is replaced by another. The
+ *    stats add up and every other item is still destroyed exactly once. A callback that holds
+ *    no item (log, thread hook, timer, breaker state, async cancel hook, cursor commit, worker
+ *    hook, the item destructor, whose item has then ended) leaves nothing with the host. A
+ *    thread ended outside the pipeline's own work (a host timer, a thread hook, the wake-up
+ *    callback, a key function that a push runs) cancels no pipeline, and a worker close hook
+ *    runs after its worker's last item (its pipeline may end with FLUXUS_OK). Not covered:
+ *    `user_free` callbacks (a thread ended in one cuts short the call that was releasing it).
+ *    A sliding window's items stay held for later windows: the host keeps the items of the
+ *    interrupted call, and the window drops them without destroying them. Other platforms do
+ *    not unwind on pthread_exit(), and a thread ended that way inside a callback is a host
+ *    error there. A
  *    fluxus built with libc++ (clang -stdlib=libc++) cannot let a forced unwind through either:
  *    libc++abi terminates the process when it is rethrown. Hosts that end threads this way
  *    need a fluxus built with libstdc++.
@@ -79,7 +89,8 @@
  * inside it; a pipeline may be given an item destructor that is called exactly once for every
  * item that does not reach a sink (except items whose ownership went elsewhere: flat-map
  * inputs kept with fluxus_emitter_keep_input(), async items that timed out while the host held
- * them, and items handed to another pipeline by an error route).
+ * them, items handed to another pipeline by an error route, and items whose callback ended its
+ * thread: see "Threads that end inside a callback" above).
  */
 #ifndef FLUXUS_H
 #define FLUXUS_H
@@ -87,8 +98,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* On Windows the DLL exports each function (dllexport while fluxus itself is built) and its
+ * users import it (dllimport). A program that links fluxus statically defines FLUXUS_STATIC
+ * before including this header, so that its calls need no import table. */
 #if defined(_WIN32)
-#if defined(FLUXUS_BUILDING)
+#if defined(FLUXUS_STATIC)
+#define FLUXUS_API
+#elif defined(FLUXUS_BUILDING)
 #define FLUXUS_API __declspec(dllexport)
 #else
 #define FLUXUS_API __declspec(dllimport)

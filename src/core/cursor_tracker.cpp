@@ -91,7 +91,9 @@ void CursorTracker::maybe_commit() {
                 t_committing = this;
                 try {
                     commit_(user_, cursor);
-                } FLUXUS_CATCH_ALL {
+                } FLUXUS_ON_FORCED_UNWIND((t_committing = saved, commit_mu_.unlock(),
+                                           // the item whose end led here has ended already
+                                           t_unwind.ended = true)) catch (...) {
                     // A commit callback that throws loses only that notification.
                 }
                 t_committing = saved;

@@ -48,8 +48,8 @@ namespace {
 // arguments the hot path already holds, so nothing is computed for it before the check.
 [[gnu::noinline, gnu::cold]] void withhold_from_sink(Pipeline &p, uint64_t x,
                                                      Pipeline::CallLimit &calls) {
+    p.release_item(x, false);  // first: an unwind out of the destructor leaves it uncounted
     ++calls.withheld;
-    p.release_item(x, false);
 }
 
 // Dropping an item is a filter's ordinary outcome, so this one stays inline (not cold).
@@ -97,12 +97,16 @@ template <Known K, bool kGated, size_t kIndex>
         }
         if (__builtin_expect(rc == 0 && keep, 1)) return true;
         if (rc == 0) {
-            stop_filtered(p, x, t, stopped);
+            try {
+                stop_filtered(p, x, t, stopped);
+            } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = kIndex + 1)
             return false;
         }
     } else {  // sink: the last step; it owns the item once it accepts it
         if (kGated && __builtin_expect(calls.cancelled(), 0)) {
-            withhold_from_sink(p, x, calls);
+            try {
+                withhold_from_sink(p, x, calls);
+            } FLUXUS_ON_FORCED_UNWIND((t_unwind.step = kIndex + 1, t_unwind.ended = false))
             return false;
         }
         try {
@@ -113,7 +117,11 @@ template <Known K, bool kGated, size_t kIndex>
         }
         if (__builtin_expect(rc == 0, 1)) return true;
     }
-    stop_failed(p, s, x, rc, threw, t, stopped);
+    // A forced unwind out of the dead-letter callback leaves the item with the host; out of its
+    // destructor, ended (t_unwind.ended). Either way it did not get through step kIndex.
+    try {
+        stop_failed(p, s, x, rc, threw, t, stopped);
+    } FLUXUS_ON_FORCED_UNWIND(t_unwind.step = kIndex + 1)
     return false;
 }
 
@@ -276,31 +284,31 @@ void ItemChain::settle_counts(size_t n, const uint64_t *stopped, StageTally *tal
 void ItemChain::settle_unwind(Pipeline &p, uint64_t *items, size_t max, StageTally *tallies,
                               const uint64_t *stopped, bool count_first_in,
                               bool rest_in_items) const {
+    if (steps_.back().kind == StageKind::sink) t_unwind.survivors = 0;
     // The items that went all the way through count as usual.
     size_t read = t_unwind.read, entered = read;
     settle_counts(read, stopped, tallies, count_first_in);
     if (t_unwind.step) {
         // The item in the callback reached steps 0..j and stays with the host: cancelled there,
-        // not destroyed.
+        // not destroyed. Unless it had already ended there (out of its destructor).
         size_t j = t_unwind.step - 1;
         for (size_t k = 0; k <= j; ++k) {
             if (k > 0 || count_first_in) ++tallies[k].in;
             if (k < j) ++tallies[k].out;
         }
-        ++tallies[j].cancelled;
+        if (!t_unwind.ended) ++tallies[j].cancelled;
+        t_unwind.ended = false;
         ++entered;
         t_unwind.step = 0;
     }
-    if (rest_in_items) {
-        // The rest of the batch never entered the chain.
-        for (size_t i = entered; i < max; ++i) {
-            if (count_first_in) ++tallies[0].in;
-            ++tallies[0].cancelled;
-            p.release_item(items[i], false);
-        }
-    }
     t_unwind.entered = entered;
-    if (steps_.back().kind == StageKind::sink) t_unwind.survivors = 0;
+    if (rest_in_items && entered < max) {
+        // The rest of the batch never entered the chain.
+        size_t r = max - entered;
+        if (count_first_in) tallies[0].in += r;
+        tallies[0].cancelled += r;
+        p.release_items(items + entered, r, false);
+    }
 }
 
 template <class Feed>

@@ -514,7 +514,7 @@ void Pipeline::free_unadmitted(uint64_t item) {
     if (!item_free_) return;
     try {
         item_free_(item_free_user_.user, item);
-    } FLUXUS_CATCH_ALL {
+    } FLUXUS_ON_FORCED_UNWIND(t_unwind.ended = true) catch (...) {
         log(FLUXUS_LOG_ERROR, nullptr, "the item destructor threw; exception ignored");
     }
 }
@@ -524,9 +524,36 @@ void Pipeline::release_item(uint64_t item, bool finished) {
     if (!item_free_) return;
     try {
         item_free_(item_free_user_.user, item);
-    } FLUXUS_CATCH_ALL {
+    } FLUXUS_ON_FORCED_UNWIND(t_unwind.ended = true) catch (...) {
+        // The item was counted before its destructor ran: a forced unwind out of the
+        // destructor leaves it ended (t_unwind.ended tells the loops above not to end it again).
         log(FLUXUS_LOG_ERROR, nullptr, "the item destructor threw; exception ignored");
     }
+}
+
+void Pipeline::release_items(const uint64_t *items, size_t n, bool finished) {
+    size_t i = 0;
+    try {
+        for (; i < n; ++i) release_item(items[i], finished);
+    } FLUXUS_ON_FORCED_UNWIND((t_unwind.ended = false, orphan_rest(items + i + 1, n - i - 1)))
+}
+
+void Pipeline::orphan_rest(const uint64_t *items, size_t n) {
+    if (n == 0) return;
+    std::lock_guard<std::mutex> lock(orphans_mu_);
+    orphans_.insert(orphans_.end(), items, items + n);
+    has_orphans_.store(true, std::memory_order_release);
+}
+
+void Pipeline::release_orphans() {
+    if (!has_orphans_.load(std::memory_order_acquire)) return;
+    std::vector<uint64_t> items;
+    {
+        std::lock_guard<std::mutex> lock(orphans_mu_);
+        items.swap(orphans_);
+        has_orphans_.store(false, std::memory_order_relaxed);
+    }
+    release_items(items.data(), items.size(), false);
 }
 
 void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char *message,
@@ -598,9 +625,15 @@ void Pipeline::fail_item(Stage &stage, uint64_t item, int32_t status, const char
         ReportingScope reporting(&f);  // fail_pipeline records it whole
         char buf[256];
         snprintf(buf, sizeof buf, "%s (status %d)", message, status);
-        fail_pipeline(FLUXUS_EFAILED, status, &stage, buf);
+        try {
+            fail_pipeline(FLUXUS_EFAILED, status, &stage, buf);  // it logs
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.ended = true)
     } else if (rt_->log_enabled(FLUXUS_LOG_DEBUG)) {
-        log(FLUXUS_LOG_DEBUG, &stage, describe_failure(f).c_str());
+        // The item has ended: if the log callback ends the thread, the loop it was in must not
+        // end it again (see UnwindNote::ended).
+        try {
+            log(FLUXUS_LOG_DEBUG, &stage, describe_failure(f).c_str());
+        } FLUXUS_ON_FORCED_UNWIND(t_unwind.ended = true)
     }
 }
 
@@ -618,16 +651,16 @@ void Pipeline::end_cancelled(Stage &stage, uint64_t item, StageTally *tally, boo
 void Pipeline::cancel_items(Stage &stage, const uint64_t *items, size_t n, bool count_in) {
     if (n == 0) return;
     if (count_in) stage.c.in.fetch_add(n, std::memory_order_relaxed);
-    for (size_t i = 0; i < n; ++i) release_item(items[i], false);
     stage.c.cancelled.fetch_add(n, std::memory_order_relaxed);
+    release_items(items, n, false);
 }
 
 void Pipeline::drop_items(Stage &stage, const uint64_t *items, size_t n, bool count_in) {
     if (n == 0) return;
     if (count_in) stage.c.in.fetch_add(n, std::memory_order_relaxed);
-    for (size_t i = 0; i < n; ++i) release_item(items[i], false);
     stage.c.dropped.fetch_add(n, std::memory_order_relaxed);
     stage.c.failed.fetch_add(n, std::memory_order_relaxed);
+    release_items(items, n, false);
 }
 
 void Pipeline::fail_pipeline(int32_t result, int32_t status, const Stage *stage,
@@ -829,7 +862,9 @@ int32_t Pipeline::push(const uint64_t *items, uint32_t count, uint32_t timeout_m
         uint32_t n = std::min(step, count - done);
         pend.clear();
         admit(n);
-        seg.stage_items(items + done, n, pend);  // key failures end here, counted
+        try {
+            seg.stage_items(items + done, n, pend);  // key failures end here, counted
+        } FLUXUS_ON_FORCED_UNWIND(cancel_items(head, pend.items.data(), pend.size(), true))
         if (!blocking_policy) {
             seg.accept(pend, nullptr);
             *pushed += n;

@@ -150,6 +150,12 @@ public:
     void destroy_item(uint64_t item) { release_item(item, true); }
     // Ends an item fluxus owns: the cursor watermark hears of it, the destructor releases it.
     void release_item(uint64_t item, bool finished);
+    // release_item() on items[0..n). If the item destructor ends the thread (a forced unwind)
+    // the items after the one it was given are kept as orphans: release_orphans() destroys them
+    // later, on another thread, so each still gets its one destructor call.
+    void release_items(const uint64_t *items, size_t n, bool finished);
+    void release_orphans();
+    void orphan_rest(const uint64_t *items, size_t n);
     // Destroys an item that was never admitted (a copy that could not join its original).
     void free_unadmitted(uint64_t item);
     // Cursor sources only (null otherwise): the watermark.
@@ -240,6 +246,9 @@ private:
     std::unique_ptr<CursorTracker> cursor_;
     HandleSlot *handle_slot_ = nullptr;
 
+    std::mutex orphans_mu_;
+    std::vector<uint64_t> orphans_;  // see release_items(); rare, so behind a plain mutex
+    std::atomic<bool> has_orphans_{false};
     mutable std::mutex mu_;  // guards result_, failure details, start/shut_down transitions
     int32_t result_ = FLUXUS_OK;
 

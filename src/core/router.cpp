@@ -83,50 +83,70 @@ size_t apply_router(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t
     out.clear();
     ws.route.clear();
     size_t copies = 0;
-    for (size_t i = 0; i < n; ++i) {
-        uint64_t x = in[i];
-        uint32_t count = 0;
-        const char *why = "router callback threw";
-        int32_t rc;
-        try {
-            rc = choose_routes(st, ws, x, &count, &why);
-        } FLUXUS_CATCH_ALL {
-            rc = FLUXUS_EEXCEPTION;
-        }
-        if (rc != 0) {
-            p.fail_item(st, x, rc, why, &t);
-            continue;
-        }
-        size_t base = out.size();
-        out.push_back(x);
-        ws.route.push_back(ws.chosen[0]);
-        for (uint32_t k = 1; k < count && rc == 0; ++k) {
-            uint32_t r = ws.chosen[k];
-            uint64_t c = x;  // *copy arrives preset to the item
+    size_t i = 0, base = 0;
+    // Under a forced unwind out of the selector or a copy callback (or the dead-letter callback
+    // or item destructor they led to): item i stays with the host (cancelled, not destroyed)
+    // unless it had ended, the copies made for it are released, the rest is cancelled, and the
+    // outputs so far go on to be cancelled downstream (see SegmentWorker::end_unwound()).
+    auto unwind = [&] {
+        for (size_t k = base + 1; k < out.size(); ++k) p.free_unadmitted(out[k]);
+        out.resize(base);
+        ws.route.resize(base);
+        if (!t_unwind.ended) ++t.cancelled;
+        t_unwind.ended = false;
+        t.spawned += copies;
+        t_unwind.survivors = out.size();
+        t.cancelled += n - i - 1;
+        p.release_items(in + i + 1, n - i - 1, false);
+    };
+    try {
+        for (; i < n; ++i) {
+            uint64_t x = in[i];
+            uint32_t count = 0;
+            const char *why = "router callback threw";
+            int32_t rc;
+            base = out.size();
             try {
-                rc = st.copy(st.copy_user.user, x, r, &c);
-                why = "copy callback failed";
+                rc = choose_routes(st, ws, x, &count, &why);
             } FLUXUS_CATCH_ALL {
                 rc = FLUXUS_EEXCEPTION;
-                why = "copy callback threw";
             }
-            if (rc == 0) {
-                out.push_back(c);
-                ws.route.push_back(r);
+            if (rc != 0) {
+                p.fail_item(st, x, rc, why, &t);
+                continue;
             }
+            out.push_back(x);
+            ws.route.push_back(ws.chosen[0]);
+            for (uint32_t k = 1; k < count && rc == 0; ++k) {
+                uint32_t r = ws.chosen[k];
+                uint64_t c = x;  // *copy arrives preset to the item
+                try {
+                    rc = st.copy(st.copy_user.user, x, r, &c);
+                    why = "copy callback failed";
+                } FLUXUS_CATCH_ALL {
+                    rc = FLUXUS_EEXCEPTION;
+                    why = "copy callback threw";
+                }
+                if (rc == 0) {
+                    out.push_back(c);
+                    ws.route.push_back(r);
+                }
+            }
+            if (rc != 0) {
+                for (size_t k = base + 1; k < out.size(); ++k) p.free_unadmitted(out[k]);
+                out.resize(base);
+                ws.route.resize(base);
+                p.fail_item(st, x, rc, why, &t);
+                continue;
+            }
+            if (out.size() - base > 1) {
+                copies += out.size() - base - 1;
+                if (CursorTracker *cur = p.cursor())
+                    cur->items_spawned(&out[base + 1], out.size() - base - 1);
+            }
+            base = out.size();  // item i has gone through: an unwind now is past it
         }
-        if (rc != 0) {
-            for (size_t k = base + 1; k < out.size(); ++k) p.free_unadmitted(out[k]);
-            out.resize(base);
-            ws.route.resize(base);
-            p.fail_item(st, x, rc, why, &t);
-            continue;
-        }
-        if (out.size() - base > 1) {
-            copies += out.size() - base - 1;
-            if (CursorTracker *cur = p.cursor()) cur->items_spawned(&out[base + 1], out.size() - base - 1);
-        }
-    }
+    } FLUXUS_ON_FORCED_UNWIND(unwind())
     t.spawned += copies;
     return out.size();
 }

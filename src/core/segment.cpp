@@ -138,28 +138,41 @@ void Segment::stage_items(const uint64_t *items, size_t n, PendingItems &pend) {
     }
     Stage &ns = *head();
     uint32_t lanes = input->lanes();
-    for (size_t i = 0; i < n; ++i) {
-        uint64_t h;
-        if (ns.key_fn) {
-            Key128 key;
-            int32_t rc;
-            try {
-                rc = byte_key_digest(ns, items[i], &key);
-            } FLUXUS_CATCH_ALL {
-                rc = FLUXUS_EEXCEPTION;
+    size_t i = 0;
+    try {
+        for (; i < n; ++i) {
+            uint64_t h;
+            if (ns.key_fn) {
+                Key128 key;
+                int32_t rc;
+                try {
+                    rc = byte_key_digest(ns, items[i], &key);
+                } FLUXUS_CATCH_ALL {
+                    rc = FLUXUS_EEXCEPTION;
+                }
+                if (rc != 0) {
+                    ns.c.in.fetch_add(1, std::memory_order_relaxed);
+                    p->fail_item(ns, items[i], rc, "key callback failed", nullptr);
+                    continue;
+                }
+                h = key.lo;
+            } else {
+                h = hash_word(items[i]);
             }
-            if (rc != 0) {
-                ns.c.in.fetch_add(1, std::memory_order_relaxed);
-                p->fail_item(ns, items[i], rc, "key callback failed", nullptr);
-                continue;
-            }
-            h = key.lo;
-        } else {
-            h = hash_word(items[i]);
+            pend.items.push_back(items[i]);
+            pend.lanes.push_back(lane_for_hash(h, lanes));
         }
-        pend.items.push_back(items[i]);
-        pend.lanes.push_back(lane_for_hash(h, lanes));
-    }
+    } FLUXUS_ON_FORCED_UNWIND(([&] {
+        // Out of the key callback (or the dead-letter callback of its failure) for items[i]:
+        // it stays with the host unless it had ended; the rest never reached the queue. Both
+        // arrive at the head stage cancelled. (What was staged is the caller's to hand on or
+        // cancel.)
+        size_t held = t_unwind.ended ? 0 : 1;
+        t_unwind.ended = false;
+        ns.c.in.fetch_add(held, std::memory_order_relaxed);
+        ns.c.cancelled.fetch_add(held, std::memory_order_relaxed);
+        p->cancel_items(ns, items + i + 1, n - i - 1, true);
+    }()))
 }
 
 bool Segment::accept(PendingItems &pend, SegmentWorker *w) {
@@ -334,10 +347,18 @@ void SegmentWorker::on_forced_unwind() {
         holding_permit_ = false;
         seg->head()->concurrency->give(1);
     }
+    seg->p->cancel();
+    if (ticket_open_) {
+        // The batch behind the ticket was ended by the loops the unwind left: an empty commit
+        // (the pipeline is cancelling) releases its place in the reorder window.
+        ticket_open_ = false;
+        PendingItems none;
+        seg->reorder.commit(ticket_, none, this);
+    }
+    // Last: the log callback may end this thread too.
     seg->p->log(FLUXUS_LOG_ERROR, seg->head(),
                 "a callback ended its thread (forced unwind, e.g. pthread_exit): the pipeline is "
                 "cancelled");
-    seg->p->cancel();
 }
 
 void SegmentWorker::run() {
@@ -504,6 +525,7 @@ void SegmentWorker::run_batches() {
             // The batch becomes the share without a copy: a_ takes the share's old buffer.
             if (shared_.size() < a_.size()) shared_.resize(a_.size());
             a_.swap(shared_);
+            ticket_open_ = false;  // the share carries the ticket now (see finish_share())
             publish_share(uint32_t(n), 0, nullptr, ticket_);
             seg->taking.fetch_sub(1, std::memory_order_release);
             continue;
@@ -529,7 +551,10 @@ size_t SegmentWorker::fetch(bool *drained) {
     if (!seg->ordered) return seg->input->pop(lane, a_.data(), max, this, drained);
     std::lock_guard<std::mutex> lock(seg->ticket_mu);
     size_t n = seg->input->pop(lane, a_.data(), max, this, drained);
-    if (n) ticket_ = seg->next_ticket++;
+    if (n) {
+        ticket_ = seg->next_ticket++;
+        ticket_open_ = true;
+    }
     return n;
 }
 
@@ -760,6 +785,7 @@ void SegmentWorker::process(size_t n, size_t first) {
             StageTally &t = tally_[k];
             if (count_in) t.in += cur;
             uint64_t t0 = timed ? now_ns() : 0;
+            unwind_at = UnwindAt{k, false};
             size_t m = apply_stage(p, st, state_[k], in->data(), cur, *out, t);
             if (timed) t.busy_ns += (now_ns() - t0) * kBusySample;
             if (!st.is_sink()) t.out += m;
@@ -797,10 +823,13 @@ void SegmentWorker::end_unwound(size_t next, const uint64_t *buf, size_t stage) 
     if (s) {
         if (next < seg->stages.size())
             cancel_unstarted(next, buf, s, true);
+        else if (seg->split)  // a router's outputs, each for its route
+            for (size_t i = 0; i < s; ++i)
+                seg->p->cancel_items(*seg->outs[state_.back().route[i]]->head(), buf + i, 1, true);
         else if (Stage *ns = seg->out_stage())
             seg->p->cancel_items(*ns, buf, s, true);
         else
-            for (size_t i = 0; i < s; ++i) seg->p->release_item(buf[i], false);
+            seg->p->release_items(buf, s, false);
     }
     for (size_t k = 0; k < seg->stages.size(); ++k) tally_[k].flush_to(seg->stages[k]->c);
 }
@@ -809,7 +838,7 @@ void SegmentWorker::cancel_unstarted(size_t k, const uint64_t *items, size_t n, 
     StageTally &t = tally_[k];
     if (count_in) t.in += n;
     t.cancelled += n;
-    for (size_t i = 0; i < n; ++i) seg->p->release_item(items[i], false);
+    seg->p->release_items(items, n, false);
 }
 
 void SegmentWorker::arm_timer(uint64_t deadline, uint64_t now) {
@@ -844,6 +873,7 @@ void SegmentWorker::deliver() {
         PendingItems out;
         std::swap(out, pending);  // reuse pending's buffers; it is empty on this path
         seg->prepare_out(a_.data(), out_n_, out);
+        ticket_open_ = false;
         seg->reorder.commit(ticket_, out, this);
         out.clear();
         std::swap(out, pending);
@@ -856,6 +886,7 @@ void SegmentWorker::deliver() {
 
 void SegmentWorker::cancel_all() {
     Pipeline &p = *seg->p;
+    p.release_orphans();  // items a destructor that ended its thread left (release_items())
     abandon_share();
     if (!pending.empty()) {
         if (Stage *ns = seg->out_stage())
@@ -913,6 +944,21 @@ void SegmentWorker::cancel_all() {
         if (state_.size() && state_[0].sliding) {
             std::vector<uint64_t> held;
             state_[0].sliding->drop_all(held);
+            if (!host_kept_.empty()) {
+                // A window callback's items the host kept (see run_sliding()): one each.
+                std::vector<uint64_t> ours;
+                for (uint64_t x : held) {
+                    auto it = std::find(host_kept_.begin(), host_kept_.end(), x);
+                    if (it == host_kept_.end()) {
+                        ours.push_back(x);
+                    } else {
+                        host_kept_.erase(it);
+                        h->c.cancelled.fetch_add(1, std::memory_order_relaxed);
+                    }
+                }
+                held.swap(ours);
+                host_kept_.clear();
+            }
             if (!held.empty()) p.cancel_items(*h, held.data(), held.size(), false);
         }
         if (state_.size() && state_[0].windows) {
@@ -971,8 +1017,10 @@ void SegmentWorker::exhaust() {
         return;
     }
     is_exhausted_ = true;
-    release_caches();
-    close_hooks();
+    try {
+        release_caches();
+        close_hooks();
+    } FLUXUS_ON_FORCED_UNWIND(seg->worker_exhausted())  // a hook or destructor ended the thread
     seg->worker_exhausted();
 }
 

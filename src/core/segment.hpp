@@ -269,6 +269,9 @@ private:
     // Runs the aggregate callback over closed windows; their outputs go on. False: stop.
     bool fire_windows(std::vector<KeyedWindows::Closed> &closed);
     std::vector<KeyedWindows::Closed> closed_;
+    // Sliding windows: the items of a window callback that ended its thread. They stay with the
+    // host: cancel_all() counts them cancelled without destroying them.
+    std::vector<uint64_t> host_kept_;
     // Join head: keys wait for every input; complete sets go to the callback (see run_join).
     void run_join();
     bool fire_joins();
@@ -281,6 +284,12 @@ private:
                   std::vector<uint64_t> &out, const char *what);
     // Sends what a head callback emitted on. False: stop this run.
     bool send_emitted(std::vector<uint64_t> &out);
+    // Under a forced unwind: what a head callback emitted is counted and cancelled downstream.
+    void unwind_emitted(std::vector<uint64_t> &out);
+    // Under a forced unwind out of a callback for items[i] of a head's input loop: that item
+    // stays with the host (cancelled, not destroyed) unless `held` is false or it had ended, the
+    // rest is cancelled, and the head's tally is flushed.
+    void unwind_input(const uint64_t *items, size_t i, size_t n, bool held);
     // Sliding window head: as run_windows, with items held across windows.
     void run_sliding();
     std::unordered_map<Key128, size_t, Key128Hash> acc_index_;  // key -> position in accs_
@@ -353,6 +362,9 @@ private:
     void note_claim_time(size_t k, uint64_t dt);
     size_t out_n_ = 0;             // items of the last processed batch, in a_
     uint64_t ticket_ = 0;
+    // Ordered: ticket_ is reserved in the reorder window and not yet committed (a forced unwind
+    // out of a callback commits it empty, or the window would wait for it forever).
+    bool ticket_open_ = false;
     // Busy-time sampling: batches processed (a pass of several batches counts each of them) and
     // the count at which the next batch is timed.
     uint64_t batches_ = 0;

@@ -34,6 +34,17 @@ bool SegmentWorker::key_or_fail(uint64_t item, Key128 *key, const char *what) {
     return fluxus::key_or_fail(*seg->p, *seg->head(), item, key, what, &tally_[0]);
 }
 
+void SegmentWorker::unwind_input(const uint64_t *items, size_t i, size_t n, bool held) {
+    StageTally &t = tally_[0];
+    if (held && !t_unwind.ended) ++t.cancelled;
+    t_unwind.ended = false;
+    if (i + 1 < n) {
+        t.cancelled += n - i - 1;
+        seg->p->release_items(items + i + 1, n - i - 1, false);
+    }
+    t.flush_to(seg->head()->c);
+}
+
 namespace {
 
 // Calls a window stage's aggregate callback with a live emitter that collects into `out`.
@@ -219,29 +230,32 @@ void SegmentWorker::run_reduce() {
         bool drained = false;
         size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
         uint64_t t0 = now_ns();
-        for (size_t i = 0; i < n; ++i) {
-            uint64_t x = a_[i];
-            if (p.cancelling()) {  // no callback starts once the pipeline is cancelled
-                t.cancelled += n - i;
-                for (size_t j = i; j < n; ++j) p.release_item(a_[j], false);
-                break;
+        size_t i = 0;
+        try {
+            for (; i < n; ++i) {
+                uint64_t x = a_[i];
+                if (p.cancelling()) break;  // no callback starts once the pipeline is cancelled
+                Key128 k;
+                if (!key_or_fail(x, &k, "reduce key callback failed")) continue;
+                int32_t rc;
+                try {
+                    auto ins = acc_index_.emplace(k, accs_.size());
+                    if (ins.second) accs_.push_back(0);
+                    rc = fn(head.user.user, &accs_[ins.first->second], ins.second ? 1 : 0, x);
+                } FLUXUS_CATCH_ALL {
+                    rc = FLUXUS_EEXCEPTION;
+                }
+                if (rc != 0) {
+                    p.fail_item(head, x, rc, "reduce callback failed", &t);
+                } else {
+                    ++t.filtered;  // folded into its key's accumulator
+                    p.destroy_item(x);
+                }
             }
-            Key128 k;
-            if (!key_or_fail(x, &k, "reduce key callback failed")) continue;
-            int32_t rc;
-            try {
-                auto ins = acc_index_.emplace(k, accs_.size());
-                if (ins.second) accs_.push_back(0);
-                rc = fn(head.user.user, &accs_[ins.first->second], ins.second ? 1 : 0, x);
-            } FLUXUS_CATCH_ALL {
-                rc = FLUXUS_EEXCEPTION;
-            }
-            if (rc != 0) {
-                p.fail_item(head, x, rc, "reduce callback failed", &t);
-            } else {
-                ++t.filtered;  // folded into its key's accumulator
-                p.destroy_item(x);
-            }
+        } FLUXUS_ON_FORCED_UNWIND(unwind_input(a_.data(), i, n, true))
+        if (i < n) {
+            t.cancelled += n - i;
+            p.release_items(a_.data() + i, n - i, false);
         }
         if (n) t.busy_ns += now_ns() - t0;
         t.flush_to(head.c);
@@ -273,17 +287,29 @@ void SegmentWorker::end_consumed(const std::vector<uint64_t> &items, int32_t rc,
     Pipeline &p = *seg->p;
     Stage &head = *seg->head();
     StageTally &t = tally_[0];
-    for (uint64_t x : items) {
-        if (rc != 0) {
-            p.fail_item(head, x, rc, what, &t);
-            continue;
+    size_t i = 0;
+    try {
+        for (; i < items.size(); ++i) {
+            uint64_t x = items[i];
+            if (rc != 0) {
+                p.fail_item(head, x, rc, what, &t);
+                continue;
+            }
+            ++t.filtered;  // consumed by the callback
+            if (!keep_input)
+                p.destroy_item(x);
+            else if (CursorTracker *cur = p.cursor())
+                cur->item_ended(x, true);
         }
-        ++t.filtered;  // consumed by the callback
-        if (!keep_input)
-            p.destroy_item(x);
-        else if (CursorTracker *cur = p.cursor())
-            cur->item_ended(x, true);
-    }
+    } FLUXUS_ON_FORCED_UNWIND(([&] {
+        // Out of the dead-letter callback (item i stays with the host) or the item destructor
+        // (item i has ended): the items after it are cancelled.
+        if (!t_unwind.ended) ++t.cancelled;
+        t_unwind.ended = false;
+        size_t rest = items.size() - i - 1;
+        t.cancelled += rest;
+        p.release_items(items.data() + i + 1, rest, false);
+    }()))
 }
 
 bool SegmentWorker::send_emitted(std::vector<uint64_t> &out) {
@@ -301,12 +327,15 @@ void SegmentWorker::fire_set(const std::vector<uint64_t> &items, uint64_t start_
                              std::vector<uint64_t> &out, const char *what) {
     if (seg->p->cancelling()) {  // no callback starts once the pipeline is cancelled
         tally_[0].cancelled += items.size();
-        for (uint64_t x : items) seg->p->release_item(x, false);
+        seg->p->release_items(items.data(), items.size(), false);
         return;
     }
     bool keep_input = false;
-    int32_t rc = call_window_fn(*seg->p, *seg->head(), items.data(), items.size(), start_ns, out,
-                                &keep_input);
+    int32_t rc;
+    try {
+        rc = call_window_fn(*seg->p, *seg->head(), items.data(), items.size(), start_ns, out,
+                            &keep_input);
+    } FLUXUS_ON_FORCED_UNWIND(tally_[0].cancelled += items.size())  // the host holds them
     if (rc == 0) {
         call_errors_.drop_unused();
         return end_consumed(items, rc, keep_input, what);
@@ -316,25 +345,45 @@ void SegmentWorker::fire_set(const std::vector<uint64_t> &items, uint64_t start_
     end_consumed(items, rc, keep_input, what);
 }
 
+void SegmentWorker::unwind_emitted(std::vector<uint64_t> &out) {
+    // New items of the head that a forced unwind stopped before they went on: cancelled where
+    // they were headed.
+    StageTally &t = tally_[0];
+    t.spawned += out.size();
+    t.out += out.size();
+    t_unwind.survivors = out.size();
+    end_unwound(1, out.data(), SIZE_MAX);
+    out.clear();
+}
+
 bool SegmentWorker::fire_windows(std::vector<KeyedWindows::Closed> &closed) {
     std::vector<uint64_t> out;
-    for (KeyedWindows::Closed &w : closed)
-        fire_set(w.items, w.start_ns, out, "window callback failed");
+    size_t w = 0;
+    try {
+        for (; w < closed.size(); ++w)
+            fire_set(closed[w].items, closed[w].start_ns, out, "window callback failed");
+    } FLUXUS_ON_FORCED_UNWIND((closed.erase(closed.begin(), closed.begin() + w + 1),
+                               unwind_emitted(out)))
     closed.clear();
     return send_emitted(out);
 }
 
 bool SegmentWorker::fire_joins() {
     std::vector<uint64_t> out;
-    for (JoinTable::Done &d : joined_) {
-        if (d.status == 0)
-            fire_set(d.items, d.start_ns, out, "join callback failed");
-        else
-            end_consumed(d.items, d.status, false,
-                         d.status == FLUXUS_ETIMEDOUT
-                             ? "join key still incomplete after the join timeout"
-                             : "join key still incomplete at end of input");
-    }
+    size_t j = 0;
+    try {
+        for (; j < joined_.size(); ++j) {
+            JoinTable::Done &d = joined_[j];
+            if (d.status == 0)
+                fire_set(d.items, d.start_ns, out, "join callback failed");
+            else
+                end_consumed(d.items, d.status, false,
+                             d.status == FLUXUS_ETIMEDOUT
+                                 ? "join key still incomplete after the join timeout"
+                                 : "join key still incomplete at end of input");
+        }
+    } FLUXUS_ON_FORCED_UNWIND((joined_.erase(joined_.begin(), joined_.begin() + j + 1),
+                               unwind_emitted(out)))
     joined_.clear();
     return send_emitted(out);
 }
@@ -373,29 +422,32 @@ void SegmentWorker::run_join() {
         bool drained = false;
         size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
         input_drained_ = drained;
-        for (size_t i = 0; i < n; ++i) {
-            uint64_t x = a_[i];
-            Key128 k;
-            if (!key_or_fail(x, &k, "join key callback failed")) continue;
-            uint32_t input = 0;
-            int32_t rc;
-            try {
-                rc = head.join_input(head.user.user, x, &input);
-            } FLUXUS_CATCH_ALL {
-                rc = FLUXUS_EEXCEPTION;
+        size_t i = 0;
+        try {
+            for (; i < n; ++i) {
+                uint64_t x = a_[i];
+                Key128 k;
+                if (!key_or_fail(x, &k, "join key callback failed")) continue;
+                uint32_t input = 0;
+                int32_t rc;
+                try {
+                    rc = head.join_input(head.user.user, x, &input);
+                } FLUXUS_CATCH_ALL {
+                    rc = FLUXUS_EEXCEPTION;
+                }
+                const char *why = "join input callback failed";
+                if (rc == 0 && input >= head.join_inputs) {
+                    rc = FLUXUS_ERANGE;
+                    why = "the join input callback named an input the join does not have";
+                }
+                if (rc == 0) {
+                    rc = jt.add(k, input, x, now, joined_);
+                    why = rc == FLUXUS_EFULL ? "join full: its most keys are waiting"
+                                             : "a second item for an input of a key still waiting";
+                }
+                if (rc != 0) p.fail_item(head, x, rc, why, &t);
             }
-            const char *why = "join input callback failed";
-            if (rc == 0 && input >= head.join_inputs) {
-                rc = FLUXUS_ERANGE;
-                why = "the join input callback named an input the join does not have";
-            }
-            if (rc == 0) {
-                rc = jt.add(k, input, x, now, joined_);
-                why = rc == FLUXUS_EFULL ? "join full: its most keys are waiting"
-                                         : "a second item for an input of a key still waiting";
-            }
-            if (rc != 0) p.fail_item(head, x, rc, why, &t);
-        }
+        } FLUXUS_ON_FORCED_UNWIND(unwind_input(a_.data(), i, n, true))
         t.flush_to(head.c);
         if (n || drained) continue;
         arm_timer(jt.next_deadline(), now);
@@ -416,7 +468,10 @@ void SegmentWorker::run_sliding() {
     std::vector<SlidingWindows::Leaving> leaving;
     auto fire = [&](const uint64_t *items, size_t count, uint64_t start_ns) -> int32_t {
         // keep_input has no effect here: items stay held for later windows.
-        int32_t rc = call_window_fn(p, head, items, count, start_ns, out, nullptr);
+        int32_t rc;
+        try {
+            rc = call_window_fn(p, head, items, count, start_ns, out, nullptr);
+        } FLUXUS_ON_FORCED_UNWIND(host_kept_.assign(items, items + count))
         // Its items fail when they leave their last window, later: they keep the status only
         // (a text kept that long would land on whichever failure came first).
         call_errors_.drop_unused();
@@ -443,47 +498,68 @@ void SegmentWorker::run_sliding() {
         out.clear();
         return send_on(m);
     };
-    for (int round = 0;; ++round) {
-        if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
-            notify();
-            return;
-        }
-        if (p.cancelling()) {
-            // Items that left their last window are cancelled; what the callbacks emitted was
-            // never admitted and is released uncounted.
-            for (const SlidingWindows::Leaving &l : leaving)
-                p.cancel_items(head, &l.item, 1, false);
-            leaving.clear();
-            for (uint64_t x : out) p.free_unadmitted(x);
-            out.clear();
-            cancel_all();
-            return;
-        }
-        uint64_t now = rt_->now();
-        wins.close_due(now, fire, leaving);
-        if (input_drained_) wins.close_all(fire, leaving);
-        if (!leaving.empty() || !out.empty()) {
-            if (!settle()) return;
-            continue;
-        }
-        if (input_drained_) {
-            exhaust();
-            return;
-        }
-        bool drained = false;
-        size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
-        input_drained_ = drained;
-        std::vector<uint64_t> batch(a_.begin(), a_.begin() + n);
-        for (uint64_t x : batch) {
-            Key128 k;
-            if (!key_or_fail(x, &k, "window key callback failed")) continue;
-            wins.add(k, x, now, fire, leaving);
-        }
+    std::vector<uint64_t> batch;
+    size_t bi = 0;
+    bool keying = false;  // batch[bi] is in the key callback (not yet held by the windows)
+    // Under a forced unwind out of a callback: items that left their last window and the rest
+    // of the input batch are cancelled, the key callback's item stays with the host, what the
+    // callbacks emitted is released uncounted (as on cancel), and the window callback's items
+    // (host_kept_, still held by the windows) are left to cancel_all().
+    auto unwind = [&] {
+        for (const SlidingWindows::Leaving &l : leaving) p.cancel_items(head, &l.item, 1, false);
+        leaving.clear();
+        for (uint64_t x : out) p.free_unadmitted(x);
+        out.clear();
+        if (bi < batch.size()) unwind_input(batch.data(), bi, batch.size(), keying);
         t.flush_to(head.c);
-        if (n || drained) continue;
-        arm_timer(wins.next_deadline(), now);
-        return;
-    }
+    };
+    try {
+        for (int round = 0;; ++round) {
+            batch.clear();
+            bi = 0;
+            if (round >= kRoundsPerRun && rt_->has_queued_tasks()) {
+                notify();
+                return;
+            }
+            if (p.cancelling()) {
+                // Items that left their last window are cancelled; what the callbacks emitted was
+                // never admitted and is released uncounted.
+                for (const SlidingWindows::Leaving &l : leaving)
+                    p.cancel_items(head, &l.item, 1, false);
+                leaving.clear();
+                for (uint64_t x : out) p.free_unadmitted(x);
+                out.clear();
+                cancel_all();
+                return;
+            }
+            uint64_t now = rt_->now();
+            wins.close_due(now, fire, leaving);
+            if (input_drained_) wins.close_all(fire, leaving);
+            if (!leaving.empty() || !out.empty()) {
+                if (!settle()) return;
+                continue;
+            }
+            if (input_drained_) {
+                exhaust();
+                return;
+            }
+            bool drained = false;
+            size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
+            input_drained_ = drained;
+            batch.assign(a_.begin(), a_.begin() + n);
+            for (bi = 0; bi < n; ++bi) {
+                Key128 k;
+                keying = true;
+                bool ok = key_or_fail(batch[bi], &k, "window key callback failed");
+                keying = false;
+                if (ok) wins.add(k, batch[bi], now, fire, leaving);
+            }
+            t.flush_to(head.c);
+            if (n || drained) continue;
+            arm_timer(wins.next_deadline(), now);
+            return;
+        }
+    } FLUXUS_ON_FORCED_UNWIND(unwind())
 }
 
 // The window head's loop: new input joins its key's window (a full count window closes at
@@ -519,11 +595,14 @@ void SegmentWorker::run_windows() {
         size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
         input_drained_ = drained;
         std::vector<uint64_t> batch(a_.begin(), a_.begin() + n);  // a_ is reused by firing
-        for (uint64_t x : batch) {
-            Key128 k;
-            if (!key_or_fail(x, &k, "window key callback failed")) continue;
-            wins.add(k, x, now, closed_);
-        }
+        size_t i = 0;
+        try {
+            for (; i < n; ++i) {
+                Key128 k;
+                if (!key_or_fail(batch[i], &k, "window key callback failed")) continue;
+                wins.add(k, batch[i], now, closed_);
+            }
+        } FLUXUS_ON_FORCED_UNWIND(unwind_input(batch.data(), i, n, true))
         t.flush_to(head.c);
         if (n || drained) continue;
         arm_timer(wins.next_deadline(), now);
@@ -566,15 +645,18 @@ void SegmentWorker::run_debounce() {
             bool drained = false;
             size_t n = seg->input->pop(lane, a_.data(), p.batch_size(), this, &drained);
             input_drained_ = drained;
-            for (size_t i = 0; i < n; ++i) {
-                uint64_t x = a_[i], old = 0;
-                Key128 k;
-                if (!key_or_fail(x, &k, "debounce key callback failed")) continue;
-                if (deb.offer(k, x, now, &old, emit_)) {
-                    ++t.filtered;  // superseded by a newer item of the same key
-                    p.destroy_item(old);
+            size_t i = 0;
+            try {
+                for (; i < n; ++i) {
+                    uint64_t x = a_[i], old = 0;
+                    Key128 k;
+                    if (!key_or_fail(x, &k, "debounce key callback failed")) continue;
+                    if (deb.offer(k, x, now, &old, emit_)) {
+                        ++t.filtered;  // superseded by a newer item of the same key
+                        p.destroy_item(old);  // (x is held now: an unwind here ends `old`)
+                    }
                 }
-            }
+            } FLUXUS_ON_FORCED_UNWIND(unwind_input(a_.data(), i, n, true))
             t.flush_to(head.c);
             if (n || drained) progress = true;
         }
@@ -598,47 +680,56 @@ void SegmentWorker::start_async(size_t n, uint64_t now, const uint32_t *attempts
     AsyncSlots &slots = *head.async;
     RetryScopeGuard retry_scope(this, &head, 1);
     uint64_t t0 = now_ns();
-    for (size_t i = 0; i < n; ++i) {
-        uint64_t x = a_[i];
-        if (p.cancelling()) {  // no callback starts once the pipeline is cancelled
-            t.cancelled += n - i;
-            for (size_t j = i; j < n; ++j) p.release_item(a_[j], false);
-            break;
-        }
-        attempt_ = attempts ? attempts[i] : 1;
-        retry_scope.set_attempt(attempt_);
-        uint64_t epoch = 0;
-        if (head.breaker) {
-            bool wait = false;
-            if (!breaker_allows(now, &epoch, &wait)) {
-                if (wait) {
-                    for (size_t j = i; j < n; ++j)
-                        blocked_.push_back(RetryEntry{0, 0, a_[j], attempts ? attempts[j] : 1});
-                    break;
+    size_t i = 0;
+    bool started = false;  // item i is in flight (its slot accounts for it)
+    try {
+        for (; i < n; ++i) {
+            uint64_t x = a_[i];
+            started = false;
+            if (p.cancelling()) {  // no callback starts once the pipeline is cancelled
+                t.cancelled += n - i;
+                size_t from = i;
+                i = n;
+                p.release_items(a_.data() + from, n - from, false);
+                break;
+            }
+            attempt_ = attempts ? attempts[i] : 1;
+            retry_scope.set_attempt(attempt_);
+            uint64_t epoch = 0;
+            if (head.breaker) {
+                bool wait = false;
+                if (!breaker_allows(now, &epoch, &wait)) {
+                    if (wait) {
+                        for (size_t j = i; j < n; ++j)
+                            blocked_.push_back(RetryEntry{0, 0, a_[j], attempts ? attempts[j] : 1});
+                        break;
+                    }
+                    retry_scope.set_refusal(true);  // reported with its attempt, never retried
+                    p.fail_item(head, x, FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
+                    retry_scope.set_refusal(false);
+                    continue;
                 }
-                retry_scope.set_refusal(true);  // reported with its attempt, never retried
-                p.fail_item(head, x, FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
-                retry_scope.set_refusal(false);
-                continue;
+            }
+            uint64_t token = slots.begin(x, now, attempt_, epoch);
+            started = true;
+            int32_t rc;
+            try {
+                rc = fn(u, x, token);
+            } FLUXUS_CATCH_ALL {
+                rc = FLUXUS_EEXCEPTION;
+            }
+            // A refusal after the host already completed the item is too late: the completion
+            // stands and the item goes on.
+            if (rc != 0 && slots.abort(token)) {
+                if (epoch && rc == FLUXUS_ECANCELED)
+                    head.breaker->abandon(epoch);
+                else if (epoch)
+                    head.breaker->record(epoch, false, rt_->now());
+                started = false;  // no longer in flight: the failure ends it
+                p.fail_item(head, x, rc, "async callback refused the item", &t);
             }
         }
-        uint64_t token = slots.begin(x, now, attempt_, epoch);
-        int32_t rc;
-        try {
-            rc = fn(u, x, token);
-        } FLUXUS_CATCH_ALL {
-            rc = FLUXUS_EEXCEPTION;
-        }
-        // A refusal after the host already completed the item is too late: the completion
-        // stands and the item goes on.
-        if (rc != 0 && slots.abort(token)) {
-            if (epoch && rc == FLUXUS_ECANCELED)
-                head.breaker->abandon(epoch);
-            else if (epoch)
-                head.breaker->record(epoch, false, rt_->now());
-            p.fail_item(head, x, rc, "async callback refused the item", &t);
-        }
-    }
+    } FLUXUS_ON_FORCED_UNWIND((attempt_ = 1, unwind_input(a_.data(), i, n, !started)))
     call_errors_.drop_unused();  // a started item's text: dropped
     attempt_ = 1;
     t.busy_ns += now_ns() - t0;
@@ -653,34 +744,76 @@ size_t SegmentWorker::settle_async() {
     Stage &head = *seg->head();
     StageTally &t = tally_[0];
     if (a_.size() < ended_.size()) a_.resize(ended_.size());
-    size_t m = 0;
+    size_t m = 0, i = 0;
+    // How far ended_[i] got: its breaker outcome being recorded (the item is untouched), its
+    // failure being reported (the dead-letter callback holds it), or (timed out) failed with
+    // the cancel hook being told.
+    enum class At { record, fail, hook } at = At::record;
     RetryScopeGuard retry_scope(this, &head, 1);
-    for (const AsyncSlots::Ended &e : ended_) {
-        attempt_ = e.attempt;
-        retry_scope.set_attempt(e.attempt);
-        if (e.epoch && e.how == AsyncSlots::End::failed && e.status == FLUXUS_ECANCELED)
-            head.breaker->abandon(e.epoch);  // cancelled: not the service's failure
-        else if (e.epoch)
-            head.breaker->record(e.epoch, e.how == AsyncSlots::End::completed, rt_->now());
-        switch (e.how) {
-        case AsyncSlots::End::completed:
-            a_[m++] = e.item;
-            break;
-        case AsyncSlots::End::failed: {
-            // fluxus_pipeline_fail_async's text, if any (never a callback's: none runs here)
-            FailureTextScope text(e.text ? e.text.get() : no_failure_text());
-            p.fail_item(head, e.item, e.status, "async completion reported an error", &t);
-            break;
+    // Under a forced unwind out of a callback (the breaker's state callback, the dead-letter
+    // callback, the async cancel hook, the destructor): the results not yet settled end as
+    // cancelled (fluxus's items destroyed; a timed-out item stays the host's and its slot is
+    // finished), an item in the dead-letter callback stays with the host, and the m completed
+    // items go on to be cancelled downstream.
+    auto unwind = [&] {
+        attempt_ = 1;
+        size_t from = i;
+        if (at != At::record) {
+            const AsyncSlots::Ended &cur = ended_[i];
+            if (at == At::fail && !t_unwind.ended) ++t.cancelled;
+            if (cur.how == AsyncSlots::End::timed_out) head.async->finish_timeout(cur.slot);
+            from = i + 1;
         }
-        case AsyncSlots::End::timed_out:
-            p.fail_item(head, e.item, FLUXUS_ETIMEDOUT, "async item timed out", &t, false);
-            // Before finish_timeout(): no completion of it can be accepted while the host hears
-            // it may abandon the work.
-            tell_async_abandoned(head, e.item, e.token, FLUXUS_ETIMEDOUT);
-            head.async->finish_timeout(e.slot);  // only now may a late completion hand it back
-            break;
+        t_unwind.ended = false;
+        std::vector<uint64_t> ours;
+        for (size_t j = from; j < ended_.size(); ++j) {
+            const AsyncSlots::Ended &e = ended_[j];
+            if (e.how == AsyncSlots::End::timed_out) {
+                ++t.cancelled;  // the host's item: not destroyed
+                head.async->finish_timeout(e.slot);
+            } else {
+                ours.push_back(e.item);
+            }
         }
-    }
+        t.cancelled += ours.size();
+        seg->p->release_items(ours.data(), ours.size(), false);
+        ended_.clear();
+        t.out += m;
+        t_unwind.survivors = m;
+        end_unwound(1, a_.data(), SIZE_MAX);
+    };
+    try {
+        for (; i < ended_.size(); ++i) {
+            const AsyncSlots::Ended &e = ended_[i];
+            at = At::record;
+            attempt_ = e.attempt;
+            retry_scope.set_attempt(e.attempt);
+            if (e.epoch && e.how == AsyncSlots::End::failed && e.status == FLUXUS_ECANCELED)
+                head.breaker->abandon(e.epoch);  // cancelled: not the service's failure
+            else if (e.epoch)
+                head.breaker->record(e.epoch, e.how == AsyncSlots::End::completed, rt_->now());
+            at = At::fail;
+            switch (e.how) {
+            case AsyncSlots::End::completed:
+                a_[m++] = e.item;
+                break;
+            case AsyncSlots::End::failed: {
+                // fluxus_pipeline_fail_async's text, if any (never a callback's: none runs here)
+                FailureTextScope text(e.text ? e.text.get() : no_failure_text());
+                p.fail_item(head, e.item, e.status, "async completion reported an error", &t);
+                break;
+            }
+            case AsyncSlots::End::timed_out:
+                p.fail_item(head, e.item, FLUXUS_ETIMEDOUT, "async item timed out", &t, false);
+                at = At::hook;
+                // Before finish_timeout(): no completion of it can be accepted while the host hears
+                // it may abandon the work.
+                tell_async_abandoned(head, e.item, e.token, FLUXUS_ETIMEDOUT);
+                head.async->finish_timeout(e.slot);  // only now may a late completion hand it back
+                break;
+            }
+        }
+    } FLUXUS_ON_FORCED_UNWIND(unwind())
     attempt_ = 1;
     t.out += m;
     return m;

@@ -143,42 +143,66 @@ bool SegmentWorker::run_guarded(size_t n, const uint32_t *attempts) {
             rest.push_back(RetryEntry{0, 0, items[j], attempts ? attempts[j] : 1});
         blocked_.insert(blocked_.begin(), rest.begin(), rest.end());
     };
-    for (size_t i = 0; i < n; ++i) {
-        uint64_t now = rt_->now(), epoch = 0;
-        bool wait = false;
-        if (!breaker_allows(now, &epoch, &wait)) {
-            if (wait) {
-                keep_rest(i);
+    // Where a forced unwind out of a callback (the breaker's state callback, the stage's, the
+    // dead-letter callback) leaves item i: not started (it waits with the rest, which
+    // cancel_all() cancels), in the dead-letter callback of a refusal (it stays with the host),
+    // or through process() (which ended it) with its outputs, if any, still in a_.
+    enum class At { asking, refused, running, after } at = At::asking;
+    size_t i = 0;
+    try {
+        for (; i < n; ++i) {
+            uint64_t now = rt_->now(), epoch = 0;
+            bool wait = false;
+            at = At::asking;
+            if (!breaker_allows(now, &epoch, &wait)) {
+                if (wait) {
+                    keep_rest(i);
+                    return false;
+                }
+                StageTally &t = tally_[0];
+                at = At::refused;
+                {
+                    RetryScopeGuard refused(this, &head, attempts ? attempts[i] : 1, true);
+                    p.fail_item(head, items[i], FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
+                }
+                t.flush_to(head.c);
+                continue;
+            }
+            a_[0] = items[i];
+            attempt_ = attempts ? attempts[i] : 1;
+            uint64_t failures = head_failures, cancels = head_cancels;
+            at = At::running;
+            process(1);
+            at = At::after;
+            attempt_ = 1;
+            if (head_cancels != cancels)
+                head.breaker->abandon(epoch);  // the callback gave up on a cancel: no outcome
+            else
+                head.breaker->record(epoch, head_failures == failures, rt_->now());
+            deliver();
+            if (p.cancelling()) {
+                keep_rest(i + 1);
+                cancel_all();
                 return false;
             }
-            StageTally &t = tally_[0];
-            {
-                RetryScopeGuard refused(this, &head, attempts ? attempts[i] : 1, true);
-                p.fail_item(head, items[i], FLUXUS_ECIRCUITOPEN, "circuit breaker open", &t);
+            if (has_output()) {
+                keep_rest(i + 1);
+                return false;
             }
-            t.flush_to(head.c);
-            continue;
         }
-        a_[0] = items[i];
-        attempt_ = attempts ? attempts[i] : 1;
-        uint64_t failures = head_failures, cancels = head_cancels;
-        process(1);
+    } FLUXUS_ON_FORCED_UNWIND(([&] {
         attempt_ = 1;
-        if (head_cancels != cancels)
-            head.breaker->abandon(epoch);  // the callback gave up on a cancel: no outcome
-        else
-            head.breaker->record(epoch, head_failures == failures, rt_->now());
-        deliver();
-        if (p.cancelling()) {
-            keep_rest(i + 1);
-            cancel_all();
-            return false;
+        if (at == At::refused) {
+            if (!t_unwind.ended) ++tally_[0].cancelled;
+            t_unwind.ended = false;
+            tally_[0].flush_to(head.c);
         }
-        if (has_output()) {
-            keep_rest(i + 1);
-            return false;
+        if (at == At::after && out_n_ > 0) {
+            if (Stage *ns = seg->out_stage()) p.cancel_items(*ns, a_.data(), out_n_, true);
+            out_n_ = 0;
         }
-    }
+        keep_rest(at == At::asking ? i : i + 1);
+    }()))
     return true;
 }
 

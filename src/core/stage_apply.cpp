@@ -21,16 +21,32 @@ namespace {
 [[gnu::cold, gnu::noinline]] void cancel_rest(Pipeline &p, const uint64_t *items, size_t n,
                                               StageTally &t) {
     t.cancelled += n;
-    for (size_t i = 0; i < n; ++i) p.release_item(items[i], false);
+    p.release_items(items, n, false);
 }
 
 // Under a forced unwind out of the callback of item i: that item stays with the host (cancelled,
-// not destroyed), the rest is cancelled, and the m outputs so far are left to the worker.
-[[gnu::cold, gnu::noinline]] void unwind_rest(Pipeline &p, const uint64_t *in, size_t i,
-                                              size_t n, size_t m, StageTally &t) {
-    ++t.cancelled;
-    if (i + 1 < n) cancel_rest(p, in + i + 1, n - i - 1, t);
+// not destroyed) unless it had already ended (the unwind came out of its destructor or its
+// dead-letter callback, which counted it), the rest is cancelled, and the m outputs so far are
+// left to the worker.
+[[maybe_unused, gnu::cold, gnu::noinline]] void unwind_rest(Pipeline &p, const uint64_t *in,
+                                                             size_t i, size_t n, size_t m,
+                                                             StageTally &t) {
+    if (!t_unwind.ended) ++t.cancelled;
+    t_unwind.ended = false;
     t_unwind.survivors = m;
+    if (i + 1 < n) cancel_rest(p, in + i + 1, n - i - 1, t);
+}
+
+// Under a forced unwind out of a batch callback: the host holds every item of the call
+// (cancelled, not destroyed). `emitted`: items a flat-map call emitted (fluxus's, new), which
+// go on to be cancelled downstream.
+[[gnu::cold, gnu::noinline]] void unwind_batch(WorkerStageState &ws, size_t n, size_t emitted,
+                                               StageTally &t) {
+    ws.call->end_batch();
+    ws.call->drop_unused();
+    t.cancelled += n;
+    t.spawned += emitted;
+    t_unwind.survivors = emitted;
 }
 
 // The emitter of the flat-map call running on this thread. fluxus_emitter_emit() compares against it by
@@ -49,16 +65,26 @@ size_t per_item(Pipeline &p, Stage &st, const uint64_t *in, size_t n, StageTally
     while (i < n) {
         try {
             for (; i < n; ++i) {
-                if (__builtin_expect(p.cancelling(), 0)) {
-                    cancel_rest(p, in + i, n - i, t);
-                    return m;
-                }
+                if (__builtin_expect(p.cancelling(), 0)) break;
                 body(in[i], m);
             }
         } FLUXUS_ON_FORCED_UNWIND(unwind_rest(p, in, i, n, m, t)) catch (...) {
-            p.fail_item(st, in[i], FLUXUS_EEXCEPTION, what, &t);
+            // (A handler is outside its try: the dead-letter callback or the destructor of
+            // this failure may end the thread too.)
+            try {
+                p.fail_item(st, in[i], FLUXUS_EEXCEPTION, what, &t);
+            } FLUXUS_ON_FORCED_UNWIND(unwind_rest(p, in, i, n, m, t))
             ++i;
+            continue;
         }
+        if (i < n) {
+            // Outside the loop's try: a forced unwind out of an item destructor here leaves
+            // these items ended (see Pipeline::release_items) and the m outputs to the worker.
+            try {
+                cancel_rest(p, in + i, n - i, t);
+            } FLUXUS_ON_FORCED_UNWIND((t_unwind.ended = false, t_unwind.survivors = m))
+        }
+        break;
     }
     return m;
 }
@@ -84,13 +110,38 @@ inline void fail_batch_item(Pipeline &p, Stage &st, const BatchTexts &texts, siz
     p.fail_item(st, item, status, what, &t);
 }
 
+// Under a forced unwind out of the dead-letter callback (or the item destructor, or a cursor
+// commit) while the results of a batch call are settled, at item i: item i stays with the host
+// (cancelled, not destroyed) unless it had ended; `rest` (what fluxus owns of the items after
+// it that had not ended: a batch map's output where its status is 0) is cancelled. The m
+// outputs so far go on to be cancelled downstream.
+[[gnu::cold, gnu::noinline]] void unwind_settle(Pipeline &p, size_t m, StageTally &t,
+                                                const std::vector<uint64_t> &rest) {
+    if (!t_unwind.ended) ++t.cancelled;
+    t_unwind.ended = false;
+    t_unwind.survivors = m;
+    t.cancelled += rest.size();
+    p.release_items(rest.data(), rest.size(), false);
+}
+
+// The items after i of a batch: in[j], or out[j] where status[j] is 0 (when `out` is set).
+[[gnu::cold]] std::vector<uint64_t> rest_after(size_t i, size_t n, const uint64_t *in,
+                                               const uint64_t *out, const int32_t *status) {
+    std::vector<uint64_t> rest;
+    for (size_t j = i + 1; j < n; ++j) rest.push_back(out && status[j] == 0 ? out[j] : in[j]);
+    return rest;
+}
+
 // Compacts the items whose status is 0 into out and fails the others, with their texts.
 size_t settle_batch(Pipeline &p, Stage &st, CallErrors *call, const uint64_t *in, uint64_t *out,
                     size_t n, int32_t rc, const int32_t *status, StageTally &t,
                     const char *what) {
+    size_t i = 0, m = 0;
     if (rc != 0) {
         BatchTexts texts(call);
-        for (size_t i = 0; i < n; ++i) fail_batch_item(p, st, texts, i, in[i], rc, what, t);
+        try {
+            for (; i < n; ++i) fail_batch_item(p, st, texts, i, in[i], rc, what, t);
+        } FLUXUS_ON_FORCED_UNWIND(unwind_settle(p, 0, t, rest_after(i, n, in, nullptr, nullptr)))
         return 0;
     }
     if (all_ok(status, n)) {
@@ -98,13 +149,14 @@ size_t settle_batch(Pipeline &p, Stage &st, CallErrors *call, const uint64_t *in
         return n;
     }
     BatchTexts texts(call);
-    size_t m = 0;
-    for (size_t i = 0; i < n; ++i) {
-        if (status[i] == 0)
-            out[m++] = out[i];
-        else
-            fail_batch_item(p, st, texts, i, in[i], status[i], what, t);
-    }
+    try {
+        for (; i < n; ++i) {
+            if (status[i] == 0)
+                out[m++] = out[i];
+            else
+                fail_batch_item(p, st, texts, i, in[i], status[i], what, t);
+        }
+    } FLUXUS_ON_FORCED_UNWIND(unwind_settle(p, m, t, rest_after(i, n, in, out, status)))
     return m;
 }
 
@@ -220,12 +272,13 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             uint64_t page = cur ? cur->page_of(x) : 0;
             clock.start();
             int32_t rc = fn(u, x);
-            if (cur && rc == 0) cur->page_ended(page, true);
             clock.check(st);  // the sink owns the item now: an overrun is only counted
-            if (__builtin_expect(rc == 0, 1))
-                ++m;
-            else
+            if (__builtin_expect(rc == 0, 1)) {
+                ++m;  // before the commit callback the page's end may call (it may unwind)
+                if (cur) cur->page_ended(page, true);
+            } else {
                 p.fail_item(st, x, rc, failed, &t);
+            }
         });
         return 0;
     }
@@ -234,10 +287,9 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         out.clear();
         fluxus_emitter em{kEmitterMagic, &out, false, p.cursor()};
         EmitterScope live(&em);
-        size_t before = 0;
-        per_item(p, st, in, n, t, "flat-map callback threw", [&](uint64_t x, size_t &) {
+        try {
+            per_item(p, st, in, n, t, "flat-map callback threw", [&](uint64_t x, size_t &) {
             em.keep_input = false;
-            before = out.size();
             clock.start();
             int32_t rc = fn(u, x, &em);
             clock.check(st);  // emitted items are already admitted: only counted
@@ -250,7 +302,10 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             } else {
                 p.fail_item(st, x, rc, "flat-map callback failed", &t);
             }
-        });
+            });
+        } FLUXUS_ON_FORCED_UNWIND((t.spawned += out.size(), t_unwind.survivors = out.size()))
+        // (Under a forced unwind every item emitted so far, by the interrupted call too, is
+        // fluxus's and goes on to be cancelled downstream.)
         t.spawned += out.size();
         return out.size();
     }
@@ -324,7 +379,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         ws.call->begin_batch(uint32_t(n));  // texts per item: fluxus_call_set_item_error
         try {
             rc = fn(u, in, o, status, uint32_t(n));
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(unwind_batch(ws, n, 0, t)) catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
         ws.call->end_batch();
@@ -348,7 +403,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         ws.call->begin_batch(uint32_t(n));
         try {
             rc = fn(u, in, keep, status, uint32_t(n));
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(unwind_batch(ws, n, 0, t)) catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
         ws.call->end_batch();
@@ -363,17 +418,19 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             return settle_batch(p, st, ws.call, in, o, n, rc, nullptr, t, "batch filter failed");
         // What the call attached is taken out now; dropped with `texts` if no item failed.
         BatchTexts texts(ws.call);
-        size_t m = 0;
-        for (size_t i = 0; i < n; ++i) {
-            if (status[i] != 0) {
-                fail_batch_item(p, st, texts, i, in[i], status[i], "batch filter failed", t);
-            } else if (keep[i]) {
-                o[m++] = in[i];
-            } else {
-                ++t.filtered;
-                p.destroy_item(in[i]);
+        size_t m = 0, i = 0;
+        try {
+            for (; i < n; ++i) {
+                if (status[i] != 0) {
+                    fail_batch_item(p, st, texts, i, in[i], status[i], "batch filter failed", t);
+                } else if (keep[i]) {
+                    o[m++] = in[i];
+                } else {
+                    ++t.filtered;
+                    p.destroy_item(in[i]);
+                }
             }
-        }
+        } FLUXUS_ON_FORCED_UNWIND(unwind_settle(p, m, t, rest_after(i, n, in, nullptr, nullptr)))
         return m;
     }
     case StageKind::batch:  // a formed group: the same contract as a batch flat map
@@ -386,25 +443,38 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         clock.start();
         try {
             rc = fn(u, in, uint32_t(n), &em);
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(unwind_batch(ws, n, out.size(), t)) catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
         clock.check(st);
         t.spawned += out.size();
-        if (rc != 0) {
-            BatchTexts texts(ws.call);  // the call's text goes with every item
-            for (size_t i = 0; i < n; ++i)
-                fail_batch_item(p, st, texts, i, in[i], rc, "batch flat-map callback failed", t);
-        } else {
-            ws.call->drop_unused();
-            t.filtered += n;
-            for (size_t i = 0; i < n; ++i) {
-                if (!em.keep_input)
-                    p.destroy_item(in[i]);
-                else if (CursorTracker *cur = p.cursor())
-                    cur->item_ended(in[i], true);
+        size_t i = 0;
+        try {
+            if (rc != 0) {
+                BatchTexts texts(ws.call);  // the call's text goes with every item
+                for (; i < n; ++i)
+                    fail_batch_item(p, st, texts, i, in[i], rc, "batch flat-map callback failed",
+                                    t);
+            } else {
+                ws.call->drop_unused();
+                t.filtered += n;
+                for (; i < n; ++i) {
+                    if (!em.keep_input)
+                        p.destroy_item(in[i]);
+                    else if (CursorTracker *cur = p.cursor())
+                        cur->item_ended(in[i], true);
+                }
             }
-        }
+        } FLUXUS_ON_FORCED_UNWIND(([&] {
+            if (rc != 0)
+                return unwind_settle(p, out.size(), t, rest_after(i, n, in, nullptr, nullptr));
+            // Consumed, and counted filtered already: out of item i's destructor (or a cursor
+            // commit), the items after it are destroyed by another thread (or kept, with
+            // keep_input).
+            t_unwind.ended = false;
+            t_unwind.survivors = out.size();
+            if (!em.keep_input) p.orphan_rest(in + i + 1, n - i - 1);
+        }()))
         return out.size();
     }
     case StageKind::sink_batch: {
@@ -419,7 +489,7 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
         ws.call->begin_batch(uint32_t(n));
         try {
             rc = fn(u, in, status, uint32_t(n));
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(unwind_batch(ws, n, 0, t)) catch (...) {
             rc = FLUXUS_EEXCEPTION;
         }
         ws.call->end_batch();
@@ -436,15 +506,31 @@ size_t apply_impl(Pipeline &p, Stage &st, WorkerStageState &ws, const uint64_t *
             return 0;
         }
         BatchTexts texts(ws.call);
-        size_t delivered = 0;
-        for (size_t i = 0; i < n; ++i) {
-            if (status[i] == 0) {
-                ++delivered;
-                if (cur) cur->page_ended(pages[i], true);
-            } else
-                fail_batch_item(p, st, texts, i, in[i], status[i], "batch sink callback failed",
-                                t);
-        }
+        size_t delivered = 0, i = 0;
+        try {
+            for (; i < n; ++i) {
+                if (status[i] == 0) {
+                    ++delivered;
+                    if (cur) cur->page_ended(pages[i], true);
+                } else {
+                    fail_batch_item(p, st, texts, i, in[i], status[i],
+                                    "batch sink callback failed", t);
+                }
+            }
+        } FLUXUS_ON_FORCED_UNWIND(([&] {
+            // Out of the dead-letter callback, the destructor or a cursor commit: the items
+            // the sink accepted are delivered, the failed ones not yet ended are cancelled.
+            if (status[i] == 0) t_unwind.ended = true;  // counted in `delivered`
+            std::vector<uint64_t> rest;
+            for (size_t j = i + 1; j < n; ++j) {
+                if (status[j] == 0)
+                    ++delivered;
+                else
+                    rest.push_back(in[j]);
+            }
+            t.out += delivered;
+            unwind_settle(p, 0, t, rest);
+        }()))
         t.out += delivered;
         return 0;
     }

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "runtime/task.hpp"
+#include "util/forced_unwind.hpp"
 
 namespace fluxus {
 
@@ -17,7 +18,14 @@ void ItemQueue::add_waiter(std::vector<Task *> &list, Task *t) {
 }
 
 void ItemQueue::notify_all(std::vector<Task *> &list) {
-    for (Task *t : list) t->notify();
+    size_t i = 0;
+    try {
+        for (; i < list.size(); ++i) list[i]->notify();
+    } FLUXUS_ON_FORCED_UNWIND(([&] {
+        // The host's wake-up callback ended this thread: the others are still woken (their
+        // notify() finds the wake-up pending and calls no host code).
+        for (size_t j = i + 1; j < list.size(); ++j) list[j]->notify();
+    }()))
     list.clear();
 }
 

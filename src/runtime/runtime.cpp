@@ -6,11 +6,6 @@
 #include <chrono>
 #include <cstdio>
 
-#if defined(__linux__)
-#include <sys/timerfd.h>
-#include <unistd.h>
-#endif
-
 #include "core/current_call.hpp"
 #include "core/pipeline.hpp"
 #include "runtime/task.hpp"
@@ -161,16 +156,10 @@ int32_t Runtime::start() {
     uv_timer_init(&loop_, &timer_);
     wake_.data = this;
     timer_.data = this;
-#if defined(__linux__)
-    if (!host_driven() && !virtual_clock_) {
-        timerfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-        if (timerfd_ >= 0) {
-            uv_poll_init(&loop_, &timerfd_poll_, timerfd_);
-            timerfd_poll_.data = this;
-            uv_poll_start(&timerfd_poll_, UV_READABLE, &Runtime::on_timerfd);
-        }
-    }
-#endif
+    // Threaded mode wakes the timer heap to the microsecond where the platform can
+    // (platform/precise_timer.hpp); elsewhere, and in host mode, a libuv timer does.
+    if (!host_driven() && !virtual_clock_)
+        precise_timer_.open(&loop_, &Runtime::on_precise_timer, this);
     loop_ready_ = true;
     try {
         if (!host_driven()) {
@@ -184,9 +173,8 @@ int32_t Runtime::start() {
                 uv_timer_start(&watchdog_, &Runtime::on_watchdog, period, period);
                 uv_unref(reinterpret_cast<uv_handle_t *>(&watchdog_));
             }
-            loop_thread_ =
-                start_thread(thread_hooks_, FLUXUS_THREAD_LOOP, 0, [this] { loop_main(); });
             std::lock_guard<std::mutex> threads_lock(threads_mu_);
+            loop_thread_ = start_loop_thread();
             for (uint32_t i = 0; i < workers_; ++i)
                 threads_.push_back(start_worker(i));
         }
@@ -235,16 +223,18 @@ void Runtime::shutdown() {
     }
     rq_cv_.notify_all();
     std::vector<std::thread> joining;
+    std::thread loop_thread;
     {
         std::lock_guard<std::mutex> lock(threads_mu_);
         no_more_threads_.store(true);
         joining.swap(threads_);
+        loop_thread.swap(loop_thread_);  // no replacement swaps it from here on
     }
     for (std::thread &t : joining) t.join();
-    if (loop_thread_.joinable()) {
+    if (loop_thread.joinable()) {
         loop_stop_.store(true);
         uv_async_send(&wake_);
-        loop_thread_.join();
+        loop_thread.join();
         loop_ready_.store(false);
     } else {
         // Host mode: a host thread may be in run_ready() (a pipeline's wait, a free driving its
@@ -257,10 +247,7 @@ void Runtime::shutdown() {
         }
         loop_ready_.store(false);
     }
-#if defined(__linux__)
-    if (timerfd_ >= 0) close(timerfd_);
-    timerfd_ = -1;
-#endif
+    precise_timer_.release();
     timers_.drop_callbacks();
     std::lock_guard<std::mutex> lock(mu_);
     state_.store(kDead);
@@ -345,15 +332,37 @@ void Runtime::worker_main(uint32_t slot_index) {
         slot.busy.store(true, std::memory_order_relaxed);
         try {
             execute(task);
-        } FLUXUS_ON_FORCED_UNWIND((slot.busy.store(false, std::memory_order_relaxed),
-                                   replace_worker(slot_index)))
+        } FLUXUS_ON_FORCED_UNWIND(slot.busy.store(false, std::memory_order_relaxed))
         slot.busy.store(false, std::memory_order_relaxed);
     }
 }
 
 std::thread Runtime::start_worker(uint32_t slot) {
-    return start_thread(thread_hooks_, FLUXUS_THREAD_WORKER, slot,
-                        [this, slot] { worker_main(slot); });
+    // A callback (or a thread hook) that ends the thread: another thread takes its slot.
+    return start_thread(
+        thread_hooks_, FLUXUS_THREAD_WORKER, slot, [this, slot] { worker_main(slot); },
+        [this, slot] { replace_worker(slot); });
+}
+
+std::thread Runtime::start_loop_thread() {
+    return start_thread(
+        thread_hooks_, FLUXUS_THREAD_LOOP, 0, [this] { loop_main(); },
+        [this] { replace_loop_thread(); });
+}
+
+void Runtime::replace_loop_thread() {
+    // The loop ended inside a host timer callback (or the watchdog's log callback, or a thread
+    // hook), outside uv_run(): the uv loop is intact and a new thread goes on running it. Timers
+    // that were due may not have fired yet: the new thread looks first.
+    std::lock_guard<std::mutex> lock(threads_mu_);
+    if (no_more_threads_.load()) return;
+    if (loop_thread_.joinable()) loop_thread_.detach();  // this thread, which is ending
+    timers_due_.store(true);
+    try {
+        loop_thread_ = start_loop_thread();
+    } FLUXUS_CATCH_ALL {
+        // No thread to spare: timers stop firing; pipelines without timers carry on.
+    }
 }
 
 int32_t Runtime::set_thread_hooks(fluxus_thread_start_fn on_start, fluxus_thread_stop_fn on_stop,
@@ -399,7 +408,8 @@ void Runtime::replace_worker(uint32_t slot_index) {
 }
 
 void Runtime::on_watchdog(uv_timer_t *handle) {
-    static_cast<Runtime *>(handle->data)->check_stalls();
+    // check_stalls() may call the log callback: it runs after uv_run() returns (loop_main()).
+    static_cast<Runtime *>(handle->data)->stalls_due_.store(true);
 }
 
 void Runtime::check_stalls() {
@@ -484,20 +494,10 @@ void Runtime::fire_timers_and_rearm() {
         CallbackScope scope;  // host timer callbacks run here
         next = timers_.fire_due(now);
     }
-#if defined(__linux__)
-    if (timerfd_ >= 0) {
-        // An absolute deadline on the same monotonic clock: wakes to the microsecond, and a
-        // deadline already past fires at once.
-        itimerspec its{};
-        if (next != UINT64_MAX) {
-            its.it_value.tv_sec = time_t(next / 1000000000u);
-            its.it_value.tv_nsec = long(next % 1000000000u);
-            if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
-        }
-        timerfd_settime(timerfd_, TFD_TIMER_ABSTIME, &its, nullptr);
+    if (precise_timer_.is_open()) {
+        precise_timer_.arm_at(next);
         return;
     }
-#endif
     if (next == UINT64_MAX) {
         uv_timer_stop(&timer_);
         return;
@@ -513,35 +513,40 @@ void Runtime::close_loop_handles() {
     uv_close(reinterpret_cast<uv_handle_t *>(&wake_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t *>(&timer_), nullptr);
     if (slots_ && stall_ms_) uv_close(reinterpret_cast<uv_handle_t *>(&watchdog_), nullptr);
-    if (timerfd_ >= 0) uv_close(reinterpret_cast<uv_handle_t *>(&timerfd_poll_), nullptr);
+    precise_timer_.close_handle();
 }
 
+// The uv callbacks run no host code: a host timer callback may end its thread (a forced
+// unwind), which must not pass through uv_run(). They note that timers are due, and the timers
+// fire after uv_run() returns (loop_main(), run_ready()).
 void Runtime::on_async(uv_async_t *handle) {
     Runtime *rt = static_cast<Runtime *>(handle->data);
     if (rt->loop_stop_.load()) {
         rt->close_loop_handles();
         return;
     }
-    rt->fire_timers_and_rearm();
+    rt->timers_due_.store(true);
 }
 
 void Runtime::on_timer(uv_timer_t *handle) {
-    static_cast<Runtime *>(handle->data)->fire_timers_and_rearm();
+    static_cast<Runtime *>(handle->data)->timers_due_.store(true);
 }
 
-void Runtime::on_timerfd(uv_poll_t *handle, int status, int) {
-    Runtime *rt = static_cast<Runtime *>(handle->data);
-#if defined(__linux__)
-    uint64_t expirations;
-    if (status == 0) (void)!read(rt->timerfd_, &expirations, sizeof expirations);
-#else
-    (void)status;
-#endif
-    rt->fire_timers_and_rearm();
+void Runtime::on_precise_timer(void *data) {
+    static_cast<Runtime *>(data)->timers_due_.store(true);
 }
 
 void Runtime::loop_main() {
-    uv_run(&loop_, UV_RUN_DEFAULT);
+    for (;;) {
+        int alive = uv_run(&loop_, UV_RUN_ONCE);
+        if (!loop_stop_.load()) {
+            // Host code (timer callbacks; the log callback of the watchdog) runs here, outside
+            // uv_run(): if it ends this thread, another one takes over the loop.
+            if (timers_due_.exchange(false)) fire_timers_and_rearm();
+            if (stalls_due_.exchange(false)) check_stalls();
+        }
+        if (!alive) break;
+    }
     uv_loop_close(&loop_);
 }
 
@@ -552,8 +557,12 @@ uint32_t Runtime::run_ready() {
         timers_.fire_due(now());
     }
     if (loop_ready_.load(std::memory_order_acquire) && loop_mu_.try_lock()) {
-        if (loop_ready_.load(std::memory_order_relaxed)) uv_run(&loop_, UV_RUN_NOWAIT);
-        loop_mu_.unlock();
+        // Unlocked also when a timer callback ends this thread (a forced unwind).
+        std::unique_lock<std::mutex> lock(loop_mu_, std::adopt_lock);
+        if (loop_ready_.load(std::memory_order_relaxed)) {
+            uv_run(&loop_, UV_RUN_NOWAIT);
+            if (timers_due_.exchange(false)) fire_timers_and_rearm();  // outside uv_run()
+        }
     }
     // Run only what is queued now, so a task that keeps re-notifying itself cannot trap us.
     uint32_t budget = rq_size_.load(std::memory_order_acquire);

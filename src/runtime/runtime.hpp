@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fluxus.h"
+#include "platform/precise_timer.hpp"
 #include "runtime/host_wake.hpp"
 #include "runtime/thread_start.hpp"
 #include "runtime/timer_heap.hpp"
@@ -131,6 +132,9 @@ private:
 
     void worker_main(uint32_t slot);
     std::thread start_worker(uint32_t slot);  // start_thread() for worker_main(slot)
+    std::thread start_loop_thread();          // start_thread() for loop_main()
+    // A callback ended the loop thread (forced unwind): another thread runs the loop.
+    void replace_loop_thread();
     // A callback ended a worker thread (forced unwind): another thread takes its slot.
     void replace_worker(uint32_t slot);
     // Stall watchdog (loop thread): a worker that has been inside one task for the threshold
@@ -149,7 +153,7 @@ private:
     void close_loop_handles();
     static void on_async(uv_async_t *handle);
     static void on_timer(uv_timer_t *handle);
-    static void on_timerfd(uv_poll_t *handle, int status, int events);
+    static void on_precise_timer(void *data);
 
     std::atomic<int64_t> refs_{1};
     std::atomic<int> state_{kCreated};
@@ -186,8 +190,7 @@ private:
     uv_loop_t loop_;
     uv_async_t wake_;
     uv_timer_t timer_;
-    int timerfd_ = -1;   // Linux: nanosecond wake-ups for the timer heap (libuv's are in ms)
-    uv_poll_t timerfd_poll_;
+    PreciseTimer precise_timer_;  // microsecond wake-ups of the timer heap, where available
     // The uv loop exists (start() to shutdown()). Host mode: read and cleared under loop_mu_,
     // so a host thread never runs the loop while shutdown() closes it.
     std::atomic<bool> loop_ready_{false};
@@ -199,6 +202,9 @@ private:
     std::recursive_mutex advance_mu_;
     std::mutex loop_mu_;  // host mode: one thread at a time runs the uv loop
     std::atomic<bool> loop_stop_{false};
+    // Set by the uv callbacks; the host code they stand for runs after uv_run() returns.
+    std::atomic<bool> timers_due_{false};
+    std::atomic<bool> stalls_due_{false};
     TimerHeap timers_;
 
     std::mutex mu_;  // guards pipelines_ and state transitions

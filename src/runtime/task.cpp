@@ -42,8 +42,15 @@ void Task::execute() {
 }
 
 void Task::unwound() {
-    on_forced_unwind();
-    // Still counted active: it runs again (on another thread) to finish what it held.
+    // Still counted active: it runs again (on another thread) to finish what it held, also if
+    // on_forced_unwind() itself is cut short by another forced unwind (its log callback).
+    try {
+        on_forced_unwind();
+    } FLUXUS_ON_FORCED_UNWIND(requeue())
+    requeue();
+}
+
+void Task::requeue() {
     state_.store(kScheduled, std::memory_order_release);
     rt_->enqueue(this);
 }

@@ -40,6 +40,7 @@ protected:
 
 private:
     void unwound();
+    void requeue();
     enum : int { kIdle, kScheduled, kRunning, kRerun };
     TaskOwner *owner_;
     std::atomic<int> state_{kIdle};

@@ -32,8 +32,8 @@ void run_hook_stop(const ThreadHooks &h, int32_t kind, uint32_t index) {
 }  // namespace
 
 std::thread start_thread(const ThreadHooks &hooks, int32_t kind, uint32_t index,
-                         std::function<void()> body) {
-    auto run = [hooks, kind, index, body = std::move(body)] {
+                         std::function<void()> body, std::function<void()> lost) {
+    auto run = [hooks, kind, index, body = std::move(body), lost = std::move(lost)] {
         char name[16];
         if (kind == FLUXUS_THREAD_LOOP)
             snprintf(name, sizeof name, "%s", kind_prefix(kind));
@@ -41,7 +41,14 @@ std::thread start_thread(const ThreadHooks &hooks, int32_t kind, uint32_t index,
             snprintf(name, sizeof name, "%s%u", kind_prefix(kind), index);
         name_this_thread(name);
         // The stop hook runs last however the thread ends: after the body returns, or while a
-        // forced unwind out of a callback (or out of the start hook) ends the thread.
+        // forced unwind out of a callback (or out of the start hook) ends the thread; then
+        // `lost` (also if the stop hook itself ends the thread).
+        auto unwound = [&] {
+            try {
+                run_hook_stop(hooks, kind, index);
+            } FLUXUS_ON_FORCED_UNWIND(if (lost) lost())
+            if (lost) lost();
+        };
         try {
             if (hooks.start) {
                 try {
@@ -51,7 +58,7 @@ std::thread start_thread(const ThreadHooks &hooks, int32_t kind, uint32_t index,
                 }
             }
             body();
-        } FLUXUS_ON_FORCED_UNWIND(run_hook_stop(hooks, kind, index))
+        } FLUXUS_ON_FORCED_UNWIND(unwound())
         run_hook_stop(hooks, kind, index);
     };
     std::thread t;

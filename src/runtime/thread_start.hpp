@@ -20,8 +20,10 @@ struct ThreadHooks {
 };
 
 // Starts `body` on a new thread of `kind` (FLUXUS_THREAD_*) and `index`. Throws as
-// std::thread does (std::system_error) when no thread can be created.
+// std::thread does (std::system_error) when no thread can be created. `lost`, if set, runs on
+// the thread when a forced unwind ends it (out of a callback in `body` or out of a hook), after
+// the stop hook, so that the owner can start another thread in its place.
 std::thread start_thread(const ThreadHooks &hooks, int32_t kind, uint32_t index,
-                         std::function<void()> body);
+                         std::function<void()> body, std::function<void()> lost = nullptr);
 
 }  // namespace fluxus

@@ -76,7 +76,7 @@ uint64_t TimerHeap::fire_due(uint64_t now) {
         }
         try {
             cb.fn(cb.user);
-        } FLUXUS_CATCH_ALL {
+        } FLUXUS_ON_FORCED_UNWIND(cb.release()) catch (...) {
             // A host timer callback that throws loses only its own call.
         }
         cb.release();

@@ -34,6 +34,10 @@ struct UnwindNote {
     size_t read = 0;             // items that went all the way through the loop
     size_t survivors = SIZE_MAX; // items in the stage's output (SIZE_MAX: not known)
     size_t entered = 0;          // a chain fed by a pull source: items the source gave
+    // The item of the interrupted call has already ended and was counted (the unwind came out
+    // of its destructor, or out of the dead-letter callback, which counted it cancelled): the
+    // loop it was in does not end it again. Cleared by the loop that reads it.
+    bool ended = false;
 };
 extern thread_local UnwindNote t_unwind;
 
@@ -49,12 +53,14 @@ extern thread_local UnwindNote t_unwind;
     }
 #else
 // Without forced unwinds the handler still has to be a handler (it follows a try block), so it
-// catches a type nothing throws.
+// catches a type nothing throws. `stmt` is still compiled (never run), so that what it uses is
+// used on every platform (and checked: no "unused function" or "set but not used" here only).
 namespace fluxus {
 struct NeverThrown {};
 }  // namespace fluxus
 #define FLUXUS_ON_FORCED_UNWIND(stmt)  \
     catch (fluxus::NeverThrown &) {    \
+        stmt;                          \
         throw;                         \
     }
 #endif
