@@ -96,7 +96,7 @@ void check(const char *w, const std::string &impl, const char *what, uint64_t go
 /* Number of workers of a runtime, as the threads= field reports it (workers + 1 loop thread). */
 uint32_t rt_workers(fluxus_runtime *rt) {
     uint32_t n = 0;
-    CK(fluxus_runtime_get_workers(rt, &n));
+    CK(fluxus_runtime_get_workers(&n, rt));
     return n;
 }
 
@@ -109,7 +109,7 @@ fluxus_pipeline_stats pipeline_stats(fluxus_pipeline *p) {
     fluxus_pipeline_stats st;
     std::memset(&st, 0, sizeof st);
     st.struct_size = sizeof st;
-    CK(fluxus_pipeline_get_stats(p, &st));
+    CK(fluxus_pipeline_get_stats(&st, p));
     return st;
 }
 
@@ -117,7 +117,7 @@ fluxus_stage_stats stage_stats(fluxus_pipeline *p, uint32_t stage) {
     fluxus_stage_stats st;
     std::memset(&st, 0, sizeof st);
     st.struct_size = sizeof st;
-    CK(fluxus_stage_get_stats(p, stage, &st));
+    CK(fluxus_stage_get_stats(&st, p, stage));
     return st;
 }
 
@@ -456,7 +456,7 @@ void w3_fire(void *u) {
     W3Ctx *c = x.ctx;
     fluxus_runtime_now_ns(c->rt, &x.fire_ns);
     const uint64_t i = (uint64_t)(&x - c->items.data());
-    if (fluxus_async_complete(c->p, x.completion, 0, i) != FLUXUS_OK)
+    if (fluxus_pipeline_complete_async(c->p, x.completion, 0, i) != FLUXUS_OK)
         c->complete_errors.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -1006,7 +1006,7 @@ void run_slowsink_one(const Opts &o, const char *impl, bool fuse) {
     CK(fluxus_pipeline_add_map(nullptr, p, "map", slow_ident, nullptr, nullptr));
     CK(fluxus_pipeline_add_sink(nullptr, p, "sink", slow_sink, &sink, nullptr));
     uint32_t nstages = 0;
-    CK(fluxus_pipeline_stage_count(p, &nstages));
+    CK(fluxus_pipeline_get_stage_count(&nstages, p));
     uint64_t rss_start = rss_kb();
     CK(fluxus_pipeline_start(p));
 
@@ -1217,7 +1217,7 @@ uint64_t lifecycle_once(fluxus_runtime *rt, bool push, const uint64_t *items) {
     CK(fluxus_pipeline_start(p));
     if (push) {
         uint32_t pushed = 0;
-        CK(fluxus_pipeline_push_many(p, items, LIFE_ITEMS, UINT32_MAX, &pushed));
+        CK(fluxus_pipeline_push_many(&pushed, p, items, LIFE_ITEMS, UINT32_MAX));
         if (pushed != LIFE_ITEMS) die_api("push_many (short)", FLUXUS_OK, __LINE__);
         CK(fluxus_pipeline_drain(p, UINT32_MAX));
     } else {

@@ -134,7 +134,7 @@ static double run_once(uint64_t n, uint32_t item_us, int cpu, uint32_t workers, 
     if (host) {
         int32_t st = 0;
         for (;;) {
-            CK(fluxus_pipeline_get_state(p, &st));
+            CK(fluxus_pipeline_get_state(&st, p));
             if (st == FLUXUS_STATE_FINISHED) break;
             struct timespec ts = {0, 100000};
             nanosleep(&ts, NULL);

@@ -258,7 +258,7 @@ static int32_t archive(void *user, const uint64_t *items, uint32_t count, fluxus
     if (!f) return 12;
     f->tag = TAG_ARCHIVE;
     f->rows = count;
-    return fluxus_emit(em, (uint64_t)(uintptr_t)f);
+    return fluxus_emitter_emit(em, (uint64_t)(uintptr_t)f);
 }
 
 static int32_t archived(void *user, uint64_t item) {
@@ -327,24 +327,26 @@ int main(int argc, char **argv) {
     CHECK(fluxus_pipeline_start(p));
     CHECK(fluxus_pipeline_wait(p, UINT32_MAX));
 
-    CHECK(fluxus_pipeline_stage_count(p, &n));
+    CHECK(fluxus_pipeline_get_stage_count(&n, p));
     printf("%-12s %9s %9s %9s %9s %9s %9s %9s\n", "stage", "in", "out", "spawned", "filtered",
            "failed", "dead", "routed");
     for (i = 0; i < n; i++) {
         fluxus_stage_stats st;
+        const char *name;
         memset(&st, 0, sizeof st);
         st.struct_size = sizeof st;
-        CHECK(fluxus_stage_get_stats(p, i, &st));
+        CHECK(fluxus_stage_get_stats(&st, p, i));
+        CHECK(fluxus_stage_get_name(&name, p, i));
         printf("%-12s %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %9" PRIu64
                " %9" PRIu64 " %9" PRIu64 "\n",
-               fluxus_stage_name(p, i), st.in, st.out, st.spawned, st.filtered, st.failed,
+               name, st.in, st.out, st.spawned, st.filtered, st.failed,
                st.dead_lettered, st.routed);
         if (st.in + st.spawned != st.out + st.filtered + st.failed + st.dead_lettered +
                                       st.cancelled + st.routed) {
-            printf("  stage '%s' does not balance\n", fluxus_stage_name(p, i));
+            printf("  stage '%s' does not balance\n", name);
             ok = 0;
         }
-        if (strcmp(fluxus_stage_name(p, i), "customers") == 0)
+        if (strcmp(name, "customers") == 0)
             printf("  (loader: %" PRIu64 " cache hits, %" PRIu64 " lookups in %" PRIu64
                    " calls)\n",
                    st.cache_hits, (uint64_t)atomic_load(&lookups),
@@ -352,7 +354,7 @@ int main(int argc, char **argv) {
     }
     memset(&s, 0, sizeof s);
     s.struct_size = sizeof s;
-    CHECK(fluxus_pipeline_get_stats(p, &s));
+    CHECK(fluxus_pipeline_get_stats(&s, p));
     printf("\npipeline: admitted %" PRIu64 " (events %" PRIu64 " + copies and archive files), "
            "delivered %" PRIu64 ", filtered %" PRIu64 ", failed %" PRIu64
            ", dead-lettered %" PRIu64 ", balanced %d\n",

@@ -66,7 +66,7 @@ static int32_t store(void *user, uint64_t item) {
 
 static void print_stats(fluxus_pipeline *p) {
     fluxus_pipeline_stats ps = {.struct_size = sizeof ps};
-    CHECK(fluxus_pipeline_get_stats(p, &ps));
+    CHECK(fluxus_pipeline_get_stats(&ps, p));
     printf("\npipeline: admitted %" PRIu64 " = delivered %" PRIu64 " + filtered %" PRIu64
            " + failed %" PRIu64 " + dead-lettered %" PRIu64 " + cancelled %" PRIu64
            " (balanced: %s)\n",
@@ -74,12 +74,14 @@ static void print_stats(fluxus_pipeline *p) {
            ps.balanced ? "yes" : "NO");
 
     uint32_t n = 0;
-    CHECK(fluxus_pipeline_stage_count(p, &n));
+    CHECK(fluxus_pipeline_get_stage_count(&n, p));
     printf("\n%-10s %7s %9s %9s %9s %6s %11s %9s\n", "stage", "workers", "in", "out", "filtered",
            "failed", "queue peak", "busy ms");
     for (uint32_t i = 0; i < n; i++) {
         fluxus_stage_stats s = {.struct_size = sizeof s};
-        CHECK(fluxus_stage_get_stats(p, i, &s));
+        CHECK(fluxus_stage_get_stats(&s, p, i));
+        const char *name;
+        CHECK(fluxus_stage_get_name(&name, p, i));
         char queue[32];
         if (s.queue_capacity == 0) {
             snprintf(queue, sizeof queue, "fused");
@@ -88,7 +90,7 @@ static void print_stats(fluxus_pipeline *p) {
         }
         printf("%-10s %7" PRIu32 " %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %6" PRIu64
                " %11s %9.2f\n",
-               fluxus_stage_name(p, i), s.workers, s.in, s.out, s.filtered, s.failed, queue,
+               name, s.workers, s.in, s.out, s.filtered, s.failed, queue,
                (double)s.busy_ns / 1e6);
     }
 }
@@ -126,7 +128,7 @@ int main(void) {
     print_stats(p);
 
     fluxus_pipeline_stats ps = {.struct_size = sizeof ps};
-    CHECK(fluxus_pipeline_get_stats(p, &ps));
+    CHECK(fluxus_pipeline_get_stats(&ps, p));
     int ok = totals.count == want_count && totals.sum == want_sum && ps.balanced &&
              ps.admitted == READINGS && ps.delivered == want_count;
 

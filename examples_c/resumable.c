@@ -154,7 +154,7 @@ static void commit(void *user, uint64_t cursor) {
 
 static void service_answers(void *user) {
     call *c = user;
-    int32_t rc = fluxus_async_complete(c->a->p, c->completion, c->status, c->record);
+    int32_t rc = fluxus_pipeline_complete_async(c->a->p, c->completion, c->status, c->record);
     if (rc == FLUXUS_ETIMEDOUT) atomic_fetch_add(&c->a->late, 1); /* it had timed out */
 }
 
@@ -211,11 +211,14 @@ static int32_t store(void *user, uint64_t record) {
 
 static void dead_letter(void *user, uint64_t record, const fluxus_failure *f) {
     app *a = user;
-    int32_t status = fluxus_failure_status(f);
+    int32_t status = 0;
+    uint32_t attempts = 0;
+    fluxus_failure_get_status(&status, f); /* f is never NULL here: these cannot fail */
+    fluxus_failure_get_attempts(&attempts, f);
     atomic_fetch_add(&a->dead, 1);
     if (status == FLUXUS_ETIMEDOUT) atomic_fetch_add(&a->dead_timeouts, 1);
     fprintf(a->dead_letters, "%" PRIu64 " page=%" PRIu64 " attempts=%u error=%s\n", record,
-            record / PER_PAGE, fluxus_failure_attempts(f),
+            record / PER_PAGE, attempts,
             status == SERVICE_DOWN ? "SERVICE_DOWN" : fluxus_err_name(status));
     fflush(a->dead_letters);
 }
@@ -318,9 +321,9 @@ int main(int argc, char **argv) {
     uint64_t committed = 0;
     s.struct_size = sizeof s;
     st.struct_size = sizeof st;
-    CHECK(fluxus_pipeline_get_stats(a.p, &s));
-    CHECK(fluxus_stage_get_stats(a.p, stage, &st));
-    int32_t crc = fluxus_pipeline_get_committed_cursor(a.p, &committed);
+    CHECK(fluxus_pipeline_get_stats(&s, a.p));
+    CHECK(fluxus_stage_get_stats(&st, a.p, stage));
+    int32_t crc = fluxus_pipeline_get_committed_cursor(&committed, a.p);
     printf("run: %s in %.2f s", fluxus_err_name(rc), seconds(&a));
     if (a.start_page < PAGES) printf(", pages %" PRIu64 "..%u", a.start_page, PAGES - 1);
     printf("\n");

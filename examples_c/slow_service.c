@@ -71,7 +71,7 @@ static int32_t next_request(void *user, uint64_t *item) {
  * record is freed by the timer's user_free, also when a pending timer is dropped at exit. */
 static void service_answers(void *user) {
     call *c = user;
-    int32_t rc = fluxus_async_complete(c->a->p, c->completion, 0, c->request * 10);
+    int32_t rc = fluxus_pipeline_complete_async(c->a->p, c->completion, 0, c->request * 10);
     if (rc == FLUXUS_ETIMEDOUT) atomic_fetch_add(&c->a->late, 1); /* we keep the item: an int */
 }
 
@@ -98,8 +98,10 @@ static int32_t store_response(void *user, uint64_t response) {
 
 static void dead_letter(void *user, uint64_t item, const fluxus_failure *f) {
     app *a = user;
+    int32_t status = 0;
     (void)item;
-    if (fluxus_failure_status(f) == FLUXUS_ETIMEDOUT) atomic_fetch_add(&a->timed_out_seen, 1);
+    fluxus_failure_get_status(&status, f);
+    if (status == FLUXUS_ETIMEDOUT) atomic_fetch_add(&a->timed_out_seen, 1);
 }
 
 /* Progress line, every 100 ms until the pipeline is done (a timer that re-arms itself). */
@@ -110,8 +112,8 @@ static void progress(void *user) {
     uint64_t now = 0;
     s.struct_size = sizeof s;
     st.struct_size = sizeof st;
-    fluxus_pipeline_get_stats(a->p, &s);
-    fluxus_stage_get_stats(a->p, a->service_stage, &st);
+    fluxus_pipeline_get_stats(&s, a->p);
+    fluxus_stage_get_stats(&st, a->p, a->service_stage);
     fluxus_runtime_now_ns(a->rt, &now);
     double secs = (double)(now - a->start_ns) / 1e9;
     uint64_t done = s.delivered + s.failed + s.dead_lettered;
@@ -156,8 +158,8 @@ int main(void) {
     uint64_t end = 0;
     s.struct_size = sizeof s;
     st.struct_size = sizeof st;
-    CHECK(fluxus_pipeline_get_stats(a.p, &s));
-    CHECK(fluxus_stage_get_stats(a.p, a.service_stage, &st));
+    CHECK(fluxus_pipeline_get_stats(&s, a.p));
+    CHECK(fluxus_stage_get_stats(&st, a.p, a.service_stage));
     CHECK(fluxus_runtime_now_ns(a.rt, &end));
     double secs = (double)(end - a.start_ns) / 1e9;
     printf("requests %" PRIu64 ": delivered %" PRIu64 ", timed out %" PRIu64

@@ -32,7 +32,7 @@ int32_t filter_batch_fn(void *, const uint64_t *, int32_t *keep, int32_t *, uint
     for (uint32_t i = 0; i < n; ++i) keep[i] = 1;
     return 0;
 }
-int32_t flat_map_fn(void *, uint64_t item, fluxus_emitter *em) { return fluxus_emit(em, item); }
+int32_t flat_map_fn(void *, uint64_t item, fluxus_emitter *em) { return fluxus_emitter_emit(em, item); }
 int32_t flat_map_batch_fn(void *, const uint64_t *, uint32_t, fluxus_emitter *) { return 0; }
 int32_t sink_fn(void *, uint64_t) { return 0; }
 int32_t sink_batch_fn(void *, const uint64_t *, int32_t *, uint32_t) { return 0; }
@@ -162,9 +162,12 @@ int spec_fuzz_one(const uint8_t *data, size_t size, int *built_ok) {
         check_message(spec, msg.c_str());
     } else {
         uint32_t n = 0;
-        check(fluxus_pipeline_stage_count(p, &n) == FLUXUS_OK && n <= 4096, "stage count", spec);
-        for (uint32_t i = 0; i < n; ++i)
-            check(fluxus_stage_name(p, i) != nullptr, "a built stage has no name", spec);
+        check(fluxus_pipeline_get_stage_count(&n, p) == FLUXUS_OK && n <= 4096, "stage count", spec);
+        for (uint32_t i = 0; i < n; ++i) {
+            const char *name = nullptr;
+            check(fluxus_stage_get_name(&name, p, i) == FLUXUS_OK && name != nullptr,
+                  "a built stage has no name", spec);
+        }
     }
     if (built_ok) *built_ok = rc == FLUXUS_OK;
 

@@ -41,27 +41,25 @@
  *    code; using a handle after it was freed is detected on a best-effort basis and stays
  *    forbidden.
  *  - Handles and frees: a host may free a handle on one thread while other threads are still
- *    calling functions that take it (a garbage collector's finalizer, a shutdown path). Every
- *    call holds the handles it takes for its whole duration, and a free waits for such calls
- *    before it destroys anything. A call that overlaps the free of its handle therefore either
- *    runs as if the free came after it (its own return codes) or finds the handle freed and
- *    returns FLUXUS_EINVAL (fluxus_pipeline_is_cancelled() returns 0, fluxus_stage_name()
- *    NULL); it never touches freed memory. Calls that block inside the object are woken by the
- *    free rather than waited for: fluxus_pipeline_wait(), _drain() and a blocking push return
- *    FLUXUS_ECANCELED (a pipeline's free cancels it first, so an overlapping call may also see
- *    what a cancel causes: FLUXUS_ESTATE from a building call, FLUXUS_ECANCELED from
- *    fluxus_pipeline_start(), FLUXUS_ECANCELED or FLUXUS_ECLOSED from a push), a limiter acquire
- *    returns FLUXUS_ECANCELED, and fluxus_runtime_run_for() returns FLUXUS_ECANCELED. Of two
- *    frees of one handle, one returns FLUXUS_OK and the other FLUXUS_EINVAL. A runtime's free
- *    also cancels its pipelines, whose handles stay valid: a call on such a pipeline that
- *    overlaps the runtime's free returns its own codes, which for fluxus_pipeline_start() are
- *    FLUXUS_OK, FLUXUS_ESTATE (the runtime is gone) or FLUXUS_ECANCELED (cancelled while
- *    starting); a wait, drain or push that it wakes returns FLUXUS_ECANCELED. Because they
- *    wait for the calls on their handle, the frees of a runtime, a pipeline and a circuit
- *    breaker return FLUXUS_EINCALLBACK (and free nothing) when called from inside any fluxus
- *    callback, or from a thread that is itself inside a fluxus call; the frees of limiters and
- *    registries, whose calls never wait for a callback, may be called from callbacks. Holding a
- *    handle costs a few atomic operations per call, never anything per item.
+ *    calling functions that take it (a garbage collector's finalizer, a shutdown path). Every call
+ *    holds the handles it takes for its whole duration, and a free waits for such calls before it
+ *    destroys anything. A call that overlaps the free of its handle therefore either runs as if the
+ *    free came after it (its own return codes) or finds the handle freed and returns FLUXUS_EINVAL;
+ *    it never touches freed memory. Calls that block inside the object are woken by the free rather
+ *    than waited for: fluxus_pipeline_wait(), _drain() and a blocking push return FLUXUS_ECANCELED
+ *    (a pipeline's free cancels it first, so an overlapping call may also see what a cancel causes:
+ *    FLUXUS_ESTATE from a building call, FLUXUS_ECANCELED from fluxus_pipeline_start(),
+ *    FLUXUS_ECANCELED or FLUXUS_ECLOSED from a push), a limiter acquire returns FLUXUS_ECANCELED,
+ *    and fluxus_runtime_run_for() returns FLUXUS_ECANCELED. Of two frees of one handle, one returns
+ *    FLUXUS_OK and the other FLUXUS_EINVAL. A runtime's free also cancels its pipelines, whose
+ *    handles stay valid: a call on such a pipeline that overlaps the runtime's free returns its own
+ *    codes, which for fluxus_pipeline_start() are FLUXUS_OK, FLUXUS_ESTATE (the runtime is gone) or
+ *    FLUXUS_ECANCELED (cancelled while starting); a wait, drain or push that it wakes returns
+ *    FLUXUS_ECANCELED. Because they wait for the calls on their handle, the frees of a runtime, a
+ *    pipeline and a circuit breaker return FLUXUS_EINCALLBACK (and free nothing) when called from
+ *    inside any fluxus callback, or from a thread that is itself inside a fluxus call; the frees of
+ *    limiters and registries, whose calls never wait for a callback, may be called from callbacks.
+ *    Holding a handle costs a few atomic operations per call, never anything per item.
  *  - The library writes nothing to stdout or stderr; diagnostics go to the log callback.
  *  - Threads that end inside a callback: on glibc, pthread_exit() and pthread_cancel() unwind
  *    the thread's stack (a "forced unwind"; Python up to 3.13 ends its threads that way when
@@ -352,7 +350,7 @@ FLUXUS_API int32_t fluxus_runtime_set_workers(fluxus_runtime *rt, uint32_t n);
  * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle or out is NULL).
  * Thread safety: any thread.
  */
-FLUXUS_API int32_t fluxus_runtime_get_workers(fluxus_runtime *rt, uint32_t *out);
+FLUXUS_API int32_t fluxus_runtime_get_workers(uint32_t *out, fluxus_runtime *rt);
 
 /**
  * Set how long an idle worker spins looking for work before it sleeps (default 50 µs). A
@@ -480,12 +478,12 @@ FLUXUS_API int32_t fluxus_runtime_start(fluxus_runtime *rt);
 /**
  * Host-driven mode: run the work that is ready now (stage batches, due timers, wake-ups) on the
  * calling thread, then return without waiting.
- * @param[out] ran  If not NULL, receives the number of tasks that ran (0 means idle).
+ * @param[out] out_ran  If not NULL, receives the number of tasks that ran (0 means idle).
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (runtime has its own workers),
  *         FLUXUS_EINCALLBACK.
  * Thread safety: any thread; several host threads may call it at once.
  */
-FLUXUS_API int32_t fluxus_runtime_run_once(fluxus_runtime *rt, uint32_t *ran);
+FLUXUS_API int32_t fluxus_runtime_run_once(uint32_t *out_ran, fluxus_runtime *rt);
 
 /**
  * Host-driven mode: run work on the calling thread for up to `timeout_ms`, sleeping when there
@@ -601,7 +599,7 @@ typedef void (*fluxus_item_free_fn)(void *user, uint64_t item);
  * cancelled). Runs on whichever thread ended the item. Not called for items whose ownership
  * went elsewhere: flat-map inputs kept with fluxus_emitter_keep_input(), async items that timed
  * out or were cancelled while the host held them (the host keeps them; see
- * fluxus_async_complete()), and items an error route handed to another pipeline.
+ * fluxus_pipeline_complete_async()), and items an error route handed to another pipeline.
  * Setting it again replaces it (the previous user_free runs then); `fn` NULL removes it.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ESTATE (after start).
  * Thread safety: any thread, before start.
@@ -618,45 +616,59 @@ FLUXUS_API int32_t fluxus_pipeline_set_item_free(fluxus_pipeline *p, fluxus_item
 typedef struct fluxus_failure fluxus_failure;
 
 /*
- * Accessors of a fluxus_failure. Any thread may call them while the failure is valid. Given NULL
- * they return "", UINT32_MAX, FLUXUS_EINVAL, "", 0, "" and 0.
+ * Accessors of a fluxus_failure: each writes one field to `*out`. Any thread may call them
+ * while the failure is valid; they do not clear the last error message.
  */
 
-/** Name of the stage where the item failed, or of the source (borrowed, as the failure). */
-FLUXUS_API const char *fluxus_failure_stage_name(const fluxus_failure *f);
+/** Stage index meaning "the pipeline's own source" (a stage added with
+ * fluxus_pipeline_add_source() has an index of its own). */
+#define FLUXUS_STAGE_SOURCE UINT32_MAX
+
 /**
- * Index of that stage (0-based, in order of addition). UINT32_MAX for the pipeline's own source
- * (a stage added with fluxus_pipeline_add_source() has its index).
+ * Name of the stage where the item failed, or of the source (borrowed, as the failure).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (`out` or `f` is NULL).
  */
-FLUXUS_API uint32_t fluxus_failure_stage_index(const fluxus_failure *f);
-/** The failure status: the callback's nonzero return, or a FLUXUS_E* code. */
-FLUXUS_API int32_t fluxus_failure_status(const fluxus_failure *f);
+FLUXUS_API int32_t fluxus_failure_get_stage_name(const char **out, const fluxus_failure *f);
+/**
+ * Index of that stage (0-based, in order of addition), or FLUXUS_STAGE_SOURCE.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (`out` or `f` is NULL).
+ */
+FLUXUS_API int32_t fluxus_failure_get_stage_index(uint32_t *out, const fluxus_failure *f);
+/**
+ * The failure status: the callback's nonzero return, or a FLUXUS_E* code.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (`out` or `f` is NULL).
+ */
+FLUXUS_API int32_t fluxus_failure_get_status(int32_t *out, const fluxus_failure *f);
 /**
  * What went wrong, for people: the text the failing callback attached (fluxus_call_set_error(),
- * fluxus_call_set_item_error(), fluxus_async_fail()), or else fluxus's own description, as
- * fluxus_failure_description() gives it. Borrowed, as the failure; never NULL.
+ * fluxus_call_set_item_error(), fluxus_pipeline_fail_async()), or else fluxus's own description,
+ * as fluxus_failure_get_description() gives it. Borrowed, as the failure; never NULL.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (`out` or `f` is NULL).
  */
-FLUXUS_API const char *fluxus_failure_message(const fluxus_failure *f);
+FLUXUS_API int32_t fluxus_failure_get_message(const char **out, const fluxus_failure *f);
 /**
  * How many times the item was attempted at that stage: 1 for a first failure; with
  * fluxus_stage_set_retry(), every call made (plus a last attempt a circuit breaker refused).
+ * @return FLUXUS_OK, FLUXUS_EINVAL (`out` or `f` is NULL).
  */
-FLUXUS_API uint32_t fluxus_failure_attempts(const fluxus_failure *f);
+FLUXUS_API int32_t fluxus_failure_get_attempts(uint32_t *out, const fluxus_failure *f);
 /**
  * fluxus's own description of the failure, whatever text the callback attached: "map callback
  * failed", "map callback threw", "async completion reported an error", "circuit breaker open",
  * "the pull source returned an error", ... (borrowed, as the failure; never NULL). The wording
  * may change between versions; the status is the stable part.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (`out` or `f` is NULL).
  */
-FLUXUS_API const char *fluxus_failure_description(const fluxus_failure *f);
+FLUXUS_API int32_t fluxus_failure_get_description(const char **out, const fluxus_failure *f);
 /**
  * 1 when the item failed because its retries were used up: the stage retries failures
  * (fluxus_stage_set_retry() with more than one attempt) and this was the last attempt allowed.
  * 0 otherwise: a first failure at a stage that does not retry, a failure the retry predicate
  * declined, a failure that is never retried (circuit-breaker refusal, overflow, async timeout),
  * the failure of a source or of a worker init hook.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (`out` or `f` is NULL).
  */
-FLUXUS_API int32_t fluxus_failure_retries_exhausted(const fluxus_failure *f);
+FLUXUS_API int32_t fluxus_failure_get_retries_exhausted(int32_t *out, const fluxus_failure *f);
 
 /**
  * Dead-letter callback: receives every item whose stage uses FLUXUS_ERROR_DEAD_LETTER and fails,
@@ -686,7 +698,7 @@ typedef void (*fluxus_failure_fn)(void *user, uint64_t item, const fluxus_failur
  * branch (FLUXUS_OUTLET_ERROR) or an error route (fluxus_stage_set_error_route()), after the
  * item's retries, just before the item leaves for the branch or the route's pipeline. Items
  * carry nothing but their 64-bit word, so this is where the host learns why an item is being
- * routed: stage, status, the callback's own text (fluxus_failure_message()), attempts and
+ * routed: stage, status, the callback's own text (fluxus_failure_get_message()), attempts and
  * whether retries were exhausted; a host whose items are pointers may copy what it needs into
  * the item. The item is borrowed for the call (it may be modified, not freed or replaced).
  * Called on the worker thread running the failing stage, with no fluxus lock held; it must not
@@ -825,7 +837,7 @@ FLUXUS_API int32_t fluxus_pipeline_set_cursor_source(fluxus_pipeline *p, const c
  *         out, or not a cursor source).
  * Thread safety: any thread.
  */
-FLUXUS_API int32_t fluxus_pipeline_get_committed_cursor(fluxus_pipeline *p, uint64_t *cursor);
+FLUXUS_API int32_t fluxus_pipeline_get_committed_cursor(uint64_t *out, fluxus_pipeline *p);
 #endif /* FLUXUS_EXPERIMENTAL */
 
 /**
@@ -866,13 +878,13 @@ FLUXUS_API int32_t fluxus_pipeline_try_push(fluxus_pipeline *p, uint64_t item);
 
 /**
  * Push up to `count` items in order, waiting up to `timeout_ms` in total.
- * @param[out] pushed  Receives how many items (a prefix of `items`) the pipeline now owns; may be
+ * @param[out] out_pushed  Receives how many items (a prefix of `items`) the pipeline now owns; may be
  *                     NULL. `items` may be NULL only when `count` is 0.
  * @return as fluxus_pipeline_push(); FLUXUS_OK only if all were pushed.
  */
-FLUXUS_API int32_t fluxus_pipeline_push_many(fluxus_pipeline *p, const uint64_t *items,
-                                             uint32_t count, uint32_t timeout_ms,
-                                             uint32_t *pushed);
+FLUXUS_API int32_t fluxus_pipeline_push_many(uint32_t *out_pushed, fluxus_pipeline *p,
+                                             const uint64_t *items, uint32_t count,
+                                             uint32_t timeout_ms);
 
 /**
  * Close the input of a push source: items already pushed are processed, and the pipeline
@@ -902,7 +914,7 @@ FLUXUS_API int32_t fluxus_pipeline_resume(fluxus_pipeline *p);
  * may be retried (fluxus_stage_set_retry()), sent down an error route, and then ends as the
  * stage's error policy says (FLUXUS_ERROR_*). One value is different: FLUXUS_ECANCELED means
  * "I gave up on this item because of a cancel" (typically a long callback that saw
- * fluxus_pipeline_is_cancelled() become 1). The item then ends as *cancelled*, from any
+ * fluxus_pipeline_get_cancelled() become 1). The item then ends as *cancelled*, from any
  * callback (map, filter, flat map, sink, their batch forms per item, an async completion,
  * reduce, window, join, loader): it is not failed, not retried, not dead-lettered, not sent
  * down an error route, not counted by a circuit breaker or an auto-pause, and it does not stop
@@ -946,7 +958,7 @@ typedef int32_t (*fluxus_filter_batch_fn)(void *user, const uint64_t *items, int
 typedef struct fluxus_emitter fluxus_emitter;
 
 /**
- * Flat map: emit zero or more items for one input with fluxus_emit(). Every emitted item is newly
+ * Flat map: emit zero or more items for one input with fluxus_emitter_emit(). Every emitted item is newly
  * admitted to the pipeline and owned by it. The input is consumed: it is counted as filtered at
  * this stage and destroyed with the item destructor after the call, unless the callback calls
  * fluxus_emitter_keep_input() (for example because it emitted the input itself). A nonzero
@@ -963,7 +975,7 @@ typedef int32_t (*fluxus_flat_map_batch_fn)(void *user, const uint64_t *items, u
  * @return FLUXUS_OK, FLUXUS_EINVAL (not a live emitter), FLUXUS_ENOMEM.
  * Thread safety: only on the thread running the flat-map callback, during the call.
  */
-FLUXUS_API int32_t fluxus_emit(fluxus_emitter *em, uint64_t item);
+FLUXUS_API int32_t fluxus_emitter_emit(fluxus_emitter *em, uint64_t item);
 
 /**
  * Tell fluxus that the flat-map callback took ownership of its input(s): they are not destroyed
@@ -1034,7 +1046,7 @@ FLUXUS_API int32_t fluxus_pipeline_add_dedup(uint32_t *out_stage, fluxus_pipelin
 
 /**
  * Async map: start the work for `item` and return at once; finish it later, from any thread,
- * with fluxus_async_complete(pipeline, completion, status, out). Thousands of items can be in
+ * with fluxus_pipeline_complete_async(pipeline, completion, status, out). Thousands of items can be in
  * flight without a thread each (see fluxus_stage_set_in_flight()); the callback itself runs on
  * a worker thread and must not block.
  *
@@ -1067,7 +1079,7 @@ FLUXUS_API int32_t fluxus_pipeline_add_async_map(uint32_t *out_stage, fluxus_pip
  * and must still release it (its completion returns the same status and hands nothing over).
  * Called at most once per started item, never after that item's completion was accepted, on the
  * thread running the stage (or the one cancelling); it must not block. It may call
- * fluxus_async_complete() for the item (which is then refused).
+ * fluxus_pipeline_complete_async() for the item (which is then refused).
  */
 typedef void (*fluxus_async_cancel_fn)(void *user, uint64_t item, uint64_t completion,
                                        int32_t why);
@@ -1106,21 +1118,21 @@ FLUXUS_API int32_t fluxus_stage_set_async_cancel(fluxus_pipeline *p, uint32_t st
  *         generation, so a stale one is refused and never touches a later item.
  * Thread safety: any thread, including fluxus callbacks and timer callbacks; never blocks.
  */
-FLUXUS_API int32_t fluxus_async_complete(fluxus_pipeline *p, uint64_t completion, int32_t status,
+FLUXUS_API int32_t fluxus_pipeline_complete_async(fluxus_pipeline *p, uint64_t completion, int32_t status,
                                          uint64_t item);
 
 /**
  * Complete an async item with a failure that carries a text ("HTTP 503 from api.example"): as
- * fluxus_async_complete() with a nonzero `status`, and fluxus_failure_message() of the failure
+ * fluxus_pipeline_complete_async() with a nonzero `status`, and fluxus_failure_get_message() of the failure
  * (dead-letter and route-observer callbacks, fluxus_pipeline_get_failure(), logs) is `message`.
  * @param status   Nonzero: the item's failure status.
  * @param message  NUL-terminated UTF-8, copied (cut as fluxus_call_set_error() says); NULL or
  *                 "" attaches no text.
- * @return as fluxus_async_complete(), and FLUXUS_EINVAL for a status of 0 (use
- *         fluxus_async_complete()), FLUXUS_ENOMEM; on any error fluxus took nothing.
- * Thread safety: as fluxus_async_complete(): any thread, never blocks.
+ * @return as fluxus_pipeline_complete_async(), and FLUXUS_EINVAL for a status of 0 (use
+ *         fluxus_pipeline_complete_async()), FLUXUS_ENOMEM; on any error fluxus took nothing.
+ * Thread safety: as fluxus_pipeline_complete_async(): any thread, never blocks.
  */
-FLUXUS_API int32_t fluxus_async_fail(fluxus_pipeline *p, uint64_t completion, int32_t status,
+FLUXUS_API int32_t fluxus_pipeline_fail_async(fluxus_pipeline *p, uint64_t completion, int32_t status,
                                      uint64_t item, const char *message);
 
 /**
@@ -1158,7 +1170,7 @@ FLUXUS_API int32_t fluxus_stage_set_timeout_us(fluxus_pipeline *p, uint32_t stag
  * Batch: group items and hand each group to `fn` as an array — for example to insert 500 rows
  * in one statement. A group goes to `fn` when it holds `max_items` items, when its first item
  * has waited `linger_us` (on the runtime's clock), and at the end of input or on drain (the
- * tail). `fn` has the batch flat-map contract: it emits zero or more items with fluxus_emit()
+ * tail). `fn` has the batch flat-map contract: it emits zero or more items with fluxus_emitter_emit()
  * (new admitted items going on), its inputs are consumed (counted as filtered and destroyed
  * unless it calls fluxus_emitter_keep_input()), and a nonzero return fails every item of the
  * group. Unbatching is a flat map. A batch stage runs on one worker and heads its own task.
@@ -1203,7 +1215,7 @@ FLUXUS_API int32_t fluxus_pipeline_add_reduce(uint32_t *out_stage, fluxus_pipeli
 /**
  * Window callback: aggregate one closed window of a key — `count` items, borrowed for the call,
  * in arrival order; `start_ns` is when the window began (time windows: the period's start). Emit
- * results with fluxus_emit(). The items are consumed as a batch flat map's inputs are (counted
+ * results with fluxus_emitter_emit(). The items are consumed as a batch flat map's inputs are (counted
  * filtered and destroyed after the call unless fluxus_emitter_keep_input()); a nonzero return
  * fails every item of the window.
  */
@@ -1345,15 +1357,15 @@ FLUXUS_API int32_t fluxus_pipeline_add_broadcast(uint32_t *out_stage, fluxus_pip
  * @return FLUXUS_OK, FLUXUS_EINVAL (not a router or broadcast, NULL or duplicate name),
  *         FLUXUS_ENOTFOUND, FLUXUS_ERANGE (more than FLUXUS_MAX_ROUTES), FLUXUS_ESTATE.
  */
-FLUXUS_API int32_t fluxus_stage_add_route(fluxus_pipeline *p, uint32_t stage, const char *name,
-                                          uint32_t *out_route);
+FLUXUS_API int32_t fluxus_stage_add_route(uint32_t *out_route, fluxus_pipeline *p, uint32_t stage,
+                                          const char *name);
 
 /**
  * The number of a router's route by name. @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND
  * (no such stage or route).
  */
-FLUXUS_API int32_t fluxus_stage_route_index(fluxus_pipeline *p, uint32_t stage, const char *name,
-                                            uint32_t *out_route);
+FLUXUS_API int32_t fluxus_stage_get_route_index(uint32_t *out_route, fluxus_pipeline *p, uint32_t stage,
+                                            const char *name);
 
 /**
  * The route a router sends items to when its selector chooses none (default: none, and such
@@ -1538,7 +1550,7 @@ typedef int32_t (*fluxus_retry_fn)(void *user, uint64_t item, int32_t status, ui
  * blocks, the item still counts as in flight, and the stage goes on with other items (so a
  * retried item may come out after items that passed meanwhile). When the attempts are used up,
  * or the predicate says no, the item fails as the stage's error policy says, and the
- * dead-letter callback's fluxus_failure_attempts() tells how many attempts it had (its calls,
+ * dead-letter callback's fluxus_failure_get_attempts() tells how many attempts it had (its calls,
  * plus a last attempt a circuit breaker refused, if so). Queue overflow, key-function failures,
  * circuit-breaker refusals and async timeouts (the host still holds a timed-out item) are not
  * retried. A retrying stage heads its own task; with several workers it must be unordered or
@@ -2068,13 +2080,13 @@ FLUXUS_API int32_t fluxus_pipeline_drain(fluxus_pipeline *p, uint32_t timeout_ms
  *         well, or was cancelled or drained), FLUXUS_EINVAL (bad handle, or out is NULL).
  * Thread safety: any thread, also from inside callbacks.
  */
-FLUXUS_API int32_t fluxus_pipeline_get_failure(fluxus_pipeline *p, const fluxus_failure **out);
+FLUXUS_API int32_t fluxus_pipeline_get_failure(const fluxus_failure **out, fluxus_pipeline *p);
 
 /**
  * Cancel: stop promptly. The source is no longer called, pushes fail with FLUXUS_ECANCELED, and
  * every admitted item not yet delivered is destroyed and counted as cancelled. No callback
  * starts for another item once this returns, and no sink call at all; callbacks already running
- * finish their own item (long ones may poll fluxus_pipeline_is_cancelled() and return
+ * finish their own item (long ones may poll fluxus_pipeline_get_cancelled() and return
  * FLUXUS_ECANCELED, which ends their item as cancelled). See "Stopping" above the stage
  * functions. Does not wait; use fluxus_pipeline_wait(). Cancelling twice, or a finished
  * pipeline, is allowed.
@@ -2086,11 +2098,13 @@ FLUXUS_API int32_t fluxus_pipeline_get_failure(fluxus_pipeline *p, const fluxus_
 FLUXUS_API int32_t fluxus_pipeline_cancel(fluxus_pipeline *p);
 
 /**
- * @return 1 if the pipeline is being cancelled (or stopped on an error), 0 if not or on a bad
- *         handle. Cheap; meant for long-running callbacks, which then give up and return
- *         FLUXUS_ECANCELED (their item ends as cancelled, not failed).
+ * `*out` = 1 if the pipeline is being cancelled (or stopped on an error), else 0. Cheap; meant
+ * for long-running callbacks, which then give up and return FLUXUS_ECANCELED (their item ends
+ * as cancelled, not failed). It does not clear the last error message.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, `out` is NULL).
+ * Thread safety: any thread, also from inside callbacks.
  */
-FLUXUS_API int32_t fluxus_pipeline_is_cancelled(fluxus_pipeline *p);
+FLUXUS_API int32_t fluxus_pipeline_get_cancelled(int32_t *out, fluxus_pipeline *p);
 
 /* Pipeline states. */
 #define FLUXUS_STATE_BUILDING 0
@@ -2100,7 +2114,7 @@ FLUXUS_API int32_t fluxus_pipeline_is_cancelled(fluxus_pipeline *p);
 #define FLUXUS_STATE_FINISHED 4
 
 /** Read the pipeline's state (FLUXUS_STATE_*). @return FLUXUS_OK, FLUXUS_EINVAL. */
-FLUXUS_API int32_t fluxus_pipeline_get_state(fluxus_pipeline *p, int32_t *state);
+FLUXUS_API int32_t fluxus_pipeline_get_state(int32_t *out, fluxus_pipeline *p);
 
 /**
  * Free a pipeline. A running pipeline is cancelled and finished first (this waits for callbacks
@@ -2114,11 +2128,12 @@ FLUXUS_API int32_t fluxus_pipeline_get_state(fluxus_pipeline *p, int32_t *state)
 FLUXUS_API int32_t fluxus_pipeline_free(fluxus_pipeline *p);
 
 /**
- * Index of the worker of the stage whose callback is running on this thread (0..workers-1), or
- * UINT32_MAX outside a stage callback. Lets callbacks keep per-worker state.
+ * Index of the worker of the stage whose callback is running on this thread (0..workers-1).
+ * Lets callbacks keep per-worker state.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (`out` is NULL), FLUXUS_ESTATE (not inside a stage callback).
  * Thread safety: any thread.
  */
-FLUXUS_API uint32_t fluxus_current_worker(void);
+FLUXUS_API int32_t fluxus_call_get_worker(uint32_t *out);
 
 /*
  * The current call: functions a callback calls about the call it is in. They act on the
@@ -2134,13 +2149,13 @@ FLUXUS_API uint32_t fluxus_current_worker(void);
 /**
  * Attach a text to the failure the running callback is about to report ("HTTP 503 from
  * api.example"), then return the failure status as usual. fluxus copies the text and shows it
- * wherever the failure goes: fluxus_failure_message() in the dead-letter and route-observer
+ * wherever the failure goes: fluxus_failure_get_message() in the dead-letter and route-observer
  * callbacks and in fluxus_pipeline_get_failure(), the log callback's messages, and
  * fluxus_last_error_message() after fluxus_pipeline_wait() or _drain() returned FLUXUS_EFAILED
  * or FLUXUS_ESOURCE. Nothing is stored unless this is called.
  * Valid inside the callbacks fluxus calls for a stage or a source on the thread running the
  * pipeline's work: map, filter, flat map, sink and their batch forms, async map (its start
- * call; a completion carries its text with fluxus_async_fail()), batch, reduce, window and join
+ * call; a completion carries its text with fluxus_pipeline_fail_async()), batch, reduce, window and join
  * callbacks, a join's input callback, router selectors, loader load and attach callbacks, pull
  * and cursor sources, and worker init hooks. (The items of a sliding window fail when they leave
  * their last window, later: they keep the status, not the text.) In the dead-letter,
@@ -2377,8 +2392,8 @@ FLUXUS_API int32_t fluxus_concurrency_limiter_release(fluxus_concurrency_limiter
  * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, or out NULL).
  * Thread safety: any thread, also from inside callbacks.
  */
-FLUXUS_API int32_t fluxus_concurrency_limiter_in_use(fluxus_concurrency_limiter *l,
-                                                     uint32_t *out);
+FLUXUS_API int32_t fluxus_concurrency_limiter_get_in_use(uint32_t *out,
+                                                     fluxus_concurrency_limiter *l);
 
 /**
  * Free the handle. Threads waiting in fluxus_concurrency_limiter_acquire() return
@@ -2466,15 +2481,15 @@ FLUXUS_API int32_t fluxus_circuit_breaker_set_state_callback(fluxus_circuit_brea
                                                              fluxus_user_free_fn user_free);
 
 /** Read the state (FLUXUS_BREAKER_*). @return FLUXUS_OK, FLUXUS_EINVAL. */
-FLUXUS_API int32_t fluxus_circuit_breaker_get_state(fluxus_circuit_breaker *cb, int32_t *state);
+FLUXUS_API int32_t fluxus_circuit_breaker_get_state(int32_t *out, fluxus_circuit_breaker *cb);
 
 /**
- * Standalone use: may a call start now? On FLUXUS_OK, *ticket identifies the state it was
+ * Standalone use: may a call start now? On FLUXUS_OK, *out_ticket identifies the state it was
  * allowed in; report the call's outcome with fluxus_circuit_breaker_record().
  * @return FLUXUS_OK, FLUXUS_ECIRCUITOPEN (open, or half-open with every trial slot in use),
  *         FLUXUS_EINVAL.
  */
-FLUXUS_API int32_t fluxus_circuit_breaker_allow(fluxus_circuit_breaker *cb, uint64_t *ticket);
+FLUXUS_API int32_t fluxus_circuit_breaker_allow(uint64_t *out_ticket, fluxus_circuit_breaker *cb);
 
 /**
  * Standalone use: the outcome of a call allowed with `ticket` (success 1 or 0).
@@ -2618,7 +2633,7 @@ typedef struct fluxus_pipeline_stats {
  * fluxus_pipeline_set_batch_size()).
  * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, NULL out, struct_size < 8).
  */
-FLUXUS_API int32_t fluxus_pipeline_get_stats(fluxus_pipeline *p, fluxus_pipeline_stats *out);
+FLUXUS_API int32_t fluxus_pipeline_get_stats(fluxus_pipeline_stats *out, fluxus_pipeline *p);
 
 /** Per-stage counters; same struct_size rule. */
 typedef struct fluxus_stage_stats {
@@ -2657,17 +2672,17 @@ typedef struct fluxus_stage_stats {
  * Read one stage's counters.
  * @return FLUXUS_OK, FLUXUS_EINVAL, FLUXUS_ENOTFOUND.
  */
-FLUXUS_API int32_t fluxus_stage_get_stats(fluxus_pipeline *p, uint32_t stage,
-                                          fluxus_stage_stats *out);
+FLUXUS_API int32_t fluxus_stage_get_stats(fluxus_stage_stats *out, fluxus_pipeline *p,
+                                          uint32_t stage);
 
 /** Number of stages added so far. @return FLUXUS_OK, FLUXUS_EINVAL. */
-FLUXUS_API int32_t fluxus_pipeline_stage_count(fluxus_pipeline *p, uint32_t *out);
+FLUXUS_API int32_t fluxus_pipeline_get_stage_count(uint32_t *out, fluxus_pipeline *p);
 
 /**
- * Name of a stage. @return a string owned by the pipeline, valid until it is freed; NULL for a
- * bad handle or index.
+ * Name of a stage: `*out` is a string owned by the pipeline, valid until it is freed.
+ * @return FLUXUS_OK, FLUXUS_EINVAL (bad handle, `out` is NULL), FLUXUS_ENOTFOUND (no such stage).
  */
-FLUXUS_API const char *fluxus_stage_name(fluxus_pipeline *p, uint32_t stage);
+FLUXUS_API int32_t fluxus_stage_get_name(const char **out, fluxus_pipeline *p, uint32_t stage);
 
 #ifdef __cplusplus
 }

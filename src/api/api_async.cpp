@@ -15,44 +15,44 @@ FLUXUS_API int32_t fluxus_pipeline_add_async_map(uint32_t *out, fluxus_pipeline 
     });
 }
 
-FLUXUS_API int32_t fluxus_async_complete(fluxus_pipeline *h, uint64_t completion, int32_t status,
+FLUXUS_API int32_t fluxus_pipeline_complete_async(fluxus_pipeline *h, uint64_t completion, int32_t status,
                                          uint64_t item) {
     FLUXUS_API_GUARD({
-        FLUXUS_GET_PIPELINE(p, h, "fluxus_async_complete");
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_complete_async");
         Stage *st = p->stage(AsyncSlots::token_stage(completion));
         if (!st || !st->is_async())
             return set_error(FLUXUS_EINVAL,
-                             "fluxus_async_complete: not a completion handle of this pipeline");
+                             "fluxus_pipeline_complete_async: not a completion handle of this pipeline");
         AsyncSlots *slots = st->async.get();
         if (!slots)
             return set_errorf(FLUXUS_ESTATE,
-                              "fluxus_async_complete: stage '%s' is not running (pipeline not "
+                              "fluxus_pipeline_complete_async: stage '%s' is not running (pipeline not "
                               "started)",
                               st->name.c_str());
         const char *why = "";
         int32_t rc = slots->complete(completion, status, item, &why);
         if (rc != FLUXUS_OK)
-            return set_errorf(rc, "fluxus_async_complete: stage '%s': %s", st->name.c_str(), why);
+            return set_errorf(rc, "fluxus_pipeline_complete_async: stage '%s': %s", st->name.c_str(), why);
         return FLUXUS_OK;
     });
 }
 
-FLUXUS_API int32_t fluxus_async_fail(fluxus_pipeline *h, uint64_t completion, int32_t status,
+FLUXUS_API int32_t fluxus_pipeline_fail_async(fluxus_pipeline *h, uint64_t completion, int32_t status,
                                      uint64_t item, const char *message) {
     FLUXUS_API_GUARD({
-        FLUXUS_GET_PIPELINE(p, h, "fluxus_async_fail");
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_fail_async");
         if (status == 0)
             return set_error(FLUXUS_EINVAL,
-                             "fluxus_async_fail: status is 0 (a success: use "
-                             "fluxus_async_complete)");
+                             "fluxus_pipeline_fail_async: status is 0 (a success: use "
+                             "fluxus_pipeline_complete_async)");
         Stage *st = p->stage(AsyncSlots::token_stage(completion));
         if (!st || !st->is_async())
             return set_error(FLUXUS_EINVAL,
-                             "fluxus_async_fail: not a completion handle of this pipeline");
+                             "fluxus_pipeline_fail_async: not a completion handle of this pipeline");
         AsyncSlots *slots = st->async.get();
         if (!slots)
             return set_errorf(FLUXUS_ESTATE,
-                              "fluxus_async_fail: stage '%s' is not running (pipeline not "
+                              "fluxus_pipeline_fail_async: stage '%s' is not running (pipeline not "
                               "started)",
                               st->name.c_str());
         // Copied before the table's lock is taken; kept only if the completion is accepted.
@@ -61,7 +61,7 @@ FLUXUS_API int32_t fluxus_async_fail(fluxus_pipeline *h, uint64_t completion, in
         const char *why = "";
         int32_t rc = slots->complete(completion, status, item, &why, std::move(text));
         if (rc != FLUXUS_OK)
-            return set_errorf(rc, "fluxus_async_fail: stage '%s': %s", st->name.c_str(), why);
+            return set_errorf(rc, "fluxus_pipeline_fail_async: stage '%s': %s", st->name.c_str(), why);
         return FLUXUS_OK;
     });
 }

@@ -99,7 +99,7 @@ FLUXUS_API int32_t fluxus_circuit_breaker_set_state_callback(fluxus_circuit_brea
     });
 }
 
-FLUXUS_API int32_t fluxus_circuit_breaker_get_state(fluxus_circuit_breaker *h, int32_t *state) {
+FLUXUS_API int32_t fluxus_circuit_breaker_get_state(int32_t *state, fluxus_circuit_breaker *h) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_BREAKER(cb, h, "fluxus_circuit_breaker_get_state");
         if (!state) return set_error(FLUXUS_EINVAL, "fluxus_circuit_breaker_get_state: NULL");
@@ -108,7 +108,7 @@ FLUXUS_API int32_t fluxus_circuit_breaker_get_state(fluxus_circuit_breaker *h, i
     });
 }
 
-FLUXUS_API int32_t fluxus_circuit_breaker_allow(fluxus_circuit_breaker *h, uint64_t *ticket) {
+FLUXUS_API int32_t fluxus_circuit_breaker_allow(uint64_t *ticket, fluxus_circuit_breaker *h) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_BREAKER(cb, h, "fluxus_circuit_breaker_allow");
         if (!ticket) return set_error(FLUXUS_EINVAL, "fluxus_circuit_breaker_allow: ticket NULL");

@@ -5,13 +5,13 @@
 
 using fluxus::kEmitterMagic;
 
-extern "C" FLUXUS_API int32_t fluxus_emit(fluxus_emitter *em, uint64_t item) {
+extern "C" FLUXUS_API int32_t fluxus_emitter_emit(fluxus_emitter *em, uint64_t item) {
     if (!em || em != fluxus::t_live_emitter || em->magic != kEmitterMagic)
-        return fluxus::set_error(FLUXUS_EINVAL, "fluxus_emit: not a live emitter");
+        return fluxus::set_error(FLUXUS_EINVAL, "fluxus_emitter_emit: not a live emitter");
     try {
         em->out->push_back(item);
     } FLUXUS_CATCH_ALL {
-        return fluxus::set_error(FLUXUS_ENOMEM, "fluxus_emit: out of memory");
+        return fluxus::set_error(FLUXUS_ENOMEM, "fluxus_emitter_emit: out of memory");
     }
     // Counted before the parent can end, so its page cannot look finished in between.
     if (em->cursor) em->cursor->items_spawned(&item, 1);

@@ -26,20 +26,20 @@ FLUXUS_API int32_t fluxus_pipeline_add_broadcast(uint32_t *out, fluxus_pipeline 
     });
 }
 
-FLUXUS_API int32_t fluxus_stage_add_route(fluxus_pipeline *h, uint32_t stage, const char *name,
-                                          uint32_t *out_route) {
+FLUXUS_API int32_t fluxus_stage_add_route(uint32_t *out_route, fluxus_pipeline *h, uint32_t stage,
+                                          const char *name) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_add_route");
         return p->add_route(stage, name, out_route);
     });
 }
 
-FLUXUS_API int32_t fluxus_stage_route_index(fluxus_pipeline *h, uint32_t stage, const char *name,
-                                            uint32_t *out_route) {
+FLUXUS_API int32_t fluxus_stage_get_route_index(uint32_t *out_route, fluxus_pipeline *h, uint32_t stage,
+                                            const char *name) {
     FLUXUS_API_GUARD({
-        FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_route_index");
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_get_route_index");
         if (!name || !out_route)
-            return set_error(FLUXUS_EINVAL, "fluxus_stage_route_index: name or out is NULL");
+            return set_error(FLUXUS_EINVAL, "fluxus_stage_get_route_index: name or out is NULL");
         return p->route_index(stage, name, out_route);
     });
 }

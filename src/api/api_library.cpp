@@ -20,6 +20,13 @@ FLUXUS_API int32_t fluxus_last_error_copy(char *buf, size_t cap, size_t *out_len
     return fluxus::copy_last_error(buf, cap, out_len);
 }
 
-FLUXUS_API uint32_t fluxus_current_worker(void) { return fluxus::current_worker(); }
+FLUXUS_API int32_t fluxus_call_get_worker(uint32_t *out) {
+    if (!out) return fluxus::set_error(FLUXUS_EINVAL, "fluxus_call_get_worker: out is NULL");
+    uint32_t w = fluxus::current_worker();
+    if (w == UINT32_MAX)
+        return fluxus::set_error(FLUXUS_ESTATE, "fluxus_call_get_worker: not in a stage callback");
+    *out = w;
+    return FLUXUS_OK;
+}
 
 }  // extern "C"

@@ -227,12 +227,12 @@ FLUXUS_API int32_t fluxus_concurrency_limiter_release(fluxus_concurrency_limiter
     });
 }
 
-FLUXUS_API int32_t fluxus_concurrency_limiter_in_use(fluxus_concurrency_limiter *h,
-                                                     uint32_t *out) {
+FLUXUS_API int32_t fluxus_concurrency_limiter_get_in_use(uint32_t *out,
+                                                     fluxus_concurrency_limiter *h) {
     FLUXUS_API_GUARD({
-        FLUXUS_GET_CONCURRENCY_LIMITER(l, h, "fluxus_concurrency_limiter_in_use");
+        FLUXUS_GET_CONCURRENCY_LIMITER(l, h, "fluxus_concurrency_limiter_get_in_use");
         if (!out)
-            return set_error(FLUXUS_EINVAL, "fluxus_concurrency_limiter_in_use: out is NULL");
+            return set_error(FLUXUS_EINVAL, "fluxus_concurrency_limiter_get_in_use: out is NULL");
         *out = l->in_use();
         return FLUXUS_OK;
     });

@@ -141,9 +141,9 @@ FLUXUS_API int32_t fluxus_pipeline_try_push(fluxus_pipeline *h, uint64_t item) {
     });
 }
 
-FLUXUS_API int32_t fluxus_pipeline_push_many(fluxus_pipeline *h, const uint64_t *items,
-                                             uint32_t count, uint32_t timeout_ms,
-                                             uint32_t *pushed) {
+FLUXUS_API int32_t fluxus_pipeline_push_many(uint32_t *pushed, fluxus_pipeline *h,
+                                             const uint64_t *items, uint32_t count,
+                                             uint32_t timeout_ms) {
     FLUXUS_API_GUARD({
         if (pushed) *pushed = 0;
         FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_push_many");
@@ -206,22 +206,26 @@ FLUXUS_API int32_t fluxus_pipeline_cancel(fluxus_pipeline *h) {
     });
 }
 
-FLUXUS_API int32_t fluxus_pipeline_is_cancelled(fluxus_pipeline *h) {
+FLUXUS_API int32_t fluxus_pipeline_get_cancelled(int32_t *out, fluxus_pipeline *h) {
+    // No FLUXUS_API_GUARD: long callbacks poll this, and it must not clear the last error.
     HandleRef pin(HandleKind::pipeline, reinterpret_cast<uintptr_t>(h));
     Pipeline *p = static_cast<Pipeline *>(pin.get());
-    return p && p->cancelling() ? 1 : 0;
+    if (!out) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_get_cancelled: out is NULL");
+    if (!p) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_get_cancelled: not a live pipeline");
+    *out = p->cancelling() ? 1 : 0;
+    return FLUXUS_OK;
 }
 
-FLUXUS_API int32_t fluxus_pipeline_get_state(fluxus_pipeline *h, int32_t *state) {
+FLUXUS_API int32_t fluxus_pipeline_get_state(int32_t *out, fluxus_pipeline *h) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_get_state");
-        if (!state) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_get_state: state is NULL");
-        *state = p->state();
+        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_get_state: out is NULL");
+        *out = p->state();
         return FLUXUS_OK;
     });
 }
 
-FLUXUS_API int32_t fluxus_pipeline_get_stats(fluxus_pipeline *h, fluxus_pipeline_stats *out) {
+FLUXUS_API int32_t fluxus_pipeline_get_stats(fluxus_pipeline_stats *out, fluxus_pipeline *h) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_get_stats");
         if (!out || out->struct_size < 8)
@@ -237,8 +241,8 @@ FLUXUS_API int32_t fluxus_pipeline_get_stats(fluxus_pipeline *h, fluxus_pipeline
     });
 }
 
-FLUXUS_API int32_t fluxus_stage_get_stats(fluxus_pipeline *h, uint32_t stage,
-                                          fluxus_stage_stats *out) {
+FLUXUS_API int32_t fluxus_stage_get_stats(fluxus_stage_stats *out, fluxus_pipeline *h,
+                                          uint32_t stage) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_get_stats");
         if (!out || out->struct_size < 8)
@@ -257,45 +261,59 @@ FLUXUS_API int32_t fluxus_stage_get_stats(fluxus_pipeline *h, uint32_t stage,
     });
 }
 
-FLUXUS_API int32_t fluxus_pipeline_stage_count(fluxus_pipeline *h, uint32_t *out) {
+FLUXUS_API int32_t fluxus_pipeline_get_stage_count(uint32_t *out, fluxus_pipeline *h) {
     FLUXUS_API_GUARD({
-        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_stage_count");
-        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_stage_count: out is NULL");
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_get_stage_count");
+        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_pipeline_get_stage_count: out is NULL");
         *out = p->stage_count();
         return FLUXUS_OK;
     });
 }
 
-FLUXUS_API const char *fluxus_stage_name(fluxus_pipeline *h, uint32_t stage) {
-    HandleRef pin(HandleKind::pipeline, reinterpret_cast<uintptr_t>(h));
-    Pipeline *p = static_cast<Pipeline *>(pin.get());
-    if (!p) return nullptr;
-    Stage *st = p->stage(stage);
-    return st ? st->name.c_str() : nullptr;
+FLUXUS_API int32_t fluxus_stage_get_name(const char **out, fluxus_pipeline *h, uint32_t stage) {
+    FLUXUS_API_GUARD({
+        FLUXUS_GET_PIPELINE(p, h, "fluxus_stage_get_name");
+        if (!out) return set_error(FLUXUS_EINVAL, "fluxus_stage_get_name: out is NULL");
+        Stage *st = p->stage(stage);
+        if (!st) return set_errorf(FLUXUS_ENOTFOUND, "fluxus_stage_get_name: no stage %u", stage);
+        *out = st->name.c_str();
+        return FLUXUS_OK;
+    });
 }
 
-FLUXUS_API const char *fluxus_failure_stage_name(const fluxus_failure *f) {
-    return f && f->stage_name ? f->stage_name : "";
-}
-FLUXUS_API uint32_t fluxus_failure_stage_index(const fluxus_failure *f) {
-    return f ? f->stage_index : UINT32_MAX;
-}
-FLUXUS_API int32_t fluxus_failure_status(const fluxus_failure *f) {
-    return f ? f->status : FLUXUS_EINVAL;
-}
-FLUXUS_API const char *fluxus_failure_message(const fluxus_failure *f) {
-    if (f && f->text && *f->text) return f->text;
-    return f && f->message ? f->message : "";
-}
-FLUXUS_API uint32_t fluxus_failure_attempts(const fluxus_failure *f) { return f ? f->attempts : 0; }
-FLUXUS_API const char *fluxus_failure_description(const fluxus_failure *f) {
-    return f && f->message ? f->message : "";
-}
-FLUXUS_API int32_t fluxus_failure_retries_exhausted(const fluxus_failure *f) {
-    return f && f->retries_exhausted ? 1 : 0;
-}
+// The failure accessors: a failure is borrowed, not a registered handle, so they check only
+// for NULL. No FLUXUS_API_GUARD: a dead-letter callback reads them, and reading must not clear
+// the last error.
+#define FLUXUS_FAILURE_READ(name, value)                                             \
+    if (!out || !f) return set_error(FLUXUS_EINVAL, name ": out or failure is NULL"); \
+    *out = (value);                                                                   \
+    return FLUXUS_OK
 
-FLUXUS_API int32_t fluxus_pipeline_get_failure(fluxus_pipeline *h, const fluxus_failure **out) {
+FLUXUS_API int32_t fluxus_failure_get_stage_name(const char **out, const fluxus_failure *f) {
+    FLUXUS_FAILURE_READ("fluxus_failure_get_stage_name", f->stage_name ? f->stage_name : "");
+}
+FLUXUS_API int32_t fluxus_failure_get_stage_index(uint32_t *out, const fluxus_failure *f) {
+    FLUXUS_FAILURE_READ("fluxus_failure_get_stage_index", f->stage_index);
+}
+FLUXUS_API int32_t fluxus_failure_get_status(int32_t *out, const fluxus_failure *f) {
+    FLUXUS_FAILURE_READ("fluxus_failure_get_status", f->status);
+}
+FLUXUS_API int32_t fluxus_failure_get_message(const char **out, const fluxus_failure *f) {
+    FLUXUS_FAILURE_READ("fluxus_failure_get_message",
+                        f->text && *f->text ? f->text : f->message ? f->message : "");
+}
+FLUXUS_API int32_t fluxus_failure_get_attempts(uint32_t *out, const fluxus_failure *f) {
+    FLUXUS_FAILURE_READ("fluxus_failure_get_attempts", f->attempts);
+}
+FLUXUS_API int32_t fluxus_failure_get_description(const char **out, const fluxus_failure *f) {
+    FLUXUS_FAILURE_READ("fluxus_failure_get_description", f->message ? f->message : "");
+}
+FLUXUS_API int32_t fluxus_failure_get_retries_exhausted(int32_t *out, const fluxus_failure *f) {
+    FLUXUS_FAILURE_READ("fluxus_failure_get_retries_exhausted", f->retries_exhausted ? 1 : 0);
+}
+#undef FLUXUS_FAILURE_READ
+
+FLUXUS_API int32_t fluxus_pipeline_get_failure(const fluxus_failure **out, fluxus_pipeline *h) {
     if (out) *out = nullptr;
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_get_failure");
@@ -335,7 +353,7 @@ FLUXUS_API int32_t fluxus_pipeline_set_cursor_source(fluxus_pipeline *h, const c
     });
 }
 
-FLUXUS_API int32_t fluxus_pipeline_get_committed_cursor(fluxus_pipeline *h, uint64_t *cursor) {
+FLUXUS_API int32_t fluxus_pipeline_get_committed_cursor(uint64_t *cursor, fluxus_pipeline *h) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_PIPELINE(p, h, "fluxus_pipeline_get_committed_cursor");
         if (!cursor)

@@ -29,7 +29,7 @@ FLUXUS_API int32_t fluxus_runtime_set_workers(fluxus_runtime *h, uint32_t n) {
     });
 }
 
-FLUXUS_API int32_t fluxus_runtime_get_workers(fluxus_runtime *h, uint32_t *out) {
+FLUXUS_API int32_t fluxus_runtime_get_workers(uint32_t *out, fluxus_runtime *h) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_get_workers");
         if (!out) return set_error(FLUXUS_EINVAL, "fluxus_runtime_get_workers: out is NULL");
@@ -118,7 +118,7 @@ FLUXUS_API int32_t fluxus_runtime_start(fluxus_runtime *h) {
     });
 }
 
-FLUXUS_API int32_t fluxus_runtime_run_once(fluxus_runtime *h, uint32_t *ran) {
+FLUXUS_API int32_t fluxus_runtime_run_once(uint32_t *ran, fluxus_runtime *h) {
     FLUXUS_API_GUARD({
         FLUXUS_GET_RUNTIME(rt, h, "fluxus_runtime_run_once");
         if (ran) *ran = 0;

@@ -36,7 +36,7 @@ public:
         uint64_t epoch;    // circuit breaker epoch the call was allowed in (0: none)
         uint32_t slot;     // timed out: the slot to pass to finish_timeout()
         uint64_t token;    // timed out: the item's completion token (for the cancel hook)
-        std::unique_ptr<std::string> text;  // failed: the completion's text (fluxus_async_fail)
+        std::unique_ptr<std::string> text;  // failed: the completion's text (fluxus_pipeline_fail_async)
     };
 
     AsyncSlots(uint32_t stage_index, uint32_t capacity, bool ordered, uint64_t timeout_ns);

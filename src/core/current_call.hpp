@@ -81,7 +81,7 @@ inline CurrentCall &current_call() {
 }
 }  // namespace detail
 
-// Index of the worker running on this thread (fluxus_current_worker()), or UINT32_MAX.
+// Index of the worker running on this thread (fluxus_call_get_worker()), or UINT32_MAX.
 inline uint32_t current_worker() { return detail::current_call().worker_plus_one - 1; }
 
 // Makes worker `index` (and its texts `e`) the calling thread's current call while it runs;

@@ -362,7 +362,7 @@ void SegmentWorker::on_forced_unwind() {
 }
 
 void SegmentWorker::run() {
-    // fluxus_current_worker(), and the texts callbacks attach to their failures.
+    // fluxus_call_get_worker(), and the texts callbacks attach to their failures.
     CurrentCallScope call(index, &call_errors_);
     Pipeline &p = *seg->p;
 

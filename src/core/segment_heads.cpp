@@ -798,7 +798,7 @@ size_t SegmentWorker::settle_async() {
                 a_[m++] = e.item;
                 break;
             case AsyncSlots::End::failed: {
-                // fluxus_async_fail's text, if any (never a callback's: none runs here)
+                // fluxus_pipeline_fail_async's text, if any (never a callback's: none runs here)
                 FailureTextScope text(e.text ? e.text.get() : no_failure_text());
                 p.fail_item(head, e.item, e.status, "async completion reported an error", &t);
                 break;

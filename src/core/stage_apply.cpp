@@ -49,7 +49,7 @@ namespace {
     t_unwind.survivors = emitted;
 }
 
-// The emitter of the flat-map call running on this thread. fluxus_emit() compares against it by
+// The emitter of the flat-map call running on this thread. fluxus_emitter_emit() compares against it by
 // address, so an emitter kept past its call is refused without being dereferenced.
 struct EmitterScope {
     explicit EmitterScope(fluxus_emitter *em) { t_live_emitter = em; }

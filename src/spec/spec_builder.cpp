@@ -426,12 +426,12 @@ private:
                 return fail(st.pos, k + " needs a block of routes: " + k +
                                         "(...) { label: chain; label: chain }");
             for (const SpecBranch &b : st.block)
-                if (int32_t e = api(b.pos, fluxus_stage_add_route(h_, idx, b.label.c_str(), nullptr)))
+                if (int32_t e = api(b.pos, fluxus_stage_add_route(nullptr, h_, idx, b.label.c_str())))
                     return e;
             if (default_route) {
                 uint32_t r = 0;
                 if (default_route->number ||
-                    fluxus_stage_route_index(h_, idx, default_route->value.c_str(), &r) != 0)
+                    fluxus_stage_get_route_index(&r, h_, idx, default_route->value.c_str()) != 0)
                     return fail(default_route->pos,
                                 "default=" + default_route->value + ": no route of that name");
                 if (int32_t e = api(default_route->pos, fluxus_stage_set_default_route(h_, idx, r)))

@@ -1,5 +1,5 @@
 /*
- * Async map stages: fluxus_pipeline_add_async_map, fluxus_async_complete, the in-flight limit,
+ * Async map stages: fluxus_pipeline_add_async_map, fluxus_pipeline_complete_async, the in-flight limit,
  * ordered and unordered output, stage timeouts (async and sync stages), completion errors,
  * cancel and drain with items in flight. Timing is asserted on a host-driven runtime with a
  * virtual clock; threaded runtimes are used for completions from other threads.
@@ -48,7 +48,7 @@ typedef struct actx {
     uint64_t refuse_item;               /* callback returns REFUSE_STATUS for it */
     uint64_t complete_then_refuse_item; /* callback completes it, then returns REFUSE_STATUS */
     int32_t complete_then_refuse_rc;
-    uint64_t sync_errors; /* fluxus_async_complete failures inside the callback */
+    uint64_t sync_errors; /* fluxus_pipeline_complete_async failures inside the callback */
 
     /* DO_TIMER */
     uint64_t delay_base_ns;
@@ -102,7 +102,7 @@ static void note_started(actx *c, uint64_t item, uint64_t completion) {
  * so the count never exceeds what the stage really holds. */
 static int32_t complete_item(actx *c, uint64_t item, int32_t status) {
     TU_ADD(&c->outstanding, (uint64_t)-1);
-    return fluxus_async_complete(c->p, TU_LOAD(&c->comp[item]), status, item);
+    return fluxus_pipeline_complete_async(c->p, TU_LOAD(&c->comp[item]), status, item);
 }
 
 typedef struct timer_job {
@@ -198,11 +198,11 @@ static int32_t order_sink(void *user, uint64_t item) {
 
 static void record_dead_letter(void *user, uint64_t item, const fluxus_failure *f) {
     actx *c = (actx *)user;
-    const char *name = fluxus_failure_stage_name(f);
+    const char *name = tu_failure_stage_name(f);
     TU_ADD(&c->dl_calls, 1);
-    c->dl_status = fluxus_failure_status(f);
+    c->dl_status = tu_failure_status(f);
     c->dl_item = item;
-    c->dl_index = fluxus_failure_stage_index(f);
+    c->dl_index = tu_failure_stage_index(f);
     strncpy(c->dl_stage, name != NULL ? name : "(null)", sizeof c->dl_stage - 1);
     if (item < c->t.n && TU_LOAD(&c->t.freed[item]) != 0) {
         TU_ADD(&c->dl_freed_before, 1);
@@ -286,7 +286,7 @@ static void teardown_ctx(actx *c) {
 static void run_until_idle(fluxus_runtime *rt) {
     uint32_t ran = 1, rounds = 0;
     while (ran != 0) {
-        TU_OK(fluxus_runtime_run_once(rt, &ran));
+        TU_OK(fluxus_runtime_run_once(&ran, rt));
         if (++rounds > 1000000u) {
             fail_msg("run_once never became idle");
         }
@@ -319,7 +319,7 @@ static void async_stats(actx *c, fluxus_stage_stats *s) {
 
 static int32_t state_of(fluxus_pipeline *p) {
     int32_t st = -1;
-    TU_OK(fluxus_pipeline_get_state(p, &st));
+    TU_OK(fluxus_pipeline_get_state(&st, p));
     return st;
 }
 
@@ -434,7 +434,7 @@ static void *completer_main(void *arg) {
         c->qlen--;
         pthread_mutex_unlock(&c->qmu);
         TU_ADD(&c->outstanding, (uint64_t)-1);
-        if (fluxus_async_complete(c->p, e.completion, 0, e.item) != FLUXUS_OK) {
+        if (fluxus_pipeline_complete_async(c->p, e.completion, 0, e.item) != FLUXUS_OK) {
             TU_ADD(&c->thread_errors, 1);
         }
         if ((++local & 1023u) == 0) {
@@ -658,22 +658,22 @@ static void test_completing_twice_is_estate_and_the_rest_still_flows(void **stat
     h2 = c.comp[2];
     TU_OK(complete_item(&c, 2, 0));
     /* second completion of the same handle, before and after the item went on */
-    TU_EXPECT(FLUXUS_ESTATE, fluxus_async_complete(c.p, h2, 0, 2));
-    TU_EXPECT(FLUXUS_ESTATE, fluxus_async_complete(c.p, h2, FAIL_STATUS, 2));
+    TU_EXPECT(FLUXUS_ESTATE, fluxus_pipeline_complete_async(c.p, h2, 0, 2));
+    TU_EXPECT(FLUXUS_ESTATE, fluxus_pipeline_complete_async(c.p, h2, FAIL_STATUS, 2));
     TU_OK(complete_item(&c, 0, 0));
     TU_OK(complete_item(&c, 1, 0));
     run_until_idle(c.rt);
     assert_int_equal(TU_LOAD(&c.delivered), 3);
-    TU_EXPECT(FLUXUS_ESTATE, fluxus_async_complete(c.p, h2, 0, 2));
+    TU_EXPECT(FLUXUS_ESTATE, fluxus_pipeline_complete_async(c.p, h2, 0, 2));
     for (i = 3; i < 10; i++) {
         run_until_idle(c.rt);
         assert_true(TU_LOAD(&c.comp[i]) != 0);
         TU_OK(complete_item(&c, i, 0));
         /* and a stale handle is never applied to the item that reuses its slot */
-        TU_EXPECT(FLUXUS_ESTATE, fluxus_async_complete(c.p, h2, 0, 2));
+        TU_EXPECT(FLUXUS_ESTATE, fluxus_pipeline_complete_async(c.p, h2, 0, 2));
     }
     TU_EXPECT(FLUXUS_OK, tu_wait(c.p));
-    TU_EXPECT(FLUXUS_ESTATE, fluxus_async_complete(c.p, h2, 0, 2)); /* after the finish */
+    TU_EXPECT(FLUXUS_ESTATE, fluxus_pipeline_complete_async(c.p, h2, 0, 2)); /* after the finish */
     assert_int_equal(c.sink_order_errors, 0);
     check_all_delivered(&c); /* item 2 delivered once, never destroyed */
     teardown_ctx(&c);
@@ -690,11 +690,11 @@ static void test_bogus_completion_values_are_einval(void **state) {
     assert_int_equal(c.started, 4);
     h0 = c.comp[0];
     assert_true(h0 != 0);
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_async_complete(c.p, 0, 0, 0));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_async_complete(c.p, UINT64_MAX, 0, 0));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_async_complete(c.p, ~h0, 0, 0));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_async_complete(c.p, h0 ^ (1ull << 63), 0, 0));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_async_complete(NULL, h0, 0, 0));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_complete_async(c.p, 0, 0, 0));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_complete_async(c.p, UINT64_MAX, 0, 0));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_complete_async(c.p, ~h0, 0, 0));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_complete_async(c.p, h0 ^ (1ull << 63), 0, 0));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_complete_async(NULL, h0, 0, 0));
     /* nothing was applied: every item still in flight, none destroyed */
     run_until_idle(c.rt);
     assert_int_equal(TU_LOAD(&c.delivered), 0);
@@ -719,8 +719,8 @@ static void test_a_never_issued_completion_value_is_einval(void **state) {
     /* The handle's neighbours were never handed out by this pipeline: "a value that is not a
      * completion handle of this pipeline" -> FLUXUS_EINVAL (FLUXUS_ESTATE is for handles that
      * were real but are used up). */
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_async_complete(c.p, h0 + 1, 0, 0));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_async_complete(c.p, h0 + 1000, 0, 0));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_complete_async(c.p, h0 + 1, 0, 0));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_complete_async(c.p, h0 + 1000, 0, 0));
     TU_OK(complete_item(&c, 0, 0));
     TU_EXPECT(FLUXUS_OK, tu_wait(c.p));
     check_all_delivered(&c);
@@ -756,7 +756,7 @@ static void test_completion_handle_of_another_pipeline_is_refused(void **state) 
     assert_int_equal(b.started, 2);
 
     /* a's handle given to b: "not a completion handle of this pipeline" */
-    rc = fluxus_async_complete(pb, a.comp[0], 0, 1000);
+    rc = fluxus_pipeline_complete_async(pb, a.comp[0], 0, 1000);
     run_until_idle(a.rt);
     if (rc != FLUXUS_EINVAL) {
         fail_msg("completing pipeline b with pipeline a's handle returned %s (expected "
@@ -872,8 +872,8 @@ static void test_callback_refusal_fails_the_item_and_voids_its_handle(void **sta
     assert_int_equal(TU_LOAD(&c.delivered), 5);
     tu_tracker_check_once(&c.t, 0, 6);
     /* the refused item's handle is void */
-    TU_EXPECT(FLUXUS_ESTATE, fluxus_async_complete(c.p, c.comp[2], 0, 2));
-    TU_EXPECT(FLUXUS_ESTATE, fluxus_async_complete(c.p, c.comp[4], 0, 4)); /* used */
+    TU_EXPECT(FLUXUS_ESTATE, fluxus_pipeline_complete_async(c.p, c.comp[2], 0, 2));
+    TU_EXPECT(FLUXUS_ESTATE, fluxus_pipeline_complete_async(c.p, c.comp[4], 0, 4)); /* used */
     tu_stats(c.p, &s);
     assert_int_equal(s.failed, 1);
     tu_check_conservation(c.p, &c.t, 0);
@@ -926,8 +926,8 @@ static void test_async_options_and_misuse(void **state) {
     TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_add_async_map(NULL, NULL, "x", async_fn, NULL, NULL));
     TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
     TU_OK(fluxus_pipeline_add_async_map(&am, p, NULL, async_fn, &dummy, NULL));
-    assert_non_null(fluxus_stage_name(p, am));
-    assert_true(fluxus_stage_name(p, am)[0] != '\0'); /* a name was made */
+    assert_non_null(tu_stage_name(p, am));
+    assert_true(tu_stage_name(p, am)[0] != '\0'); /* a name was made */
     TU_OK(fluxus_pipeline_add_map(&mp, p, "plain", plain_map, NULL, NULL));
     TU_OK(fluxus_pipeline_add_sink(&sk, p, "sink", null_sink, NULL, NULL));
 
@@ -959,9 +959,9 @@ static void test_async_options_and_misuse(void **state) {
         static const uint64_t values[] = {0, 1, (1ull << 32) | 1u, UINT64_MAX};
         uint32_t i;
         for (i = 0; i < sizeof values / sizeof values[0]; i++) {
-            int32_t rc = fluxus_async_complete(p, values[i], 0, 5);
+            int32_t rc = fluxus_pipeline_complete_async(p, values[i], 0, 5);
             if (rc != FLUXUS_EINVAL && rc != FLUXUS_ESTATE) {
-                fail_msg("fluxus_async_complete(%llx) before start returned %s",
+                fail_msg("fluxus_pipeline_complete_async(%llx) before start returned %s",
                          (unsigned long long)values[i], fluxus_err_name(rc));
             }
             tu_assert_described(rc);
@@ -997,7 +997,7 @@ static void start_refused(uint32_t workers, int32_t order) {
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", null_sink, NULL, NULL));
     TU_EXPECT_MSG(FLUXUS_EINVAL, fluxus_pipeline_start(p), &m);
     assert_non_null(strstr(m.text, "fetch")); /* the message names the stage */
-    TU_OK(fluxus_pipeline_get_state(p, &st));
+    TU_OK(fluxus_pipeline_get_state(&st, p));
     assert_int_equal(st, FLUXUS_STATE_BUILDING);
     assert_int_equal(dummy.started, 0);
     tu_free_all(p, rt);
@@ -1236,7 +1236,7 @@ static int32_t slow_sink(void *user, uint64_t item) {
 static void sync_dead_letter(void *user, uint64_t item, const fluxus_failure *f) {
     sync_ctx *c = (sync_ctx *)user;
     TU_ADD(&c->dl_calls, 1);
-    if (fluxus_failure_status(f) == FLUXUS_ETIMEDOUT) {
+    if (tu_failure_status(f) == FLUXUS_ETIMEDOUT) {
         TU_ADD(&c->dl_etimedout, 1);
     }
     if (item >= SYNC_N) {
@@ -1370,7 +1370,7 @@ static int32_t slow_flat_map(void *user, uint64_t item, fluxus_emitter *em) {
     if (item == 3 && fluxus_runtime_advance_clock(c->rt, 1500000u) != FLUXUS_OK) {
         TU_ADD(&c->advance_errors, 1);
     }
-    if (fluxus_emit(em, item) != FLUXUS_OK || fluxus_emit(em, item + SYNC_N) != FLUXUS_OK) {
+    if (fluxus_emitter_emit(em, item) != FLUXUS_OK || fluxus_emitter_emit(em, item + SYNC_N) != FLUXUS_OK) {
         TU_ADD(&c->advance_errors, 1);
     }
     return 0;
@@ -1508,7 +1508,7 @@ static void test_cancel_with_items_in_flight(void **state) {
      * FLUXUS_ESTATE); FLUXUS_ECANCELED would tell the host it still owns an item fluxus
      * already destroyed. */
     for (i = 1; i <= 4; i++) {
-        int32_t rc = fluxus_async_complete(c.p, c.comp[i], 0, i);
+        int32_t rc = fluxus_pipeline_complete_async(c.p, c.comp[i], 0, i);
         if (rc != FLUXUS_ESTATE) {
             fail_msg("second completion of item %llu (completed before the cancel, then "
                      "destroyed by it) returned %s, expected FLUXUS_ESTATE",
@@ -1724,7 +1724,7 @@ typedef struct two_job {
 /* stage 1: completes at once with item + 1000 (a new item; the input is the host's) */
 static int32_t first_async(void *user, uint64_t item, uint64_t completion) {
     two_ctx *c = (two_ctx *)user;
-    if (item >= 1000 || fluxus_async_complete(c->p, completion, 0, item + 1000) != FLUXUS_OK) {
+    if (item >= 1000 || fluxus_pipeline_complete_async(c->p, completion, 0, item + 1000) != FLUXUS_OK) {
         TU_ADD(&c->errors, 1);
     }
     return 0;
@@ -1732,7 +1732,7 @@ static int32_t first_async(void *user, uint64_t item, uint64_t completion) {
 
 static void two_timer_fn(void *user) {
     two_job *j = (two_job *)user;
-    if (fluxus_async_complete(j->c->p, j->completion, 0, j->item - 1000) != FLUXUS_OK) {
+    if (fluxus_pipeline_complete_async(j->c->p, j->completion, 0, j->item - 1000) != FLUXUS_OK) {
         TU_ADD(&j->c->errors, 1);
     }
 }
@@ -1858,7 +1858,7 @@ static void *race_completer(void *arg) {
             tu_sleep_us(3000); /* past the 2 ms timeout: a late completion, most likely */
         }
         status = pick == 2 ? FAIL_STATUS : 0;
-        rc = fluxus_async_complete(c->p, e.completion, status, e.item);
+        rc = fluxus_pipeline_complete_async(c->p, e.completion, status, e.item);
         if (rc == FLUXUS_OK) {
             TU_ADD(status ? &r->failed_ok : &r->ok, 1);
         } else if (rc == FLUXUS_ETIMEDOUT) {

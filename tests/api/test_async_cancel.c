@@ -29,7 +29,7 @@ static int32_t start_async(void *user, uint64_t item, uint64_t completion) {
     h->completion[item] = completion;
     h->started++;
     pthread_mutex_unlock(&h->mu);
-    if (item < h->complete_in_time && fluxus_async_complete(h->p, completion, 0, item) != 0) {
+    if (item < h->complete_in_time && fluxus_pipeline_complete_async(h->p, completion, 0, item) != 0) {
         pthread_mutex_lock(&h->mu);
         h->hook_bad++; /* not expected: counted, checked by the test */
         pthread_mutex_unlock(&h->mu);
@@ -113,7 +113,7 @@ static void test_timed_out_items_are_told_once_with_their_token(void **state) {
     pthread_mutex_unlock(&h.mu);
     /* The host abandons them: their late completions are refused, as the hook said. */
     for (i = N / 2; i < N; i++)
-        TU_EXPECT(FLUXUS_ETIMEDOUT, fluxus_async_complete(h.p, h.hook_token[i], 0, i));
+        TU_EXPECT(FLUXUS_ETIMEDOUT, fluxus_pipeline_complete_async(h.p, h.hook_token[i], 0, i));
     TU_OK(fluxus_pipeline_free(h.p));
     assert_int_equal(user_frees, 1);
     TU_OK(fluxus_runtime_free(rt));
@@ -151,7 +151,7 @@ static void test_a_cancel_tells_every_pending_item_and_no_completed_one(void **s
     }
     pthread_mutex_unlock(&h.mu);
     for (i = N / 4; i < N; i++)
-        TU_EXPECT(FLUXUS_ECANCELED, fluxus_async_complete(h.p, h.hook_token[i], 0, i));
+        TU_EXPECT(FLUXUS_ECANCELED, fluxus_pipeline_complete_async(h.p, h.hook_token[i], 0, i));
     TU_OK(fluxus_pipeline_free(h.p));
     assert_int_equal(user_frees, 1);
     TU_OK(fluxus_runtime_free(rt));

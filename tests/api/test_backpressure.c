@@ -46,9 +46,9 @@ static void checking_dead_letter(void *user, uint64_t item, const fluxus_failure
     bp_ctx *c = (bp_ctx *)user;
     (void)item;
     TU_ADD(&c->dl_calls, 1);
-    if (fluxus_failure_status(f) != c->expect_status ||
-        fluxus_failure_stage_index(f) != c->expect_stage || fluxus_failure_message(f) == NULL ||
-        strcmp(fluxus_failure_stage_name(f), "slow_sink") != 0) {
+    if (tu_failure_status(f) != c->expect_status ||
+        tu_failure_stage_index(f) != c->expect_stage || tu_failure_message(f) == NULL ||
+        strcmp(tu_failure_stage_name(f), "slow_sink") != 0) {
         TU_ADD(&c->dl_bad, 1);
     }
 }
@@ -77,7 +77,7 @@ static void test_slow_sink_holds_back_a_fast_source_within_queue_capacities(void
     for (i = 0; i < 3; i++) {
         TU_OK(fluxus_stage_set_queue_capacity(p, stages[i], BP_CAPACITY));
     }
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     assert_int_equal(n, 3);
 
     TU_OK(fluxus_pipeline_start(p));

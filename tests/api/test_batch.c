@@ -27,7 +27,7 @@ static int32_t sum_group(void *user, const uint64_t *items, uint32_t count, flux
     g->n++;
     if (g->fail_group && (int)g->n == g->fail_group) return 55;
     for (i = 0; i < count; i++) sum += items[i];
-    return fluxus_emit(em, sum);
+    return fluxus_emitter_emit(em, sum);
 }
 
 static uint64_t sink_sum;
@@ -115,7 +115,7 @@ static void test_the_tail_goes_at_end_of_input(void **state) {
 
 static void dl_count(void *user, uint64_t item, const fluxus_failure *f) {
     (void)item;
-    assert_int_equal(fluxus_failure_status(f), 55);
+    assert_int_equal(tu_failure_status(f), 55);
     TU_ADD((uint64_t *)user, 1);
 }
 

@@ -338,15 +338,15 @@ static void chaos_item_free(void *user, uint64_t word) {
 
 static void chaos_dead_letter(void *user, uint64_t word, const fluxus_failure *f) {
     chaos_ctx *c = (chaos_ctx *)user;
-    uint32_t stage = fluxus_failure_stage_index(f);
-    int32_t status = fluxus_failure_status(f);
-    uint32_t attempts = fluxus_failure_attempts(f);
-    const char *msg = fluxus_failure_message(f);
+    uint32_t stage = tu_failure_stage_index(f);
+    int32_t status = tu_failure_status(f);
+    uint32_t attempts = tu_failure_attempts(f);
+    const char *msg = tu_failure_message(f);
     if (msg == NULL) TU_ADD(&c->dl_other, 1);
 
     if (stage == c->s2 && status == FLUXUS_ETIMEDOUT) {
         /* A timed-out async item still belongs to the host, but a late completion of it waits
-         * until this callback has returned (fluxus_async_complete), so it is still alive here:
+         * until this callback has returned (fluxus_pipeline_complete_async), so it is still alive here:
          * under ASan a use after the host's release would show. */
         chaos_item *it = item_of(c, word);
         TU_ADD(&c->dl_s2, 1);
@@ -453,7 +453,7 @@ static remote_job ring_pop(job_ring *r) {
  * item and releases it. `lost`: the item was deliberately held past its timeout. */
 static void host_complete(chaos_ctx *c, chaos_item *it, uint64_t completion, int32_t status,
                           int lost) {
-    int32_t rc = fluxus_async_complete(c->p, completion, status, (uint64_t)(uintptr_t)it);
+    int32_t rc = fluxus_pipeline_complete_async(c->p, completion, status, (uint64_t)(uintptr_t)it);
     switch (rc) {
     case FLUXUS_OK: TU_ADD(&c->c_ok, 1); break;
     case FLUXUS_ETIMEDOUT: TU_ADD(&c->c_timedout, 1); break;
@@ -568,7 +568,7 @@ static int32_t s2_async(void *user, uint64_t word, uint64_t completion) {
         return S2_REFUSED; /* not started: fluxus still owns it */
     } else if (d < 15) {
         /* Completed inline, then refused: too late, the completion stands. */
-        int32_t rc = fluxus_async_complete(c->p, completion, 0, word);
+        int32_t rc = fluxus_pipeline_complete_async(c->p, completion, 0, word);
         TU_ADD(&c->s2_late_refused, 1);
         if (rc != FLUXUS_OK) {
             TU_ADD(&c->c_inline_fail, 1);
@@ -584,7 +584,7 @@ static int32_t s2_async(void *user, uint64_t word, uint64_t completion) {
     if (status == S2_OUTAGE) TU_ADD(&c->s2_outage_sent, 1);
 
     if (kind < 200) {
-        int32_t rc = fluxus_async_complete(c->p, completion, status, word);
+        int32_t rc = fluxus_pipeline_complete_async(c->p, completion, status, word);
         TU_ADD(&c->s2_inline, 1);
         if (rc != FLUXUS_OK) {
             TU_ADD(&c->c_inline_fail, 1);
@@ -664,7 +664,7 @@ static int emit_child(chaos_ctx *c, fluxus_emitter *em, uint64_t parent) {
     }
     ch = item_new(c, id, parent);
     if (ch == NULL) return -1;
-    if (fluxus_emit(em, (uint64_t)(uintptr_t)ch) != FLUXUS_OK) {
+    if (fluxus_emitter_emit(em, (uint64_t)(uintptr_t)ch) != FLUXUS_OK) {
         TU_ADD(&c->s3_emit_err, 1);
         TU_ADD(&c->host_freed, 1);
         end_item(c, ch, F_HOST);
@@ -687,7 +687,7 @@ static int32_t s3_flat_map(void *user, uint64_t word, fluxus_emitter *em) {
     if (d < 100) return 0; /* consumed: filtered and destroyed */
     if (d < 850) {
         /* The input goes on itself (kept), and from 650 on with a child as well. */
-        if (fluxus_emit(em, word) != FLUXUS_OK || fluxus_emitter_keep_input(em) != FLUXUS_OK) {
+        if (fluxus_emitter_emit(em, word) != FLUXUS_OK || fluxus_emitter_keep_input(em) != FLUXUS_OK) {
             TU_ADD(&c->s3_emit_err, 1);
             return 998; /* not emitted: fails, and fluxus destroys it */
         }
@@ -783,23 +783,23 @@ static void poll_stats(chaos_ctx *c) {
     uint32_t i;
     memset(&ps, 0, sizeof ps);
     ps.struct_size = (uint32_t)sizeof ps;
-    CTL_CHECK(fluxus_pipeline_get_stats(c->p, &ps));
+    CTL_CHECK(fluxus_pipeline_get_stats(&ps, c->p));
     for (i = 0; i < 4; i++) {
         memset(&ss, 0, sizeof ss);
         ss.struct_size = (uint32_t)sizeof ss;
-        CTL_CHECK(fluxus_stage_get_stats(c->p, i, &ss));
+        CTL_CHECK(fluxus_stage_get_stats(&ss, c->p, i));
         if (i == c->s2) max_store(&c->max_s2_in_flight, ss.in_flight);
     }
     {
         int32_t st = 0;
-        CTL_CHECK(fluxus_circuit_breaker_get_state(c->cb, &st));
+        CTL_CHECK(fluxus_circuit_breaker_get_state(&st, c->cb));
     }
     TU_ADD(&c->stats_polls, 1);
 }
 
 static int finished(chaos_ctx *c) {
     int32_t st = -1;
-    CTL_CHECK(fluxus_pipeline_get_state(c->p, &st));
+    CTL_CHECK(fluxus_pipeline_get_state(&st, c->p));
     return st == FLUXUS_STATE_FINISHED;
 }
 
@@ -1286,7 +1286,7 @@ static void run_chaos(const chaos_cfg *cfg) {
  * Focused tests of what the chaos run exercises.
  *
  * An async item's timeout is decided when the stage's worker handles it; a completion that
- * arrives after the deadline but before that is accepted (fluxus_async_complete). While the
+ * arrives after the deadline but before that is accepted (fluxus_pipeline_complete_async). While the
  * worker is parked on a full downstream queue it handles nothing, so the timeout waits too:
  * here a completion 20 x the timeout late is usually still accepted. Either way the outcome must be
  * consistent: accepted and delivered, or refused as late with the item counted timed out.
@@ -1311,7 +1311,7 @@ static int32_t late_async(void *user, uint64_t item, uint64_t completion) {
         TU_STORE(&c->held, 1u);
         return 0;
     }
-    if (fluxus_async_complete(c->p, completion, 0, item) != FLUXUS_OK)
+    if (fluxus_pipeline_complete_async(c->p, completion, 0, item) != FLUXUS_OK)
         TU_ADD(&c->inline_errors, 1);
     return 0;
 }
@@ -1358,7 +1358,7 @@ static void test_async_late_completion_while_downstream_is_full_is_accounted_con
         tu_sleep_us(100);
     tu_sleep_us(20u * LATE_TIMEOUT_US); /* 20 x the stage timeout */
     tu_stage_stats(p, a, &as);
-    rc = fluxus_async_complete(p, TU_LOAD(&c.held_completion), 0, 0);
+    rc = fluxus_pipeline_complete_async(p, TU_LOAD(&c.held_completion), 0, 0);
 
     TU_STORE(&c.release, 1u);
     TU_OK(tu_wait(p));
@@ -1435,7 +1435,7 @@ static void test_cancel_during_a_round_of_due_retries_cancels_the_rest_of_the_ro
     TU_OK(fluxus_stage_set_error_policy(p, m, FLUXUS_ERROR_SKIP));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", tu_tracker_sink, &c.t, NULL));
     TU_OK(fluxus_pipeline_start(p));
-    while (ran != 0 && ++rounds < 100000u) TU_OK(fluxus_runtime_run_once(rt, &ran));
+    while (ran != 0 && ++rounds < 100000u) TU_OK(fluxus_runtime_run_once(&ran, rt));
     tu_stage_stats(p, m, &ms);
     assert_int_equal(ms.retry_waiting, RC_ITEMS); /* every item waits for its second attempt */
 
@@ -1443,7 +1443,7 @@ static void test_cancel_during_a_round_of_due_retries_cancels_the_rest_of_the_ro
     TU_OK(fluxus_runtime_advance_clock(rt, 1000000ull));
     ran = 1;
     rounds = 0;
-    while (ran != 0 && ++rounds < 100000u) TU_OK(fluxus_runtime_run_once(rt, &ran));
+    while (ran != 0 && ++rounds < 100000u) TU_OK(fluxus_runtime_run_once(&ran, rt));
     TU_EXPECT(FLUXUS_ECANCELED, tu_wait(p));
 
     tu_stats(p, &ps);
@@ -1497,7 +1497,7 @@ static void order_changed(void *user, int32_t from, int32_t to) {
 static void *order_poller(void *arg) {
     order_ctx *o = (order_ctx *)arg;
     int32_t st;
-    while (TU_LOAD(&o->stop) == 0) fluxus_circuit_breaker_get_state(o->cb, &st);
+    while (TU_LOAD(&o->stop) == 0) fluxus_circuit_breaker_get_state(&st, o->cb);
     return NULL;
 }
 
@@ -1505,7 +1505,7 @@ static void *order_caller(void *arg) {
     order_ctx *o = (order_ctx *)arg;
     while (TU_LOAD(&o->stop) == 0) {
         uint64_t ticket = 0;
-        if (fluxus_circuit_breaker_allow(o->cb, &ticket) == FLUXUS_OK)
+        if (fluxus_circuit_breaker_allow(&ticket, o->cb) == FLUXUS_OK)
             fluxus_circuit_breaker_record(o->cb, ticket, 0);
     }
     return NULL;
@@ -1535,7 +1535,7 @@ static void test_breaker_state_callbacks_arrive_in_the_order_of_the_changes(void
     }
     TU_STORE(&o.stop, 1u);
     for (i = 0; i < 3; i++) assert_int_equal(pthread_join(th[i], NULL), 0);
-    TU_OK(fluxus_circuit_breaker_get_state(o.cb, &st));
+    TU_OK(fluxus_circuit_breaker_get_state(&st, o.cb));
     printf("  %llu state changes notified, %llu of them out of order; last notified %d, "
            "state now %d\n",
            U(o.changes), U(o.breaks), TU_LOAD(&o.last_to), st);
@@ -1570,7 +1570,7 @@ static void reent_changed(void *user, int32_t from, int32_t to) {
     if (TU_ADD(&r->callbacks, 1u) == 1u) {
         int32_t st = -1;
         /* Reset timeout 0: the breaker that just opened may let trial calls through now. */
-        fluxus_circuit_breaker_get_state(r->cb, &st);
+        fluxus_circuit_breaker_get_state(&st, r->cb);
         TU_STORE(&r->state_seen, st);
     }
 }
@@ -1578,7 +1578,7 @@ static void reent_changed(void *user, int32_t from, int32_t to) {
 static void *reent_main(void *arg) {
     reent_ctx *r = (reent_ctx *)arg;
     uint64_t ticket = 0;
-    if (fluxus_circuit_breaker_allow(r->cb, &ticket) == FLUXUS_OK)
+    if (fluxus_circuit_breaker_allow(&ticket, r->cb) == FLUXUS_OK)
         fluxus_circuit_breaker_record(r->cb, ticket, 0); /* opens: the callback runs here */
     TU_STORE(&r->done, 1u);
     return NULL;

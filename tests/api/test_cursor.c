@@ -326,7 +326,7 @@ static uint64_t last_commit(cctx *c) {
 
 static void expect_committed(fluxus_pipeline *p, uint64_t cursor) {
     uint64_t got = 0;
-    TU_OK(fluxus_pipeline_get_committed_cursor(p, &got));
+    TU_OK(fluxus_pipeline_get_committed_cursor(&got, p));
     if (got != cursor) {
         fail_msg("committed cursor %llu, expected %llu", (unsigned long long)got,
                  (unsigned long long)cursor);
@@ -335,7 +335,7 @@ static void expect_committed(fluxus_pipeline *p, uint64_t cursor) {
 
 static void expect_nothing_committed(fluxus_pipeline *p) {
     uint64_t got = 0;
-    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_pipeline_get_committed_cursor(p, &got));
+    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_pipeline_get_committed_cursor(&got, p));
 }
 
 /* ----- stages ----- */
@@ -352,7 +352,7 @@ static int32_t sink(void *user, uint64_t item) {
     if (c->cancel_after != 0 && n >= c->cancel_after && TU_LOAD(&c->cancelled_at) == 0) {
         uint64_t cur = 0;
         if (!c->cancel_needs_commit ||
-            fluxus_pipeline_get_committed_cursor(c->p, &cur) == FLUXUS_OK) {
+            fluxus_pipeline_get_committed_cursor(&cur, c->p) == FLUXUS_OK) {
             TU_STORE(&c->cancelled_at, n);
             fluxus_pipeline_cancel(c->p);
         }
@@ -438,7 +438,7 @@ static int32_t retry_map(void *user, uint64_t in, uint64_t *out) {
 static void dead_letter(void *user, uint64_t item, const fluxus_failure *f) {
     cctx *c = (cctx *)user;
     TU_ADD(&c->dl_calls, 1);
-    if (fluxus_failure_status(f) != c->dl_status) {
+    if (tu_failure_status(f) != c->dl_status) {
         TU_ADD(&c->dl_wrong_status, 1);
     }
     TU_ADD(&item_of(item)->finished, 1);
@@ -449,7 +449,7 @@ static int32_t emit_children(cctx *c, uint64_t item, fluxus_emitter *em) {
     citem *it = item_of(item);
     uint32_t j;
     for (j = 0; j < CHILDREN; j++) {
-        int32_t rc = fluxus_emit(em, word_of(child_of(c, it->index, j)));
+        int32_t rc = fluxus_emitter_emit(em, word_of(child_of(c, it->index, j)));
         if (rc != FLUXUS_OK) {
             return rc;
         }
@@ -504,7 +504,7 @@ typedef struct timer_job {
 
 static void timer_complete(void *user) {
     timer_job *j = (timer_job *)user;
-    if (fluxus_async_complete(j->c->p, TU_LOAD(&j->it->completion), 0, word_of(j->it)) !=
+    if (fluxus_pipeline_complete_async(j->c->p, TU_LOAD(&j->it->completion), 0, word_of(j->it)) !=
         FLUXUS_OK) {
         TU_ADD(&j->c->timer_errors, 1);
     }
@@ -532,7 +532,7 @@ static int32_t async_start(void *user, uint64_t item, uint64_t completion) {
 
 /* The test completes a held item. */
 static int32_t complete(cctx *c, citem *it) {
-    return fluxus_async_complete(c->p, TU_LOAD(&it->completion), 0, word_of(it));
+    return fluxus_pipeline_complete_async(c->p, TU_LOAD(&it->completion), 0, word_of(it));
 }
 
 /* ----- runtime helpers ----- */
@@ -542,7 +542,7 @@ static int32_t complete(cctx *c, citem *it) {
 
 static int32_t state_of(fluxus_pipeline *p) {
     int32_t st = -1;
-    TU_OK(fluxus_pipeline_get_state(p, &st));
+    TU_OK(fluxus_pipeline_get_state(&st, p));
     return st;
 }
 
@@ -650,23 +650,23 @@ static void test_committed_cursor_is_einval_for_other_sources_and_enotfound_befo
     TU_OK(fluxus_pipeline_add_sink(NULL, pull, "sink", sink, c, NULL));
     TU_OK(fluxus_pipeline_set_push_source(push, "src"));
     TU_OK(fluxus_pipeline_add_sink(NULL, push, "sink", sink, c, NULL));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(pull, &got));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(push, &got));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(none, &got));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(&got, pull));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(&got, push));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(&got, none));
     TU_OK(fluxus_pipeline_start(pull));
     TU_OK(fluxus_pipeline_start(push));
     TU_OK(fluxus_pipeline_close_input(push));
     drive(rt);
     TU_EXPECT(FLUXUS_OK, fluxus_pipeline_wait(pull, 0));
     TU_EXPECT(FLUXUS_OK, fluxus_pipeline_wait(push, 0));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(pull, &got));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(push, &got));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(&got, pull));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(&got, push));
     assert_int_equal(got, 7); /* untouched */
 
     p = cursor_pipeline(c, rt, "cursor", 8);
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", sink, c, NULL));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(p, NULL));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(NULL, &got));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(NULL, p));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(&got, NULL));
     expect_nothing_committed(p);
     TU_OK(fluxus_pipeline_start(p));
     expect_nothing_committed(p); /* started, but the host has not run anything yet */
@@ -1465,7 +1465,7 @@ static void run_capped(uint32_t batch, int limited) {
         assert_int_equal(r->rec[i].read, 1);
         assert_true(r->rec[i].page <= i && i < r->rec[i].page + cap);
     }
-    TU_OK(fluxus_pipeline_get_committed_cursor(p, &committed));
+    TU_OK(fluxus_pipeline_get_committed_cursor(&committed, p));
     assert_int_equal(committed, RECORDS);
     assert_int_equal(r->commits[r->n_commits - 1], RECORDS);
     tu_check_conservation(p, NULL, 0);
@@ -1514,7 +1514,7 @@ static void test_misuse_null_callbacks_second_source_and_after_start(void **stat
               fluxus_pipeline_set_cursor_source(p, "s", 0, read_page, NULL, commit, c, NULL));
     TU_EXPECT(FLUXUS_EINVAL,
               fluxus_pipeline_set_cursor_source(p, "s", 0, NULL, NULL, NULL, c, NULL));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(p, &got)); /* still no source */
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_committed_cursor(&got, p)); /* still no source */
 
     /* `commit` may be NULL: poll the committed cursor instead. */
     TU_OK(fluxus_pipeline_set_cursor_source(p, "pages", cursor_of(0), read_page, page_of, NULL, c,
@@ -1637,7 +1637,7 @@ static void test_error_route_to_another_pipeline_finishes_its_page(void **state)
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "store", rv_sink, &stored, NULL));
     TU_OK(fluxus_pipeline_start(p));
     TU_OK(tu_wait(p));
-    TU_OK(fluxus_pipeline_get_committed_cursor(p, &committed));
+    TU_OK(fluxus_pipeline_get_committed_cursor(&committed, p));
     assert_int_equal(committed, 10);
     assert_int_equal(TU_LOAD(&last), 10);
     assert_int_equal(stored, 79);

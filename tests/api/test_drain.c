@@ -79,7 +79,7 @@ static void test_drain_past_its_deadline_times_out_and_names_the_slow_stage(void
         fail_msg("last error message does not name the slow stage: \"%s\"", msg.text);
     }
     TU_EXPECT(FLUXUS_ECANCELED, tu_wait(p));
-    TU_OK(fluxus_pipeline_get_state(p, &state_now));
+    TU_OK(fluxus_pipeline_get_state(&state_now, p));
     assert_int_equal(state_now, FLUXUS_STATE_FINISHED);
 
     tu_stage_stats(p, slow, &st);
@@ -119,7 +119,7 @@ static void test_drain_in_time_finishes_admitted_items_and_returns_ok(void **sta
     assert_int_equal(s.delivered, src.next);
     tu_check_conservation(p, &c.t, 0);
     tu_tracker_check_once(&c.t, 0, src.next);
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     for (i = 0; i < n; i++) {
         fluxus_stage_stats st;
         tu_stage_stats(p, i, &st);

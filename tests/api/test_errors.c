@@ -52,11 +52,11 @@ static int32_t failing_sink(void *user, uint64_t item) {
 
 static void counting_dead_letter(void *user, uint64_t item, const fluxus_failure *f) {
     err_ctx *c = (err_ctx *)user;
-    const char *name = fluxus_failure_stage_name(f);
-    const char *msg = fluxus_failure_message(f);
-    uint32_t idx = fluxus_failure_stage_index(f);
-    int32_t status = fluxus_failure_status(f);
-    int ok = name != NULL && msg != NULL && fluxus_failure_attempts(f) == 1;
+    const char *name = tu_failure_stage_name(f);
+    const char *msg = tu_failure_message(f);
+    uint32_t idx = tu_failure_stage_index(f);
+    int32_t status = tu_failure_status(f);
+    int ok = name != NULL && msg != NULL && tu_failure_attempts(f) == 1;
 
     TU_ADD(&c->dl_calls, 1);
     if (ok && idx == c->map_stage) {
@@ -196,7 +196,7 @@ static void test_fail_fast_policy_stops_the_pipeline_and_cancels_the_rest(void *
     assert_true(msg.text[0] != '\0');
     /* Waiting again gives the same result. */
     TU_EXPECT(FLUXUS_EFAILED, fluxus_pipeline_wait(p, 0));
-    assert_int_equal(fluxus_pipeline_is_cancelled(p), 1);
+    assert_int_equal(tu_is_cancelled(p), 1);
 
     tu_stats(p, &s);
     assert_int_equal(s.result, FLUXUS_EFAILED);
@@ -288,13 +288,13 @@ static int32_t fan_out(void *user, uint64_t item, fluxus_emitter *em) {
     fm_ctx *c = (fm_ctx *)user;
     uint64_t k = c->fail_every ? 1 : item % 4u, j;
     if (c->keep) {
-        if (fluxus_emit(em, item) != FLUXUS_OK || fluxus_emitter_keep_input(em) != FLUXUS_OK) {
+        if (fluxus_emitter_emit(em, item) != FLUXUS_OK || fluxus_emitter_keep_input(em) != FLUXUS_OK) {
             TU_ADD(&c->emit_errors, 1);
         }
         TU_ADD(&c->emitted, 1);
     }
     for (j = 0; j < k; j++) {
-        if (fluxus_emit(em, EMIT_FLAG | (item << 2) | j) != FLUXUS_OK) {
+        if (fluxus_emitter_emit(em, EMIT_FLAG | (item << 2) | j) != FLUXUS_OK) {
             TU_ADD(&c->emit_errors, 1);
         }
         TU_ADD(&c->emitted, 1);

@@ -1,6 +1,6 @@
 /*
  * Failure causes: the text a callback attaches to its failure (fluxus_call_set_error,
- * fluxus_call_set_item_error, fluxus_async_fail) reaches every place the failure goes — the
+ * fluxus_call_set_item_error, fluxus_pipeline_fail_async) reaches every place the failure goes — the
  * dead-letter record, the route observer of an error branch or error route, the log callback,
  * and, when it stops the pipeline, fluxus_pipeline_get_failure() and the last-error message of
  * wait() and drain() — with the stage, status and attempts, and retries exhausted told apart
@@ -97,13 +97,13 @@ static void fc_record(void *user, uint64_t item, const fluxus_failure *f) {
     pthread_mutex_lock(&c->mu);
     r = &c->rec[item];
     r->calls++;
-    r->stage_index = fluxus_failure_stage_index(f);
-    r->status = fluxus_failure_status(f);
-    r->attempts = fluxus_failure_attempts(f);
-    r->exhausted = fluxus_failure_retries_exhausted(f);
-    fc_copy(r->stage, sizeof r->stage, fluxus_failure_stage_name(f));
-    fc_copy(r->message, sizeof r->message, fluxus_failure_message(f));
-    fc_copy(r->description, sizeof r->description, fluxus_failure_description(f));
+    r->stage_index = tu_failure_stage_index(f);
+    r->status = tu_failure_status(f);
+    r->attempts = tu_failure_attempts(f);
+    r->exhausted = tu_failure_retries_exhausted(f);
+    fc_copy(r->stage, sizeof r->stage, tu_failure_stage_name(f));
+    fc_copy(r->message, sizeof r->message, tu_failure_message(f));
+    fc_copy(r->description, sizeof r->description, tu_failure_description(f));
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -179,7 +179,7 @@ static int32_t fc_filter(void *user, uint64_t item, int32_t *keep) {
 
 static int32_t fc_flat_map(void *user, uint64_t item, fluxus_emitter *em) {
     int32_t rc = fc_fate((fc_ctx *)user, item);
-    if (rc == 0 && fluxus_emit(em, item) != FLUXUS_OK) {
+    if (rc == 0 && fluxus_emitter_emit(em, item) != FLUXUS_OK) {
         TU_ADD(&((fc_ctx *)user)->set_rc_bad, 1);
     }
     return rc;
@@ -652,7 +652,7 @@ static void fc_later_fire(void *user) {
         TU_ADD(&l->c->async_rc_bad, 1);
     }
     snprintf(buf, sizeof buf, "async: upstream said no to %llu", (unsigned long long)l->item);
-    if (fluxus_async_fail(l->c->p, l->completion, FC_STATUS, l->item, buf) != FLUXUS_OK) {
+    if (fluxus_pipeline_fail_async(l->c->p, l->completion, FC_STATUS, l->item, buf) != FLUXUS_OK) {
         TU_ADD(&l->c->async_rc_bad, 1);
     }
 }
@@ -666,7 +666,7 @@ static int32_t fc_async(void *user, uint64_t item, uint64_t completion) {
     case 0:
         if (item % 8 == 0) {
             snprintf(buf, sizeof buf, "async: upstream said no to %llu", (unsigned long long)item);
-            if (fluxus_async_fail(c->p, completion, FC_STATUS, item, buf) != FLUXUS_OK) {
+            if (fluxus_pipeline_fail_async(c->p, completion, FC_STATUS, item, buf) != FLUXUS_OK) {
                 TU_ADD(&c->async_rc_bad, 1);
             }
         } else {
@@ -692,16 +692,16 @@ static int32_t fc_async(void *user, uint64_t item, uint64_t completion) {
         }
         return FC_STATUS;
     case 2:
-        if (fluxus_async_complete(c->p, completion, FC_STATUS, item) != FLUXUS_OK) {
+        if (fluxus_pipeline_complete_async(c->p, completion, FC_STATUS, item) != FLUXUS_OK) {
             TU_ADD(&c->async_rc_bad, 1);
         }
         return 0;
     default:
         /* A failure with status 0 is refused, and nothing is taken. */
-        if (fluxus_async_fail(c->p, completion, 0, item, "no") != FLUXUS_EINVAL) {
+        if (fluxus_pipeline_fail_async(c->p, completion, 0, item, "no") != FLUXUS_EINVAL) {
             TU_ADD(&c->async_rc_bad, 1);
         }
-        if (fluxus_async_complete(c->p, completion, 0, item) != FLUXUS_OK) {
+        if (fluxus_pipeline_complete_async(c->p, completion, 0, item) != FLUXUS_OK) {
             TU_ADD(&c->async_rc_bad, 1);
         }
         return 0;
@@ -766,9 +766,9 @@ static void test_async_fail_misuse(void **state) {
     fluxus_runtime *rt = tu_runtime(1);
     fluxus_pipeline *p = tu_pipeline(rt, "fc", NULL);
     (void)state;
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_async_fail(NULL, 1, FC_STATUS, 0, "x"));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_async_fail(p, 1, 0, 0, "x"));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_async_fail(p, 1, FC_STATUS, 0, "x")); /* no async stage */
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_fail_async(NULL, 1, FC_STATUS, 0, "x"));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_fail_async(p, 1, 0, 0, "x"));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_fail_async(p, 1, FC_STATUS, 0, "x")); /* no async stage */
     tu_free_all(p, rt);
 }
 
@@ -923,15 +923,15 @@ static void fc_expect_failure(fluxus_pipeline *p, uint32_t index, const char *st
                               int32_t status, const char *message, const char *description,
                               uint32_t attempts, int32_t exhausted) {
     const fluxus_failure *f = NULL;
-    TU_OK(fluxus_pipeline_get_failure(p, &f));
+    TU_OK(fluxus_pipeline_get_failure(&f, p));
     assert_non_null(f);
-    assert_int_equal(fluxus_failure_stage_index(f), index);
-    assert_string_equal(fluxus_failure_stage_name(f), stage);
-    assert_int_equal(fluxus_failure_status(f), status);
-    assert_string_equal(fluxus_failure_message(f), message);
-    assert_string_equal(fluxus_failure_description(f), description);
-    assert_int_equal(fluxus_failure_attempts(f), attempts);
-    assert_int_equal(fluxus_failure_retries_exhausted(f), exhausted);
+    assert_int_equal(tu_failure_stage_index(f), index);
+    assert_string_equal(tu_failure_stage_name(f), stage);
+    assert_int_equal(tu_failure_status(f), status);
+    assert_string_equal(tu_failure_message(f), message);
+    assert_string_equal(tu_failure_description(f), description);
+    assert_int_equal(tu_failure_attempts(f), attempts);
+    assert_int_equal(tu_failure_retries_exhausted(f), exhausted);
 }
 
 static void fc_run_fail_fast_case(int kind, int fused, uint32_t workers) {
@@ -997,7 +997,7 @@ static void test_fail_fast_failure_is_readable_after_drain(void **state) {
     for (x = 0; x < 32; x++) {
         items[x] = x;
     }
-    TU_OK(fluxus_pipeline_push_many(p, items, 32, TU_WAIT_MS, &pushed));
+    TU_OK(fluxus_pipeline_push_many(&pushed, p, items, 32, TU_WAIT_MS));
     assert_int_equal(pushed, 32);
     TU_EXPECT_MSG(FLUXUS_EFAILED, fluxus_pipeline_drain(p, TU_WAIT_MS), &m);
     if (strstr(m.text, "stage 'under_test' (index 1)") == NULL ||
@@ -1017,16 +1017,16 @@ static void test_get_failure_misuse_and_no_failure(void **state) {
     const fluxus_failure *f = (const fluxus_failure *)(uintptr_t)1;
     tu_range_source src = {0, 10, 0};
     (void)state;
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_failure(NULL, &f));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_failure(&f, NULL));
     assert_null(f);
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_failure(p, NULL));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_failure(NULL, p));
     f = (const fluxus_failure *)(uintptr_t)1;
-    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_pipeline_get_failure(p, &f)); /* not started */
+    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_pipeline_get_failure(&f, p)); /* not started */
     assert_null(f);
     TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "out", fc_count_sink, NULL, NULL));
     tu_run_expect(p, FLUXUS_OK);
-    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_pipeline_get_failure(p, &f)); /* finished well */
+    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_pipeline_get_failure(&f, p)); /* finished well */
     assert_null(f);
     TU_OK(fluxus_pipeline_free(p));
 
@@ -1036,15 +1036,27 @@ static void test_get_failure_misuse_and_no_failure(void **state) {
     TU_OK(fluxus_pipeline_start(p));
     TU_OK(fluxus_pipeline_cancel(p));
     TU_EXPECT(FLUXUS_ECANCELED, tu_wait(p));
-    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_pipeline_get_failure(p, &f)); /* cancelled */
+    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_pipeline_get_failure(&f, p)); /* cancelled */
     TU_OK(fluxus_pipeline_free(p));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_failure(p, &f)); /* freed */
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_get_failure(&f, p)); /* freed */
     TU_OK(fluxus_runtime_free(rt));
 
-    /* The accessors given NULL. */
-    assert_string_equal(fluxus_failure_description(NULL), "");
-    assert_int_equal(fluxus_failure_retries_exhausted(NULL), 0);
-    assert_string_equal(fluxus_failure_message(NULL), "");
+    /* The accessors given NULL: FLUXUS_EINVAL, *out untouched. */
+    {
+        const char *text = "untouched";
+        int32_t i32 = 7;
+        uint32_t u32 = 7;
+        TU_EXPECT(FLUXUS_EINVAL, fluxus_failure_get_description(&text, NULL));
+        TU_EXPECT(FLUXUS_EINVAL, fluxus_failure_get_message(&text, NULL));
+        TU_EXPECT(FLUXUS_EINVAL, fluxus_failure_get_stage_name(&text, NULL));
+        TU_EXPECT(FLUXUS_EINVAL, fluxus_failure_get_retries_exhausted(&i32, NULL));
+        TU_EXPECT(FLUXUS_EINVAL, fluxus_failure_get_status(&i32, NULL));
+        TU_EXPECT(FLUXUS_EINVAL, fluxus_failure_get_stage_index(&u32, NULL));
+        TU_EXPECT(FLUXUS_EINVAL, fluxus_failure_get_attempts(&u32, NULL));
+        assert_string_equal(text, "untouched");
+        assert_int_equal(i32, 7);
+        assert_int_equal(u32, 7);
+    }
 }
 
 /* ----- retries exhausted versus a first failure ----- */

@@ -73,8 +73,8 @@ static void log_dead_letter(void *user, uint64_t item, const fluxus_failure *f) 
     fluxus_runtime_now_ns(c->rt, &now);
     if (i < LOG_MAX) {
         c->dl_items[i] = item;
-        c->dl_status[i] = fluxus_failure_status(f);
-        c->dl_stage[i] = fluxus_failure_stage_index(f);
+        c->dl_status[i] = tu_failure_status(f);
+        c->dl_stage[i] = tu_failure_stage_index(f);
         c->dl_times[i] = now;
     }
     TU_STORE(&c->dl_calls, i + 1);
@@ -114,7 +114,7 @@ static void push(fluxus_pipeline *p, uint64_t item) { TU_OK(fluxus_pipeline_push
 
 static int32_t state_of(fluxus_pipeline *p) {
     int32_t st = -1;
-    TU_OK(fluxus_pipeline_get_state(p, &st));
+    TU_OK(fluxus_pipeline_get_state(&st, p));
     return st;
 }
 
@@ -385,7 +385,7 @@ static void test_debounce_and_throttle_option_errors(void **s) {
     TU_EXPECT(FLUXUS_ERANGE, fluxus_pipeline_add_throttle(&out, p, "t1", one_day_us + 1));
     TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_add_debounce(&out, NULL, "d", 1));
     TU_EXPECT(FLUXUS_EINVAL, fluxus_pipeline_add_throttle(&out, NULL, "t", 1));
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     assert_int_equal(n, 0); /* refused stages were not added */
 
     TU_OK(fluxus_pipeline_add_map(&map, p, "map", tu_identity_map, NULL, NULL));
@@ -394,7 +394,7 @@ static void test_debounce_and_throttle_option_errors(void **s) {
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", tu_tracker_sink, NULL, NULL));
     assert_int_equal(deb, map + 1);
     assert_int_equal(thr, deb + 1);
-    assert_string_equal(fluxus_stage_name(p, deb), "debounce");
+    assert_string_equal(tu_stage_name(p, deb), "debounce");
 
     TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_set_debounce_max_keys(p, map, 2));
     TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_set_debounce_max_keys(p, thr, 2));
@@ -1246,7 +1246,7 @@ static void conc_enter(conc_ctx *cc) {
                                         __ATOMIC_SEQ_CST)) {
     }
     TU_ADD(&cc->started, 1);
-    if (fluxus_concurrency_limiter_in_use(cc->limiter, &used) != FLUXUS_OK ||
+    if (fluxus_concurrency_limiter_get_in_use(&used, cc->limiter) != FLUXUS_OK ||
         used > TU_LOAD(&cc->limit)) {
         TU_ADD(&cc->over_limit_seen, 1);
     }
@@ -1256,7 +1256,7 @@ static void conc_leave(conc_ctx *cc) { __atomic_sub_fetch(&cc->active, 1, __ATOM
 
 static uint32_t limiter_in_use(fluxus_concurrency_limiter *l) {
     uint32_t n = UINT32_MAX;
-    TU_OK(fluxus_concurrency_limiter_in_use(l, &n));
+    TU_OK(fluxus_concurrency_limiter_get_in_use(&n, l));
     return n;
 }
 
@@ -1289,7 +1289,7 @@ typedef struct async_stage_ctx {
 
 static void complete_pending(pending_item *pi) {
     conc_leave(pi->cc); /* before completing: the permit is still held until the item went on */
-    if (fluxus_async_complete(pi->p, pi->completion, 0, pi->item) != FLUXUS_OK) {
+    if (fluxus_pipeline_complete_async(pi->p, pi->completion, 0, pi->item) != FLUXUS_OK) {
         TU_ADD(pi->complete_errors, 1);
     }
 }
@@ -1427,8 +1427,8 @@ static void test_concurrency_limiter_shared_by_async_stages_of_two_pipelines(voi
                 max_seen_in_use = u;
             }
             tu_sleep_us(100);
-            TU_OK(fluxus_pipeline_get_state(p1, &st_a));
-            TU_OK(fluxus_pipeline_get_state(p2, &st_b));
+            TU_OK(fluxus_pipeline_get_state(&st_a, p1));
+            TU_OK(fluxus_pipeline_get_state(&st_b, p2));
             if (tu_now_ms() - t0 > TU_WAIT_MS) {
                 fail_msg("pipelines did not finish");
             }

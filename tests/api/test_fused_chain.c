@@ -402,11 +402,11 @@ static int32_t fc_quarantine(void *user, uint64_t item) {
 
 static void fc_dead_letter(void *user, uint64_t item, const fluxus_failure *f) {
     fc_harness *h = (fc_harness *)user;
-    uint32_t index = fluxus_failure_stage_index(f), s, at = 0;
+    uint32_t index = tu_failure_stage_index(f), s, at = 0;
     fc_stage *st = NULL;
     uint64_t v = fc_val(h, item), idx = FC_IDX(v);
     uint32_t want_attempts;
-    const char *msg = fluxus_failure_message(f);
+    const char *msg = tu_failure_message(f);
     for (s = 0; s < h->nstages; s++)
         if (h->st[s].index == index)
             st = &h->st[s];
@@ -416,21 +416,21 @@ static void fc_dead_letter(void *user, uint64_t item, const fluxus_failure *f) {
     }
     TU_ADD(&st->dead_seen, 1);
     TU_ADD(&h->dead[idx], 1);
-    if (strcmp(fluxus_failure_stage_name(f), st->name) != 0 ||
+    if (strcmp(tu_failure_stage_name(f), st->name) != 0 ||
         fc_fate(h, idx, &at) != FC_END_DEAD || at != st->pos ||
         v - idx != fc_end_tags(h, idx, at)) {
         TU_ADD(&st->dead_bad, 1);
     }
     if (!fc_hit(idx, st->fail_mod, st->fail_rem) && fc_hit(idx, st->slow_mod, st->slow_rem)) {
         /* Overran the stage timeout: its own status and message. */
-        if (fluxus_failure_status(f) != FLUXUS_ETIMEDOUT || strstr(msg, "timeout") == NULL)
+        if (tu_failure_status(f) != FLUXUS_ETIMEDOUT || strstr(msg, "timeout") == NULL)
             TU_ADD(&st->dead_bad, 1);
         return;
     }
-    if (fluxus_failure_status(f) != st->status)
+    if (tu_failure_status(f) != st->status)
         TU_ADD(&st->dead_bad, 1);
     want_attempts = st->retry_attempts > 1 ? st->retry_attempts : 1;
-    if (fluxus_failure_attempts(f) != want_attempts)
+    if (tu_failure_attempts(f) != want_attempts)
         TU_ADD(&st->attempts_bad, 1);
     /* Every failure of a stage has the same message, whichever path ran it. */
     pthread_mutex_lock(&h->mu);
@@ -524,7 +524,7 @@ static int32_t fc_flat(void *user, uint64_t item, fluxus_emitter *em) {
     }
     for (c = 0; c < 2; c++) {
         uint64_t out = fc_make(h, 2 * v + c + FC_TAG_FLAT);
-        if (fluxus_emit(em, out) != FLUXUS_OK) {
+        if (fluxus_emitter_emit(em, out) != FLUXUS_OK) {
             TU_ADD(&h->bad_flat, 1);
             fc_release(h, out);
         }
@@ -676,7 +676,7 @@ static void fc_push_all(fc_harness *h) {
             chunk[k] = fc_make(h, i + k);
             k++;
         }
-        rc = fluxus_pipeline_push_many(h->p, chunk, k, TU_WAIT_MS, &pushed);
+        rc = fluxus_pipeline_push_many(&pushed, h->p, chunk, k, TU_WAIT_MS);
         h->pushed += pushed;
         i += pushed;
         if (rc != FLUXUS_OK) {
@@ -703,7 +703,7 @@ static void fc_run(fc_harness *h, int32_t expected) {
 
 static void fc_stage_balance(fluxus_pipeline *p) {
     uint32_t n = 0, i;
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     for (i = 0; i < n; i++) {
         fluxus_stage_stats s;
         tu_stage_stats(p, i, &s);
@@ -712,13 +712,13 @@ static void fc_stage_balance(fluxus_pipeline *p) {
             fail_msg(
                 "stage %u '%s': in %llu + spawned %llu != out %llu + filtered %llu + failed "
                 "%llu + dead_lettered %llu + cancelled %llu + routed %llu",
-                i, fluxus_stage_name(p, i), (unsigned long long)s.in, (unsigned long long)s.spawned,
+                i, tu_stage_name(p, i), (unsigned long long)s.in, (unsigned long long)s.spawned,
                 (unsigned long long)s.out, (unsigned long long)s.filtered,
                 (unsigned long long)s.failed, (unsigned long long)s.dead_lettered,
                 (unsigned long long)s.cancelled, (unsigned long long)s.routed);
         }
         if (s.retry_waiting != 0 || s.queue_depth != 0) {
-            fail_msg("stage %u '%s' still holds items", i, fluxus_stage_name(p, i));
+            fail_msg("stage %u '%s' still holds items", i, tu_stage_name(p, i));
         }
     }
 }
@@ -1126,7 +1126,7 @@ static void test_cursor_source_without_chain(void **state) {
     h->cursor = 1;
     fc_go(h, "cursor");
     FC_EQ("cursor", h->commit_errors, 0);
-    TU_OK(fluxus_pipeline_get_committed_cursor(h->p, &cursor));
+    TU_OK(fluxus_pipeline_get_committed_cursor(&cursor, h->p));
     FC_EQ("cursor", cursor, (FC_N + FC_PAGE - 1) / FC_PAGE);
     FC_EQ("cursor", TU_LOAD(&h->committed), cursor);
     fc_done(h);

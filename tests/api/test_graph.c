@@ -14,7 +14,7 @@
 /* Per-stage conservation of a finished pipeline, at every stage. */
 static void check_stage_balance(fluxus_pipeline *p) {
     uint32_t n = 0, i;
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     for (i = 0; i < n; i++) {
         fluxus_stage_stats s;
         uint64_t lhs, rhs;
@@ -24,14 +24,14 @@ static void check_stage_balance(fluxus_pipeline *p) {
         if (lhs != rhs)
             fail_msg("stage %u '%s': in %llu + spawned %llu != out %llu + filtered %llu + failed "
                      "%llu + dead_lettered %llu + cancelled %llu + routed %llu",
-                     i, fluxus_stage_name(p, i), (unsigned long long)s.in,
+                     i, tu_stage_name(p, i), (unsigned long long)s.in,
                      (unsigned long long)s.spawned, (unsigned long long)s.out,
                      (unsigned long long)s.filtered, (unsigned long long)s.failed,
                      (unsigned long long)s.dead_lettered, (unsigned long long)s.cancelled,
                      (unsigned long long)s.routed);
         if (s.retry_waiting != 0 || s.queue_depth != 0)
             fail_msg("stage %u '%s' still holds items: retry_waiting %llu, queue_depth %llu", i,
-                     fluxus_stage_name(p, i), (unsigned long long)s.retry_waiting,
+                     tu_stage_name(p, i), (unsigned long long)s.retry_waiting,
                      (unsigned long long)s.queue_depth);
     }
 }
@@ -59,7 +59,7 @@ static void check_graph(fluxus_pipeline *p, const uint32_t *sinks, uint64_t sour
                  (unsigned long long)s.failed, (unsigned long long)s.cancelled);
     assert_int_equal(s.in_flight, 0);
     assert_int_equal(s.balanced, 1);
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     for (i = 0; i < n; i++) {
         fluxus_stage_stats st;
         tu_stage_stats(p, i, &st);
@@ -96,9 +96,9 @@ typedef struct dl_rec {
 
 static void dl_record(void *user, uint64_t item, const fluxus_failure *f) {
     dl_rec *d = (dl_rec *)user;
-    if (fluxus_failure_status(f) != d->expect_status ||
-        fluxus_failure_stage_index(f) != d->expect_stage ||
-        strcmp(fluxus_failure_stage_name(f), d->expect_name) != 0)
+    if (tu_failure_status(f) != d->expect_status ||
+        tu_failure_stage_index(f) != d->expect_stage ||
+        strcmp(tu_failure_stage_name(f), d->expect_name) != 0)
         TU_ADD(&d->wrong, 1);
     tu_tracker_deliver(&d->t, item);
 }
@@ -211,7 +211,7 @@ static void router_run_start(router_run *r, const router_case *c) {
     TU_OK(fluxus_pipeline_add_router(&r->router, r->p, "by-value", select_mod4, &r->sel, NULL));
     r->dl.expect_stage = r->router;
     for (k = 0; k < 3; k++) {
-        TU_OK(fluxus_stage_add_route(r->p, r->router, names[k], &route));
+        TU_OK(fluxus_stage_add_route(&route, r->p, r->router, names[k]));
         assert_int_equal(route, k);
     }
     if (c->with_default) TU_OK(fluxus_stage_set_default_route(r->p, r->router, 1));
@@ -443,8 +443,8 @@ static void heap_dead_letter(void *user, uint64_t item, const fluxus_failure *f)
     hitem *h = HI(item);
     TU_ADD(&b->dl_count, 1);
     /* the original, still alive, failing at the broadcast with the copy callback's status */
-    if (h->magic != HMAGIC || h->route != 0 || fluxus_failure_status(f) != 9 ||
-        strcmp(fluxus_failure_stage_name(f), "fan-out") != 0)
+    if (h->magic != HMAGIC || h->route != 0 || tu_failure_status(f) != 9 ||
+        strcmp(tu_failure_stage_name(f), "fan-out") != 0)
         TU_ADD(&b->dl_bad, 1);
 }
 
@@ -525,7 +525,7 @@ static uint32_t bcast_run(fluxus_runtime *rt, fluxus_pipeline **out, bcast *b, b
     TU_OK(fluxus_pipeline_set_pull_source(p, "heap", heap_pull, b, NULL));
     TU_OK(fluxus_pipeline_add_broadcast(&fan, p, "fan-out"));
     for (k = 0; k < 3; k++) {
-        TU_OK(fluxus_stage_add_route(p, fan, routes[k], &r));
+        TU_OK(fluxus_stage_add_route(&r, p, fan, routes[k]));
         assert_int_equal(r, k);
     }
     TU_OK(fluxus_stage_set_copy(p, fan, heap_copy, b, NULL));
@@ -772,8 +772,8 @@ static void merge_run_go(merge_run *m, const merge_case *c) {
     } else {
         TU_OK(fluxus_pipeline_add_router(&m->split, m->p, "split", select_parity, NULL, NULL));
     }
-    TU_OK(fluxus_stage_add_route(m->p, m->split, "a", &r0));
-    TU_OK(fluxus_stage_add_route(m->p, m->split, "b", &r1));
+    TU_OK(fluxus_stage_add_route(&r0, m->p, m->split, "a"));
+    TU_OK(fluxus_stage_add_route(&r1, m->p, m->split, "b"));
     TU_OK(fluxus_pipeline_branch(m->p, m->split, r0));
     TU_OK(fluxus_pipeline_add_map(&m->a, m->p, "branch.a", tag_branch, &m->wa, NULL));
     TU_OK(fluxus_stage_set_workers(m->p, m->a, c->a_workers));
@@ -1198,7 +1198,7 @@ static void test_error_branch_takes_circuit_breaker_refusals(void **state) {
         assert_int_equal(err_rec.repaired.delivered[v], v < 100 ? 0 : 1);
     }
     assert_int_equal(calls, 105);
-    TU_OK(fluxus_circuit_breaker_get_state(cb, &bstate));
+    TU_OK(fluxus_circuit_breaker_get_state(&bstate, cb));
     assert_int_equal(bstate, FLUXUS_BREAKER_OPEN);
     tu_stage_stats(p, m, &ms);
     assert_int_equal(ms.routed, 900);
@@ -1360,7 +1360,7 @@ static int32_t gated_sink(void *user, uint64_t item) {
     gate_sink *g = (gate_sink *)user;
     if (item == g->block_on) {
         TU_STORE(&g->blocked, 1);
-        while (!fluxus_pipeline_is_cancelled(g->p)) tu_sleep_us(200);
+        while (!tu_is_cancelled(g->p)) tu_sleep_us(200);
     }
     g->count++;
     return 0;
@@ -1433,7 +1433,7 @@ static int32_t gated_copy(void *user, uint64_t item, uint32_t route, uint64_t *c
     (void)route;
     if (item == g->block_on) {
         TU_STORE(&g->blocked, 1);
-        while (!fluxus_pipeline_is_cancelled(g->p)) tu_sleep_us(200);
+        while (!tu_is_cancelled(g->p)) tu_sleep_us(200);
     }
     *copy = item;
     return 0;
@@ -1463,8 +1463,8 @@ static void test_drain_deadline_counts_what_a_broadcast_holds(void **state) {
     TU_OK(fluxus_pipeline_set_batch_size(p, 1));
     TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
     TU_OK(fluxus_pipeline_add_broadcast(&b, p, "fan"));
-    TU_OK(fluxus_stage_add_route(p, b, "x", NULL));
-    TU_OK(fluxus_stage_add_route(p, b, "y", NULL));
+    TU_OK(fluxus_stage_add_route(NULL, p, b, "x"));
+    TU_OK(fluxus_stage_add_route(NULL, p, b, "y"));
     TU_OK(fluxus_stage_set_copy(p, b, gated_copy, &g, NULL));
     TU_OK(fluxus_pipeline_branch(p, b, 0));
     TU_OK(fluxus_pipeline_add_sink(&sinks[0], p, "sx", tu_tracker_sink, &t0, NULL));
@@ -1584,7 +1584,7 @@ static int32_t group_fails_on_97(void *user, const uint64_t *items, uint32_t cou
         if (items[i] % 97 == 0) return 9;
     fluxus_emitter_keep_input(em);
     for (i = 0; i < count; i++)
-        if (fluxus_emit(em, items[i]) != FLUXUS_OK) return 1;
+        if (fluxus_emitter_emit(em, items[i]) != FLUXUS_OK) return 1;
     return 0;
 }
 
@@ -1753,21 +1753,21 @@ static void test_build_errors_have_exact_codes(void **state) {
                                                           NULL),
                   &msg);
     assert_non_null(strstr(msg.text, "branch"));
-    TU_OK(fluxus_stage_add_route(p, r, "zero", &r0));
-    TU_OK(fluxus_stage_add_route(p, r, "one", &r1));
+    TU_OK(fluxus_stage_add_route(&r0, p, r, "zero"));
+    TU_OK(fluxus_stage_add_route(&r1, p, r, "one"));
     assert_int_equal(r0, 0);
     assert_int_equal(r1, 1);
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_add_route(p, r, "zero", NULL)); /* duplicate */
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_add_route(p, r, NULL, NULL));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_add_route(p, m, "x", NULL)); /* not a router */
-    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_stage_add_route(p, 77, "x", NULL));
-    TU_OK(fluxus_stage_route_index(p, r, "one", &idx));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_add_route(NULL, p, r, "zero")); /* duplicate */
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_add_route(NULL, p, r, NULL));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_add_route(NULL, p, m, "x")); /* not a router */
+    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_stage_add_route(NULL, p, 77, "x"));
+    TU_OK(fluxus_stage_get_route_index(&idx, p, r, "one"));
     assert_int_equal(idx, 1);
-    TU_OK(fluxus_stage_route_index(p, r, "zero", &idx));
+    TU_OK(fluxus_stage_get_route_index(&idx, p, r, "zero"));
     assert_int_equal(idx, 0);
-    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_stage_route_index(p, r, "two", &idx));
-    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_stage_route_index(p, 77, "one", &idx));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_route_index(p, r, NULL, &idx));
+    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_stage_get_route_index(&idx, p, r, "two"));
+    TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_stage_get_route_index(&idx, p, 77, "one"));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_get_route_index(&idx, p, r, NULL));
     TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_set_default_route(p, m, 0)); /* not a router */
     TU_EXPECT(FLUXUS_ENOTFOUND, fluxus_stage_set_default_route(p, r, 2));
     TU_OK(fluxus_stage_set_default_route(p, r, 1));
@@ -1807,7 +1807,7 @@ static void test_build_errors_have_exact_codes(void **state) {
     /* after start */
     TU_EXPECT(FLUXUS_ESTATE, fluxus_pipeline_branch(p, a, FLUXUS_OUTLET_ERROR));
     TU_EXPECT(FLUXUS_ESTATE, fluxus_pipeline_connect(p, a, FLUXUS_OUTLET_ERROR, s1));
-    TU_EXPECT(FLUXUS_ESTATE, fluxus_stage_add_route(p, r, "late", NULL));
+    TU_EXPECT(FLUXUS_ESTATE, fluxus_stage_add_route(NULL, p, r, "late"));
     TU_OK(fluxus_pipeline_free(p));
     TU_OK(fluxus_runtime_free(rt));
     tu_tracker_destroy(&t0);
@@ -1833,8 +1833,8 @@ static void test_start_checks_of_graphs(void **state) {
     p = tu_pipeline(rt, "no-copy", NULL);
     TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
     TU_OK(fluxus_pipeline_add_broadcast(&b, p, "fan"));
-    TU_OK(fluxus_stage_add_route(p, b, "x", NULL));
-    TU_OK(fluxus_stage_add_route(p, b, "y", NULL));
+    TU_OK(fluxus_stage_add_route(NULL, p, b, "x"));
+    TU_OK(fluxus_stage_add_route(NULL, p, b, "y"));
     TU_EXPECT(FLUXUS_EINVAL, fluxus_stage_set_default_route(p, b, 0)); /* not a router */
     TU_OK(fluxus_pipeline_branch(p, b, 0));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sx", tu_tracker_sink, &t, NULL));
@@ -1855,7 +1855,7 @@ static void test_start_checks_of_graphs(void **state) {
     p = tu_pipeline(rt, "two-workers", NULL);
     TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
     TU_OK(fluxus_pipeline_add_router(&r, p, "r", select_first, NULL, NULL));
-    TU_OK(fluxus_stage_add_route(p, r, "only", NULL));
+    TU_OK(fluxus_stage_add_route(NULL, p, r, "only"));
     TU_OK(fluxus_stage_set_workers(p, r, 2));
     TU_OK(fluxus_pipeline_branch(p, r, 0));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "s", tu_tracker_sink, &t, NULL));
@@ -1889,9 +1889,9 @@ static void test_start_checks_of_graphs(void **state) {
     TU_OK(fluxus_pipeline_add_router(&r, p, "r", select_first, NULL, NULL));
     for (k = 0; k < FLUXUS_MAX_ROUTES; k++) {
         snprintf(name, sizeof name, "r%u", k);
-        TU_OK(fluxus_stage_add_route(p, r, name, NULL));
+        TU_OK(fluxus_stage_add_route(NULL, p, r, name));
     }
-    TU_EXPECT(FLUXUS_ERANGE, fluxus_stage_add_route(p, r, "one-too-many", NULL));
+    TU_EXPECT(FLUXUS_ERANGE, fluxus_stage_add_route(NULL, p, r, "one-too-many"));
     TU_OK(fluxus_pipeline_free(p));
 
     TU_OK(fluxus_runtime_free(rt));
@@ -1929,7 +1929,7 @@ static void test_router_with_max_routes_into_one_sink(void **state) {
     TU_OK(fluxus_pipeline_add_router(&r, p, "r", select_wide, NULL, NULL));
     for (k = 0; k < WIDE_ROUTES; k++) {
         snprintf(name, sizeof name, "r%u", k);
-        TU_OK(fluxus_stage_add_route(p, r, name, NULL));
+        TU_OK(fluxus_stage_add_route(NULL, p, r, name));
     }
     TU_OK(fluxus_pipeline_branch(p, r, 0));
     TU_OK(fluxus_pipeline_add_sink(&sink, p, "all", tu_tracker_sink, &t, NULL));
@@ -2038,9 +2038,9 @@ static void kg_run(kg_result *res, int fusion, int push) {
         TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
     if (!push) TU_OK(fluxus_pipeline_add_map(&scale, p, "scale", tu_identity_map, NULL, NULL));
     TU_OK(fluxus_pipeline_add_router(&kind, p, "kind", select_mod3, NULL, NULL));
-    TU_OK(fluxus_stage_add_route(p, kind, "a", NULL));
-    TU_OK(fluxus_stage_add_route(p, kind, "b", NULL));
-    TU_OK(fluxus_stage_add_route(p, kind, "c", NULL));
+    TU_OK(fluxus_stage_add_route(NULL, p, kind, "a"));
+    TU_OK(fluxus_stage_add_route(NULL, p, kind, "b"));
+    TU_OK(fluxus_stage_add_route(NULL, p, kind, "c"));
     TU_OK(fluxus_pipeline_branch(p, kind, 0));
     TU_OK(fluxus_pipeline_add_map(&a, p, "a.work", tu_identity_map, NULL, NULL));
     TU_OK(fluxus_pipeline_add_sink(&sinks[0], p, "sink.a", kg_sink, &ra, NULL));
@@ -2067,7 +2067,7 @@ static void kg_run(kg_result *res, int fusion, int push) {
     for (v = 0; v < KN; v++) res->mark[v] = (uint8_t)(mark_a[v] | mark_m[v]);
     res->bad = ra.bad + rm.bad + freed.out_of_range;
     res->freed = freed.freed_total;
-    TU_OK(fluxus_pipeline_stage_count(p, &res->nstages));
+    TU_OK(fluxus_pipeline_get_stage_count(&res->nstages, p));
     assert_true(res->nstages <= 16);
     for (i = 0; i < res->nstages; i++) tu_stage_stats(p, i, &res->st[i]);
     tu_stats(p, &res->ps);

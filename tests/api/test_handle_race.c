@@ -108,7 +108,7 @@ static char *unique_name(ctx *c, char *buf, size_t cap) {
     X(fluxus_runtime_set_workers, K_RUNTIME, P_EMPTY, OK | ESTATE_ | EINVAL_,                     \
       fluxus_runtime_set_workers(c->rt, 1))                                                       \
     X(fluxus_runtime_get_workers, K_RUNTIME, P_EMPTY, OK | EINVAL_,                               \
-      fluxus_runtime_get_workers(c->rt, &u32))                                                    \
+      fluxus_runtime_get_workers(&u32, c->rt))                                                    \
     X(fluxus_runtime_set_spin_us, K_RUNTIME, P_EMPTY, OK | ESTATE_ | EINVAL_,                     \
       fluxus_runtime_set_spin_us(c->rt, 10))                                                      \
     X(fluxus_runtime_set_stall_threshold_ms, K_RUNTIME, P_EMPTY, OK | ESTATE_ | EINVAL_,          \
@@ -126,7 +126,7 @@ static char *unique_name(ctx *c, char *buf, size_t cap) {
     X(fluxus_runtime_start, K_RUNTIME, P_EMPTY, OK | ESTATE_ | EINVAL_,                           \
       fluxus_runtime_start(c->rt))                                                                \
     X(fluxus_runtime_run_once, K_RUNTIME, P_EMPTY, OK | ESTATE_ | EINVAL_,                        \
-      fluxus_runtime_run_once(c->rt, &u32))                                                       \
+      fluxus_runtime_run_once(&u32, c->rt))                                                       \
     X(fluxus_runtime_run_for, K_RUNTIME, P_EMPTY, OK | ESTATE_ | ECANCELED_ | EINVAL_,            \
       fluxus_runtime_run_for(c->rt, UINT32_MAX))                                                  \
     X(fluxus_runtime_free, K_RUNTIME, P_EMPTY, OK | EINVAL_, fluxus_runtime_free(c->rt))          \
@@ -164,7 +164,7 @@ static char *unique_name(ctx *c, char *buf, size_t cap) {
       fluxus_pipeline_set_cursor_source(c->p, "s", 0, nop_cursor_read, nop_page_of, nop_commit,   \
                                         NULL, NULL))                                              \
     X(fluxus_pipeline_get_committed_cursor, K_PIPELINE, P_CURSOR, ENOTFOUND_ | EINVAL_,           \
-      fluxus_pipeline_get_committed_cursor(c->p, &u64))                                           \
+      fluxus_pipeline_get_committed_cursor(&u64, c->p))                                           \
     X(fluxus_pipeline_set_poll_interval_us, K_PIPELINE, P_EMPTY, M_BUILD,                         \
       fluxus_pipeline_set_poll_interval_us(c->p, 100))                                            \
     X(fluxus_pipeline_set_push_source, K_PIPELINE, P_EMPTY, M_BUILD,                              \
@@ -210,9 +210,9 @@ static char *unique_name(ctx *c, char *buf, size_t cap) {
     X(fluxus_pipeline_add_broadcast, K_PIPELINE, P_MAP, M_BUILD,                                  \
       fluxus_pipeline_add_broadcast(&u32, c->p, NULL))                                            \
     X(fluxus_stage_add_route, K_PIPELINE, P_ROUTER, M_BUILD,                                      \
-      fluxus_stage_add_route(c->p, 0, unique_name(c, name, sizeof name), &u32))                   \
-    X(fluxus_stage_route_index, K_PIPELINE, P_ROUTER, OK | ENOTFOUND_ | EINVAL_,                  \
-      fluxus_stage_route_index(c->p, 0, "a", &u32))                                               \
+      fluxus_stage_add_route(&u32, c->p, 0, unique_name(c, name, sizeof name)))                   \
+    X(fluxus_stage_get_route_index, K_PIPELINE, P_ROUTER, OK | ENOTFOUND_ | EINVAL_,                  \
+      fluxus_stage_get_route_index(&u32, c->p, 0, "a"))                                               \
     X(fluxus_stage_set_default_route, K_PIPELINE, P_ROUTER, M_BUILD,                              \
       fluxus_stage_set_default_route(c->p, 0, 0))                                                 \
     X(fluxus_stage_set_copy, K_PIPELINE, P_ROUTER, M_BUILD,                                       \
@@ -298,35 +298,35 @@ static char *unique_name(ctx *c, char *buf, size_t cap) {
       fluxus_pipeline_push(c->p, c->n, UINT32_MAX))                                               \
     X(fluxus_pipeline_try_push, K_PIPELINE, P_RUN, M_RUN, fluxus_pipeline_try_push(c->p, c->n))   \
     X(fluxus_pipeline_push_many, K_PIPELINE, P_RUN, M_RUN,                                        \
-      fluxus_pipeline_push_many(c->p, items, 4, 0, &u32))                                         \
+      fluxus_pipeline_push_many(&u32, c->p, items, 4, 0))                                         \
     X(fluxus_pipeline_close_input, K_PIPELINE, P_RUN, OK | EINVAL_,                               \
       fluxus_pipeline_close_input(c->p))                                                          \
     X(fluxus_pipeline_pause, K_PIPELINE, P_RUN, OK | EINVAL_, fluxus_pipeline_pause(c->p))        \
     X(fluxus_pipeline_resume, K_PIPELINE, P_PAUSED, OK | EINVAL_, pause_resume(c))                \
-    X(fluxus_async_complete, K_PIPELINE, P_RUN_ASYNC, M_RUN,                                      \
-      fluxus_async_complete(c->p, 0, 0, 1))                                                       \
-    X(fluxus_async_fail, K_PIPELINE, P_RUN_ASYNC, M_RUN,                                          \
-      fluxus_async_fail(c->p, 0, -1, 1, "x"))                                                     \
+    X(fluxus_pipeline_complete_async, K_PIPELINE, P_RUN_ASYNC, M_RUN,                                      \
+      fluxus_pipeline_complete_async(c->p, 0, 0, 1))                                                       \
+    X(fluxus_pipeline_fail_async, K_PIPELINE, P_RUN_ASYNC, M_RUN,                                          \
+      fluxus_pipeline_fail_async(c->p, 0, -1, 1, "x"))                                                     \
     X(fluxus_pipeline_wait, K_PIPELINE, P_RUN, OK | ECANCELED_ | EINVAL_,                         \
       fluxus_pipeline_wait(c->p, UINT32_MAX))                                                     \
     X(fluxus_pipeline_drain, K_PIPELINE, P_RUN, OK | ECANCELED_ | ETIMEDOUT_ | EINVAL_,           \
       fluxus_pipeline_drain(c->p, UINT32_MAX))                                                    \
     X(fluxus_pipeline_get_failure, K_PIPELINE, P_RUN, ENOTFOUND_ | EINVAL_,                       \
-      fluxus_pipeline_get_failure(c->p, &failure))                                                \
+      fluxus_pipeline_get_failure(&failure, c->p))                                                \
     X(fluxus_pipeline_cancel, K_PIPELINE, P_RUN, OK | EINVAL_, fluxus_pipeline_cancel(c->p))      \
-    X(fluxus_pipeline_is_cancelled, K_PIPELINE, P_RUN, OK | EINVAL_,                              \
-      fluxus_pipeline_is_cancelled(c->p) ? FLUXUS_OK : FLUXUS_EINVAL)                             \
+    X(fluxus_pipeline_get_cancelled, K_PIPELINE, P_RUN, OK | EINVAL_,                             \
+      fluxus_pipeline_get_cancelled(&i32, c->p))                                                  \
     X(fluxus_pipeline_get_state, K_PIPELINE, P_RUN, OK | EINVAL_,                                 \
-      fluxus_pipeline_get_state(c->p, &i32))                                                      \
+      fluxus_pipeline_get_state(&i32, c->p))                                                      \
     X(fluxus_pipeline_free, K_PIPELINE, P_RUN, OK | EINVAL_, fluxus_pipeline_free(c->p))          \
     X(fluxus_pipeline_get_stats, K_PIPELINE, P_RUN, OK | EINVAL_,                                 \
-      fluxus_pipeline_get_stats(c->p, &pstats))                                                   \
+      fluxus_pipeline_get_stats(&pstats, c->p))                                                   \
     X(fluxus_stage_get_stats, K_PIPELINE, P_RUN, OK | EINVAL_,                                    \
-      fluxus_stage_get_stats(c->p, 0, &sstats))                                                   \
-    X(fluxus_pipeline_stage_count, K_PIPELINE, P_RUN, OK | EINVAL_,                               \
-      fluxus_pipeline_stage_count(c->p, &u32))                                                    \
-    X(fluxus_stage_name, K_PIPELINE, P_RUN, OK | EINVAL_,                                         \
-      fluxus_stage_name(c->p, 0) != NULL ? FLUXUS_OK : FLUXUS_EINVAL)                             \
+      fluxus_stage_get_stats(&sstats, c->p, 0))                                                   \
+    X(fluxus_pipeline_get_stage_count, K_PIPELINE, P_RUN, OK | EINVAL_,                               \
+      fluxus_pipeline_get_stage_count(&u32, c->p))                                                    \
+    X(fluxus_stage_get_name, K_PIPELINE, P_RUN, OK | EINVAL_,                                     \
+      fluxus_stage_get_name(&str, c->p, 0))                                                       \
     /* pipeline calls racing the free of the pipeline's runtime (which cancels it) */             \
     X(fluxus_pipeline_start, K_OWNER, P_READY, OK | ESTATE_ | ECANCELED_,                         \
       fluxus_pipeline_start(c->p))                                                                \
@@ -368,8 +368,8 @@ static char *unique_name(ctx *c, char *buf, size_t cap) {
       fluxus_concurrency_limiter_acquire(c->cl, 1, UINT32_MAX))                                   \
     X(fluxus_concurrency_limiter_release, K_CONC, P_EMPTY, OK | ERANGE_ | EINVAL_,                \
       fluxus_concurrency_limiter_release(c->cl, 1))                                               \
-    X(fluxus_concurrency_limiter_in_use, K_CONC, P_EMPTY, OK | EINVAL_,                           \
-      fluxus_concurrency_limiter_in_use(c->cl, &u32))                                             \
+    X(fluxus_concurrency_limiter_get_in_use, K_CONC, P_EMPTY, OK | EINVAL_,                           \
+      fluxus_concurrency_limiter_get_in_use(&u32, c->cl))                                             \
     X(fluxus_concurrency_limiter_free, K_CONC, P_EMPTY, OK | EINVAL_,                             \
       fluxus_concurrency_limiter_free(c->cl))                                                     \
     X(fluxus_stage_set_concurrency_limiter, K_CONC, P_MAP, M_BUILD,                               \
@@ -386,9 +386,9 @@ static char *unique_name(ctx *c, char *buf, size_t cap) {
     X(fluxus_circuit_breaker_set_state_callback, K_BREAKER, P_EMPTY, OK | EINVAL_,                \
       fluxus_circuit_breaker_set_state_callback(c->cb, nop_breaker_state, NULL, NULL))            \
     X(fluxus_circuit_breaker_get_state, K_BREAKER, P_EMPTY, OK | EINVAL_,                         \
-      fluxus_circuit_breaker_get_state(c->cb, &i32))                                              \
+      fluxus_circuit_breaker_get_state(&i32, c->cb))                                              \
     X(fluxus_circuit_breaker_allow, K_BREAKER, P_EMPTY, OK | ECIRCUITOPEN_ | EINVAL_,             \
-      fluxus_circuit_breaker_allow(c->cb, &u64))                                                  \
+      fluxus_circuit_breaker_allow(&u64, c->cb))                                                  \
     X(fluxus_circuit_breaker_record, K_BREAKER, P_EMPTY, OK | EINVAL_,                            \
       allow_and_fail(c))                                                                          \
     X(fluxus_circuit_breaker_free, K_BREAKER, P_EMPTY, OK | EINVAL_,                              \
@@ -438,7 +438,7 @@ static int32_t pause_resume(ctx *c) {
 /* A failed call: after two the breaker opens, which calls its state callback. */
 static int32_t allow_and_fail(ctx *c) {
     uint64_t ticket = 0;
-    int32_t rc = fluxus_circuit_breaker_allow(c->cb, &ticket);
+    int32_t rc = fluxus_circuit_breaker_allow(&ticket, c->cb);
     if (rc == FLUXUS_ECIRCUITOPEN) {
         return FLUXUS_OK;
     }
@@ -480,6 +480,7 @@ typedef struct race_case {
         char name[32];                                      \
         uint64_t items[4] = {1, 2, 3, 4};                   \
         const fluxus_failure *failure = NULL;               \
+        const char *str = NULL;                             \
         fluxus_pipeline_stats pstats;                       \
         fluxus_stage_stats sstats;                          \
         memset(&pstats, 0, sizeof pstats);                  \
@@ -487,7 +488,7 @@ typedef struct race_case {
         pstats.struct_size = (uint32_t)sizeof pstats;       \
         sstats.struct_size = (uint32_t)sizeof sstats;       \
         (void)u32, (void)u64, (void)i32, (void)i64;         \
-        (void)name, (void)items, (void)failure;             \
+        (void)name, (void)items, (void)failure, (void)str;  \
         return (int32_t)(expr);                             \
     }
 CASES(DEFINE_CALL)
@@ -519,7 +520,7 @@ static fluxus_pipeline *make_pipeline(fluxus_runtime *rt, enum setup setup) {
         break;
     case P_ROUTER:
         TU_OK(fluxus_pipeline_add_router(&s, p, "r", nop_route, NULL, NULL));
-        TU_OK(fluxus_stage_add_route(p, s, "a", &s));
+        TU_OK(fluxus_stage_add_route(&s, p, s, "a"));
         break;
     case P_DEDUP:
         TU_OK(fluxus_pipeline_add_dedup(&s, p, "d"));
@@ -768,7 +769,7 @@ static void *cross_main(void *arg) {
     TU_STORE(&x->ready, 1);
     while (!TU_LOAD(x->go)) {
     }
-    if (fluxus_circuit_breaker_allow(x->self, &ticket) == FLUXUS_OK) {
+    if (fluxus_circuit_breaker_allow(&ticket, x->self) == FLUXUS_OK) {
         fluxus_circuit_breaker_record(x->self, ticket, 0);
     }
     return NULL;

@@ -66,7 +66,7 @@ static int32_t host_sink(void *user, uint64_t item) {
     if (item == 7) {
         uint32_t ran = 0, n;
         /* Re-entering the runtime from its own callback is refused. */
-        c->run_once_inside_rc = fluxus_runtime_run_once(c->rt, &ran);
+        c->run_once_inside_rc = fluxus_runtime_run_once(&ran, c->rt);
         c->run_for_inside_rc = fluxus_runtime_run_for(c->rt, 1);
         n = thread_count();
         if (n > c->threads_seen_max) {
@@ -122,17 +122,17 @@ static void test_run_once_runs_every_callback_on_the_calling_thread(void **state
     uint64_t t0 = tu_now_ms();
     (void)state;
 
-    TU_OK(fluxus_runtime_get_workers(rt, &workers));
+    TU_OK(fluxus_runtime_get_workers(&workers, rt));
     assert_int_equal(workers, 0);
     threads_before = thread_count();
     TU_OK(fluxus_pipeline_start(p));
     assert_int_equal(thread_count(), threads_before); /* starting created no thread */
     for (;;) {
-        TU_OK(fluxus_pipeline_get_state(p, &st));
+        TU_OK(fluxus_pipeline_get_state(&st, p));
         if (st == FLUXUS_STATE_FINISHED) {
             break;
         }
-        TU_OK(fluxus_runtime_run_once(rt, &ran));
+        TU_OK(fluxus_runtime_run_once(&ran, rt));
         if (ran > 0) {
             busy_calls++;
         }
@@ -145,8 +145,8 @@ static void test_run_once_runs_every_callback_on_the_calling_thread(void **state
         }
     }
     assert_true(busy_calls > 0);
-    TU_OK(fluxus_runtime_run_once(rt, NULL)); /* `ran` may be NULL */
-    TU_OK(fluxus_runtime_run_once(rt, &ran));
+    TU_OK(fluxus_runtime_run_once(NULL, rt)); /* `ran` may be NULL */
+    TU_OK(fluxus_runtime_run_once(&ran, rt));
     assert_int_equal(ran, 0); /* idle once finished */
     TU_EXPECT(FLUXUS_OK, fluxus_pipeline_wait(p, 0));
     assert_true(c.threads_seen_max == 0 || c.threads_seen_max == threads_before);
@@ -168,7 +168,7 @@ static void test_run_for_drives_the_pipeline_to_completion(void **state) {
 
     TU_OK(fluxus_pipeline_start(p));
     for (;;) {
-        TU_OK(fluxus_pipeline_get_state(p, &st));
+        TU_OK(fluxus_pipeline_get_state(&st, p));
         if (st == FLUXUS_STATE_FINISHED) {
             break;
         }
@@ -246,7 +246,7 @@ static void test_two_host_threads_calling_run_for_act_as_workers(void **state) {
     TU_OK(fluxus_pipeline_start(p));
     t0 = tu_now_ms();
     for (;;) {
-        TU_OK(fluxus_pipeline_get_state(p, &st));
+        TU_OK(fluxus_pipeline_get_state(&st, p));
         if (st == FLUXUS_STATE_FINISHED) {
             break;
         }
@@ -274,7 +274,7 @@ static void test_run_once_on_a_runtime_with_workers_returns_estate(void **state)
     (void)state;
 
     TU_OK(fluxus_runtime_start(rt));
-    TU_EXPECT(FLUXUS_ESTATE, fluxus_runtime_run_once(rt, &ran));
+    TU_EXPECT(FLUXUS_ESTATE, fluxus_runtime_run_once(&ran, rt));
     TU_EXPECT(FLUXUS_ESTATE, fluxus_runtime_run_for(rt, 1));
     TU_EXPECT(FLUXUS_ESTATE, fluxus_runtime_start(rt)); /* started twice */
     TU_EXPECT(FLUXUS_ESTATE, fluxus_runtime_set_workers(rt, 0));

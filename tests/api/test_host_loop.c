@@ -104,7 +104,7 @@ static void *host_main(void *arg) {
         /* Wake at least every 20 ms to see `stop`; otherwise sleep as long as fluxus allows. */
         timeout_ms = us >= 20000 ? 20 : (int)((us + 999) / 1000);
         if (!wait_for_work(l, timeout_ms) && us >= 20000) continue; /* only the stop check */
-        if (fluxus_runtime_run_once(l->rt, &ran) != FLUXUS_OK) break;
+        if (fluxus_runtime_run_once(&ran, l->rt) != FLUXUS_OK) break;
         TU_ADD(&l->rounds, 1);
     }
     return NULL;

@@ -79,7 +79,7 @@ static int32_t jgather(void *user, const uint64_t *items, uint32_t count, uint64
         }
         if (fluxus_emitter_keep_input(em) != FLUXUS_OK) TU_ADD(&r->bad, 1);
     }
-    return fluxus_emit(em, OUT_BASE + id);
+    return fluxus_emitter_emit(em, OUT_BASE + id);
 }
 
 /* Sink recording outputs in order. */
@@ -115,12 +115,12 @@ static void dl_init(dlrec *d, fluxus_runtime *rt) {
 
 static void dl_record(void *user, uint64_t item, const fluxus_failure *f) {
     dlrec *d = (dlrec *)user;
-    const char *msg = fluxus_failure_message(f);
+    const char *msg = tu_failure_message(f);
     pthread_mutex_lock(&d->mu);
     if (d->n < 2048) {
         d->item[d->n] = item;
-        d->status[d->n] = fluxus_failure_status(f);
-        d->stage[d->n] = fluxus_failure_stage_index(f);
+        d->status[d->n] = tu_failure_status(f);
+        d->stage[d->n] = tu_failure_stage_index(f);
         d->at[d->n] = d->rt != NULL ? tu_clock_now(d->rt) - T0 : 0;
     }
     if (msg == NULL || msg[0] == '\0') d->empty_messages++;
@@ -175,7 +175,7 @@ static void check_graph(fluxus_pipeline *p, uint32_t sink, uint64_t source_items
                  (unsigned long long)s.failed, (unsigned long long)s.cancelled);
     assert_int_equal(s.in_flight, 0);
     assert_int_equal(s.balanced, 1);
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     for (i = 0; i < n; i++) {
         fluxus_stage_stats st;
         uint64_t lhs, rhs;
@@ -190,7 +190,7 @@ static void check_graph(fluxus_pipeline *p, uint32_t sink, uint64_t source_items
         if (lhs != rhs)
             fail_msg("stage %u '%s': in %llu + spawned %llu != out %llu + filtered %llu + "
                      "failed %llu + dead %llu + cancelled %llu + routed %llu",
-                     i, fluxus_stage_name(p, i), (unsigned long long)st.in,
+                     i, tu_stage_name(p, i), (unsigned long long)st.in,
                      (unsigned long long)st.spawned, (unsigned long long)st.out,
                      (unsigned long long)st.filtered, (unsigned long long)st.failed,
                      (unsigned long long)st.dead_lettered, (unsigned long long)st.cancelled,
@@ -397,7 +397,7 @@ static void *svc2_host(void *arg) {
             int32_t rc;
             m->branch = 2;
             m->value = branch_value(m->id, 2);
-            rc = fluxus_async_complete(s->p, tokens[i], 0, items[i]);
+            rc = fluxus_pipeline_complete_async(s->p, tokens[i], 0, items[i]);
             if (rc == FLUXUS_OK)
                 TU_ADD(&s->completed, 1);
             else {
@@ -439,7 +439,7 @@ static int32_t sg_gather(void *user, const uint64_t *items, uint32_t count, uint
         sum += m->value;
     }
     if (id < s->n) TU_ADD(&s->joined[id], 1);
-    return fluxus_emit(em, W(msg_new(id, BR_RESULT, sum)));
+    return fluxus_emitter_emit(em, W(msg_new(id, BR_RESULT, sum)));
 }
 
 static int32_t sg_sink(void *user, uint64_t item) {
@@ -471,9 +471,9 @@ static fluxus_pipeline *sg_pipeline(fluxus_runtime *rt, sg *s, sg_stages *st,
     TU_OK(fluxus_pipeline_set_item_free(p, sg_item_free, s, NULL));
     TU_OK(fluxus_pipeline_set_pull_source(p, "requests", sg_pull, s, NULL));
     TU_OK(fluxus_pipeline_add_broadcast(&st->bc, p, "scatter"));
-    TU_OK(fluxus_stage_add_route(p, st->bc, "a", NULL));
-    TU_OK(fluxus_stage_add_route(p, st->bc, "b", NULL));
-    TU_OK(fluxus_stage_add_route(p, st->bc, "c", NULL));
+    TU_OK(fluxus_stage_add_route(NULL, p, st->bc, "a"));
+    TU_OK(fluxus_stage_add_route(NULL, p, st->bc, "b"));
+    TU_OK(fluxus_stage_add_route(NULL, p, st->bc, "c"));
     TU_OK(fluxus_stage_set_copy(p, st->bc, sg_copy, NULL, NULL));
     TU_OK(fluxus_pipeline_branch(p, st->bc, 0));
     TU_OK(fluxus_pipeline_add_map(&st->m0, p, "svc0", svc0, NULL, NULL));
@@ -628,7 +628,7 @@ static int32_t pf_gather(void *user, const uint64_t *items, uint32_t count, uint
     (void)start_ns;
     for (i = 0; i < count; i++)
         if (items[i] / 4 != items[0] / 4 || items[i] % 4 != i) TU_ADD(&pf_bad, 1);
-    return fluxus_emit(em, items[0] / 4);
+    return fluxus_emitter_emit(em, items[0] / 4);
 }
 
 static void test_partners_of_a_failed_branch_item_fail_closed_at_end(void **state) {
@@ -650,9 +650,9 @@ static void test_partners_of_a_failed_branch_item_fail_closed_at_end(void **stat
     TU_OK(fluxus_pipeline_set_pull_source(p, "src", tu_range_pull, &src, NULL));
     TU_OK(fluxus_pipeline_set_dead_letter(p, dl_record, &d, NULL));
     TU_OK(fluxus_pipeline_add_broadcast(&bc, p, "scatter"));
-    TU_OK(fluxus_stage_add_route(p, bc, "a", NULL));
-    TU_OK(fluxus_stage_add_route(p, bc, "b", NULL));
-    TU_OK(fluxus_stage_add_route(p, bc, "c", NULL));
+    TU_OK(fluxus_stage_add_route(NULL, p, bc, "a"));
+    TU_OK(fluxus_stage_add_route(NULL, p, bc, "b"));
+    TU_OK(fluxus_stage_add_route(NULL, p, bc, "c"));
     TU_OK(fluxus_stage_set_copy(p, bc, pf_copy, NULL, NULL));
     TU_OK(fluxus_pipeline_branch(p, bc, 1));
     TU_OK(fluxus_pipeline_add_map(&m1, p, "b1", pf_b1, NULL, NULL));
@@ -1011,7 +1011,7 @@ static int32_t h_gather(void *user, const uint64_t *items, uint32_t count, uint6
     out->id = id;
     out->input = 100;
     out->magic = MSG_MAGIC;
-    return fluxus_emit(em, W(out));
+    return fluxus_emitter_emit(em, W(out));
 }
 
 static int32_t h_sink(void *user, uint64_t item) {
@@ -1027,7 +1027,7 @@ static void h_dead(void *user, uint64_t item, const fluxus_failure *f) {
     hctx *c = (hctx *)user;
     uint64_t idx = HI(item)->idx;
     if (idx < H_MAX_ITEMS + H_IDS) {
-        TU_STORE(&c->status[idx], fluxus_failure_status(f));
+        TU_STORE(&c->status[idx], tu_failure_status(f));
         TU_ADD(&c->dl_count[idx], 1);
     }
 }
@@ -1207,7 +1207,7 @@ static void test_cancel_while_the_join_works_through_a_backlog(void **state) {
     TU_OK(fluxus_pipeline_set_item_free(p, count_free, NULL, NULL));
     TU_OK(fluxus_stage_set_queue_capacity(p, j, N));
     TU_OK(fluxus_pipeline_start(p));
-    TU_OK(fluxus_pipeline_push_many(p, items, N, TU_WAIT_MS, &pushed));
+    TU_OK(fluxus_pipeline_push_many(&pushed, p, items, N, TU_WAIT_MS));
     assert_int_equal(pushed, N);
     TU_OK(fluxus_pipeline_cancel(p));
     TU_EXPECT(FLUXUS_ECANCELED, tu_wait(p));

@@ -54,7 +54,7 @@ static uint64_t take_all_available(fluxus_rate_limiter *l, uint32_t top) {
 
 static uint32_t in_use(fluxus_concurrency_limiter *c) {
     uint32_t n = UINT32_MAX;
-    TU_OK(fluxus_concurrency_limiter_in_use(c, &n));
+    TU_OK(fluxus_concurrency_limiter_get_in_use(&n, c));
     return n;
 }
 
@@ -856,7 +856,7 @@ static void test_limiter_null_and_freed_handles_are_rejected_with_einval(void **
         expect_einval_with_message(fluxus_concurrency_limiter_try_acquire(cl, 1));
         expect_einval_with_message(fluxus_concurrency_limiter_acquire(cl, 1, 0));
         expect_einval_with_message(fluxus_concurrency_limiter_release(cl, 1));
-        expect_einval_with_message(fluxus_concurrency_limiter_in_use(cl, &n));
+        expect_einval_with_message(fluxus_concurrency_limiter_get_in_use(&n, cl));
         if (pass == 0) {
             TU_OK(fluxus_rate_limiter_free(rl)); /* NULL is accepted */
             TU_OK(fluxus_concurrency_limiter_free(cl));
@@ -872,7 +872,7 @@ static void test_limiter_null_and_freed_handles_are_rejected_with_einval(void **
     expect_einval_with_message(
         fluxus_concurrency_limiter_try_acquire((fluxus_concurrency_limiter *)rl, 1));
     expect_einval_with_message(fluxus_rate_limiter_try_acquire((fluxus_rate_limiter *)cl, 1));
-    expect_einval_with_message(fluxus_concurrency_limiter_in_use(cl, NULL));
+    expect_einval_with_message(fluxus_concurrency_limiter_get_in_use(NULL, cl));
     TU_OK(fluxus_rate_limiter_free(rl));
     TU_OK(fluxus_concurrency_limiter_free(cl));
 }

@@ -130,7 +130,7 @@ static void dl_record(void *user, uint64_t item, const fluxus_failure *f) {
     dlrec *d = (dlrec *)user;
     if (d->n < 256) {
         d->item[d->n] = item;
-        d->status[d->n] = fluxus_failure_status(f);
+        d->status[d->n] = tu_failure_status(f);
     }
     d->n++;
 }

@@ -103,8 +103,8 @@ static fluxus_pipeline *pipeline_with(enum kind kind, uint32_t *stage) {
     case K_DEBOUNCE: TU_OK(fluxus_pipeline_add_debounce(stage, p, "db", 1000)); break;
     case K_ROUTER:
         TU_OK(fluxus_pipeline_add_router(stage, p, "r", route_fn, NULL, NULL));
-        TU_OK(fluxus_stage_add_route(p, *stage, "a", NULL));
-        TU_OK(fluxus_stage_add_route(p, *stage, "b", NULL));
+        TU_OK(fluxus_stage_add_route(NULL, p, *stage, "a"));
+        TU_OK(fluxus_stage_add_route(NULL, p, *stage, "b"));
         break;
     }
     return p;

@@ -13,7 +13,7 @@
 /* A few items (about 1 in 64) are slow, so that workers finish out of order. */
 static int32_t jittery_map(void *user, uint64_t in, uint64_t *out) {
     uint64_t h = tu_mix64(in);
-    uint32_t w = fluxus_current_worker();
+    uint32_t w = tu_current_worker();
     uint64_t *bad_worker = (uint64_t *)user;
     if (w >= ORDER_WORKERS) {
         TU_ADD(bad_worker, 1);
@@ -50,7 +50,7 @@ static int32_t ordered_sink(void *user, uint64_t item) {
 static int32_t per_key_sink(void *user, uint64_t item) {
     seq_sink *s = (seq_sink *)user;
     uint64_t key = item % ORDER_KEYS;
-    uint32_t w = fluxus_current_worker();
+    uint32_t w = tu_current_worker();
     /* Each key is handled by one worker at a time, so its slots are not shared concurrently. */
     if (s->worker_of_key[key] == 0) {
         s->worker_of_key[key] = w + 1;

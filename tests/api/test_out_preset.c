@@ -147,8 +147,8 @@ static void check_run(shape s, int fusion, uint32_t workers) {
     if (s == MAP_CACHED_COPY) TU_OK(fluxus_stage_set_cache(p, st, 1000, 0, copy_none, NULL, NULL));
     if (s == BROADCAST) {
         TU_OK(fluxus_pipeline_add_broadcast(&fan, p, "fan"));
-        TU_OK(fluxus_stage_add_route(p, fan, "a", &route));
-        TU_OK(fluxus_stage_add_route(p, fan, "b", &route));
+        TU_OK(fluxus_stage_add_route(&route, p, fan, "a"));
+        TU_OK(fluxus_stage_add_route(&route, p, fan, "b"));
         TU_OK(fluxus_stage_set_copy(p, fan, copy_none, NULL, NULL));
         TU_OK(fluxus_pipeline_branch(p, fan, 0));
         TU_OK(fluxus_pipeline_add_sink(&out_sink, p, "sink", sink, &r, NULL));

@@ -873,7 +873,7 @@ static void fluxus_circuit_breaker_set_state_callback_takes_user_only_on_ok(void
     TU_OK(fluxus_circuit_breaker_set_state_callback(cb, replace_myself, &s, first_free));
     assert_int_equal(frees(&b), 1);
     TU_OK(fluxus_circuit_breaker_set_consecutive_failures(cb, 1));
-    TU_OK(fluxus_circuit_breaker_allow(cb, &ticket));
+    TU_OK(fluxus_circuit_breaker_allow(&ticket, cb));
     TU_OK(fluxus_circuit_breaker_record(cb, ticket, 0)); /* closed -> open: one call */
     assert_int_equal(s.calls, 1);
     assert_int_equal(s.own_frees_during_call, 0);

@@ -144,7 +144,7 @@ static void test_ordered_stage_with_varied_items_keeps_order(void **state) {
 static int32_t gated_flat_map(void *user, uint64_t in, fluxus_emitter *em) {
     uint64_t out;
     gated_map(user, in, &out);
-    return fluxus_emit(em, out);
+    return fluxus_emitter_emit(em, out);
 }
 
 static void test_flat_map_with_four_workers_runs_four_items_at_once(void **state) {
@@ -212,7 +212,7 @@ static void test_four_host_threads_run_four_items_at_once(void **state) {
     TU_OK(fluxus_pipeline_start(p));
     t0 = tu_now_ms();
     for (;;) {
-        TU_OK(fluxus_pipeline_get_state(p, &st));
+        TU_OK(fluxus_pipeline_get_state(&st, p));
         if (st == FLUXUS_STATE_FINISHED) {
             break;
         }
@@ -426,7 +426,7 @@ static void test_filter_with_four_workers_runs_four_items_at_once(void **state) 
 
 /* A fail-fast failure in one item of a shared batch: the other workers stop between items, the
  * rest of the batch is cancelled, and every item is accounted for. "late" counts calls that
- * start once fluxus_pipeline_is_cancelled() says 1; that flag is set a moment before the item
+ * start once tu_is_cancelled() says 1; that flag is set a moment before the item
  * loops' limits are lowered (Pipeline::cancel()), and on a loaded machine the failing thread can
  * be preempted in between (seen once in 20 ASan runs at load 17: 10 late calls, each call here
  * takes 1-2 ms). Stopping only at the end of a batch would start well over 100. */
@@ -438,7 +438,7 @@ typedef struct ff_par {
 
 static int32_t failing_map(void *user, uint64_t in, uint64_t *out) {
     ff_par *f = (ff_par *)user;
-    if (fluxus_pipeline_is_cancelled(f->p)) {
+    if (tu_is_cancelled(f->p)) {
         TU_ADD(&f->late, 1);
     }
     gated_map(&f->c, in, out);

@@ -222,7 +222,7 @@ static void test_push_after_close_input_on_a_held_pipeline_returns_eclosed(void 
     TU_EXPECT(FLUXUS_ECLOSED, fluxus_pipeline_push(p, 1, 0));
     TU_EXPECT(FLUXUS_ECLOSED, fluxus_pipeline_push(p, 1, UINT32_MAX));
     TU_EXPECT(FLUXUS_ECLOSED, fluxus_pipeline_try_push(p, 1));
-    TU_EXPECT(FLUXUS_ECLOSED, fluxus_pipeline_push_many(p, items, 3, 0, &pushed));
+    TU_EXPECT(FLUXUS_ECLOSED, fluxus_pipeline_push_many(&pushed, p, items, 3, 0));
     assert_int_equal(pushed, 0);
     TU_STORE(&c->gate_open, 1);
     TU_EXPECT(FLUXUS_OK, tu_wait(p));
@@ -244,9 +244,9 @@ static void test_push_many_pushes_all_items_in_order(void **state) {
         items[i] = i;
     }
     TU_OK(fluxus_pipeline_start(p));
-    TU_OK(fluxus_pipeline_push_many(p, items, PUSH_PER_THREAD, UINT32_MAX, &pushed));
+    TU_OK(fluxus_pipeline_push_many(&pushed, p, items, PUSH_PER_THREAD, UINT32_MAX));
     assert_int_equal(pushed, PUSH_PER_THREAD);
-    TU_OK(fluxus_pipeline_push_many(p, items, 0, 0, &pushed)); /* nothing to push */
+    TU_OK(fluxus_pipeline_push_many(&pushed, p, items, 0, 0)); /* nothing to push */
     assert_int_equal(pushed, 0);
     TU_OK(fluxus_pipeline_close_input(p));
     TU_EXPECT(FLUXUS_OK, tu_wait(p));
@@ -269,7 +269,7 @@ static void test_push_many_with_a_timeout_pushes_a_prefix(void **state) {
         items[i] = i;
     }
     TU_OK(fluxus_pipeline_start(p));
-    TU_EXPECT(FLUXUS_ETIMEDOUT, fluxus_pipeline_push_many(p, items, 1000, 20, &pushed));
+    TU_EXPECT(FLUXUS_ETIMEDOUT, fluxus_pipeline_push_many(&pushed, p, items, 1000, 20));
     assert_true(pushed >= 1);
     assert_true(pushed < 1000);
     TU_STORE(&c->gate_open, 1);

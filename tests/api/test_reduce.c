@@ -115,8 +115,8 @@ static void test_cancel_emits_nothing_and_balances(void **state) {
     memset(&o, 0, sizeof o);
     p = reduce_pipeline(rt, &src, &o, 1, &st);
     TU_OK(fluxus_pipeline_start(p));
-    TU_OK(fluxus_runtime_run_once(rt, &ran));
-    TU_OK(fluxus_runtime_run_once(rt, &ran));
+    TU_OK(fluxus_runtime_run_once(&ran, rt));
+    TU_OK(fluxus_runtime_run_once(&ran, rt));
     TU_OK(fluxus_pipeline_cancel(p));
     TU_EXPECT(FLUXUS_ECANCELED, tu_wait(p));
     assert_int_equal(o.n, 0);

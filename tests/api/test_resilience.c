@@ -31,7 +31,7 @@ typedef struct call_rec {
     uint64_t time;
     uint64_t completion; /* async: the handle passed to the callback */
     uint32_t attempt;    /* the n-th call for this item (counted by the test) */
-    uint32_t worker;     /* fluxus_current_worker() during the call */
+    uint32_t worker;     /* tu_current_worker() during the call */
     int32_t status;      /* what the call returned (map) or 0 (async, started) */
 } call_rec;
 
@@ -123,7 +123,7 @@ static void log_call(rctx *c, uint64_t item, uint32_t attempt, int32_t status,
         r->time = now_of(c->rt);
         r->completion = completion;
         r->attempt = attempt;
-        r->worker = fluxus_current_worker();
+        r->worker = tu_current_worker();
         r->status = status;
     }
 }
@@ -190,9 +190,9 @@ static void log_dead_letter(void *user, uint64_t item, const fluxus_failure *f) 
     uint64_t i = TU_ADD(&c->dl_calls, 1) - 1;
     if (i < LOG_MAX) {
         c->dl_items[i] = item;
-        c->dl_status[i] = fluxus_failure_status(f);
-        c->dl_stage[i] = fluxus_failure_stage_index(f);
-        c->dl_attempts[i] = fluxus_failure_attempts(f);
+        c->dl_status[i] = tu_failure_status(f);
+        c->dl_stage[i] = tu_failure_stage_index(f);
+        c->dl_attempts[i] = tu_failure_attempts(f);
         c->dl_times[i] = now_of(c->rt);
     }
 }
@@ -237,7 +237,7 @@ static void push(fluxus_pipeline *p, uint64_t item) {
 
 static int32_t state_of(fluxus_pipeline *p) {
     int32_t st = -1;
-    TU_OK(fluxus_pipeline_get_state(p, &st));
+    TU_OK(fluxus_pipeline_get_state(&st, p));
     return st;
 }
 
@@ -326,7 +326,7 @@ static const call_rec *find_pending(rctx *c, uint64_t item, uint32_t attempt) {
 /* Host side of an async item: complete `item`'s call number `attempt`. */
 static void complete(fluxus_pipeline *p, rctx *c, uint64_t item, uint32_t attempt, int32_t status,
                      uint64_t out) {
-    TU_OK(fluxus_async_complete(p, find_pending(c, item, attempt)->completion, status, out));
+    TU_OK(fluxus_pipeline_complete_async(p, find_pending(c, item, attempt)->completion, status, out));
 }
 
 static void stats_of(fluxus_pipeline *p, uint32_t stage, fluxus_stage_stats *st) {
@@ -1117,9 +1117,9 @@ static void test_async_retry_on_error_completion_and_refusal_but_not_timeout(voi
     stats_of(p, svc, &st);
     assert_int_equal(st.retry_waiting, 4);
     assert_int_equal(dead(c), 0);
-    TU_EXPECT(FLUXUS_ESTATE, fluxus_async_complete(p, first_comp_1, 0, 1)); /* used */
+    TU_EXPECT(FLUXUS_ESTATE, fluxus_pipeline_complete_async(p, first_comp_1, 0, 1)); /* used */
     TU_EXPECT(FLUXUS_ESTATE,
-              fluxus_async_complete(p, find_call(c, 2, 1)->completion, 0, 2)); /* refused */
+              fluxus_pipeline_complete_async(p, find_call(c, 2, 1)->completion, 0, 2)); /* refused */
 
     step_to(rt, 100 * US - 1);
     assert_int_equal(n_calls(c), 5);
@@ -1161,7 +1161,7 @@ static void test_async_retry_on_error_completion_and_refusal_but_not_timeout(voi
     step(rt, 50 * MS);
     assert_int_equal(c->calls[3], 1);
     assert_int_equal(c->t.freed[3], 0);
-    TU_EXPECT(FLUXUS_ETIMEDOUT, fluxus_async_complete(p, find_pending(c, 3, 1)->completion, 0, 3));
+    TU_EXPECT(FLUXUS_ETIMEDOUT, fluxus_pipeline_complete_async(p, find_pending(c, 3, 1)->completion, 0, 3));
     tu_item_free(&c->t, 3); /* the host releases the item it still owned */
 
     close_and_finish(p, rt, c);
@@ -1374,7 +1374,7 @@ static void test_async_retry_cancel_cancels_waiting_and_started_items(void **s) 
     assert_int_equal(c->t.freed[1], 1);
     assert_int_equal(c->t.freed[3], 1);
     assert_int_equal(c->t.freed[2], 0); /* still the host's */
-    TU_EXPECT(FLUXUS_ECANCELED, fluxus_async_complete(p, find_pending(c, 2, 1)->completion, 0, 2));
+    TU_EXPECT(FLUXUS_ECANCELED, fluxus_pipeline_complete_async(p, find_pending(c, 2, 1)->completion, 0, 2));
     tu_item_free(&c->t, 2);
     stats_of(p, svc, &st);
     assert_int_equal(st.cancelled, 3);
@@ -1527,19 +1527,19 @@ static fluxus_circuit_breaker *breaker(fluxus_runtime *rt, tr_log *l) {
 
 static int32_t br_state(fluxus_circuit_breaker *cb) {
     int32_t st = -1;
-    TU_OK(fluxus_circuit_breaker_get_state(cb, &st));
+    TU_OK(fluxus_circuit_breaker_get_state(&st, cb));
     return st;
 }
 
 static uint64_t br_allow(fluxus_circuit_breaker *cb) {
     uint64_t ticket = 0;
-    TU_OK(fluxus_circuit_breaker_allow(cb, &ticket));
+    TU_OK(fluxus_circuit_breaker_allow(&ticket, cb));
     return ticket;
 }
 
 static void br_refused(fluxus_circuit_breaker *cb) {
     uint64_t ticket = 0;
-    TU_EXPECT(FLUXUS_ECIRCUITOPEN, fluxus_circuit_breaker_allow(cb, &ticket));
+    TU_EXPECT(FLUXUS_ECIRCUITOPEN, fluxus_circuit_breaker_allow(&ticket, cb));
 }
 
 static void br_call(fluxus_circuit_breaker *cb, int32_t success) {
@@ -1783,7 +1783,7 @@ static void test_breaker_state_callback_user_free_runs_once(void **s) {
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "sink", null_sink, NULL, NULL));
     TU_OK(fluxus_stage_set_circuit_breaker(p, map, cb, FLUXUS_BREAKER_FAIL));
     TU_OK(fluxus_circuit_breaker_free(cb));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_get_state(cb, &(int32_t){0}));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_get_state(&(int32_t){0}, cb));
     assert_int_equal(TU_LOAD(&tu_user_frees), f0 + 2);
     TU_OK(fluxus_pipeline_start(p));
     push(p, 1);
@@ -1822,16 +1822,16 @@ static void test_breaker_option_errors(void **s) {
     TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_set_half_open(NULL, 1, 1));
     TU_EXPECT(FLUXUS_EINVAL,
               fluxus_circuit_breaker_set_state_callback(NULL, log_transition, NULL, NULL));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_get_state(NULL, &st));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_get_state(dead_cb, &st));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_allow(NULL, &ticket));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_allow(dead_cb, &ticket));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_get_state(&st, NULL));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_get_state(&st, dead_cb));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_allow(&ticket, NULL));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_allow(&ticket, dead_cb));
     TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_record(NULL, 1, 1));
     TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_free(dead_cb)); /* twice */
 
     cb = breaker(rt, NULL);
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_get_state(cb, NULL));
-    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_allow(cb, NULL));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_get_state(NULL, cb));
+    TU_EXPECT(FLUXUS_EINVAL, fluxus_circuit_breaker_allow(NULL, cb));
     TU_EXPECT(FLUXUS_ERANGE, fluxus_circuit_breaker_set_failure_ratio(cb, 1.5, 10, 1));
     TU_EXPECT(FLUXUS_ERANGE, fluxus_circuit_breaker_set_failure_ratio(cb, -0.1, 10, 1));
     TU_EXPECT(FLUXUS_ERANGE, fluxus_circuit_breaker_set_failure_ratio(cb, (double)NAN, 10, 1));
@@ -2166,7 +2166,7 @@ static void test_breaker_on_async_stage_counts_error_completions_and_timeouts(vo
     expect_dead_letter(c, 3, 4, FLUXUS_ECIRCUITOPEN, 1, svc, 1500 * US - 1);
     expect_dead_letter(c, 4, 6, FLUXUS_ECIRCUITOPEN, 1, svc, 1500 * US);
     expect_transitions(&l, seq, 3);
-    TU_EXPECT(FLUXUS_ETIMEDOUT, fluxus_async_complete(p, find_pending(c, 2, 1)->completion, 0, 2));
+    TU_EXPECT(FLUXUS_ETIMEDOUT, fluxus_pipeline_complete_async(p, find_pending(c, 2, 1)->completion, 0, 2));
     tu_item_free(&c->t, 2); /* the host releases its timed-out item */
     close_and_finish(p, rt, c);
     tu_tracker_check_once(&c->t, 1, 8);
@@ -2282,7 +2282,7 @@ static void test_retry_and_breaker_fail_mode_refusals_are_not_retried(void **s) 
         ctx_free(c);
         fail_msg(
             "item 1 was called 3 times and refused by the breaker on its 4th attempt, but "
-            "fluxus_failure_attempts() reported %u (expected 3 calls, or 4 attempts)",
+            "tu_failure_attempts() reported %u (expected 3 calls, or 4 attempts)",
             got);
     }
     ctx_free(c);
@@ -2387,7 +2387,7 @@ static void test_retry_and_breaker_on_async_stage_refusal_reports_the_attempts(v
         ctx_free(c);
         fail_msg(
             "async item called twice, then refused by the breaker on its 3rd attempt: "
-            "fluxus_failure_attempts() reported %u (expected 2 calls, or 3 attempts)",
+            "tu_failure_attempts() reported %u (expected 2 calls, or 3 attempts)",
             got);
     }
     ctx_free(c);
@@ -2478,8 +2478,8 @@ static int32_t mt_map(void *user, uint64_t in, uint64_t *out) {
 
 static void mt_dead_letter(void *user, uint64_t item, const fluxus_failure *f) {
     mt_ctx *c = (mt_ctx *)user;
-    int32_t st = fluxus_failure_status(f);
-    uint32_t att = fluxus_failure_attempts(f);
+    int32_t st = tu_failure_status(f);
+    uint32_t att = tu_failure_attempts(f);
     (void)item;
     TU_ADD(&c->dl_calls, 1);
     if (st == FLUXUS_ECIRCUITOPEN) {
@@ -2606,7 +2606,7 @@ static void *hammer_main(void *arg) {
     int i;
     for (i = 0; i < HAMMER_OPS; i++) {
         uint64_t ticket = 0;
-        int32_t rc = fluxus_circuit_breaker_allow(a->h->cb, &ticket);
+        int32_t rc = fluxus_circuit_breaker_allow(&ticket, a->h->cb);
         if (rc == FLUXUS_OK) {
             if (fluxus_circuit_breaker_record(a->h->cb, ticket, (tu_splitmix64(&state) % 3) != 0) !=
                 FLUXUS_OK) {

@@ -126,7 +126,7 @@ static void test_an_open_source_breaker_holds_the_source(void **state) {
     p = pausing_pipeline(rt, &src, &t, &map);
     TU_OK(fluxus_pipeline_set_source_breaker(p, cb));
     /* Open it before the start: one failed call. */
-    TU_OK(fluxus_circuit_breaker_allow(cb, &ticket));
+    TU_OK(fluxus_circuit_breaker_allow(&ticket, cb));
     TU_OK(fluxus_circuit_breaker_record(cb, ticket, 0));
     TU_OK(fluxus_pipeline_start(p));
     tu_drive(rt);

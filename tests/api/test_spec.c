@@ -96,7 +96,7 @@ static int32_t group(void *user, const uint64_t *items, uint32_t count, fluxus_e
     TU_ADD(&g->items, count);
     if (call <= 64) g->sizes[call - 1] = count;
     for (i = 0; i < count; i++) {
-        if (fluxus_emit(em, GROUPED + items[i]) != FLUXUS_OK) return 1;
+        if (fluxus_emitter_emit(em, GROUPED + items[i]) != FLUXUS_OK) return 1;
     }
     return 0;
 }
@@ -180,9 +180,9 @@ static void build_by_calls(fluxus_pipeline *p, world *w) {
     TU_OK(fluxus_pipeline_add_map(&fx, p, "fix", fix, NULL, NULL));
     TU_OK(fluxus_pipeline_branch(p, map, FLUXUS_OUTLET_MAIN));
     TU_OK(fluxus_pipeline_add_router(&router, p, "by_kind", by_kind, NULL, NULL));
-    TU_OK(fluxus_stage_add_route(p, router, "pairs", NULL));
-    TU_OK(fluxus_stage_add_route(p, router, "copies", NULL));
-    TU_OK(fluxus_stage_add_route(p, router, "rest", &route));
+    TU_OK(fluxus_stage_add_route(NULL, p, router, "pairs"));
+    TU_OK(fluxus_stage_add_route(NULL, p, router, "copies"));
+    TU_OK(fluxus_stage_add_route(&route, p, router, "rest"));
     TU_OK(fluxus_stage_set_default_route(p, router, route));
 
     TU_OK(fluxus_pipeline_branch(p, router, 0));
@@ -194,8 +194,8 @@ static void build_by_calls(fluxus_pipeline *p, world *w) {
     TU_OK(fluxus_pipeline_branch(p, router, 1));
     TU_OK(fluxus_pipeline_add_broadcast(&bc, p, "broadcast"));
     TU_OK(fluxus_stage_set_copy(p, bc, dup_copy, NULL, NULL));
-    TU_OK(fluxus_stage_add_route(p, bc, "x", NULL));
-    TU_OK(fluxus_stage_add_route(p, bc, "y", NULL));
+    TU_OK(fluxus_stage_add_route(NULL, p, bc, "x"));
+    TU_OK(fluxus_stage_add_route(NULL, p, bc, "y"));
     TU_OK(fluxus_pipeline_branch(p, bc, 0));
     TU_OK(fluxus_pipeline_add_sink(NULL, p, "x_out", collect, &w->x, NULL));
     TU_OK(fluxus_pipeline_branch(p, bc, 1));
@@ -295,10 +295,10 @@ static void check_branching_run(fluxus_pipeline *p, world *w) {
     assert_int_equal(s.balanced, 1);
     assert_int_equal(TU_LOAD(&w->item_frees), s.admitted - s.delivered);
 
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     assert_int_equal(n, STAGES);
     for (i = 0; i < STAGES; i++) {
-        const char *name = fluxus_stage_name(p, i);
+        const char *name = tu_stage_name(p, i);
         assert_non_null(name);
         assert_string_equal(name, kStageNames[i]);
         tu_stage_stats(p, i, &st[i]);
@@ -372,12 +372,12 @@ static void test_the_spec_and_the_same_c_calls_give_identical_stage_stats(void *
     assert_int_equal(a.dead_lettered, b.dead_lettered);
     assert_int_equal(a.cancelled, b.cancelled);
     assert_int_equal(a.balanced, b.balanced);
-    TU_OK(fluxus_pipeline_stage_count(ps, &na));
-    TU_OK(fluxus_pipeline_stage_count(pc, &nb));
+    TU_OK(fluxus_pipeline_get_stage_count(&na, ps));
+    TU_OK(fluxus_pipeline_get_stage_count(&nb, pc));
     assert_int_equal(na, nb);
     for (i = 0; i < na; i++) {
         fluxus_stage_stats x, y;
-        assert_string_equal(fluxus_stage_name(ps, i), fluxus_stage_name(pc, i));
+        assert_string_equal(tu_stage_name(ps, i), tu_stage_name(pc, i));
         tu_stage_stats(ps, i, &x);
         tu_stage_stats(pc, i, &y);
         if (x.workers != y.workers || x.in != y.in || x.out != y.out ||
@@ -388,7 +388,7 @@ static void test_the_spec_and_the_same_c_calls_give_identical_stage_stats(void *
             fail_msg("stage %u (%s) differs: spec workers %u in %llu out %llu filtered %llu "
                      "spawned %llu routed %llu capacity %llu; calls workers %u in %llu out %llu "
                      "filtered %llu spawned %llu routed %llu capacity %llu",
-                     i, fluxus_stage_name(ps, i), x.workers, (unsigned long long)x.in,
+                     i, tu_stage_name(ps, i), x.workers, (unsigned long long)x.in,
                      (unsigned long long)x.out, (unsigned long long)x.filtered,
                      (unsigned long long)x.spawned, (unsigned long long)x.routed,
                      (unsigned long long)x.queue_capacity, y.workers, (unsigned long long)y.in,
@@ -439,8 +439,8 @@ static void flaky_dead_letter(void *user, uint64_t item, const fluxus_failure *f
     flaky *f = (flaky *)user;
     (void)item;
     TU_ADD(&f->dead, 1);
-    if (strcmp(fluxus_failure_stage_name(failure), "flaky") != 0 ||
-        fluxus_failure_attempts(failure) != f->dead_attempts)
+    if (strcmp(tu_failure_stage_name(failure), "flaky") != 0 ||
+        tu_failure_attempts(failure) != f->dead_attempts)
         TU_ADD(&f->dead_bad, 1);
 }
 
@@ -520,10 +520,10 @@ static void test_workers_order_capacity_and_key_are_applied(void **state) {
     assert_int_equal(s.workers, 1);
     tu_stage_stats(p, 3, &s);
     assert_int_equal(s.workers, 2);
-    assert_string_equal(fluxus_stage_name(p, 0), "wide");
-    assert_string_equal(fluxus_stage_name(p, 1), "keyed");
-    assert_string_equal(fluxus_stage_name(p, 3), "dedup");
-    assert_string_equal(fluxus_stage_name(p, 4), "out");
+    assert_string_equal(tu_stage_name(p, 0), "wide");
+    assert_string_equal(tu_stage_name(p, 1), "keyed");
+    assert_string_equal(tu_stage_name(p, 3), "dedup");
+    assert_string_equal(tu_stage_name(p, 4), "out");
     tu_run_expect(p, FLUXUS_OK);
     tu_stage_stats(p, 0, &s);
     assert_int_equal(s.workers, 3);
@@ -828,7 +828,7 @@ static void test_nesting_is_refused_beyond_64_levels(void **state) {
     (void)state;
     TU_OK(fluxus_pipeline_new(&p, rt, "deep"));
     TU_OK(fluxus_pipeline_build(p, r, ok));
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     assert_int_equal(n, 64 + 2);
     TU_OK(fluxus_pipeline_free(p));
     TU_OK(fluxus_pipeline_new(&p, rt, "too-deep"));
@@ -888,9 +888,9 @@ static void test_a_second_source_merges_from_a_spec(void **state) {
     TU_OK(fluxus_pipeline_build(p, r,
                                 "source(numbers) | fix as f | collect_x;\n"
                                 "source(more) | @f;"));
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     assert_int_equal(n, 3);
-    assert_string_equal(fluxus_stage_name(p, 2), "more");
+    assert_string_equal(tu_stage_name(p, 2), "more");
     TU_OK(fluxus_pipeline_start(p));
     TU_OK(tu_wait(p));
     for (v = 0; v < N; v++) assert_int_equal(rec_get(&w->x, FIXED + v), 1);
@@ -930,10 +930,10 @@ static void test_comments_and_newlines_do_not_change_the_pipeline(void **state) 
                                 "   fix   # | nope(\n"
                                 "\t|\r\n"
                                 " collect_x # the end ) } @ \n"));
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     assert_int_equal(n, 2);
-    assert_string_equal(fluxus_stage_name(p, 0), "fix");
-    assert_string_equal(fluxus_stage_name(p, 1), "collect_x");
+    assert_string_equal(tu_stage_name(p, 0), "fix");
+    assert_string_equal(tu_stage_name(p, 1), "collect_x");
     tu_run_expect(p, FLUXUS_OK);
     assert_int_equal(TU_LOAD(&w->x.total), N);
     assert_int_equal(rec_get(&w->x, FIXED + N - 1), 1);
@@ -1113,7 +1113,7 @@ static int32_t count_window(void *user, const uint64_t *items, uint32_t count, u
                             fluxus_emitter *em) {
     (void)user, (void)start_ns;
     TU_ADD(&g_windows, 1);
-    return fluxus_emit(em, items[0] * 100 + count);
+    return fluxus_emitter_emit(em, items[0] * 100 + count);
 }
 
 static int32_t one_key(void *user, uint64_t item, const void **key, size_t *len) {

@@ -45,7 +45,7 @@ static int32_t s_flat_map(void *user, uint64_t item, fluxus_emitter *em) {
     stress_ctx *c = (stress_ctx *)user;
     if (should_fail(c, item, 3)) return 9;
     if (item % 7 == 0) return 0; /* consumed, nothing emitted: destroyed as filtered */
-    TU_OK(fluxus_emit(em, item));
+    TU_OK(fluxus_emitter_emit(em, item));
     TU_OK(fluxus_emitter_keep_input(em)); /* the input itself goes on */
     TU_ADD(&c->kept, 1);
     return 0;

@@ -113,7 +113,7 @@ static void test_virtual_timer_fires_at_its_deadline_and_not_one_ns_before(void 
         TU_OK(fluxus_runtime_advance_clock(rt, 499));
         assert_int_equal(now_of(rt), 1499);
         if (workers == 0) {
-            TU_OK(fluxus_runtime_run_once(rt, NULL)); /* the clock has not reached it: nothing */
+            TU_OK(fluxus_runtime_run_once(NULL, rt)); /* the clock has not reached it: nothing */
         }
         assert_int_equal(TU_LOAD(&l.n), 0);
         assert_int_equal(TU_LOAD(&tu_user_frees), 0);
@@ -659,7 +659,7 @@ static void test_host_driven_timers_fire_during_run_once_without_pipelines(void 
     schedule_real(rt, t, &fired);
     t0 = tu_now_ms();
     while (TU_LOAD(&fired) < REAL_N) {
-        TU_OK(fluxus_runtime_run_once(rt, NULL));
+        TU_OK(fluxus_runtime_run_once(NULL, rt));
         if (tu_now_ms() - t0 > TU_WAIT_MS) {
             fail_msg("only %llu of %u timers fired", (unsigned long long)fired, REAL_N);
         }
@@ -689,12 +689,12 @@ static void inside_fn(void *user) {
     c->try_push_rc = fluxus_pipeline_try_push(c->p, 2);
     c->pfree_rc = fluxus_pipeline_free(c->p);
     c->rtfree_rc = fluxus_runtime_free(c->rt);
-    c->run_once_rc = fluxus_runtime_run_once(c->rt, NULL);
+    c->run_once_rc = fluxus_runtime_run_once(NULL, c->rt);
     c->run_for_rc = fluxus_runtime_run_for(c->rt, 1);
     c->call_after_rc = fluxus_runtime_call_after(&id, c->rt, 1000000000000ull, noop_fn, NULL,
                                                  NULL);
     c->cancel_rc = id ? fluxus_runtime_cancel_timer(c->rt, id) : -999;
-    c->get_state_rc = fluxus_pipeline_get_state(c->p, &st);
+    c->get_state_rc = fluxus_pipeline_get_state(&st, c->p);
     TU_ADD(&c->calls, 1);
 }
 
@@ -723,7 +723,7 @@ static void blocking_in_timer(int mode) {
     }
     while (TU_LOAD(&c.calls) == 0) {
         if (mode == 2) {
-            TU_OK(fluxus_runtime_run_once(rt, NULL));
+            TU_OK(fluxus_runtime_run_once(NULL, rt));
         }
         tu_sleep_us(100);
         if (tu_now_ms() - t0 > TU_WAIT_MS) {
@@ -899,7 +899,7 @@ typedef struct bg_run_once {
 
 static void *bg_run_once_main(void *arg) {
     bg_run_once *b = (bg_run_once *)arg;
-    b->rc = fluxus_runtime_run_once(b->rt, NULL);
+    b->rc = fluxus_runtime_run_once(NULL, b->rt);
     TU_STORE(&b->finished, 1);
     return NULL;
 }
@@ -935,7 +935,7 @@ static void test_run_once_returns_while_a_timer_rearms_itself_for_now(void **sta
     assert_true(after_first >= 1);
     assert_int_equal(r.last_rc, FLUXUS_OK);
     /* Each run_once makes progress: the re-armed timer runs on the next call. */
-    TU_OK(fluxus_runtime_run_once(rt, NULL));
+    TU_OK(fluxus_runtime_run_once(NULL, rt));
     assert_true(TU_LOAD(&r.calls) > after_first);
     TU_OK(fluxus_runtime_free(rt)); /* the re-armed timer is pending: dropped unrun */
 }

@@ -304,7 +304,7 @@ static int32_t k_sink_batch(void *user, const uint64_t *in, int32_t *status, uin
  * emits first, then ends the thread. */
 static int32_t k_flat_map(void *user, uint64_t item, fluxus_emitter *em) {
     (void)user;
-    if (fluxus_emit(em, K_OUT + item) != FLUXUS_OK) {
+    if (fluxus_emitter_emit(em, K_OUT + item) != FLUXUS_OK) {
         return -1;
     }
     k_trap(item);
@@ -315,7 +315,7 @@ static int32_t k_flat_map_batch(void *user, const uint64_t *items, uint32_t n, f
     uint32_t i;
     (void)user;
     for (i = 0; i < n; i++) {
-        if (fluxus_emit(em, K_OUT + items[i]) != FLUXUS_OK) {
+        if (fluxus_emitter_emit(em, K_OUT + items[i]) != FLUXUS_OK) {
             return -1;
         }
     }
@@ -337,12 +337,12 @@ static int32_t k_key(void *user, uint64_t item, const void **key, size_t *len) {
 static int32_t k_async_start(void *user, uint64_t item, uint64_t completion) {
     (void)user;
     k_trap(item);
-    return fluxus_async_complete(g_k.p, completion, 0, item);
+    return fluxus_pipeline_complete_async(g_k.p, completion, 0, item);
 }
 
 static int32_t k_async_complete_inline(void *user, uint64_t item, uint64_t completion) {
     (void)user;
-    return fluxus_async_complete(g_k.p, completion, 0, item);
+    return fluxus_pipeline_complete_async(g_k.p, completion, 0, item);
 }
 
 static int32_t k_reduce(void *user, uint64_t *acc, int32_t first, uint64_t item) {
@@ -357,7 +357,7 @@ static int32_t k_window(void *user, const uint64_t *items, uint32_t n, uint64_t 
                         fluxus_emitter *em) {
     (void)user;
     (void)start_ns;
-    if (fluxus_emit(em, K_OUT + items[0]) != FLUXUS_OK) {
+    if (fluxus_emitter_emit(em, K_OUT + items[0]) != FLUXUS_OK) {
         return -1;
     }
     if (k_hits(items, n)) {
@@ -372,7 +372,7 @@ static int32_t k_window_sliding(void *user, const uint64_t *items, uint32_t n, u
                                 fluxus_emitter *em) {
     (void)user;
     (void)start_ns;
-    if (fluxus_emit(em, 5u * K_OUT + items[0]) != FLUXUS_OK) {
+    if (fluxus_emitter_emit(em, 5u * K_OUT + items[0]) != FLUXUS_OK) {
         return -1;
     }
     if (k_hits(items, n)) {
@@ -621,7 +621,7 @@ static int32_t k_window_plain(void *user, const uint64_t *items, uint32_t n, uin
     (void)user;
     (void)n;
     (void)start_ns;
-    return fluxus_emit(em, K_OUT + items[0]) == FLUXUS_OK ? 0 : -1;
+    return fluxus_emitter_emit(em, K_OUT + items[0]) == FLUXUS_OK ? 0 : -1;
 }
 
 static int32_t k_load_plain(void *user, const uint64_t *items, uint32_t n, uint64_t *results,
@@ -844,8 +844,8 @@ static void b_cache_map(fluxus_pipeline *p) {
 static void b_router(fluxus_pipeline *p) {
     uint32_t r, a, b, sink;
     TU_OK(fluxus_pipeline_add_router(&r, p, "router", k_route, NULL, NULL));
-    TU_OK(fluxus_stage_add_route(p, r, "even", &a));
-    TU_OK(fluxus_stage_add_route(p, r, "odd", &b));
+    TU_OK(fluxus_stage_add_route(&a, p, r, "even"));
+    TU_OK(fluxus_stage_add_route(&b, p, r, "odd"));
     TU_OK(fluxus_pipeline_branch(p, r, a));
     TU_OK(fluxus_pipeline_add_sink(&sink, p, "sink", k_sink, NULL, NULL));
     TU_OK(fluxus_pipeline_connect(p, r, b, sink));
@@ -853,8 +853,8 @@ static void b_router(fluxus_pipeline *p) {
 static void b_broadcast_copy(fluxus_pipeline *p) {
     uint32_t r, a, b, sink;
     TU_OK(fluxus_pipeline_add_broadcast(&r, p, "bcast"));
-    TU_OK(fluxus_stage_add_route(p, r, "one", &a));
-    TU_OK(fluxus_stage_add_route(p, r, "two", &b));
+    TU_OK(fluxus_stage_add_route(&a, p, r, "one"));
+    TU_OK(fluxus_stage_add_route(&b, p, r, "two"));
     TU_OK(fluxus_stage_set_copy(p, r, k_copy, NULL, NULL));
     TU_OK(fluxus_pipeline_branch(p, r, a));
     TU_OK(fluxus_pipeline_add_sink(&sink, p, "sink", k_sink, NULL, NULL));
@@ -980,7 +980,7 @@ static int32_t k_async_keep(void *user, uint64_t item, uint64_t completion) {
         g_k.held_count++;
         return 0;
     }
-    return fluxus_async_complete(g_k.p, completion, 0, item);
+    return fluxus_pipeline_complete_async(g_k.p, completion, 0, item);
 }
 
 static int32_t k_sink_cancel_at_39(void *user, uint64_t item) {
@@ -1469,7 +1469,7 @@ static void *k_push_all(void *arg) {
 static int32_t k_key_on_host(void *user, uint64_t item, const void **key, size_t *len) {
     (void)user;
     if (!pthread_equal(pthread_self(), g_main_thread) && item == K_AT &&
-        fluxus_current_worker() == UINT32_MAX) {
+        tu_current_worker() == UINT32_MAX) {
         k_exit_holding(&item, 1);
     }
     g_k.pair_keys[item % K_N] = item; /* every item its own key: dedup passes them all */

@@ -62,6 +62,38 @@ static inline void tu_sleep_us(uint32_t us) {
     while (tu_now_ns() < until) sched_yield();
 }
 
+/* ----- value readers over the status-returning 0.4 readers -----
+ * The tests read these values inline (in asserts, and inside callbacks, which must not assert), so
+ * each wraps the status-returning reader: a failed read gives a value no check accepts (NULL,
+ * UINT32_MAX, INT32_MIN). test_misuse.c checks the readers' own error returns. */
+
+#define TU_READER(type, name, bad, call) \
+    static inline type name { \
+        type v; \
+        return (call) == FLUXUS_OK ? v : (bad); \
+    }
+TU_READER(const char *, tu_failure_stage_name(const fluxus_failure *f), NULL,
+          fluxus_failure_get_stage_name(&v, f))
+TU_READER(uint32_t, tu_failure_stage_index(const fluxus_failure *f), UINT32_MAX - 1,
+          fluxus_failure_get_stage_index(&v, f))
+TU_READER(int32_t, tu_failure_status(const fluxus_failure *f), INT32_MIN,
+          fluxus_failure_get_status(&v, f))
+TU_READER(const char *, tu_failure_message(const fluxus_failure *f), NULL,
+          fluxus_failure_get_message(&v, f))
+TU_READER(uint32_t, tu_failure_attempts(const fluxus_failure *f), UINT32_MAX,
+          fluxus_failure_get_attempts(&v, f))
+TU_READER(const char *, tu_failure_description(const fluxus_failure *f), NULL,
+          fluxus_failure_get_description(&v, f))
+TU_READER(int32_t, tu_failure_retries_exhausted(const fluxus_failure *f), INT32_MIN,
+          fluxus_failure_get_retries_exhausted(&v, f))
+TU_READER(const char *, tu_stage_name(fluxus_pipeline *p, uint32_t stage), NULL,
+          fluxus_stage_get_name(&v, p, stage))
+TU_READER(int32_t, tu_is_cancelled(fluxus_pipeline *p), INT32_MIN,
+          fluxus_pipeline_get_cancelled(&v, p))
+/* UINT32_MAX outside a stage callback, as the callbacks that keep per-worker state expect. */
+TU_READER(uint32_t, tu_current_worker(void), UINT32_MAX, fluxus_call_get_worker(&v))
+#undef TU_READER
+
 /* splitmix64: the pseudo-random generator used for keys, delays and failure choices. */
 static inline uint64_t tu_mix64(uint64_t x) {
     x += 0x9E3779B97F4A7C15ull;
@@ -293,13 +325,13 @@ static inline fluxus_pipeline *tu_pipeline(fluxus_runtime *rt, const char *name,
 static inline void tu_stats(fluxus_pipeline *p, fluxus_pipeline_stats *s) {
     memset(s, 0, sizeof *s);
     s->struct_size = (uint32_t)sizeof *s;
-    TU_OK(fluxus_pipeline_get_stats(p, s));
+    TU_OK(fluxus_pipeline_get_stats(s, p));
 }
 
 static inline void tu_stage_stats(fluxus_pipeline *p, uint32_t stage, fluxus_stage_stats *s) {
     memset(s, 0, sizeof *s);
     s->struct_size = (uint32_t)sizeof *s;
-    TU_OK(fluxus_stage_get_stats(p, stage, s));
+    TU_OK(fluxus_stage_get_stats(s, p, stage));
 }
 
 /* Wait for the pipeline to finish; fails the test if it is still running after TU_WAIT_MS. */
@@ -344,7 +376,7 @@ static inline void tu_check_conservation(fluxus_pipeline *p, const tu_tracker *t
     assert_int_equal(s.balanced, 1);
     assert_true(s.dropped <= s.failed + s.dead_lettered);
 
-    TU_OK(fluxus_pipeline_stage_count(p, &n));
+    TU_OK(fluxus_pipeline_get_stage_count(&n, p));
     for (i = 0; i < n; i++) {
         fluxus_stage_stats st;
         tu_stage_stats(p, i, &st);
@@ -402,7 +434,7 @@ static inline fluxus_runtime *tu_vruntime(uint64_t start_ns) {
 static inline void tu_drive(fluxus_runtime *rt) {
     uint32_t ran = 1, rounds = 0;
     while (ran != 0) {
-        TU_OK(fluxus_runtime_run_once(rt, &ran));
+        TU_OK(fluxus_runtime_run_once(&ran, rt));
         if (++rounds > 1000000u) {
             fail_msg("runtime never became idle");
         }

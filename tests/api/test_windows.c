@@ -32,7 +32,7 @@ static int32_t aggregate(void *user, const uint64_t *items, uint32_t count, uint
     if (w->fail) return w->fail;
     if (w->fail_at && w->n == w->fail_at) return 44;
     for (i = 0; i < count; i++) sum += items[i];
-    return fluxus_emit(em, sum);
+    return fluxus_emitter_emit(em, sum);
 }
 
 static int32_t key_parity(void *user, uint64_t item, const void **key, size_t *len) {

@@ -25,8 +25,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tools"))
 import fluxus_api  # noqa: E402
 
-# The functions that cannot fail and so return a value, not a status.
-PURE = {"fluxus_version", "fluxus_version_number", "fluxus_strerror", "fluxus_err_name"}
+# The functions that cannot fail and so return a value, not a status. fluxus_last_error_message
+# takes no handle and always has a string to return ("" when nothing failed);
+# fluxus_last_error_copy is its status-returning form for hosts that need a copy.
+PURE = {"fluxus_version", "fluxus_version_number", "fluxus_strerror", "fluxus_err_name",
+        "fluxus_last_error_message"}
+# A parameter of one of these types is written by the function, so it must be named out or
+# out_<what>: a pointer to a scalar, or to a pointer the function fills in.
+OUT_TYPES = re.compile(r"^(u?int(8|16|32|64)_t|size_t|const char \*|const fluxus_\w+ \*|"
+                       r"fluxus_\w+_stats|fluxus_\w+ \*) \*$")
 # Prefixes that name no object: library-wide functions and the current-call accessors.
 GLOBAL_PREFIXES = ("fluxus_version", "fluxus_strerror", "fluxus_err_name", "fluxus_last_error",
                    "fluxus_option_",
@@ -79,6 +86,11 @@ def check(api):
         if name not in PURE and f["returns"] != "int32_t":
             v.append("status-return: %s: returns %s (a bad handle must be an error, not a "
                      "sentinel value)" % (name, f["returns"]))
+        # Out-parameters are named so.
+        for p in params:
+            if OUT_TYPES.match(p["type"]) and not p["out"]:
+                v.append("out-name: %s: parameter '%s' (%s) is written but not named out or "
+                         "out_<what>" % (name, p["name"], p["type"]))
         # Out-parameters first (a buffer and its capacity count as one out-parameter).
         seen_in = False
         for i, p in enumerate(params):

@@ -86,7 +86,7 @@ def load(path):
         "fluxus_pipeline_push": (c_int32, [c_void_p, c_uint64, c_uint32]),
         "fluxus_pipeline_close_input": (c_int32, [c_void_p]),
         "fluxus_pipeline_wait": (c_int32, [c_void_p, c_uint32]),
-        "fluxus_pipeline_get_stats": (c_int32, [c_void_p, POINTER(PipelineStats)]),
+        "fluxus_pipeline_get_stats": (c_int32, [POINTER(PipelineStats), c_void_p]),
         "fluxus_pipeline_free": (c_int32, [c_void_p]),
     }
     for name, (restype, argtypes) in sig.items():
@@ -165,7 +165,7 @@ def run_pipeline(chk, rt_workers, build):
         status = lib.fluxus_pipeline_wait(p, FOREVER)
         stats = PipelineStats()
         stats.struct_size = ctypes.sizeof(PipelineStats)
-        chk.ok(lib.fluxus_pipeline_get_stats(p, byref(stats)), "pipeline_get_stats")
+        chk.ok(lib.fluxus_pipeline_get_stats(byref(stats), p), "pipeline_get_stats")
     finally:
         chk.ok(lib.fluxus_pipeline_free(p), "pipeline_free")
         chk.ok(lib.fluxus_runtime_free(rt), "runtime_free")

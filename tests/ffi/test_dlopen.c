@@ -62,7 +62,7 @@ static struct {
     int32_t (*pipeline_push)(fluxus_pipeline *, uint64_t, uint32_t);
     int32_t (*pipeline_close_input)(fluxus_pipeline *);
     int32_t (*pipeline_wait)(fluxus_pipeline *, uint32_t);
-    int32_t (*pipeline_get_stats)(fluxus_pipeline *, fluxus_pipeline_stats *);
+    int32_t (*pipeline_get_stats)(fluxus_pipeline_stats *, fluxus_pipeline *);
     int32_t (*pipeline_free)(fluxus_pipeline *);
 } fn;
 
@@ -213,7 +213,7 @@ static void test_push_pipeline_delivers_every_item_in_order(void) {
     EXPECT(!s.out_of_order);
 
     fluxus_pipeline_stats st = {.struct_size = sizeof st};
-    EXPECT_OK(fn.pipeline_get_stats(p, &st));
+    EXPECT_OK(fn.pipeline_get_stats(&st, p));
     EXPECT(st.admitted == N);
     EXPECT(st.delivered == N);
     EXPECT(st.in_flight == 0);
@@ -251,7 +251,7 @@ static void test_host_driven_batch_pipeline_runs_on_the_waiting_thread(void) {
     EXPECT(!s.out_of_order);
 
     fluxus_pipeline_stats st = {.struct_size = sizeof st};
-    EXPECT_OK(fn.pipeline_get_stats(p, &st));
+    EXPECT_OK(fn.pipeline_get_stats(&st, p));
     EXPECT(st.admitted == N && st.delivered == N && st.balanced == 1);
 
     EXPECT_OK(fn.pipeline_free(p));

@@ -75,14 +75,16 @@ void throwing_destroy(void *user, uint64_t) {
 void dead_letter(void *user, uint64_t, const fluxus_failure *f) {
     auto *c = static_cast<Counter *>(user);
     c->dead++;
-    if (fluxus_failure_status(f) == FLUXUS_EEXCEPTION) c->dead_exception++;
+    int32_t status = 0;
+    if (fluxus_failure_get_status(&status, f) == FLUXUS_OK && status == FLUXUS_EEXCEPTION)
+        c->dead_exception++;
     throw std::runtime_error("dead-letter callback threw too");
 }
 
 fluxus_pipeline_stats stats_of(fluxus_pipeline *p) {
     fluxus_pipeline_stats s{};
     s.struct_size = sizeof s;
-    assert_int_equal(fluxus_pipeline_get_stats(p, &s), FLUXUS_OK);
+    assert_int_equal(fluxus_pipeline_get_stats(&s, p), FLUXUS_OK);
     return s;
 }
 
@@ -303,13 +305,20 @@ int32_t chain_sink_throws(void *user, uint64_t item) {
 void chain_dead_letter(void *user, uint64_t item, const fluxus_failure *f) {
     auto *c = static_cast<ChainState *>(user);
     uint64_t idx = idx_of(item);
-    bool ok = fluxus_failure_status(f) == FLUXUS_EEXCEPTION && fluxus_failure_attempts(f) == 1;
-    if (fluxus_failure_stage_index(f) == c->middle) {
-        ok = ok && std::strcmp(fluxus_failure_stage_name(f), "middle") == 0 && idx % 13 == 4 &&
+    int32_t status = 0;
+    uint32_t attempts = 0, stage = 0;
+    const char *name = "";
+    bool ok = fluxus_failure_get_status(&status, f) == FLUXUS_OK &&
+              fluxus_failure_get_attempts(&attempts, f) == FLUXUS_OK &&
+              fluxus_failure_get_stage_index(&stage, f) == FLUXUS_OK &&
+              fluxus_failure_get_stage_name(&name, f) == FLUXUS_OK;
+    ok = ok && status == FLUXUS_EEXCEPTION && attempts == 1;
+    if (stage == c->middle) {
+        ok = ok && std::strcmp(name, "middle") == 0 && idx % 13 == 4 &&
              item - idx == kTag0;
         c->dead_middle++;
-    } else if (fluxus_failure_stage_index(f) == c->sink) {
-        ok = ok && std::strcmp(fluxus_failure_stage_name(f), "sink") == 0 && idx % 17 == 9 &&
+    } else if (stage == c->sink) {
+        ok = ok && std::strcmp(name, "sink") == 0 && idx % 17 == 9 &&
              idx % 13 != 4 && item - idx == kTag0 + kTag1 + kTag2;
         c->dead_sink++;
     } else {
@@ -332,7 +341,7 @@ void chain_destroy(void *user, uint64_t item) {
 fluxus_stage_stats stage_stats_of(fluxus_pipeline *p, uint32_t stage) {
     fluxus_stage_stats s{};
     s.struct_size = sizeof s;
-    assert_int_equal(fluxus_stage_get_stats(p, stage, &s), FLUXUS_OK);
+    assert_int_equal(fluxus_stage_get_stats(&s, p, stage), FLUXUS_OK);
     return s;
 }
 
