@@ -719,7 +719,12 @@ void Pipeline::cancel() {
         // Before cancel() returns, every item loop has stopped starting items (and chains their
         // sinks): the promise that no sink starts once cancel() has returned.
         stop_calls(true);
-        state_.store(FLUXUS_STATE_CANCELLING);
+        // A CAS, not a store: the last segment may finish (finish() takes no lock) between the
+        // check above and here, and FINISHED must never go back to CANCELLING.
+        int32_t st = state_.load();
+        while ((st == FLUXUS_STATE_RUNNING || st == FLUXUS_STATE_DRAINING) &&
+               !state_.compare_exchange_weak(st, FLUXUS_STATE_CANCELLING)) {
+        }
     }
     if (push_queue_) {
         if (!input_closed_.exchange(true)) push_queue_->producer_done();
