@@ -36,18 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(_WIN32)
-#include <io.h>
-#include <windows.h>
-#define fsync _commit /* the Windows C runtime's name for it */
-/* rename() does not replace an existing file on Windows; MoveFileEx() does. */
-static int replace_file(const char *from, const char *to) {
-    return MoveFileExA(from, to, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH) ? 0 : -1;
-}
-#else
 #include <unistd.h>
-static int replace_file(const char *from, const char *to) { return rename(from, to); }
-#endif
 
 #define PAGES 50u
 #define PER_PAGE 20u
@@ -133,15 +122,14 @@ static uint64_t page_of(void *user, uint64_t record) {
 }
 
 /* Every record of every page before `cursor` is stored or dead-lettered: save the cursor.
- * Write a temp file, flush it to disk, and rename it over the state file (atomic on POSIX).
- * Files are opened in binary mode, so that Windows writes the same bytes ("\n", not "\r\n"). */
+ * Write a temp file, flush it to disk, and rename it over the state file (atomic on POSIX). */
 static void commit(void *user, uint64_t cursor) {
     app *a = user;
-    FILE *f = fopen(a->state_tmp, "wb");
+    FILE *f = fopen(a->state_tmp, "w");
     int ok = f != NULL && fprintf(f, "%" PRIu64 "\n", cursor) > 0 && fflush(f) == 0 &&
              fsync(fileno(f)) == 0;
     if (f != NULL && fclose(f) != 0) ok = 0;
-    if (!ok || replace_file(a->state_tmp, a->state_path) != 0) {
+    if (!ok || rename(a->state_tmp, a->state_path) != 0) {
         atomic_fetch_add(&a->state_errors, 1);
         return;
     }
@@ -269,12 +257,12 @@ int main(int argc, char **argv) {
             usage();
     }
     snprintf(a.state_tmp, sizeof a.state_tmp, "%s.tmp", a.state_path);
-    a.dead_letters = fopen(argv[2], "ab");
+    a.dead_letters = fopen(argv[2], "a");
     if (a.dead_letters == NULL) {
         perror(argv[2]);
         return 2;
     }
-    if (delivered_path != NULL && (a.delivered_log = fopen(delivered_path, "ab")) == NULL) {
+    if (delivered_path != NULL && (a.delivered_log = fopen(delivered_path, "a")) == NULL) {
         perror(delivered_path);
         return 2;
     }

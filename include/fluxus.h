@@ -98,13 +98,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* On Windows the DLL exports each function (dllexport while fluxus itself is built) and its
- * users import it (dllimport). A program that links fluxus statically defines FLUXUS_STATIC
- * before including this header, so that its calls need no import table. */
 #if defined(_WIN32)
-#if defined(FLUXUS_STATIC)
-#define FLUXUS_API
-#elif defined(FLUXUS_BUILDING)
+#if defined(FLUXUS_BUILDING)
 #define FLUXUS_API __declspec(dllexport)
 #else
 #define FLUXUS_API __declspec(dllimport)

@@ -28,9 +28,8 @@ namespace {
 // not destroyed) unless it had already ended (the unwind came out of its destructor or its
 // dead-letter callback, which counted it), the rest is cancelled, and the m outputs so far are
 // left to the worker.
-[[maybe_unused, gnu::cold, gnu::noinline]] void unwind_rest(Pipeline &p, const uint64_t *in,
-                                                             size_t i, size_t n, size_t m,
-                                                             StageTally &t) {
+[[gnu::cold, gnu::noinline]] void unwind_rest(Pipeline &p, const uint64_t *in, size_t i,
+                                              size_t n, size_t m, StageTally &t) {
     if (!t_unwind.ended) ++t.cancelled;
     t_unwind.ended = false;
     t_unwind.survivors = m;

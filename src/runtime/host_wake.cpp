@@ -1,7 +1,15 @@
-// HostWake: see host_wake.hpp. The descriptor is platform/wake_fd.hpp's.
+// HostWake: see host_wake.hpp. The descriptor is the platform-specific part.
 #include "runtime/host_wake.hpp"
 
 #include <mutex>
+
+#if defined(__linux__)
+#include <sys/eventfd.h>
+#include <unistd.h>
+#elif defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <unistd.h>
+#endif
 
 #include "util/forced_unwind.hpp"
 
@@ -11,7 +19,14 @@ namespace {
 std::mutex g_fd_mu;  // making the descriptor (once per runtime, rare)
 }
 
-HostWake::~HostWake() { user_.release(); }
+HostWake::~HostWake() {
+    int r = read_fd_.load();
+#if defined(__unix__) || defined(__APPLE__)
+    if (r >= 0) close(r);
+    if (write_fd_ >= 0 && write_fd_ != r) close(write_fd_);
+#endif
+    user_.release();
+}
 
 void HostWake::set_callback(fluxus_wakeup_fn fn, void *user, fluxus_user_free_fn user_free) {
     UserRef old = user_;
@@ -27,18 +42,49 @@ int HostWake::fd(int32_t *status) {
         *status = FLUXUS_OK;
         return r;
     }
-    *status = wake_fd_.open();
-    if (*status != FLUXUS_OK) return -1;
+#if defined(__linux__)
+    r = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r < 0) {
+        *status = FLUXUS_ENOMEM;
+        return -1;
+    }
+    write_fd_ = r;
+#elif defined(__unix__) || defined(__APPLE__)
+    int p[2];
+    if (pipe(p) != 0) {
+        *status = FLUXUS_ENOMEM;
+        return -1;
+    }
+    for (int d : p) {
+        fcntl(d, F_SETFL, fcntl(d, F_GETFL) | O_NONBLOCK);
+        fcntl(d, F_SETFD, FD_CLOEXEC);
+    }
+    r = p[0];
+    write_fd_ = p[1];
+#else
+    *status = FLUXUS_ENOTSUP;
+    return -1;
+#endif
     // If work is already waiting, the new descriptor starts readable.
-    if (pending_.load()) wake_fd_.post();
-    r = wake_fd_.read_fd();
+    if (pending_.load()) {
+#if defined(__unix__) || defined(__APPLE__)
+        uint64_t one = 1;
+        (void)!write(write_fd_, &one, sizeof one);
+#endif
+    }
     read_fd_.store(r);
+    *status = FLUXUS_OK;
     return r;
 }
 
 void HostWake::signal() {
     if (pending_.exchange(true)) return;
-    if (read_fd_.load() >= 0) wake_fd_.post();
+#if defined(__unix__) || defined(__APPLE__)
+    if (read_fd_.load() >= 0) {
+        uint64_t one = 1;  // an eventfd adds it; a pipe takes the 8 bytes
+        (void)!write(write_fd_, &one, sizeof one);
+    }
+#endif
     if (fn_) {
         try {
             fn_(user_.user);
@@ -50,12 +96,20 @@ void HostWake::signal() {
 
 void HostWake::clear() {
     if (!pending_.exchange(false)) return;
-    if (read_fd_.load() >= 0) {
-        wake_fd_.drain();
+#if defined(__unix__) || defined(__APPLE__)
+    int r = read_fd_.load();
+    if (r >= 0) {
+        uint64_t buf[8];
+        while (read(r, buf, sizeof buf) > 0) {
+        }
         // A signal between the exchange and the drain wrote a token the drain took: put one
         // back, or the host would sleep on a descriptor that no longer says work is waiting.
-        if (pending_.load()) wake_fd_.post();
+        if (pending_.load()) {
+            uint64_t one = 1;
+            (void)!write(write_fd_, &one, sizeof one);
+        }
     }
+#endif
 }
 
 }  // namespace fluxus

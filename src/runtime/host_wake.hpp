@@ -1,6 +1,6 @@
 // HostWake: how a host-driven runtime tells the host's own event loop that work became ready —
-// the host's wake-up callback (portable) and a file descriptor that becomes readable
-// (platform/wake_fd.hpp: none on Windows, where fluxus_runtime_get_fd() answers
+// the host's wake-up callback (portable) and a file descriptor that becomes readable (eventfd on
+// Linux, a pipe on other POSIX systems; none on Windows, where fluxus_runtime_get_fd() answers
 // FLUXUS_ENOTSUP). Signals coalesce: one wake-up per round of run_once()/run_for(), whatever was
 // enqueued meanwhile.
 #pragma once
@@ -8,7 +8,6 @@
 #include <atomic>
 
 #include "fluxus.h"
-#include "platform/wake_fd.hpp"
 #include "util/user_ref.hpp"
 
 namespace fluxus {
@@ -31,8 +30,8 @@ private:
     std::atomic<bool> pending_{false};
     fluxus_wakeup_fn fn_ = nullptr;
     UserRef user_;
-    WakeFd wake_fd_;
-    std::atomic<int> read_fd_{-1};  // wake_fd_'s, once it is open: published after open()
+    std::atomic<int> read_fd_{-1};
+    int write_fd_ = -1;
 };
 
 }  // namespace fluxus

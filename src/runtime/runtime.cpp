@@ -6,6 +6,11 @@
 #include <chrono>
 #include <cstdio>
 
+#if defined(__linux__)
+#include <sys/timerfd.h>
+#include <unistd.h>
+#endif
+
 #include "core/current_call.hpp"
 #include "core/pipeline.hpp"
 #include "runtime/task.hpp"
@@ -156,10 +161,16 @@ int32_t Runtime::start() {
     uv_timer_init(&loop_, &timer_);
     wake_.data = this;
     timer_.data = this;
-    // Threaded mode wakes the timer heap to the microsecond where the platform can
-    // (platform/precise_timer.hpp); elsewhere, and in host mode, a libuv timer does.
-    if (!host_driven() && !virtual_clock_)
-        precise_timer_.open(&loop_, &Runtime::on_precise_timer, this);
+#if defined(__linux__)
+    if (!host_driven() && !virtual_clock_) {
+        timerfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (timerfd_ >= 0) {
+            uv_poll_init(&loop_, &timerfd_poll_, timerfd_);
+            timerfd_poll_.data = this;
+            uv_poll_start(&timerfd_poll_, UV_READABLE, &Runtime::on_timerfd);
+        }
+    }
+#endif
     loop_ready_ = true;
     try {
         if (!host_driven()) {
@@ -247,7 +258,10 @@ void Runtime::shutdown() {
         }
         loop_ready_.store(false);
     }
-    precise_timer_.release();
+#if defined(__linux__)
+    if (timerfd_ >= 0) close(timerfd_);
+    timerfd_ = -1;
+#endif
     timers_.drop_callbacks();
     std::lock_guard<std::mutex> lock(mu_);
     state_.store(kDead);
@@ -494,10 +508,20 @@ void Runtime::fire_timers_and_rearm() {
         CallbackScope scope;  // host timer callbacks run here
         next = timers_.fire_due(now);
     }
-    if (precise_timer_.is_open()) {
-        precise_timer_.arm_at(next);
+#if defined(__linux__)
+    if (timerfd_ >= 0) {
+        // An absolute deadline on the same monotonic clock: wakes to the microsecond, and a
+        // deadline already past fires at once.
+        itimerspec its{};
+        if (next != UINT64_MAX) {
+            its.it_value.tv_sec = time_t(next / 1000000000u);
+            its.it_value.tv_nsec = long(next % 1000000000u);
+            if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
+        }
+        timerfd_settime(timerfd_, TFD_TIMER_ABSTIME, &its, nullptr);
         return;
     }
+#endif
     if (next == UINT64_MAX) {
         uv_timer_stop(&timer_);
         return;
@@ -513,7 +537,7 @@ void Runtime::close_loop_handles() {
     uv_close(reinterpret_cast<uv_handle_t *>(&wake_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t *>(&timer_), nullptr);
     if (slots_ && stall_ms_) uv_close(reinterpret_cast<uv_handle_t *>(&watchdog_), nullptr);
-    precise_timer_.close_handle();
+    if (timerfd_ >= 0) uv_close(reinterpret_cast<uv_handle_t *>(&timerfd_poll_), nullptr);
 }
 
 // The uv callbacks run no host code: a host timer callback may end its thread (a forced
@@ -532,8 +556,15 @@ void Runtime::on_timer(uv_timer_t *handle) {
     static_cast<Runtime *>(handle->data)->timers_due_.store(true);
 }
 
-void Runtime::on_precise_timer(void *data) {
-    static_cast<Runtime *>(data)->timers_due_.store(true);
+void Runtime::on_timerfd(uv_poll_t *handle, int status, int) {
+    Runtime *rt = static_cast<Runtime *>(handle->data);
+#if defined(__linux__)
+    uint64_t expirations;
+    if (status == 0) (void)!read(rt->timerfd_, &expirations, sizeof expirations);
+#else
+    (void)status;
+#endif
+    rt->timers_due_.store(true);
 }
 
 void Runtime::loop_main() {

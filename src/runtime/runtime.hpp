@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "fluxus.h"
-#include "platform/precise_timer.hpp"
 #include "runtime/host_wake.hpp"
 #include "runtime/thread_start.hpp"
 #include "runtime/timer_heap.hpp"
@@ -153,7 +152,7 @@ private:
     void close_loop_handles();
     static void on_async(uv_async_t *handle);
     static void on_timer(uv_timer_t *handle);
-    static void on_precise_timer(void *data);
+    static void on_timerfd(uv_poll_t *handle, int status, int events);
 
     std::atomic<int64_t> refs_{1};
     std::atomic<int> state_{kCreated};
@@ -190,7 +189,8 @@ private:
     uv_loop_t loop_;
     uv_async_t wake_;
     uv_timer_t timer_;
-    PreciseTimer precise_timer_;  // microsecond wake-ups of the timer heap, where available
+    int timerfd_ = -1;   // Linux: nanosecond wake-ups for the timer heap (libuv's are in ms)
+    uv_poll_t timerfd_poll_;
     // The uv loop exists (start() to shutdown()). Host mode: read and cleared under loop_mu_,
     // so a host thread never runs the loop while shutdown() closes it.
     std::atomic<bool> loop_ready_{false};

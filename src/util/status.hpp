@@ -24,17 +24,9 @@ constexpr char kTruncationMarker[] = "...";
 int32_t set_error(int32_t code, const char *message);
 int32_t set_error(int32_t code, const std::string &message);
 
-// MinGW's C++ runtime formats with its own C99 printf (libstdc++ turns on
-// __USE_MINGW_ANSI_STDIO), so %zu is checked against that, not against msvcrt's printf.
-#if defined(__MINGW_PRINTF_FORMAT)
-#define FLUXUS_PRINTF_LIKE(f, a) __attribute__((format(__MINGW_PRINTF_FORMAT, f, a)))
-#else
-#define FLUXUS_PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
-#endif
-
 // printf-style variant for messages that name values. The arguments may include
 // last_error_message().
-int32_t set_errorf(int32_t code, const char *fmt, ...) FLUXUS_PRINTF_LIKE(2, 3);
+int32_t set_errorf(int32_t code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 // Clears the calling thread's last error (start of every API call that succeeds).
 void clear_error();

@@ -2,28 +2,18 @@
 # Fails unless the shared library exports only fluxus_* symbols (plus _init/_fini and the version
 # nodes FLUXUS_0 and FLUXUS_EXPERIMENTAL_0), and unless every function declared FLUXUS_API in the header is exported.
 # Usage: exports.sh <path to libfluxus.so> [<path to fluxus.h>]
-#        exports.sh <path to libfluxus-*.dll> <path to fluxus.h> <objdump for the DLL's target>
-# A Windows DLL has no dynamic symbol table: its export table (objdump -p) is read instead.
 set -eu
 
 lib="$1"
 header="${2:-}"
-objdump="${3:-}"
 
 if [ ! -f "$lib" ]; then
     echo "exports.sh: no such library: $lib" >&2
     exit 2
 fi
 
-if [ -n "$objdump" ]; then
-    # The "[Ordinal/Name Pointer] Table" of `objdump -p` lists "[   N] NAME", one per export.
-    symbols=$("$objdump" -p "$lib" |
-              sed -n '/^\[Ordinal\/Name Pointer\] Table/,/^$/p' |
-              sed -n 's/^[[:space:]]*\[[[:space:]]*[0-9]*\][[:space:]]*//p' | sort -u)
-else
-    # "nm -D" prints "ADDRESS TYPE NAME" (NAME may carry "@@FLUXUS_0" or "@FLUXUS_0").
-    symbols=$(nm -D --defined-only "$lib" | awk 'NF >= 3 { print $3 }' | sed 's/@.*$//' | sort -u)
-fi
+# "nm -D" prints "ADDRESS TYPE NAME" (NAME may carry "@@FLUXUS_0" or "@FLUXUS_0").
+symbols=$(nm -D --defined-only "$lib" | awk 'NF >= 3 { print $3 }' | sed 's/@.*$//' | sort -u)
 
 if [ -z "$symbols" ]; then
     echo "exports.sh: $lib defines no dynamic symbols" >&2

@@ -231,29 +231,6 @@ static uint64_t now_mono_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* MinGW's condition variables wait on CLOCK_REALTIME only (pthread_condattr_setclock() refuses
- * CLOCK_MONOTONIC there), so there a monotonic deadline is moved onto the real-time clock. */
-#if defined(_WIN32)
-#define CHAOS_CV_MONOTONIC 0
-#else
-#define CHAOS_CV_MONOTONIC 1
-#endif
-
-/* `until_mono_ns` as a deadline for pthread_cond_timedwait() on c->cv. */
-static struct timespec cv_deadline(uint64_t until_mono_ns) {
-    struct timespec ts;
-#if !CHAOS_CV_MONOTONIC
-    struct timespec real;
-    uint64_t now = now_mono_ns();
-    clock_gettime(CLOCK_REALTIME, &real);
-    until_mono_ns = (uint64_t)real.tv_sec * 1000000000ull + (uint64_t)real.tv_nsec +
-                    (until_mono_ns > now ? until_mono_ns - now : 0);
-#endif
-    ts.tv_sec = (time_t)(until_mono_ns / 1000000000ull);
-    ts.tv_nsec = (long)(until_mono_ns % 1000000000ull);
-    return ts;
-}
-
 /* A reproducible draw in [0, 1000) for (id, attempt, salt). */
 static uint32_t draw(const chaos_ctx *c, uint64_t id, uint32_t attempt, uint32_t salt) {
     return (uint32_t)(tu_mix64(c->seed ^ (id * 0x9E3779B97F4A7C15ull) ^
@@ -532,7 +509,9 @@ static void *remote_main(void *arg) {
         {
             uint64_t until = c->late.len ? c->late.v[c->late.head].due_ns
                                          : now_mono_ns() + 5000000ull;
-            struct timespec ts = cv_deadline(until);
+            struct timespec ts; /* the condvar uses CLOCK_MONOTONIC */
+            ts.tv_sec = (time_t)(until / 1000000000ull);
+            ts.tv_nsec = (long)(until % 1000000000ull);
             pthread_cond_timedwait(&c->cv, &c->mu, &ts);
         }
     }
@@ -969,9 +948,7 @@ static chaos_ctx *ctx_new(const chaos_cfg *cfg, uint64_t seed) {
     {
         pthread_condattr_t ca;
         assert_int_equal(pthread_condattr_init(&ca), 0);
-#if CHAOS_CV_MONOTONIC
         assert_int_equal(pthread_condattr_setclock(&ca, CLOCK_MONOTONIC), 0);
-#endif
         assert_int_equal(pthread_cond_init(&c->cv, &ca), 0);
         pthread_condattr_destroy(&ca);
     }

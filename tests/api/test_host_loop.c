@@ -3,18 +3,10 @@
  * with fluxus_runtime_get_next_timer_us() as its timeout and calls fluxus_runtime_run_once() when
  * woken. While nothing is due it makes no calls; a push from another thread and a timer wake it.
  * (Reaction times are printed, not asserted: these machines are shared.)
- * Windows has no wake-up descriptor (fluxus_runtime_get_fd() answers FLUXUS_ENOTSUP): there the
- * host's loop sleeps on a condition variable that the wake-up callback signals, as a Windows
- * host would on an event.
  */
 #include "test_util.h"
 
-#if defined(_WIN32)
-#define HOST_LOOP_HAS_FD 0
-#else
-#define HOST_LOOP_HAS_FD 1
 #include <poll.h>
-#endif
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -28,9 +20,6 @@ typedef struct loop {
     uint64_t delivered;
     uint64_t delivered_at_ns;
     uint64_t timer_at_ns;
-    pthread_mutex_t mu; /* without a descriptor: wakeups seen by the loop, under mu */
-    pthread_cond_t cv;
-    uint64_t seen;
 } loop;
 
 static uint64_t mono_ns(void) {
@@ -40,45 +29,7 @@ static uint64_t mono_ns(void) {
 }
 
 static void on_wakeup(void *user) {
-    loop *l = (loop *)user;
-#if HOST_LOOP_HAS_FD
-    TU_ADD(&l->wakeups, 1);
-#else
-    pthread_mutex_lock(&l->mu);
-    TU_ADD(&l->wakeups, 1);
-    pthread_cond_signal(&l->cv);
-    pthread_mutex_unlock(&l->mu);
-#endif
-}
-
-/* Sleeps until fluxus has work (the descriptor polls readable, or a wake-up came) or
- * `timeout_ms` passed; nonzero if woken. */
-static int wait_for_work(loop *l, int timeout_ms) {
-#if HOST_LOOP_HAS_FD
-    struct pollfd pfd;
-    pfd.fd = l->fd;
-    pfd.events = POLLIN;
-    pfd.revents = 0;
-    return poll(&pfd, 1, timeout_ms) > 0;
-#else
-    struct timespec until;
-    int woken;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&l->mu);
-    while (TU_LOAD(&l->wakeups) == l->seen &&
-           pthread_cond_timedwait(&l->cv, &l->mu, &until) == 0) {
-    }
-    woken = TU_LOAD(&l->wakeups) != l->seen;
-    l->seen = TU_LOAD(&l->wakeups);
-    pthread_mutex_unlock(&l->mu);
-    return woken;
-#endif
+    TU_ADD(&((loop *)user)->wakeups, 1);
 }
 
 static int32_t sink(void *user, uint64_t item) {
@@ -93,17 +44,21 @@ static void on_timer(void *user) {
     TU_STORE(&((loop *)user)->timer_at_ns, mono_ns());
 }
 
-/* The host's loop: sleep until fluxus has work, then run it. */
+/* The host's loop: sleep in poll() until fluxus has work, then run it. */
 static void *host_main(void *arg) {
     loop *l = (loop *)arg;
     while (!TU_LOAD(&l->stop)) {
         uint64_t us = 0;
+        struct pollfd pfd;
         int timeout_ms;
         uint32_t ran = 0;
         if (fluxus_runtime_get_next_timer_us(&us, l->rt) != FLUXUS_OK) break;
         /* Wake at least every 20 ms to see `stop`; otherwise sleep as long as fluxus allows. */
         timeout_ms = us >= 20000 ? 20 : (int)((us + 999) / 1000);
-        if (!wait_for_work(l, timeout_ms) && us >= 20000) continue; /* only the stop check */
+        pfd.fd = l->fd;
+        pfd.events = POLLIN;
+        pfd.revents = 0;
+        if (poll(&pfd, 1, timeout_ms) == 0 && us >= 20000) continue; /* only the stop check */
         if (fluxus_runtime_run_once(&ran, l->rt) != FLUXUS_OK) break;
         TU_ADD(&l->rounds, 1);
     }
@@ -119,16 +74,10 @@ static void test_the_hosts_loop_sleeps_while_idle_and_wakes_for_pushes_and_timer
     int i;
     (void)state;
     memset(&l, 0, sizeof l);
-    pthread_mutex_init(&l.mu, NULL);
-    pthread_cond_init(&l.cv, NULL);
     TU_OK(fluxus_runtime_new(&l.rt));
     TU_OK(fluxus_runtime_set_workers(l.rt, 0));
     TU_OK(fluxus_runtime_set_wakeup(l.rt, on_wakeup, &l, NULL));
-#if HOST_LOOP_HAS_FD
     TU_OK(fluxus_runtime_get_fd(&fd, l.rt));
-#else
-    TU_EXPECT(FLUXUS_ENOTSUP, fluxus_runtime_get_fd(&fd, l.rt));
-#endif
     l.fd = fd;
     TU_OK(fluxus_pipeline_new(&p, l.rt, "hosted"));
     TU_OK(fluxus_pipeline_set_push_source(p, "in"));
@@ -182,8 +131,6 @@ static void test_the_hosts_loop_sleeps_while_idle_and_wakes_for_pushes_and_timer
     assert_true(TU_LOAD(&l.wakeups) >= 1); /* the callback heard of the work too */
     TU_OK(fluxus_pipeline_free(p));
     TU_OK(fluxus_runtime_free(l.rt));
-    pthread_cond_destroy(&l.cv);
-    pthread_mutex_destroy(&l.mu);
 }
 
 static void test_next_timer_says_when_work_is_due(void **state) {

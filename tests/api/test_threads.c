@@ -175,10 +175,6 @@ static void test_a_host_driven_runtime_creates_no_thread_and_calls_no_hook(void 
 
 /* ----- signals ----- */
 
-/* Windows has no asynchronous POSIX signals to aim at a thread (no kill(), sigaction() or
- * thread signal masks): fluxus blocks nothing there, and this case is not built. */
-#if !defined(_WIN32)
-
 static volatile sig_atomic_t g_signals;
 static pthread_t g_signal_thread;
 
@@ -240,15 +236,11 @@ static void test_fluxus_threads_never_take_the_hosts_asynchronous_signals(void *
     assert_int_equal(sigaction(SIGUSR1, &old, NULL), 0);
 }
 
-#endif /* !_WIN32 */
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hooks_run_first_and_last_on_every_thread_the_runtime_creates),
         cmocka_unit_test(test_a_host_driven_runtime_creates_no_thread_and_calls_no_hook),
-#if !defined(_WIN32)
         cmocka_unit_test(test_fluxus_threads_never_take_the_hosts_asynchronous_signals),
-#endif
     };
     return TU_RUN_GROUP(tests);
 }
